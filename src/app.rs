@@ -1,0 +1,392 @@
+//! Turns a validated configuration into real stores and tasks, runs a command, and owns every
+//! task it starts. The only module that names concrete backends.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use zeroize::Zeroizing;
+
+use crate::cli::{Cli, Command, StoreCommand};
+use crate::config::{self, Config, ConfigErrors, StoreConfig, System};
+use crate::deliver::{BundleWriter, DeliverError};
+use crate::engine::{Engine, Shared, error_chain};
+use crate::report::status::Status;
+use crate::secret::{SecretBytes, SecretId, VersionId};
+use crate::store::file::FileStore;
+use crate::store::{AliasMove, AnyStore, SecretStore, Selector, StoreError};
+use crate::sys;
+
+/// How long file-change events gather before one reload: editors write a file in several
+/// steps (truncate, write, rename), and one reload should see the result.
+const RELOAD_SETTLE: Duration = Duration::from_millis(300);
+/// How often `store put` retries its alias move when another writer got there first.
+const PROMOTE_ATTEMPTS: usize = 5;
+
+/// Side effects the process decides once, at its edge, and hands in.
+#[derive(Debug, Clone, Default)]
+pub struct Seams {
+    /// `KEYTURN_TEST_PAUSE_AT`: a named step (`bundle:swapped`) at which the agent stops
+    /// forever, so that crash tests can SIGKILL it at exactly that point.
+    pub pause_at: Option<String>,
+}
+
+impl Seams {
+    pub fn from_process() -> Self {
+        Seams { pause_at: std::env::var("KEYTURN_TEST_PAUSE_AT").ok() }
+    }
+
+    fn bundle_pause(&self) -> Option<String> {
+        self.pause_at.as_deref().and_then(|p| p.strip_prefix("bundle:")).map(String::from)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AppError {
+    /// 64 for anything the operator must fix in configuration or on the command line; 1 for
+    /// failures that may pass.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Usage(_) | AppError::Deliver(DeliverError::NotVolatile { .. }) => 64,
+            _ => 1,
+        }
+    }
+}
+
+pub async fn run(cli: Cli, seams: Seams) -> Result<ExitCode, AppError> {
+    // Values pass through every command except `validate`; none of them may end up in a core
+    // dump. Failure here (an unusual kernel) is worth a warning, not a refusal.
+    if let Err(e) = sys::forbid_core_dumps() {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+    }
+    let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    match cli.command {
+        Command::Validate => validate(&config_path),
+        Command::Status { json } => status(&config_path, json),
+        Command::Store { command } => store_command(&config_path, command).await,
+        Command::Sync { once } => {
+            if !once {
+                return Err(AppError::Usage(
+                    "`keyturn sync` runs one pass: write `keyturn sync --once`, or run `keyturn agent` to keep running"
+                        .into(),
+                ));
+            }
+            sync_once(&config_path, &seams).await
+        }
+        Command::Agent => agent(&config_path, &seams).await,
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    config::load(path, &System, &System)
+}
+
+fn validate(path: &Path) -> Result<ExitCode, AppError> {
+    let config = load(path)?;
+    println!(
+        "{}: valid: {} policies in {} bundles, {} stores",
+        path.display(),
+        config.policies.len(),
+        config.bundles().len(),
+        config.stores.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
+    let agent = config::load_agent(path, &System)?;
+    let status = match Status::load(&agent.state_dir) {
+        Ok(status) => status,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::Io {
+                what: format!(
+                    "no status yet in {}: no agent or sync has run with this configuration",
+                    agent.state_dir.display()
+                ),
+                source: e,
+            });
+        }
+        Err(e) => {
+            return Err(AppError::Io {
+                what: format!("cannot read {}", Status::path(&agent.state_dir).display()),
+                source: e,
+            });
+        }
+    };
+    let running = status.pid != 0 && sys::process_exists(status.pid) && status.pid != std::process::id();
+    if json {
+        let mut value = serde_json::to_value(&status).expect("status serializes");
+        value["agent_running"] = running.into();
+        println!("{}", serde_json::to_string_pretty(&value).expect("json serializes"));
+    } else {
+        print!("{}", status.render_table(running));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(name: &str, config: &StoreConfig) -> Result<AnyStore, StoreError> {
+    match config {
+        StoreConfig::File(file) => Ok(AnyStore::File(FileStore::open(name, file).await?)),
+    }
+}
+
+async fn open_stores(config: &Config) -> Result<BTreeMap<String, Arc<AnyStore>>, StoreError> {
+    let mut stores = BTreeMap::new();
+    for (name, store) in &config.stores {
+        stores.insert(name.clone(), Arc::new(open_store(name, store).await?));
+    }
+    Ok(stores)
+}
+
+async fn store_command(path: &Path, command: StoreCommand) -> Result<ExitCode, AppError> {
+    let config = load(path)?;
+    let named = |name: &str| {
+        config.stores.get(name).ok_or_else(|| {
+            let names: Vec<&str> = config.stores.keys().map(String::as_str).collect();
+            AppError::Usage(format!("no store named \"{name}\" in {}; stores: {}", path.display(), names.join(", ")))
+        })
+    };
+    match command {
+        StoreCommand::Put { store: name, id } => {
+            let id = SecretId::parse(&id).map_err(AppError::Usage)?;
+            let store = open_store(&name, named(&name)?).await?;
+            let mut input = Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .map_err(|source| AppError::Io { what: "cannot read the value from standard input".into(), source })?;
+            if input.is_empty() {
+                return Err(AppError::Usage("standard input was empty; an empty secret is never stored".into()));
+            }
+            let value = SecretBytes::copy_from(&input);
+            let version = store.add_version(&id, &value).await?;
+            let previous = promote(&store, &id, &version).await?;
+            let previous = previous.map_or(String::new(), |p| format!(" (previous: {p})"));
+            println!("store {name}: secret {id} version {version} is now current{previous}");
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::Get { store: name, id, version } => {
+            let id = SecretId::parse(&id).map_err(AppError::Usage)?;
+            let store = open_store(&name, named(&name)?).await?;
+            let selector = match version.as_str() {
+                "latest" => Selector::Latest,
+                v if v.bytes().all(|b| b.is_ascii_digit()) => Selector::Id(VersionId::new(v)),
+                alias => Selector::Alias(alias.to_string()),
+            };
+            let version = store.access(&id, &selector).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(version.value.expose())
+                .and_then(|()| out.flush())
+                .map_err(|source| AppError::Io { what: "cannot write to standard output".into(), source })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Points `current` at `version` (and `previous` at the old current), retrying when another
+/// writer moved aliases in between. Returns the old current.
+async fn promote(store: &AnyStore, id: &SecretId, version: &VersionId) -> Result<Option<VersionId>, StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let meta = store.describe(id).await?;
+        let old = meta.aliases.get(crate::secret::CURRENT).cloned();
+        match store.move_aliases(id, &AliasMove::promote(version, old.as_ref()), &meta.etag).await {
+            Ok(_) => return Ok(old),
+            Err(StoreError::Conflict { .. }) if attempt < PROMOTE_ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> {
+    let writer = BundleWriter::new(config.agent.runtime_dir.clone(), seams.bundle_pause());
+    writer.prepare_root(config.agent.allow_persistent)?;
+    Ok(writer)
+}
+
+async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
+    let config = Arc::new(load(path)?);
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
+    let engine = Engine::new(config.clone(), open_stores(&config).await?, shared.clone());
+    let summary = engine.sync_all().await;
+    shared.save_status(&config.agent.state_dir);
+    if summary.failed_required > 0 {
+        eprintln!(
+            "keyturn: {} of {} policies failed ({}); see `keyturn status` or the log above",
+            summary.failed.len(),
+            config.policies.len(),
+            summary.failed.join(", ")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
+    let mut config = Arc::new(load(path)?);
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
+    let mut stores = open_stores(&config).await?;
+    let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let status_task = AbortOnDrop(tokio::spawn(shared.clone().persist_status(config.agent.state_dir.clone())));
+    tracing::info!(
+        node = %config.agent.node,
+        policies = config.policies.len(),
+        runtime_dir = %config.agent.runtime_dir.display(),
+        "agent starting"
+    );
+
+    loop {
+        let (changes_tx, mut changes) = mpsc::channel(16);
+        let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
+        let engine = Engine::new(config.clone(), stores.clone(), shared.clone());
+        let summary = engine.sync_all().await;
+        let watchers = engine.spawn_watchers(&summary.failed);
+
+        let next = loop {
+            let reason = tokio::select! {
+                _ = terminate.recv() => break None,
+                _ = interrupt.recv() => break None,
+                _ = hangup.recv() => "SIGHUP",
+                Some(()) = changes.recv() => {
+                    tokio::time::sleep(RELOAD_SETTLE).await;
+                    while changes.try_recv().is_ok() {}
+                    "a configuration file changed"
+                }
+            };
+            match reload(path, &config, seams).await {
+                Ok(Some(next)) => {
+                    tracing::info!(reason, policies = next.0.policies.len(), "configuration reloaded");
+                    break Some(next);
+                }
+                Ok(None) => tracing::info!(reason, "configuration unchanged"),
+                Err(e) => {
+                    if let AppError::Config(ConfigErrors(problems)) = &e {
+                        for problem in problems {
+                            tracing::error!(%problem, "configuration problem");
+                        }
+                    }
+                    tracing::error!(reason, error = %error_chain(&e), "new configuration refused; the running one stays");
+                }
+            }
+        };
+        drop(watchers);
+        match next {
+            None => break,
+            Some((next_config, next_stores, next_writer)) => {
+                if let Some(next_writer) = next_writer {
+                    *shared.writer() = next_writer;
+                }
+                config = Arc::new(next_config);
+                stores = next_stores;
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    drop(status_task);
+    let state_dir = config.agent.state_dir.clone();
+    let saved = tokio::time::timeout(config.agent.shutdown_grace, async move { shared.save_status(&state_dir) }).await;
+    if saved.is_err() {
+        tracing::warn!("status not saved within the shutdown grace");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Reloaded = (Config, BTreeMap<String, Arc<AnyStore>>, Option<BundleWriter>);
+
+/// Loads the configuration again; `None` if nothing changed. Everything that can fail is
+/// done here, before the running configuration is touched.
+async fn reload(path: &Path, current: &Config, seams: &Seams) -> Result<Option<Reloaded>, AppError> {
+    let next = load(path)?;
+    if next == *current {
+        return Ok(None);
+    }
+    let stores = open_stores(&next).await?;
+    let writer = if next.agent.runtime_dir != current.agent.runtime_dir
+        || next.agent.allow_persistent != current.agent.allow_persistent
+    {
+        Some(writer(&next, seams)?)
+    } else {
+        None
+    };
+    if next.agent.state_dir != current.agent.state_dir || next.agent.node != current.agent.node {
+        tracing::warn!("state_dir and node changes take effect at the next restart");
+    }
+    Ok(Some((next, stores, writer)))
+}
+
+/// Watches the agent file and the policy directory; sends `()` when either changes. The
+/// watcher stops when the returned value is dropped. A failure to watch is logged, and SIGHUP
+/// still reloads.
+fn watch_files(
+    agent_file: &Path,
+    policies_dir: &Path,
+    changes: mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+
+    let agent_file = agent_file.to_path_buf();
+    let policies: PathBuf = policies_dir.to_path_buf();
+    let watched = (agent_file.clone(), policies.clone());
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            *p == watched.0 || (p.parent() == Some(watched.1.as_path()) && p.extension().is_some_and(|e| e == "toml"))
+        });
+        if relevant {
+            let _ = changes.try_send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch configuration files; reload with SIGHUP");
+            return None;
+        }
+    };
+    let agent_dir = agent_file.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for dir in [&agent_dir, &policies] {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a configuration directory; reload with SIGHUP");
+        }
+    }
+    Some(watcher)
+}
+
+/// A spawned task that is aborted when its owner drops it.
+#[derive(Debug)]
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

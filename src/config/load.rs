@@ -1,0 +1,80 @@
+//! Reading configuration files: the only I/O in `config`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{Accounts, Config, ConfigErrors, Environment, Problem, validate};
+
+/// One configuration file's path and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The texts validation works on: the agent file and every policy file.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub agent: SourceFile,
+    pub policies: Vec<SourceFile>,
+}
+
+/// Reads the agent file and validates its `[agent]` section alone.
+pub fn load_agent(agent_file: &Path, env: &dyn Environment) -> Result<super::Agent, ConfigErrors> {
+    let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
+    validate::agent_settings(&agent, env)
+}
+
+/// Reads and validates the configuration rooted at `agent_file`.
+pub fn load(agent_file: &Path, env: &dyn Environment, accounts: &dyn Accounts) -> Result<Config, ConfigErrors> {
+    let sources = read_sources(agent_file, env)?;
+    validate(&sources, env, accounts)
+}
+
+/// Reads the agent file, finds its policy directory, and reads every `*.toml` in it.
+pub fn read_sources(agent_file: &Path, env: &dyn Environment) -> Result<Sources, ConfigErrors> {
+    let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
+    let dir = validate::agent_settings(&agent, env)?.policies_dir;
+    let policies = read_policy_dir(&dir, &agent.path)?;
+    Ok(Sources { agent, policies })
+}
+
+fn read_file(path: &Path) -> Result<SourceFile, Problem> {
+    fs::read_to_string(path).map(|text| SourceFile { path: path.to_path_buf(), text }).map_err(|e| Problem {
+        file: path.to_path_buf(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// Policy files are the directory's `*.toml` files, sorted by name. Hidden files (editor swap
+/// files, `..data`-style entries) and subdirectories are not policies.
+fn read_policy_dir(dir: &Path, agent_file: &Path) -> Result<Vec<SourceFile>, ConfigErrors> {
+    let entries = fs::read_dir(dir).map_err(|e| {
+        ConfigErrors(vec![Problem {
+            file: agent_file.to_path_buf(),
+            line: None,
+            key: "agent.policies".into(),
+            message: format!("cannot read policy directory {}: {e}", dir.display()),
+        }])
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.') && path.extension().is_some_and(|ext| ext == "toml") && path.is_file()
+        })
+        .collect();
+    paths.sort();
+    let mut files = Vec::with_capacity(paths.len());
+    let mut problems = Vec::new();
+    for path in paths {
+        match read_file(&path) {
+            Ok(file) => files.push(file),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if problems.is_empty() { Ok(files) } else { Err(ConfigErrors(problems)) }
+}

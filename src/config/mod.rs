@@ -1,0 +1,241 @@
+//! Configuration: one agent file and a directory of policy files, in TOML.
+//!
+//! The path from text to typed values has three steps, each in its own file:
+//!
+//! - [`load`] reads the files (the only I/O here) into [`Sources`];
+//! - [`raw`] holds the serde types, strict (`deny_unknown_fields`) and still stringly;
+//! - [`validate`] turns sources into a typed [`Config`], purely: it reports **every** problem
+//!   it finds, each with file, line, key and what would be accepted, and reads the environment
+//!   and the user database only through the [`Environment`] and [`Accounts`] seams.
+//!
+//! Nothing after validation sees a raw string: durations are `Duration`s, paths are checked,
+//! formats are enums, owners are numeric ids.
+
+mod expand;
+mod load;
+mod raw;
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::secret::SecretId;
+
+pub use load::{SourceFile, Sources, load, load_agent, read_sources};
+pub use units::{parse_duration, parse_ratio};
+pub use validate::{agent_settings, validate};
+
+/// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
+
+/// A validated configuration: the agent's own settings, its stores and its policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub agent: Agent,
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// Sorted by name, so that every node that reads the same files builds the same plan.
+    pub policies: Vec<Policy>,
+}
+
+impl Config {
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// Policies grouped by the bundle directories they deliver into.
+    pub fn bundles(&self) -> BTreeMap<&str, Vec<&Policy>> {
+        let mut bundles: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+        for policy in &self.policies {
+            for bundle in policy.bundles() {
+                let members = bundles.entry(bundle).or_default();
+                if !members.iter().any(|p| p.name == policy.name) {
+                    members.push(policy);
+                }
+            }
+        }
+        bundles
+    }
+}
+
+/// The `[agent]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    /// This node's name, as reported in status and (later) used for leases.
+    pub node: String,
+    /// Root of every delivered bundle; must be tmpfs or ramfs unless `allow_persistent`.
+    pub runtime_dir: PathBuf,
+    /// Persistent agent state: the status file, and later the event spool.
+    pub state_dir: PathBuf,
+    pub policies_dir: PathBuf,
+    pub poll: Duration,
+    /// Fraction of `poll` by which each wait is spread, so a fleet does not poll in lockstep.
+    pub jitter: f64,
+    pub allow_persistent: bool,
+    /// How long shutdown waits for work in flight before it gives up.
+    pub shutdown_grace: Duration,
+}
+
+/// One `[stores.NAME]` section. One variant per backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    File(FileStoreConfig),
+}
+
+impl StoreConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::File(_) => "file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStoreConfig {
+    pub dir: PathBuf,
+    /// A directory of initial values (one file per secret id) imported when the store holds
+    /// no secret at all: how the quickstart starts from nothing.
+    pub seed: Option<PathBuf>,
+}
+
+/// One policy file: which secret to pull and where to deliver it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The file stem; used in logs, status and metric labels.
+    pub name: String,
+    pub store: String,
+    pub secret: SecretId,
+    /// Readiness waits for required policies only.
+    pub required: bool,
+    pub deliver: Vec<Delivery>,
+}
+
+impl Policy {
+    /// The bundles this policy writes into, without repeats, in order of first appearance.
+    pub fn bundles(&self) -> impl Iterator<Item = &str> {
+        let mut seen: Vec<&str> = Vec::new();
+        self.deliver.iter().filter_map(move |d| {
+            let bundle = d.bundle.as_str();
+            (!seen.contains(&bundle)).then(|| {
+                seen.push(bundle);
+                bundle
+            })
+        })
+    }
+}
+
+/// One `[[deliver]]` entry: a file inside a bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The bundle directory under `runtime_dir` (the first component of `path`).
+    pub bundle: String,
+    /// The path inside the bundle, relative and normalised.
+    pub file: PathBuf,
+    pub format: Format,
+    pub mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+impl Delivery {
+    /// The path as written in the policy (`bundle/file`), for messages.
+    pub fn display_path(&self) -> String {
+        Path::new(&self.bundle).join(&self.file).display().to_string()
+    }
+}
+
+/// How a secret value becomes file contents. One variant per format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// The bytes as stored.
+    Raw,
+    /// Standard base64, no trailing newline.
+    Base64,
+    /// `NAME=value` lines: one line named `key` for a plain value, or one line per member
+    /// of a JSON object value.
+    Env { key: Option<String> },
+    /// JSON: the value itself when it is JSON, or `{"key": "value"}` when `key` is set.
+    Json { key: Option<String> },
+}
+
+impl Format {
+    pub const ACCEPTED: &'static str = "\"raw\", \"base64\", \"env\" or \"json\"";
+}
+
+/// One thing wrong with the configuration, located as precisely as the text allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// The key path inside the file (`deliver[1].path`), or empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in one load, in file order. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "configuration has {n} problem{}:", if n == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads environment variables and the host name; the seam that lets tests expand `${...}`
+/// without touching the process environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+    fn hostname(&self) -> Option<String>;
+}
+
+/// Resolves user and group names to ids; the seam over the system's user database.
+pub trait Accounts {
+    fn user_id(&self, name: &str) -> Option<u32>;
+    fn group_id(&self, name: &str) -> Option<u32>;
+}
+
+/// The real environment and user database of this process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct System;
+
+impl Environment for System {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn hostname(&self) -> Option<String> {
+        let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+impl Accounts for System {
+    fn user_id(&self, name: &str) -> Option<u32> {
+        uzers::get_user_by_name(name).map(|u| u.uid())
+    }
+
+    fn group_id(&self, name: &str) -> Option<u32> {
+        uzers::get_group_by_name(name).map(|g| g.gid())
+    }
+}

@@ -1,0 +1,102 @@
+//! The serde shapes of the configuration files: strict, and still made of strings.
+//!
+//! Every struct denies unknown fields, so a typo is an error rather than a silently ignored
+//! setting. Fields that validation checks further are `Spanned`, so its messages can point at
+//! the line. Sections are deserialized one at a time (see `validate`), so a mistake in one does
+//! not hide a mistake in another.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Visitor};
+use toml::Spanned;
+
+/// `[agent]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub node: Option<Spanned<String>>,
+    pub runtime_dir: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub policies: Option<Spanned<String>>,
+    pub poll: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<String>>,
+    pub allow_persistent: Option<bool>,
+    pub shutdown_grace: Option<Spanned<String>>,
+}
+
+/// `[stores.NAME]` with `kind = "file"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    #[allow(dead_code, reason = "read before this struct, to pick it; present so it is not unknown")]
+    pub kind: String,
+    pub dir: Spanned<String>,
+    pub seed: Option<Spanned<String>>,
+}
+
+/// A policy's `[secret]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    pub store: Spanned<String>,
+    pub id: Spanned<String>,
+    pub required: Option<bool>,
+}
+
+/// One of a policy's `[[deliver]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deliver {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub mode: Option<Spanned<Mode>>,
+    pub user: Option<Spanned<NameOrId>>,
+    pub group: Option<Spanned<NameOrId>>,
+}
+
+/// A file mode: `"0400"` as a string, or `0o400` as a TOML octal integer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Text(String),
+    Bits(i64),
+}
+
+/// A user or group: a name, or a numeric id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameOrId {
+    Name(String),
+    Id(i64),
+}
+
+/// Deserializes a string-or-integer without serde's buffering `untagged` enums, which would
+/// lose the spans of the surrounding `Spanned`.
+macro_rules! string_or_integer {
+    ($ty:ident, $text:ident, $number:ident, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        Ok($ty::$text(v.to_string()))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        Ok($ty::$number(v))
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        i64::try_from(v).map($ty::$number).map_err(E::custom)
+                    }
+                }
+                deserializer.deserialize_any(V)
+            }
+        }
+    };
+}
+
+string_or_integer!(Mode, Text, Bits, "an octal mode such as \"0400\"");
+string_or_integer!(NameOrId, Name, Id, "a name or a numeric id");

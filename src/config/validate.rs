@@ -1,0 +1,845 @@
+//! Pure validation: configuration texts in, a typed [`Config`] or every problem out.
+//!
+//! No I/O happens here. The environment and the user database come in through the
+//! [`Environment`] and [`Accounts`] seams, so the same texts and seams always give the same
+//! answer, and tests need no files, variables or users.
+//!
+//! Each section is deserialized on its own and checking goes on after a bad one, so one run
+//! reports every mistake it can see: a typo in `[secret]` does not hide a bad path in
+//! `[[deliver]]`, and a bad policy file does not hide another.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use super::expand::expand;
+use super::load::SourceFile;
+use super::raw;
+use super::units::{parse_duration, parse_mode, parse_ratio};
+use super::{
+    Accounts, Agent, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, Policy, Problem, Sources,
+    StoreConfig,
+};
+use crate::secret::SecretId;
+
+const DEFAULT_RUNTIME_DIR: &str = "/run/keyturn";
+const DEFAULT_STATE_DIR: &str = "/var/lib/keyturn";
+const DEFAULT_POLICIES_DIR: &str = "/etc/keyturn/policies";
+const DEFAULT_POLL: Duration = Duration::from_secs(60);
+const DEFAULT_JITTER: f64 = 0.1;
+const MAX_JITTER: f64 = 0.5;
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Owner-read only: the safe default for a secret file.
+const DEFAULT_MODE: u32 = 0o400;
+/// Shortest poll accepted. Faster polling buys nothing a notification would not, and costs
+/// store quota across the whole fleet.
+const MIN_POLL: Duration = Duration::from_secs(1);
+
+/// Validates the agent file and every policy file together.
+pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Accounts) -> Result<Config, ConfigErrors> {
+    let mut problems = Vec::new();
+    let agent_file = File::new(&sources.agent);
+    let parsed = agent_file.parse(&mut problems);
+    let (agent, stores) = match &parsed {
+        Some(table) => agent_table(&agent_file, table, env, &mut problems),
+        None => (None, BTreeMap::new()),
+    };
+
+    let mut policies = Vec::new();
+    let mut placed: Vec<Placed> = Vec::new();
+    for source in &sources.policies {
+        let file = File::new(source);
+        if let Some(policy) = policy_file(&file, &stores, &agent_file, env, accounts, &mut placed, &mut problems) {
+            policies.push(policy);
+        }
+    }
+    check_paths(&placed, &mut problems);
+
+    match agent {
+        Some(agent) if problems.is_empty() => {
+            policies.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Config { agent, stores, policies })
+        }
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// The `[agent]` settings alone, from the agent file alone: the loader needs the policy
+/// directory before it can read policies, and `keyturn status` needs the state directory even
+/// when a policy is broken.
+pub fn agent_settings(agent: &SourceFile, env: &dyn Environment) -> Result<Agent, ConfigErrors> {
+    let mut problems = Vec::new();
+    let file = File::new(agent);
+    let settings = file.parse(&mut problems).and_then(|table| {
+        let raw: raw::Agent = match table.get_ref().get("agent") {
+            Some(value) => file.section(value, "agent", &mut problems)?,
+            None => raw::Agent::default(),
+        };
+        agent_section(&file, raw, env, &mut problems)
+    });
+    match settings {
+        Some(agent) if problems.is_empty() => Ok(agent),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// One configuration file being checked: its path, its text, and how to point into it.
+struct File<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl<'a> File<'a> {
+    fn new(source: &'a SourceFile) -> Self {
+        Self { path: &source.path, text: &source.text }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn problem(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            file: self.path.to_path_buf(),
+            line: span.map(|s| self.line(s.start)),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The file's top-level table, or `None` after recording every syntax error in it.
+    fn parse(&self, problems: &mut Vec<Problem>) -> Option<Spanned<DeTable<'a>>> {
+        let (table, errors) = DeTable::parse_recoverable(self.text);
+        if errors.is_empty() {
+            return Some(table);
+        }
+        for error in errors {
+            problems.push(self.problem(error.span(), "", format!("TOML syntax: {}", error.message())));
+        }
+        None
+    }
+
+    /// Deserializes one section, recording every field that does not fit under `key`.
+    ///
+    /// Serde stops at the first bad field, so each bad field is reported, taken out and the
+    /// section tried again: an unknown key and a mistyped value in one section both show up.
+    /// The section that remains is returned so its values are checked too; the recorded
+    /// problems already make the whole load fail. A required field that had to be taken out
+    /// leaves nothing to return, and its "missing field" echo is not reported.
+    fn section<T: DeserializeOwned>(
+        &self,
+        value: &Spanned<DeValue<'a>>,
+        key: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<T> {
+        let mut value = value.clone();
+        let mut removed = false;
+        loop {
+            let error = match T::deserialize(ValueDeserializer::from(value.clone())) {
+                Ok(section) => return Some(section),
+                Err(error) => error,
+            };
+            if removed && error.message().starts_with("missing field") {
+                return None;
+            }
+            problems.push(self.problem(error.span().or(Some(value.span())), key, error.message()));
+            let (Some(span), DeValue::Table(table)) = (error.span(), value.get_mut()) else { return None };
+            let mut kept = DeTable::new();
+            for (k, v) in table.iter() {
+                if !(k.span().contains(&span.start) || v.span().contains(&span.start)) {
+                    kept.insert(k.clone(), v.clone());
+                }
+            }
+            if kept.len() == table.len() {
+                return None;
+            }
+            *table = kept;
+            removed = true;
+        }
+    }
+
+    /// Expands `${...}` in a setting, recording a problem if it cannot.
+    fn expand(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        env: &dyn Environment,
+        problems: &mut Vec<Problem>,
+    ) -> Option<String> {
+        expand(value.get_ref(), env).map_err(|m| problems.push(self.problem(Some(value.span()), key, m))).ok()
+    }
+
+    /// A directory setting: expanded, and resolved against this file's directory when relative
+    /// so that a configuration and its policies can travel together.
+    fn path_setting(
+        &self,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        key: &str,
+        env: &dyn Environment,
+        problems: &mut Vec<Problem>,
+    ) -> Option<PathBuf> {
+        let text = match value {
+            Some(value) => self.expand(value, key, env, problems)?,
+            None => default.to_string(),
+        };
+        if text.trim().is_empty() {
+            problems.push(self.problem(value.map(Spanned::span), key, "must not be empty"));
+            return None;
+        }
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            return Some(path);
+        }
+        Some(self.path.parent().unwrap_or(Path::new(".")).join(path))
+    }
+
+    fn duration(
+        &self,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+        key: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Duration> {
+        match value {
+            None => Some(default),
+            Some(value) => parse_duration(value.get_ref())
+                .map_err(|m| problems.push(self.problem(Some(value.span()), key, m)))
+                .ok(),
+        }
+    }
+
+    /// Complains about top-level keys other than `accepted`.
+    fn known_sections(&self, table: &DeTable<'_>, accepted: &[&str], problems: &mut Vec<Problem>) {
+        for key in table.keys() {
+            if !accepted.contains(&key.get_ref().as_ref()) {
+                let list = accepted.iter().map(|a| format!("[{a}]")).collect::<Vec<_>>().join(", ");
+                problems.push(self.problem(
+                    Some(key.span()),
+                    key.get_ref(),
+                    format!("unknown section; expected {list}"),
+                ));
+            }
+        }
+    }
+}
+
+fn agent_table(
+    file: &File<'_>,
+    table: &Spanned<DeTable<'_>>,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> (Option<Agent>, BTreeMap<String, StoreConfig>) {
+    let table = table.get_ref();
+    file.known_sections(table, &["agent", "stores"], problems);
+    let agent = match table.get("agent") {
+        Some(value) => file.section(value, "agent", problems).and_then(|raw| agent_section(file, raw, env, problems)),
+        None => agent_section(file, raw::Agent::default(), env, problems),
+    };
+    let stores = match table.get("stores") {
+        Some(value) => stores_section(file, value, env, problems),
+        None => BTreeMap::new(),
+    };
+    (agent, stores)
+}
+
+fn agent_section(
+    file: &File<'_>,
+    raw: raw::Agent,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<Agent> {
+    let node = match &raw.node {
+        Some(node) => file.expand(node, "agent.node", env, problems),
+        None => env.hostname().or_else(|| {
+            problems.push(file.problem(None, "agent.node", "cannot read the host name; set node = \"NAME\""));
+            None
+        }),
+    };
+    let node = node.and_then(|node| {
+        let ok = !node.is_empty()
+            && node.len() <= 253
+            && node.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        ok.then_some(node.clone()).or_else(|| {
+            let span = raw.node.as_ref().map(Spanned::span);
+            problems.push(file.problem(
+                span,
+                "agent.node",
+                format!("\"{node}\" is not a node name: 1 to 253 letters, digits, \".\", \"-\" or \"_\""),
+            ));
+            None
+        })
+    });
+    let runtime_dir =
+        file.path_setting(raw.runtime_dir.as_ref(), DEFAULT_RUNTIME_DIR, "agent.runtime_dir", env, problems);
+    let state_dir = file.path_setting(raw.state_dir.as_ref(), DEFAULT_STATE_DIR, "agent.state_dir", env, problems);
+    let policies_dir = file.path_setting(raw.policies.as_ref(), DEFAULT_POLICIES_DIR, "agent.policies", env, problems);
+    let poll = file.duration(raw.poll.as_ref(), DEFAULT_POLL, "agent.poll", problems).and_then(|poll| {
+        (poll >= MIN_POLL).then_some(poll).or_else(|| {
+            let span = raw.poll.as_ref().map(Spanned::span);
+            problems.push(file.problem(span, "agent.poll", "must be at least 1s"));
+            None
+        })
+    });
+    let jitter = match &raw.jitter {
+        None => Some(DEFAULT_JITTER),
+        Some(value) => parse_ratio(value.get_ref(), MAX_JITTER)
+            .map_err(|m| problems.push(file.problem(Some(value.span()), "agent.jitter", m)))
+            .ok(),
+    };
+    let shutdown_grace =
+        file.duration(raw.shutdown_grace.as_ref(), DEFAULT_SHUTDOWN_GRACE, "agent.shutdown_grace", problems);
+    Some(Agent {
+        node: node?,
+        runtime_dir: runtime_dir?,
+        state_dir: state_dir?,
+        policies_dir: policies_dir?,
+        poll: poll?,
+        jitter: jitter?,
+        allow_persistent: raw.allow_persistent.unwrap_or(false),
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+const STORE_KINDS: &str = "\"file\"";
+
+fn stores_section(
+    file: &File<'_>,
+    value: &Spanned<DeValue<'_>>,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, StoreConfig> {
+    let mut stores = BTreeMap::new();
+    let Some(table) = value.get_ref().as_table() else {
+        problems.push(file.problem(Some(value.span()), "stores", "must be a table of [stores.NAME] sections"));
+        return stores;
+    };
+    for (name, value) in table.iter() {
+        let key = format!("stores.{}", name.get_ref());
+        if !is_simple_name(name.get_ref()) {
+            problems.push(file.problem(
+                Some(name.span()),
+                &key,
+                "store names are lowercase letters, digits, \"-\" and \"_\", starting with a letter or digit",
+            ));
+        }
+        let kind = value.get_ref().get("kind").and_then(|k| k.get_ref().as_str().map(|s| (s, k.span())));
+        let store = match kind {
+            Some(("file", _)) => file
+                .section::<raw::FileStore>(value, &key, problems)
+                .and_then(|raw| file_store(file, &key, raw, env, problems)),
+            Some((other, span)) => {
+                problems.push(file.problem(
+                    Some(span),
+                    &format!("{key}.kind"),
+                    format!("unknown store kind \"{other}\"; expected {STORE_KINDS}"),
+                ));
+                None
+            }
+            None => {
+                problems.push(file.problem(
+                    Some(value.span()),
+                    &format!("{key}.kind"),
+                    format!("missing; expected kind = {STORE_KINDS}"),
+                ));
+                None
+            }
+        };
+        if let Some(store) = store {
+            stores.insert(name.get_ref().to_string(), store);
+        }
+    }
+    stores
+}
+
+fn file_store(
+    file: &File<'_>,
+    key: &str,
+    raw: raw::FileStore,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<StoreConfig> {
+    let dir = file.path_setting(Some(&raw.dir), "", &format!("{key}.dir"), env, problems);
+    let seed = match &raw.seed {
+        Some(seed) => Some(file.path_setting(Some(seed), "", &format!("{key}.seed"), env, problems)?),
+        None => None,
+    };
+    Some(StoreConfig::File(FileStoreConfig { dir: dir?, seed }))
+}
+
+/// A delivered path, remembered for the checks that span policies.
+struct Placed {
+    file: PathBuf,
+    line: usize,
+    policy: String,
+    path: PathBuf,
+}
+
+fn policy_file(
+    file: &File<'_>,
+    stores: &BTreeMap<String, StoreConfig>,
+    agent_file: &File<'_>,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+    placed: &mut Vec<Placed>,
+    problems: &mut Vec<Problem>,
+) -> Option<Policy> {
+    let name = file.path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+    let before = problems.len();
+    if !is_simple_name(&name) || name.len() > 63 {
+        problems.push(file.problem(
+            None,
+            "",
+            "a policy is named by its file stem, which must be 1 to 63 lowercase letters, digits, \
+             \"-\" and \"_\", starting with a letter or digit",
+        ));
+    }
+    let table = file.parse(problems)?;
+    let table = table.get_ref();
+    file.known_sections(table, &["secret", "deliver"], problems);
+
+    let secret = match table.get("secret") {
+        Some(value) => file
+            .section::<raw::Secret>(value, "secret", problems)
+            .and_then(|raw| secret_section(file, raw, stores, agent_file, env, problems)),
+        None => {
+            problems.push(file.problem(None, "secret", "missing; every policy needs [secret] with store and id"));
+            None
+        }
+    };
+
+    let mut deliver = Vec::new();
+    match table.get("deliver") {
+        Some(value) => match value.get_ref().as_array() {
+            Some(items) if !items.is_empty() => {
+                for (i, item) in items.iter().enumerate() {
+                    let key = format!("deliver[{i}]");
+                    let Some(raw) = file.section::<raw::Deliver>(item, &key, problems) else { continue };
+                    let line = file.line(raw.path.span().start);
+                    if let Some(delivery) = delivery(file, &key, raw, accounts, problems) {
+                        placed.push(Placed {
+                            file: file.path.to_path_buf(),
+                            line,
+                            policy: name.clone(),
+                            path: Path::new(&delivery.bundle).join(&delivery.file),
+                        });
+                        deliver.push(delivery);
+                    }
+                }
+            }
+            _ => problems.push(file.problem(Some(value.span()), "deliver", "must be one or more [[deliver]] tables")),
+        },
+        None => problems.push(file.problem(
+            None,
+            "deliver",
+            "missing; add at least one [[deliver]] with a path such as \"app/secret\"",
+        )),
+    }
+
+    let (store, secret, required) = secret?;
+    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver })
+}
+
+fn secret_section(
+    file: &File<'_>,
+    raw: raw::Secret,
+    stores: &BTreeMap<String, StoreConfig>,
+    agent_file: &File<'_>,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<(String, SecretId, bool)> {
+    let store_name = raw.store.get_ref();
+    let store = stores.get(store_name);
+    if store.is_none() {
+        let defined = if stores.is_empty() {
+            format!("no stores are defined in {}", agent_file.path.display())
+        } else {
+            let names = stores.keys().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+            format!("defined stores: {names}")
+        };
+        problems.push(file.problem(
+            Some(raw.store.span()),
+            "secret.store",
+            format!("store \"{store_name}\" is not defined; {defined}"),
+        ));
+    }
+    let id = file.expand(&raw.id, "secret.id", env, problems)?;
+    let id = SecretId::parse(&id).map_err(|m| problems.push(file.problem(Some(raw.id.span()), "secret.id", m))).ok()?;
+    store?;
+    Some((store_name.clone(), id, raw.required.unwrap_or(true)))
+}
+
+fn delivery(
+    file: &File<'_>,
+    key: &str,
+    raw: raw::Deliver,
+    accounts: &dyn Accounts,
+    problems: &mut Vec<Problem>,
+) -> Option<Delivery> {
+    let at =
+        |span: Range<usize>, field: &str, message: String| file.problem(Some(span), &format!("{key}.{field}"), message);
+
+    let path = check_delivery_path(raw.path.get_ref()).map_err(|m| problems.push(at(raw.path.span(), "path", m))).ok();
+
+    let key_name = raw.key.as_ref().map(|k| (k.get_ref().clone(), k.span()));
+    let format = match raw.format.as_ref().map(|f| (f.get_ref().as_str(), f.span())) {
+        None | Some(("raw", _)) => Some(Format::Raw),
+        Some(("base64", _)) => Some(Format::Base64),
+        Some(("env", _)) => Some(Format::Env { key: key_name.as_ref().map(|(k, _)| k.clone()) }),
+        Some(("json", _)) => Some(Format::Json { key: key_name.as_ref().map(|(k, _)| k.clone()) }),
+        Some((other, span)) => {
+            problems.push(at(span, "format", format!("unknown format \"{other}\"; expected {}", Format::ACCEPTED)));
+            None
+        }
+    };
+    match (&format, &key_name) {
+        (Some(Format::Raw | Format::Base64), Some((_, span))) => {
+            problems.push(at(span.clone(), "key", "applies only to the \"env\" and \"json\" formats".into()));
+        }
+        (Some(Format::Env { .. }), Some((name, span))) if !is_env_name(name) => {
+            problems.push(at(
+                span.clone(),
+                "key",
+                format!("\"{name}\" is not a variable name: letters, digits and \"_\", not starting with a digit"),
+            ));
+        }
+        (Some(Format::Json { .. }), Some((name, span))) if name.is_empty() => {
+            problems.push(at(span.clone(), "key", "must not be empty".into()));
+        }
+        _ => {}
+    }
+
+    let mode = match &raw.mode {
+        None => Some(DEFAULT_MODE),
+        Some(mode) => {
+            let parsed = match mode.get_ref() {
+                raw::Mode::Text(text) => parse_mode(text),
+                raw::Mode::Bits(bits) => u32::try_from(*bits)
+                    .ok()
+                    .filter(|b| *b <= 0o777)
+                    .ok_or_else(|| format!("expected a mode from 0o000 to 0o777, got {bits}")),
+            };
+            let checked = parsed.and_then(|m| {
+                (m & 0o022 == 0).then_some(m).ok_or_else(|| {
+                    format!(
+                        "{m:04o} lets other users write a secret; use a read-only mode such as \"0400\" or \"0440\""
+                    )
+                })
+            });
+            checked.map_err(|m| problems.push(at(mode.span(), "mode", m))).ok()
+        }
+    };
+
+    let owner = account(&raw.user, "user", |n| accounts.user_id(n), &at, problems);
+    let group = account(&raw.group, "group", |n| accounts.group_id(n), &at, problems);
+
+    let (bundle, file_path) = path?;
+    Some(Delivery { bundle, file: file_path, format: format?, mode: mode?, owner: owner?, group: group? })
+}
+
+/// A user or group setting as a numeric id: `Some(None)` when absent, `None` when invalid.
+fn account(
+    value: &Option<Spanned<raw::NameOrId>>,
+    what: &str,
+    lookup: impl Fn(&str) -> Option<u32>,
+    at: &impl Fn(Range<usize>, &str, String) -> Problem,
+    problems: &mut Vec<Problem>,
+) -> Option<Option<u32>> {
+    let Some(value) = value else { return Some(None) };
+    let id = match value.get_ref() {
+        raw::NameOrId::Name(name) => {
+            lookup(name).ok_or_else(|| format!("{what} \"{name}\" does not exist on this machine"))
+        }
+        raw::NameOrId::Id(id) => {
+            u32::try_from(*id).ok().filter(|id| *id != u32::MAX).ok_or_else(|| format!("{id} is not a valid {what} id"))
+        }
+    };
+    id.map(Some).map_err(|m| problems.push(at(value.span(), what, m))).ok()
+}
+
+/// Splits `bundle/inside/the/bundle` after checking that it stays inside the runtime directory
+/// and clear of the hidden names keyturn keeps for itself (`..data` and version directories).
+fn check_delivery_path(path: &str) -> Result<(String, PathBuf), String> {
+    let accepted = "a relative path \"BUNDLE/FILE\" inside the runtime directory, such as \"api/signing.pem\"";
+    if path.starts_with('/') {
+        return Err(format!("\"{path}\" is absolute; expected {accepted}"));
+    }
+    let mut parts = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(part) => {
+                let part = part.to_str().unwrap_or("");
+                if part.starts_with('.') {
+                    return Err(format!(
+                        "\"{path}\": names starting with \".\" are reserved for keyturn's own files; expected {accepted}"
+                    ));
+                }
+                if part.len() > 255 || part.contains('\0') {
+                    return Err(format!("\"{path}\": \"{part}\" is not a file name"));
+                }
+                parts.push(part);
+            }
+            Component::ParentDir => {
+                return Err(format!("\"{path}\" escapes the runtime directory; expected {accepted}"));
+            }
+            Component::CurDir => return Err(format!("\"{path}\": \".\" is not allowed; expected {accepted}")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("\"{path}\" is absolute; expected {accepted}"));
+            }
+        }
+    }
+    if path.contains("//") || path.ends_with('/') {
+        return Err(format!("\"{path}\" has an empty component; expected {accepted}"));
+    }
+    match parts.as_slice() {
+        [bundle, rest @ ..] if !rest.is_empty() => Ok((bundle.to_string(), rest.iter().collect())),
+        _ => Err(format!("\"{path}\" names no file inside a bundle; expected {accepted}")),
+    }
+}
+
+/// Two deliveries may not write the same path, nor a file where another needs a directory.
+fn check_paths(placed: &[Placed], problems: &mut Vec<Problem>) {
+    for (i, later) in placed.iter().enumerate() {
+        for earlier in &placed[..i] {
+            let message = if later.path == earlier.path {
+                "is also delivered"
+            } else if later.path.starts_with(&earlier.path) || earlier.path.starts_with(&later.path) {
+                "overlaps the file delivered"
+            } else {
+                continue;
+            };
+            problems.push(Problem {
+                file: later.file.clone(),
+                line: Some(later.line),
+                key: "deliver.path".into(),
+                message: format!(
+                    "\"{}\" {message} by policy \"{}\" ({}:{})",
+                    later.path.display(),
+                    earlier.policy,
+                    earlier.file.display(),
+                    earlier.line
+                ),
+            });
+            break;
+        }
+    }
+}
+
+fn is_simple_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+
+    impl Environment for Fake {
+        fn var(&self, name: &str) -> Option<String> {
+            (name == "SITE").then(|| "fra1".to_string())
+        }
+        fn hostname(&self) -> Option<String> {
+            Some("node-a".into())
+        }
+    }
+
+    impl Accounts for Fake {
+        fn user_id(&self, name: &str) -> Option<u32> {
+            (name == "api").then_some(1000)
+        }
+        fn group_id(&self, name: &str) -> Option<u32> {
+            (name == "api").then_some(1001)
+        }
+    }
+
+    const AGENT: &str = r#"
+[agent]
+runtime_dir = "/run/keyturn"
+state_dir = "state"
+policies = "policies"
+poll = "30s"
+jitter = "20%"
+
+[stores.dev]
+kind = "file"
+dir = "/var/lib/keyturn/store-${SITE}"
+"#;
+
+    fn sources(agent: &str, policies: &[(&str, &str)]) -> Sources {
+        Sources {
+            agent: SourceFile { path: "/etc/keyturn/keyturn.toml".into(), text: agent.into() },
+            policies: policies
+                .iter()
+                .map(|(name, text)| SourceFile {
+                    path: format!("/etc/keyturn/policies/{name}.toml").into(),
+                    text: (*text).into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn problems(agent: &str, policies: &[(&str, &str)]) -> Vec<String> {
+        match validate(&sources(agent, policies), &Fake, &Fake) {
+            Ok(config) => panic!("expected problems, got {config:?}"),
+            Err(ConfigErrors(problems)) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_good_configuration_becomes_typed_values() {
+        let policy = r#"
+[secret]
+store = "dev"
+id = "db-password"
+
+[[deliver]]
+path = "api/db.env"
+format = "env"
+key = "DB_PASSWORD"
+mode = "0440"
+user = "api"
+group = 1001
+
+[[deliver]]
+path = "api/raw/db-password"
+"#;
+        let config = validate(&sources(AGENT, &[("db", policy)]), &Fake, &Fake).unwrap();
+        assert_eq!(config.agent.node, "node-a");
+        assert_eq!(config.agent.state_dir, PathBuf::from("/etc/keyturn/state"));
+        assert_eq!(config.agent.poll, Duration::from_secs(30));
+        assert_eq!(config.agent.jitter, 0.2);
+        assert_eq!(
+            config.stores["dev"],
+            StoreConfig::File(FileStoreConfig { dir: "/var/lib/keyturn/store-fra1".into(), seed: None })
+        );
+        let db = config.policy("db").unwrap();
+        assert!(db.required);
+        assert_eq!(db.secret.as_str(), "db-password");
+        assert_eq!(
+            db.deliver[0],
+            Delivery {
+                bundle: "api".into(),
+                file: "db.env".into(),
+                format: Format::Env { key: Some("DB_PASSWORD".into()) },
+                mode: 0o440,
+                owner: Some(1000),
+                group: Some(1001),
+            }
+        );
+        assert_eq!(db.deliver[1].file, PathBuf::from("raw/db-password"));
+        assert_eq!(db.deliver[1].mode, 0o400);
+        assert_eq!(config.bundles().keys().copied().collect::<Vec<_>>(), vec!["api"]);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_file_line_and_key() {
+        let agent = "[agent]\npoll = \"soon\"\ncolour = \"blue\"\n[stores.dev]\nkind = \"file\"\ndir = \"/s\"\n";
+        let unknown_key = "[secret]\nstore = \"dev\"\nid = \"a\"\nversion = 3\n[[deliver]]\npath = \"x/a\"\n";
+        let bad_paths = "[secret]\nstore = \"nope\"\nid = \"b\"\n[[deliver]]\npath = \"../etc/passwd\"\n[[deliver]]\npath = \"/abs\"\n[[deliver]]\npath = \"x/b\"\nformat = \"yaml\"\nmode = \"0666\"\nuser = \"nobody-here\"\n";
+        let duplicate = "[secret]\nstore = \"dev\"\nid = \"c\"\n[[deliver]]\npath = \"x/b\"\n";
+        let got = problems(agent, &[("unknown-key", unknown_key), ("bad-paths", bad_paths), ("dup", duplicate)]);
+        let want = [
+            "/etc/keyturn/keyturn.toml:2: agent.poll: \"soon\" is not a duration",
+            "/etc/keyturn/policies/unknown-key.toml:4: secret: unknown field `version`",
+            "/etc/keyturn/policies/bad-paths.toml:2: secret.store: store \"nope\" is not defined; defined stores: \"dev\"",
+            "/etc/keyturn/policies/bad-paths.toml:5: deliver[0].path: \"../etc/passwd\" escapes the runtime directory",
+            "/etc/keyturn/policies/bad-paths.toml:7: deliver[1].path: \"/abs\" is absolute",
+            "/etc/keyturn/policies/bad-paths.toml:10: deliver[2].format: unknown format \"yaml\"",
+            "/etc/keyturn/policies/bad-paths.toml:11: deliver[2].mode: 0666 lets other users write",
+            "/etc/keyturn/policies/bad-paths.toml:12: deliver[2].user: user \"nobody-here\" does not exist",
+        ];
+        for want in want {
+            assert!(got.iter().any(|p| p.starts_with(want)), "missing {want:?} in {got:#?}");
+        }
+        assert!(got.iter().any(|p| p.starts_with("/etc/keyturn/keyturn.toml:3: agent: unknown field `colour`")));
+        // dup.toml's x/b is not reported: the x/b in bad-paths.toml was refused for its other
+        // fields, so there is nothing valid yet for it to collide with.
+        assert_eq!(got.len(), 9, "{got:#?}");
+    }
+
+    #[test]
+    fn two_policies_may_not_write_one_path() {
+        let a = "[secret]\nstore = \"dev\"\nid = \"a\"\n[[deliver]]\npath = \"x/shared\"\n";
+        let b = "[secret]\nstore = \"dev\"\nid = \"b\"\n\n[[deliver]]\npath = \"x/shared\"\n";
+        let c = "[secret]\nstore = \"dev\"\nid = \"c\"\n[[deliver]]\npath = \"x/shared/inner\"\n";
+        let got = problems(AGENT, &[("a", a), ("b", b), ("c", c)]);
+        assert_eq!(
+            got,
+            [
+                "/etc/keyturn/policies/b.toml:6: deliver.path: \"x/shared\" is also delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
+                "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/shared/inner\" overlaps the file delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_missing_sections() {
+        let got = problems(AGENT, &[("broken", "[secret\nstore = "), ("empty", ""), ("Upper", "")]);
+        assert!(got.iter().any(|p| p.starts_with("/etc/keyturn/policies/broken.toml:1: TOML syntax")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("empty.toml: secret: missing")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("empty.toml: deliver: missing")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("Upper.toml: a policy is named by its file stem")), "{got:#?}");
+    }
+
+    #[test]
+    fn store_sections_are_checked_by_kind() {
+        let agent =
+            "[stores.a]\nkind = \"vault\"\n[stores.b]\ndir = \"/x\"\n[stores.c]\nkind = \"file\"\npath = \"/x\"\n";
+        let got = problems(agent, &[]);
+        assert!(got.iter().any(|p| p.contains("stores.a.kind: unknown store kind \"vault\"")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("stores.b.kind: missing")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("stores.c: unknown field `path`")), "{got:#?}");
+    }
+
+    #[test]
+    fn delivery_paths() {
+        type Split<'a> = Result<(&'a str, &'a str), &'a str>;
+        let cases: &[(&str, Split)] = &[
+            ("api/key.pem", Ok(("api", "key.pem"))),
+            ("api/tls/cert.pem", Ok(("api", "tls/cert.pem"))),
+            ("api", Err("names no file")),
+            ("../x", Err("escapes")),
+            ("api/../../x", Err("escapes")),
+            ("/etc/x", Err("absolute")),
+            ("api/..data", Err("reserved")),
+            (".hidden/x", Err("reserved")),
+            ("api//x", Err("empty component")),
+            ("./api/x", Err("\".\" is not allowed")),
+        ];
+        for (path, want) in cases {
+            match (check_delivery_path(path), want) {
+                (Ok((bundle, file)), Ok((b, f))) => {
+                    assert_eq!((bundle.as_str(), file.as_path()), (*b, Path::new(f)), "{path}");
+                }
+                (Err(got), Err(want)) => assert!(got.contains(want), "{path}: {got}"),
+                (got, want) => panic!("{path}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn agent_settings_are_read_from_the_agent_file_alone() {
+        let agent = SourceFile { path: "/etc/keyturn/keyturn.toml".into(), text: AGENT.into() };
+        assert_eq!(agent_settings(&agent, &Fake).unwrap().policies_dir, PathBuf::from("/etc/keyturn/policies"));
+        let defaults = SourceFile { path: "/x/keyturn.toml".into(), text: String::new() };
+        let defaults = agent_settings(&defaults, &Fake).unwrap();
+        assert_eq!(defaults.policies_dir, PathBuf::from(DEFAULT_POLICIES_DIR));
+        assert_eq!(defaults.runtime_dir, PathBuf::from(DEFAULT_RUNTIME_DIR));
+        assert_eq!(defaults.node, "node-a");
+    }
+}

@@ -1,0 +1,34 @@
+//! keyturn: a per-node secrets rotation agent.
+//!
+//! # Layout
+//!
+//! The agent is a pipeline, and each module is one stage of it:
+//!
+//! - [`config`]: TOML files → raw serde types → pure validation → typed [`config::Config`] and
+//!   [`config::Policy`] values. Nothing after validation sees a raw string.
+//! - [`secret`]: [`secret::SecretBytes`], the only type that holds secret material. It
+//!   zeroizes on drop and never formats.
+//! - [`store`]: the [`store::SecretStore`] trait and one file per backend (the local file store
+//!   is the default).
+//! - [`rotation`]: timing policy (poll jitter, backoff) as small pure functions.
+//! - [`deliver`]: output formats and the bundle writer that swaps a whole directory of files
+//!   atomically on tmpfs.
+//! - [`report`]: the status model persisted under `state_dir` and shown by `keyturn status`.
+//! - [`engine`]: the loop that ties them together — pull, compare, deliver, report. It is
+//!   generic over the store trait and never names a concrete backend.
+//! - [`app`]: the only place that turns configuration into concrete stores and tasks.
+//! - [`sys`]: the few operating-system calls (statfs, fchown, flock), all through `rustix`.
+//!
+//! The binary (`main.rs`) parses the command line, starts tracing, calls into [`app`] and maps
+//! errors to exit codes: 0 ok, 1 runtime failure, 64 bad usage or configuration.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod engine;
+pub mod report;
+pub mod rotation;
+pub mod secret;
+pub mod store;
+pub mod sys;

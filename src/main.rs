@@ -1,0 +1,60 @@
+//! The `keyturn` binary: parse the command line, start tracing, run, map errors to exit codes
+//! (0 ok, 1 runtime failure, 64 bad usage or configuration).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keyturn::app::{self, Seams};
+use keyturn::cli::{Cli, LogFormat};
+use keyturn::engine::error_chain;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    if let Err(message) = start_tracing(&cli) {
+        eprintln!("keyturn: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // An agent does one thing at a time and mostly waits: one thread is all it needs, and
+    // every thread costs resident memory on every node of the fleet.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("keyturn: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seams = Seams::from_process();
+    match runtime.block_on(app::run(cli, seams)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyturn: {}", error_chain(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn start_tracing(cli: &Cli) -> Result<(), String> {
+    let filter: Targets = cli.log.parse().map_err(|e| format!("--log {:?}: {e}", cli.log))?;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::registry().with(layer.with_ansi(ansi).with_filter(filter)).init();
+        }
+        LogFormat::Json => {
+            let layer = layer.json().flatten_event(true).with_current_span(false).with_span_list(false);
+            tracing_subscriber::registry().with(layer.with_filter(filter)).init();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! The local file store: the embedded default, for development, the quickstart, and nodes
+//! that get their secrets from configuration management.
+//!
+//! On-disk layout (documented in the README):
+//!
+//! ```text
+//! DIR/                       0700
+//!   SECRET_ID/               0700
+//!     secret.json            0600  etag, aliases, annotations, and per version: state,
+//!                                  creation time and CRC32C. Replaced atomically.
+//!     lock                   0600  flock'd by every writer for the length of one change
+//!     versions/              0700
+//!       1  2  3 ...          0600  the values, one file per version, never rewritten
+//! ```
+//!
+//! Versions are numbered from 1 and never reused. Aliases move only under the lock and only if
+//! the caller's etag (the secret's generation number) still matches: the same compare-and-swap
+//! contract as Google Secret Manager, so the rotation protocol runs unchanged on both. Readers
+//! take no lock: `secret.json` is replaced by rename and version files are written before
+//! `secret.json` names them, so a reader sees a whole old state or a whole new one.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{AliasMove, Etag, SecretMeta, SecretStore, Selector, StoreError, Version};
+use crate::config::FileStoreConfig;
+use crate::secret::{SecretBytes, SecretId, VersionId};
+use crate::sys;
+
+const META: &str = "secret.json";
+const LOCK: &str = "lock";
+const VERSIONS: &str = "versions";
+/// How long a writer waits for another writer (another agent, `keyturn store put`).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub struct FileStore {
+    /// The store's name in configuration, for messages.
+    name: String,
+    dir: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    /// Bumped by every change; the compare-and-swap token.
+    etag: u64,
+    /// The number the next version gets. Kept apart from `versions` so numbers are never
+    /// reused, even if version files are pruned by hand.
+    next_version: u64,
+    aliases: BTreeMap<String, VersionId>,
+    annotations: BTreeMap<String, String>,
+    versions: BTreeMap<u64, VersionMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionMeta {
+    state: State,
+    created: String,
+    crc32c: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    Enabled,
+    Disabled,
+    Destroyed,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Enabled => "enabled",
+            State::Disabled => "disabled",
+            State::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store at `config.dir`, and imports `config.seed` if the
+    /// store holds no secret yet.
+    pub async fn open(name: &str, config: &FileStoreConfig) -> Result<Self, StoreError> {
+        let store = FileStore { name: name.to_string(), dir: config.dir.clone() };
+        sys::create_dir(&store.dir, 0o700).map_err(|e| store.io("create", &store.dir, e))?;
+        if let Some(seed) = &config.seed {
+            store.seed(seed).await?;
+        }
+        Ok(store)
+    }
+
+    /// Imports every `id = "value"` of a TOML seed file, once, into an empty store.
+    async fn seed(&self, seed: &Path) -> Result<(), StoreError> {
+        let mut entries = fs::read_dir(&self.dir).map_err(|e| self.io("list", &self.dir, e))?;
+        if entries.next().is_some() {
+            return Ok(());
+        }
+        let text = zeroize::Zeroizing::new(fs::read_to_string(seed).map_err(|e| self.io("read seed file", seed, e))?);
+        let values: BTreeMap<String, String> = toml::from_str(&text).map_err(|e| {
+            StoreError::Invalid(format!(
+                "seed file {}: expected lines of secret-id = \"value\": {}",
+                seed.display(),
+                e.message()
+            ))
+        })?;
+        for (id, value) in values {
+            let id = SecretId::new(id);
+            let version = self.add_version(&id, &SecretBytes::from(value)).await?;
+            let meta = self.describe(&id).await?;
+            self.move_aliases(&id, &AliasMove::promote(&version, None), &meta.etag).await?;
+            tracing::info!(store = %self.name, secret = %id, version = %version, "seeded secret");
+        }
+        Ok(())
+    }
+
+    fn io(&self, action: &'static str, path: &Path, source: io::Error) -> StoreError {
+        StoreError::Io { store: self.name.clone(), action, path: path.to_path_buf(), source }
+    }
+
+    fn secret_dir(&self, id: &SecretId) -> Result<PathBuf, StoreError> {
+        // Ids are validated by configuration, but `store put` and `get` take them from the
+        // command line: check again before an id becomes a path.
+        SecretId::parse(id.as_str()).map_err(StoreError::Invalid)?;
+        Ok(self.dir.join(id.as_str()))
+    }
+
+    fn read_meta(&self, id: &SecretId) -> Result<Meta, StoreError> {
+        let path = self.secret_dir(id)?.join(META);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { store: self.name.clone(), id: id.clone() });
+            }
+            Err(e) => return Err(self.io("read", &path, e)),
+        };
+        serde_json::from_slice(&text)
+            .map_err(|e| self.io("parse", &path, io::Error::new(io::ErrorKind::InvalidData, e.to_string())))
+    }
+
+    fn write_meta(&self, id: &SecretId, meta: &Meta) -> Result<(), StoreError> {
+        let path = self.secret_dir(id)?.join(META);
+        let bytes = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+        sys::replace_file(&path, &bytes, 0o600).map_err(|e| self.io("write", &path, e))
+    }
+
+    /// Runs `change` on the secret's metadata under its lock, and writes the result.
+    async fn locked<T>(
+        &self,
+        id: &SecretId,
+        create: bool,
+        change: impl FnOnce(&mut Meta) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let dir = self.secret_dir(id)?;
+        if create {
+            sys::create_dir(&dir.join(VERSIONS), 0o700).map_err(|e| self.io("create", &dir, e))?;
+        }
+        let lock_path = dir.join(LOCK);
+        let lock = match fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { store: self.name.clone(), id: id.clone() });
+            }
+            Err(e) => return Err(self.io("open", &lock_path, e)),
+        };
+        sys::lock_exclusive(&lock, LOCK_TIMEOUT).await.map_err(|e| self.io("lock", &lock_path, e))?;
+        let mut meta = match self.read_meta(id) {
+            Err(StoreError::NotFound { .. }) if create => Meta { next_version: 1, ..Meta::default() },
+            other => other?,
+        };
+        let result = change(&mut meta)?;
+        meta.etag += 1;
+        self.write_meta(id, &meta)?;
+        Ok(result)
+    }
+
+    fn resolve(&self, id: &SecretId, meta: &Meta, selector: &Selector) -> Result<u64, StoreError> {
+        let missing =
+            || StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone() };
+        match selector {
+            Selector::Alias(alias) => meta.aliases.get(alias).and_then(VersionId::number).ok_or_else(missing),
+            Selector::Latest => meta.versions.keys().next_back().copied().ok_or_else(missing),
+            Selector::Id(version) => version.number().filter(|n| meta.versions.contains_key(n)).ok_or_else(missing),
+        }
+    }
+
+    fn version_path(&self, id: &SecretId, number: u64) -> Result<PathBuf, StoreError> {
+        Ok(self.secret_dir(id)?.join(VERSIONS).join(number.to_string()))
+    }
+}
+
+impl SecretStore for FileStore {
+    async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
+        let meta = self.read_meta(id)?;
+        let number = self.resolve(id, &meta, selector)?;
+        let version = &meta.versions[&number];
+        let version_id = VersionId::from(number);
+        if version.state != State::Enabled {
+            return Err(StoreError::NotEnabled {
+                id: id.clone(),
+                version: version_id,
+                state: version.state.as_str().into(),
+            });
+        }
+        let path = self.version_path(id, number)?;
+        let value = SecretBytes::new(fs::read(&path).map_err(|e| self.io("read", &path, e))?);
+        if value.is_empty() {
+            return Err(StoreError::Empty { id: id.clone(), version: version_id });
+        }
+        let actual = value.crc32c();
+        if actual != version.crc32c {
+            return Err(StoreError::Corrupt { id: id.clone(), version: version_id, expected: version.crc32c, actual });
+        }
+        let created = humantime::parse_rfc3339(&version.created).ok();
+        Ok(Version { id: version_id, value, crc32c: actual, created })
+    }
+
+    async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
+        let meta = self.read_meta(id)?;
+        Ok(SecretMeta { etag: Etag(meta.etag.to_string()), aliases: meta.aliases, annotations: meta.annotations })
+    }
+
+    async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
+        if value.is_empty() {
+            return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
+        }
+        self.locked(id, true, |meta| {
+            let number = meta.next_version.max(1);
+            let path = self.version_path(id, number)?;
+            write_new(&path, value.expose()).map_err(|e| self.io("write", &path, e))?;
+            let created = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+            meta.versions.insert(number, VersionMeta { state: State::Enabled, created, crc32c: value.crc32c() });
+            meta.next_version = number + 1;
+            Ok(VersionId::from(number))
+        })
+        .await
+    }
+
+    async fn move_aliases(&self, id: &SecretId, change: &AliasMove, etag: &Etag) -> Result<Etag, StoreError> {
+        self.locked(id, false, |meta| {
+            if meta.etag.to_string() != etag.0 {
+                return Err(StoreError::Conflict { id: id.clone(), expected: etag.clone() });
+            }
+            for (alias, version) in &change.set {
+                let usable = version
+                    .number()
+                    .and_then(|n| meta.versions.get(&n))
+                    .is_some_and(|v| v.state != State::Destroyed);
+                if !usable {
+                    return Err(StoreError::Invalid(format!(
+                        "alias {alias} of secret \"{id}\" cannot point at version {version}: it does not exist or is destroyed"
+                    )));
+                }
+            }
+            change.apply(&mut meta.aliases);
+            Ok(Etag((meta.etag + 1).to_string()))
+        })
+        .await
+    }
+
+    async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        self.locked(id, false, |meta| {
+            let entry =
+                version.number().and_then(|n| meta.versions.get_mut(&n)).ok_or_else(|| StoreError::NoSuchVersion {
+                    store: self.name.clone(),
+                    id: id.clone(),
+                    selector: Selector::Id(version.clone()),
+                })?;
+            if entry.state == State::Destroyed {
+                return Err(StoreError::Invalid(format!("version {version} of secret \"{id}\" is destroyed")));
+            }
+            entry.state = State::Disabled;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Writes a version file that must not exist yet, durably, before metadata names it.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        sys::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    async fn store(dir: &Path) -> FileStore {
+        FileStore::open("dev", &FileStoreConfig { dir: dir.join("store"), seed: None }).await.unwrap()
+    }
+
+    fn value(text: &str) -> SecretBytes {
+        SecretBytes::copy_from(text.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn versions_aliases_and_compare_and_swap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path()).await;
+        let id = SecretId::new("db-password");
+
+        assert!(matches!(store.access(&id, &Selector::current()).await, Err(StoreError::NotFound { .. })));
+        let v1 = store.add_version(&id, &value("one")).await.unwrap();
+        assert_eq!(v1.as_str(), "1");
+        // Added but not promoted: not what nodes deliver.
+        assert!(matches!(store.access(&id, &Selector::current()).await, Err(StoreError::NoSuchVersion { .. })));
+        assert_eq!(store.access(&id, &Selector::Latest).await.unwrap().value.expose(), b"one");
+
+        let meta = store.describe(&id).await.unwrap();
+        let etag = store.move_aliases(&id, &AliasMove::promote(&v1, None), &meta.etag).await.unwrap();
+        let v2 = store.add_version(&id, &value("two")).await.unwrap();
+        // The add bumped the etag, so the etag from the first promotion is stale.
+        let stale = store.move_aliases(&id, &AliasMove::promote(&v2, Some(&v1)), &etag).await;
+        assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+        let meta = store.describe(&id).await.unwrap();
+        store.move_aliases(&id, &AliasMove::promote(&v2, Some(&v1)), &meta.etag).await.unwrap();
+
+        let current = store.access(&id, &Selector::current()).await.unwrap();
+        assert_eq!((current.id.as_str(), current.value.expose()), ("2", &b"two"[..]));
+        let previous = store.access(&id, &Selector::Alias("previous".into())).await.unwrap();
+        assert_eq!(previous.value.expose(), b"one");
+
+        store.disable(&id, &v1).await.unwrap();
+        assert!(matches!(store.access(&id, &Selector::Id(v1)).await, Err(StoreError::NotEnabled { .. })));
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_corruption_is_caught() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path()).await;
+        let id = SecretId::new("api-token");
+        let v1 = store.add_version(&id, &value("token-value")).await.unwrap();
+        let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(tmp.path().join("store")), 0o700);
+        assert_eq!(mode(tmp.path().join("store/api-token")), 0o700);
+        assert_eq!(mode(tmp.path().join("store/api-token/secret.json")), 0o600);
+        assert_eq!(mode(tmp.path().join("store/api-token/versions/1")), 0o600);
+
+        let path = tmp.path().join("store/api-token/versions/1");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(b"X").unwrap();
+        let err = store.access(&id, &Selector::Id(v1)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(!err.to_string().contains("oken-value"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn empty_values_and_bad_ids_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path()).await;
+        assert!(store.add_version(&SecretId::new("x"), &value("")).await.is_err());
+        assert!(store.add_version(&SecretId::new("../escape"), &value("v")).await.is_err());
+        assert!(!tmp.path().join("escape").exists());
+    }
+
+    #[tokio::test]
+    async fn a_seed_file_fills_an_empty_store_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = tmp.path().join("seed.toml");
+        sys::replace_file(&seed, b"db-password = \"first\"\n", 0o600).unwrap();
+        let config = FileStoreConfig { dir: tmp.path().join("store"), seed: Some(seed.clone()) };
+        let store = FileStore::open("dev", &config).await.unwrap();
+        let id = SecretId::new("db-password");
+        assert_eq!(store.access(&id, &Selector::current()).await.unwrap().value.expose(), b"first");
+
+        sys::replace_file(&seed, b"db-password = \"second\"\n", 0o600).unwrap();
+        let store = FileStore::open("dev", &config).await.unwrap();
+        let current = store.access(&id, &Selector::current()).await.unwrap();
+        assert_eq!((current.id.as_str(), current.value.expose()), ("1", &b"first"[..]));
+    }
+}

@@ -1,0 +1,199 @@
+//! Secret stores: where values come from and where rotations are recorded.
+//!
+//! [`SecretStore`] is what the engine sees; one file per backend implements it, and
+//! [`AnyStore`] is the closed set of backends that `app` builds from configuration. Stores
+//! speak in aliases: nodes deliver the version aliased `current`, never blindly `latest`, so a
+//! rotation that is half done (aliased `pending`) is never delivered.
+//!
+//! Errors are typed ([`StoreError`]) and say what to do. They name secrets and versions, never
+//! values.
+
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::secret::{SecretBytes, SecretId, VersionId};
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// The version an alias points at (`current`, `previous`, `pending`).
+    Alias(String),
+    /// The newest version, whatever its state. Never what nodes deliver.
+    Latest,
+    Id(VersionId),
+}
+
+impl Selector {
+    pub fn current() -> Self {
+        Selector::Alias(crate::secret::CURRENT.to_string())
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Alias(alias) => write!(f, "alias {alias}"),
+            Selector::Latest => f.write_str("latest"),
+            Selector::Id(id) => write!(f, "version {id}"),
+        }
+    }
+}
+
+/// One accessed version: its id, its value, and the checksum the value was verified against.
+#[derive(Debug)]
+pub struct Version {
+    pub id: VersionId,
+    pub value: SecretBytes,
+    pub crc32c: u32,
+    pub created: Option<SystemTime>,
+}
+
+/// An opaque compare-and-swap token for a secret's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Etag(pub String);
+
+impl fmt::Display for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a store knows about a secret besides its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretMeta {
+    pub etag: Etag,
+    pub aliases: BTreeMap<String, VersionId>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A change to a secret's aliases, applied all at once or not at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AliasMove {
+    pub set: BTreeMap<String, VersionId>,
+    pub remove: Vec<String>,
+}
+
+impl AliasMove {
+    /// `current` → `new`, `previous` → the old current (if any), `pending` dropped.
+    pub fn promote(new: &VersionId, old_current: Option<&VersionId>) -> Self {
+        let mut set = BTreeMap::from([(crate::secret::CURRENT.to_string(), new.clone())]);
+        let mut remove = vec![crate::secret::PENDING.to_string()];
+        match old_current {
+            Some(old) if old != new => {
+                set.insert(crate::secret::PREVIOUS.to_string(), old.clone());
+            }
+            Some(_) => {}
+            None => remove.push(crate::secret::PREVIOUS.to_string()),
+        }
+        AliasMove { set, remove }
+    }
+
+    pub fn apply(&self, aliases: &mut BTreeMap<String, VersionId>) {
+        for alias in &self.remove {
+            aliases.remove(alias);
+        }
+        aliases.extend(self.set.iter().map(|(a, v)| (a.clone(), v.clone())));
+    }
+}
+
+/// The operations every backend provides. Futures are `Send` so the engine may run on either
+/// tokio runtime flavour.
+pub trait SecretStore: Send + Sync {
+    /// Reads one version's value and verifies its checksum. Empty values are refused.
+    fn access(&self, id: &SecretId, selector: &Selector) -> impl Future<Output = Result<Version, StoreError>> + Send;
+    fn describe(&self, id: &SecretId) -> impl Future<Output = Result<SecretMeta, StoreError>> + Send;
+    /// Adds a new version; no alias moves. Not idempotent: never retry it blindly.
+    fn add_version(
+        &self,
+        id: &SecretId,
+        value: &SecretBytes,
+    ) -> impl Future<Output = Result<VersionId, StoreError>> + Send;
+    /// Moves aliases if the secret's etag is still `etag`; returns the new etag.
+    fn move_aliases(
+        &self,
+        id: &SecretId,
+        change: &AliasMove,
+        etag: &Etag,
+    ) -> impl Future<Output = Result<Etag, StoreError>> + Send;
+    fn disable(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Every backend this build knows, as one type the engine can be instantiated with.
+#[derive(Debug)]
+pub enum AnyStore {
+    File(file::FileStore),
+}
+
+impl SecretStore for AnyStore {
+    async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
+        match self {
+            AnyStore::File(store) => store.access(id, selector).await,
+        }
+    }
+
+    async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
+        match self {
+            AnyStore::File(store) => store.describe(id).await,
+        }
+    }
+
+    async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
+        match self {
+            AnyStore::File(store) => store.add_version(id, value).await,
+        }
+    }
+
+    async fn move_aliases(&self, id: &SecretId, change: &AliasMove, etag: &Etag) -> Result<Etag, StoreError> {
+        match self {
+            AnyStore::File(store) => store.move_aliases(id, change, etag).await,
+        }
+    }
+
+    async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        match self {
+            AnyStore::File(store) => store.disable(id, version).await,
+        }
+    }
+}
+
+/// Why a store operation failed. Messages name the store, secret and version, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("secret \"{id}\" does not exist in store \"{store}\"")]
+    NotFound { store: String, id: SecretId },
+    #[error("secret \"{id}\" in store \"{store}\" has no {selector}")]
+    NoSuchVersion { store: String, id: SecretId, selector: Selector },
+    #[error("version {version} of secret \"{id}\" is {state}; only enabled versions can be read")]
+    NotEnabled { id: SecretId, version: VersionId, state: String },
+    #[error("secret \"{id}\" changed since it was read (etag {expected} is stale); re-read it and decide again")]
+    Conflict { id: SecretId, expected: Etag },
+    #[error(
+        "version {version} of secret \"{id}\" failed its CRC32C check (store says {expected:#010x}, data is \
+         {actual:#010x}); nothing was delivered"
+    )]
+    Corrupt { id: SecretId, version: VersionId, expected: u32, actual: u32 },
+    #[error("version {version} of secret \"{id}\" is empty; an empty secret is never delivered")]
+    Empty { id: SecretId, version: VersionId },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("store \"{store}\": cannot {action} {}", path.display())]
+    Io {
+        store: String,
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the same request may succeed later without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::Corrupt { .. })
+    }
+}
