@@ -105,18 +105,19 @@ fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 fn validate(path: &Path) -> Result<ExitCode, AppError> {
     let config = load(path)?;
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     println!(
-        "{}: valid: {} policies in {} bundles, {} stores",
+        "{}: valid: {} in {}, {}",
         path.display(),
-        config.policies.len(),
-        config.bundles().len(),
-        config.stores.len()
+        count(config.policies.len(), "policy").replace("policys", "policies"),
+        count(config.bundles().len(), "bundle"),
+        count(config.stores.len(), "store")
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
-    let agent = config::load_agent(path, &System)?;
+    let agent = config::load_agent_file(path, &System)?.agent;
     let status = match Status::load(&agent.state_dir) {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -161,7 +162,8 @@ async fn open_stores(config: &Config) -> Result<BTreeMap<String, Arc<AnyStore>>,
 }
 
 async fn store_command(path: &Path, command: StoreCommand) -> Result<ExitCode, AppError> {
-    let config = load(path)?;
+    // The agent file alone: a broken policy must not lock an operator out of the store.
+    let config = config::load_agent_file(path, &System)?;
     let named = |name: &str| {
         config.stores.get(name).ok_or_else(|| {
             let names: Vec<&str> = config.stores.keys().map(String::as_str).collect();

@@ -19,10 +19,10 @@ pub struct Sources {
     pub policies: Vec<SourceFile>,
 }
 
-/// Reads the agent file and validates its `[agent]` section alone.
-pub fn load_agent(agent_file: &Path, env: &dyn Environment) -> Result<super::Agent, ConfigErrors> {
+/// Reads and validates the agent file alone, without its policies.
+pub fn load_agent_file(agent_file: &Path, env: &dyn Environment) -> Result<super::AgentFile, ConfigErrors> {
     let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
-    validate::agent_settings(&agent, env)
+    validate::agent_file(&agent, env)
 }
 
 /// Reads and validates the configuration rooted at `agent_file`.
@@ -34,7 +34,10 @@ pub fn load(agent_file: &Path, env: &dyn Environment, accounts: &dyn Accounts) -
 /// Reads the agent file, finds its policy directory, and reads every `*.toml` in it.
 pub fn read_sources(agent_file: &Path, env: &dyn Environment) -> Result<Sources, ConfigErrors> {
     let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
-    let dir = validate::agent_settings(&agent, env)?.policies_dir;
+    let Some(dir) = validate::policies_dir(&agent, env) else {
+        // The policy directory itself is unreadable: report the agent file's problems.
+        return Err(validate::agent_file(&agent, env).err().unwrap_or_else(|| ConfigErrors(Vec::new())));
+    };
     let policies = read_policy_dir(&dir, &agent.path)?;
     Ok(Sources { agent, policies })
 }

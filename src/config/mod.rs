@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use crate::secret::SecretId;
 
-pub use load::{SourceFile, Sources, load, load_agent, read_sources};
+pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
 pub use units::{parse_duration, parse_ratio};
-pub use validate::{agent_settings, validate};
+pub use validate::{agent_file, validate};
 
 /// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
@@ -58,6 +58,13 @@ impl Config {
         }
         bundles
     }
+}
+
+/// The agent file alone: what `keyturn status` and `keyturn store` need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentFile {
+    pub agent: Agent,
+    pub stores: BTreeMap<String, StoreConfig>,
 }
 
 /// The `[agent]` section.

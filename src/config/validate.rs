@@ -22,8 +22,8 @@ use super::load::SourceFile;
 use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
-    Accounts, Agent, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, Policy, Problem, Sources,
-    StoreConfig,
+    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, Policy, Problem,
+    Sources, StoreConfig,
 };
 use crate::secret::SecretId;
 
@@ -59,6 +59,12 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
         }
     }
     check_paths(&placed, &mut problems);
+    // Agent file first, then policy files in name order, each top to bottom.
+    let order = |p: &Problem| {
+        let index = std::iter::once(&sources.agent).chain(&sources.policies).position(|s| s.path == p.file);
+        (index, p.line)
+    };
+    problems.sort_by_key(order);
 
     match agent {
         Some(agent) if problems.is_empty() => {
@@ -69,21 +75,31 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
     }
 }
 
-/// The `[agent]` settings alone, from the agent file alone: the loader needs the policy
-/// directory before it can read policies, and `keyturn status` needs the state directory even
-/// when a policy is broken.
-pub fn agent_settings(agent: &SourceFile, env: &dyn Environment) -> Result<Agent, ConfigErrors> {
+/// Where the policy files are, read leniently from the agent file alone: a mistake elsewhere in
+/// `[agent]` must not stop the policies from being checked in the same run. `None` when the
+/// setting itself cannot be read.
+pub fn policies_dir(agent: &SourceFile, env: &dyn Environment) -> Option<PathBuf> {
+    let file = File::new(agent);
+    let table = file.parse(&mut Vec::new())?;
+    let setting = match table.get_ref().get("agent").map(|a| a.get_ref().get("policies")) {
+        Some(Some(value)) => Some(Spanned::new(value.span(), value.get_ref().as_str()?.to_string())),
+        _ => None,
+    };
+    file.path_setting(setting.as_ref(), DEFAULT_POLICIES_DIR, "agent.policies", env, &mut Vec::new())
+}
+
+/// The agent file alone: `[agent]` and `[stores]`. `keyturn status` and `keyturn store` need
+/// no more, and must keep working while a policy file is broken.
+pub fn agent_file(agent: &SourceFile, env: &dyn Environment) -> Result<AgentFile, ConfigErrors> {
     let mut problems = Vec::new();
     let file = File::new(agent);
-    let settings = file.parse(&mut problems).and_then(|table| {
-        let raw: raw::Agent = match table.get_ref().get("agent") {
-            Some(value) => file.section(value, "agent", &mut problems)?,
-            None => raw::Agent::default(),
-        };
-        agent_section(&file, raw, env, &mut problems)
-    });
+    let parsed = file.parse(&mut problems);
+    let (settings, stores) = match &parsed {
+        Some(table) => agent_table(&file, table, env, &mut problems),
+        None => (None, BTreeMap::new()),
+    };
     match settings {
-        Some(agent) if problems.is_empty() => Ok(agent),
+        Some(agent) if problems.is_empty() => Ok(AgentFile { agent, stores }),
         _ => Err(ConfigErrors(problems)),
     }
 }
@@ -833,12 +849,15 @@ path = "api/raw/db-password"
     }
 
     #[test]
-    fn agent_settings_are_read_from_the_agent_file_alone() {
+    fn the_agent_file_is_read_alone() {
         let agent = SourceFile { path: "/etc/keyturn/keyturn.toml".into(), text: AGENT.into() };
-        assert_eq!(agent_settings(&agent, &Fake).unwrap().policies_dir, PathBuf::from("/etc/keyturn/policies"));
+        assert_eq!(policies_dir(&agent, &Fake), Some(PathBuf::from("/etc/keyturn/policies")));
+        let parsed = agent_file(&agent, &Fake).unwrap();
+        assert_eq!(parsed.agent.policies_dir, PathBuf::from("/etc/keyturn/policies"));
+        assert_eq!(parsed.stores.keys().collect::<Vec<_>>(), ["dev"]);
         let defaults = SourceFile { path: "/x/keyturn.toml".into(), text: String::new() };
-        let defaults = agent_settings(&defaults, &Fake).unwrap();
-        assert_eq!(defaults.policies_dir, PathBuf::from(DEFAULT_POLICIES_DIR));
+        assert_eq!(policies_dir(&defaults, &Fake), Some(PathBuf::from(DEFAULT_POLICIES_DIR)));
+        let defaults = agent_file(&defaults, &Fake).unwrap().agent;
         assert_eq!(defaults.runtime_dir, PathBuf::from(DEFAULT_RUNTIME_DIR));
         assert_eq!(defaults.node, "node-a");
     }

@@ -1,0 +1,170 @@
+//! The running agent: delivery, pick-up of new versions within one poll, reload on SIGHUP and
+//! on file changes, refusal of a bad reload, and shutdown on signals. Real processes, real
+//! signals, runtime files on real tmpfs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{World, read, text, version_dirs, wait_for};
+
+const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
+
+#[test]
+fn a_new_current_version_is_delivered_by_the_next_poll_and_shown_by_status() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db-password", "raw"), ("app/db.env", "env")]);
+    world.put("db-password", "value-one");
+    let agent = world.agent(&[]);
+    let bundle = world.bundle("app");
+    wait_for("first delivery", Duration::from_secs(10), || bundle.join("db-password").exists());
+    assert_eq!(read(bundle.join("db-password")), "value-one");
+    assert_eq!(read(bundle.join("db.env")), "VALUE=value-one\n");
+    assert_eq!(common::mode(bundle.join("..data/db-password")), 0o400);
+
+    world.put("db-password", "value-two");
+    let put_at = Instant::now();
+    // Every read sees one whole value or the other, never an empty or partial file.
+    wait_for("the new value", Duration::from_secs(5), || {
+        let now = read(bundle.join("db-password"));
+        assert!(now == "value-one" || now == "value-two", "saw {now:?}");
+        now == "value-two"
+    });
+    assert!(put_at.elapsed() < Duration::from_secs(3), "picked up within one poll (1s), took {:?}", put_at.elapsed());
+    assert_eq!(read(bundle.join("db.env")), "VALUE=value-two\n");
+    assert!(version_dirs(&bundle).len() <= 2, "{:?}", version_dirs(&bundle));
+
+    wait_for("status file", Duration::from_secs(5), || {
+        let status = world.status_json();
+        status["policies"]["db"]["version"] == "2"
+    });
+    let status = world.status_json();
+    assert_eq!(status["agent_running"], true, "{status}");
+    assert_eq!(status["node"], "test-node");
+    assert!(status["policies"]["db"]["delivered_at"].is_string(), "{status}");
+    assert!(status["policies"]["db"]["last_error"].is_null(), "{status}");
+    drop(agent);
+
+    let table = world.keyturn(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("agent not running"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("db ") && l.contains(" 2 ")), "{table}");
+}
+
+#[test]
+fn a_version_added_but_not_made_current_is_not_delivered() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "current-value");
+    let agent = world.agent(&[]);
+    wait_for("delivery", Duration::from_secs(10), || world.bundle("app/db").exists());
+    // Add a version by hand-writing the store the way a half-done rotation would leave it:
+    // through the library, without moving the alias.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use keyturn::store::SecretStore;
+        let config = keyturn::config::FileStoreConfig { dir: world.store(), seed: None };
+        let store = keyturn::store::file::FileStore::open("dev", &config).await.unwrap();
+        let value = keyturn::secret::SecretBytes::copy_from(b"pending-value");
+        store.add_version(&keyturn::secret::SecretId::new("db-password"), &value).await.unwrap();
+    });
+    agent.wait_log("sync finished", 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(read(world.bundle("app/db")), "current-value");
+}
+
+#[test]
+fn policy_changes_reload_and_a_bad_change_keeps_the_running_set() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "db-1");
+    world.put("api-key", "api-1");
+    let agent = world.agent(&[]);
+    wait_for("db delivery", Duration::from_secs(10), || world.bundle("app/db").exists());
+
+    // A new policy file is picked up without a signal.
+    world.simple_policy("api", "api-key", &[("api/key", "raw")]);
+    wait_for("api delivery after a file change", Duration::from_secs(10), || world.bundle("api/key").exists());
+    assert_eq!(read(world.bundle("api/key")), "api-1");
+
+    // A broken policy file: every problem is logged, the running set keeps working.
+    world.policy("broken", "[secret]\nstore = \"nowhere\"\nid = \"x\"\n[[deliver]]\npath = \"../x\"\n");
+    agent.wait_log("new configuration refused", 1);
+    let log = agent.log_text();
+    assert!(
+        log.contains("store \\\"nowhere\\\" is not defined") || log.contains("store \"nowhere\" is not defined"),
+        "{log}"
+    );
+    assert!(log.contains("escapes the runtime directory"), "{log}");
+    world.put("db-password", "db-2");
+    wait_for("db-2 delivered under the old configuration", Duration::from_secs(5), || {
+        read(world.bundle("app/db")) == "db-2"
+    });
+
+    // Removing the broken file brings back exactly the running set: nothing to restart.
+    std::fs::remove_file(world.policies().join("broken.toml")).unwrap();
+    agent.wait_log("configuration unchanged", 1);
+    // SIGHUP reloads too.
+    world.simple_policy("api", "api-key", &[("api/key", "raw"), ("api/key.b64", "base64")]);
+    agent.signal("HUP");
+    agent.wait_log("reason=\"SIGHUP\"", 1);
+    wait_for("the changed policy's new file", Duration::from_secs(5), || world.bundle("api/key.b64").exists());
+    assert_eq!(read(world.bundle("api/key.b64")), "YXBpLTE=");
+}
+
+#[test]
+fn a_removed_policy_takes_its_bundle_with_it() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.simple_policy("api", "api-key", &[("api/key", "raw")]);
+    world.put("db-password", "db-1");
+    world.put("api-key", "api-1");
+    let agent = world.agent(&[]);
+    wait_for("both bundles", Duration::from_secs(10), || {
+        world.bundle("api/key").exists() && world.bundle("app/db").exists()
+    });
+    std::fs::remove_file(world.policies().join("api.toml")).unwrap();
+    wait_for("api bundle removed", Duration::from_secs(10), || !world.bundle("api").exists());
+    assert_eq!(read(world.bundle("app/db")), "db-1");
+    agent.wait_log("removed a bundle that no policy delivers any more", 1);
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_agent_promptly_and_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let world = World::new(POLL);
+        world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+        world.put("db-password", "v");
+        let mut agent = world.agent(&[]);
+        agent.wait_log("sync finished", 1);
+        let sent = Instant::now();
+        agent.signal(signal);
+        assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0), "{}", agent.log_text());
+        assert!(sent.elapsed() < Duration::from_secs(2), "SIG{signal} took {:?}", sent.elapsed());
+        assert!(agent.log_text().contains("shutting down"));
+        // What was delivered stays for the applications; the status says the agent is gone.
+        assert_eq!(read(world.bundle("app/db")), "v");
+        let status = world.status_json();
+        assert_eq!(status["agent_running"], false, "{status}");
+    }
+}
+
+#[test]
+fn sync_once_exits_1_when_a_required_policy_fails_and_0_when_only_an_optional_one_does() {
+    let world = World::new("");
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v");
+    world.policy(
+        "optional",
+        "[secret]\nstore = \"dev\"\nid = \"missing\"\nrequired = false\n[[deliver]]\npath = \"opt/x\"\n",
+    );
+    let out = world.sync_once();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    world.policy("needed", "[secret]\nstore = \"dev\"\nid = \"also-missing\"\n[[deliver]]\npath = \"need/x\"\n");
+    let out = world.sync_once();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 3 policies failed (needed, optional)"), "{stderr}");
+    assert!(stderr.contains("secret \"also-missing\" does not exist in store \"dev\""), "{stderr}");
+}

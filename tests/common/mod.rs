@@ -1,0 +1,262 @@
+//! Shared harness for the black-box tests: a scratch world per test (runtime directory on
+//! real tmpfs, state and store on disk), the real `keyturn` binary, and polling helpers.
+//! Everything a test starts is stopped when its handle drops.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyturn");
+
+/// One test's world. Runtime files live on /dev/shm (tmpfs), the rest in a disk temp dir.
+pub struct World {
+    pub runtime: tempfile::TempDir,
+    pub disk: tempfile::TempDir,
+}
+
+impl World {
+    /// A world with one file store named `dev` and the given agent settings appended.
+    pub fn new(extra_agent: &str) -> World {
+        let world = World {
+            runtime: tempfile::Builder::new().prefix("keyturn-test-").tempdir_in("/dev/shm").unwrap(),
+            disk: tempfile::Builder::new().prefix("keyturn-test-").tempdir().unwrap(),
+        };
+        fs::create_dir_all(world.policies()).unwrap();
+        world.write_agent(extra_agent);
+        world
+    }
+
+    pub fn write_agent(&self, extra_agent: &str) {
+        let text = format!(
+            "[agent]\nnode = \"test-node\"\nruntime_dir = \"{}\"\nstate_dir = \"state\"\npolicies = \"policies\"\n{extra_agent}\n\n\
+             [stores.dev]\nkind = \"file\"\ndir = \"store\"\n",
+            self.runtime.path().display()
+        );
+        write(&self.config(), &text);
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.disk.path().join("keyturn.toml")
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.disk.path().join("policies")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.disk.path().join("state")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.disk.path().join("store")
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        self.runtime.path()
+    }
+
+    pub fn bundle(&self, name: &str) -> PathBuf {
+        self.runtime.path().join(name)
+    }
+
+    pub fn policy(&self, name: &str, text: &str) {
+        write(&self.policies().join(format!("{name}.toml")), text);
+    }
+
+    /// A policy delivering secret `id` of store `dev` to each `(path, format)`.
+    pub fn simple_policy(&self, name: &str, id: &str, deliveries: &[(&str, &str)]) {
+        let mut text = format!("[secret]\nstore = \"dev\"\nid = \"{id}\"\n");
+        for (path, format) in deliveries {
+            text.push_str(&format!("\n[[deliver]]\npath = \"{path}\"\nformat = \"{format}\"\n"));
+            if *format == "env" {
+                text.push_str("key = \"VALUE\"\n");
+            }
+        }
+        self.policy(name, &text);
+    }
+
+    /// `keyturn ARGS --config CONFIG`, waited for.
+    pub fn keyturn(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command.args(args).arg("--config").arg(self.config()).env_remove("KEYTURN_CONFIG");
+        command.env_remove("KEYTURN_TEST_PAUSE_AT").env_remove("KEYTURN_LOG").env_remove("KEYTURN_LOG_FORMAT");
+        command
+    }
+
+    /// `keyturn store put dev ID` with `value` on stdin; panics unless it succeeds.
+    pub fn put(&self, id: &str, value: &str) {
+        let mut child = self
+            .command(&["store", "put", "dev", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "store put failed: {}", text(&out));
+    }
+
+    pub fn sync_once(&self) -> Output {
+        self.keyturn(&["sync", "--once"])
+    }
+
+    /// Starts `keyturn agent`, logging to a file, with `env` added.
+    pub fn agent(&self, env: &[(&str, &str)]) -> Agent {
+        let log = self.disk.path().join(format!("agent-{}.log", unique()));
+        let mut command = self.command(&["agent", "--log", "debug"]);
+        command
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).unwrap()));
+        Agent { child: Some(command.spawn().unwrap()), log }
+    }
+
+    /// The status as `keyturn status --json` prints it.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.keyturn(&["status", "--json"]);
+        assert!(out.status.success(), "status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Every byte the test's files hold outside the runtime directory and store: logs,
+    /// status, configuration.
+    pub fn readable_outputs(&self) -> String {
+        let mut all = String::new();
+        for entry in walk(self.disk.path()) {
+            if entry.starts_with(self.store()) {
+                continue;
+            }
+            if let Ok(bytes) = fs::read(&entry) {
+                all.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        all
+    }
+}
+
+/// A running agent. Dropping it kills the process.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        wait_for(&format!("{count}x {needle:?} in the agent log"), Duration::from_secs(15), || {
+            self.log_text().matches(needle).count() >= count
+        });
+        let _ = self.log_text();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "agent did not exit within {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn write(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp-write");
+    let mut file = fs::File::create(&tmp).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.sync_all().unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+pub fn mode(path: impl AsRef<Path>) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Polls `done` every 20 ms until it holds, or panics after `timeout` naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The version directories of a bundle (`..2026_...`).
+pub fn version_dirs(bundle: &Path) -> Vec<String> {
+    let mut dirs: Vec<String> = fs::read_dir(bundle)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("..2"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
