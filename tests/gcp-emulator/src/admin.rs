@@ -84,11 +84,9 @@ pub(crate) fn handle(app: &App, parts: &Parts, body: &[u8]) -> Response<Body> {
             &json!({ "error": format!("no admin route {} {}", parts.method, parts.uri.path()) }),
             true,
         ),
-        Err(AdminError::BadRequest(message)) => json_response(
-            StatusCode::BAD_REQUEST,
-            &json!({ "error": message }),
-            true,
-        ),
+        Err(AdminError::BadRequest(message)) => {
+            json_response(StatusCode::BAD_REQUEST, &json!({ "error": message }), true)
+        }
     }
 }
 
@@ -102,9 +100,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminError> {
 }
 
 fn method(name: Option<String>) -> Result<Option<Method>, AdminError> {
-    name.map(|n| n.parse::<Method>())
-        .transpose()
-        .map_err(|e| AdminError::BadRequest(e.to_string()))
+    name.map(|n| n.parse::<Method>()).transpose().map_err(|e| AdminError::BadRequest(e.to_string()))
 }
 
 fn role(name: &str) -> Result<Role, AdminError> {
@@ -131,11 +127,7 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
             Ok(ok)
         }
         (&Http::POST, "/emulator/faults/fail") => {
-            let Fail {
-                count,
-                status,
-                method: name,
-            } = parse(body)?;
+            let Fail { count, status, method: name } = parse(body)?;
             let failure = match status.as_str() {
                 "UNAVAILABLE" | "503" => Failure::Unavailable,
                 "RESOURCE_EXHAUSTED" | "429" => Failure::ResourceExhausted,
@@ -149,18 +141,12 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
             Ok(ok)
         }
         (&Http::POST, "/emulator/faults/drop-requests") => {
-            let Count {
-                count,
-                method: name,
-            } = parse(body)?;
+            let Count { count, method: name } = parse(body)?;
             app.faults.drop_next_requests(count, method(name)?);
             Ok(ok)
         }
         (&Http::POST, "/emulator/faults/drop-connections") => {
-            let Count {
-                count,
-                method: name,
-            } = parse(body)?;
+            let Count { count, method: name } = parse(body)?;
             if name.is_some() {
                 return Err(AdminError::BadRequest(
                     "a connection is dropped before any request is read, so it cannot be \
@@ -174,9 +160,7 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
         (&Http::POST, "/emulator/faults/corrupt-checksums") => {
             let Count { count, method: name } = parse(body)?;
             if name.is_some_and(|n| n != "access") {
-                return Err(AdminError::BadRequest(
-                    "only access responses carry a checksum".into(),
-                ));
+                return Err(AdminError::BadRequest("only access responses carry a checksum".into()));
             }
             app.faults.corrupt_next_checksums(count);
             Ok(ok)

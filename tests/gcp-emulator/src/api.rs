@@ -44,9 +44,7 @@ const STANDARD_PARAMETERS: &[&str] = &[
 pub(crate) type Query = HashMap<String, String>;
 
 pub(crate) fn parse_query(query: Option<&str>) -> Query {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 /// Runs one Secret Manager call to completion.
@@ -66,10 +64,7 @@ pub(crate) fn call(
     let project = &operation.parent().project;
     let ours = *project == app.project_id || *project == app.project_number.to_string();
     if !ours || !role.grants(permission) {
-        return Err(ApiError::permission_denied(
-            permission,
-            &operation.requested_resource(),
-        ));
+        return Err(ApiError::permission_denied(permission, &operation.requested_resource()));
     }
     if let Some(kind) = operation.method().and_then(|m| m.quota_kind()) {
         app.faults.admit(kind, now).map_err(|limit| {
@@ -80,9 +75,7 @@ pub(crate) fn call(
     if let Some(location) = &operation.parent().location
         && !LOCATIONS.contains(&location.as_str())
     {
-        return Err(ApiError::invalid_argument(format!(
-            "Location [{location}] is not a Secret Manager location."
-        )));
+        return Err(ApiError::invalid_argument(format!("Location [{location}] is not a Secret Manager location.")));
     }
     let mut store = app.lock_store();
     store.sweep(now);
@@ -97,47 +90,27 @@ fn authenticate(
     query: &Query,
     now: SystemTime,
 ) -> Result<Role, ApiError> {
-    let header = parts
-        .headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = match header {
         Some(value) => match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                Some(token.trim().to_owned())
-            }
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim().to_owned()),
             _ => {
-                return Err(ApiError::unauthenticated(
-                    "ACCESS_TOKEN_TYPE_UNSUPPORTED",
-                    &operation.rpc_name(),
-                ));
+                return Err(ApiError::unauthenticated("ACCESS_TOKEN_TYPE_UNSUPPORTED", &operation.rpc_name()));
             }
         },
-        None => query
-            .get("access_token")
-            .or_else(|| query.get("oauth_token"))
-            .cloned(),
+        None => query.get("access_token").or_else(|| query.get("oauth_token")).cloned(),
     };
     let Some(token) = token else {
         return if app.allow_anonymous {
             Ok(Role::Admin)
         } else {
-            Err(ApiError::unauthenticated(
-                "CREDENTIALS_MISSING",
-                &operation.rpc_name(),
-            ))
+            Err(ApiError::unauthenticated("CREDENTIALS_MISSING", &operation.rpc_name()))
         };
     };
     match app.lock_identities().caller(&token, now) {
         Caller::Principal { role, .. } => Ok(role),
-        Caller::Expired => Err(ApiError::unauthenticated(
-            "ACCESS_TOKEN_EXPIRED",
-            &operation.rpc_name(),
-        )),
-        Caller::Unknown => Err(ApiError::unauthenticated(
-            "ACCESS_TOKEN_TYPE_UNSUPPORTED",
-            &operation.rpc_name(),
-        )),
+        Caller::Expired => Err(ApiError::unauthenticated("ACCESS_TOKEN_EXPIRED", &operation.rpc_name())),
+        Caller::Unknown => Err(ApiError::unauthenticated("ACCESS_TOKEN_TYPE_UNSUPPORTED", &operation.rpc_name())),
         Caller::WrongScope => Err(ApiError::insufficient_scopes(&operation.rpc_name())),
     }
 }
@@ -146,21 +119,14 @@ fn authenticate(
 fn check_query_parameters(operation: &Operation, query: &Query) -> Result<(), ApiError> {
     let own: &[&str] = match operation {
         Operation::CreateSecret(_) => &["secretId", "secret_id"],
-        Operation::ListSecrets(_) | Operation::ListVersions(_) => &[
-            "pageSize",
-            "page_size",
-            "pageToken",
-            "page_token",
-            "filter",
-        ],
+        Operation::ListSecrets(_) | Operation::ListVersions(_) => {
+            &["pageSize", "page_size", "pageToken", "page_token", "filter"]
+        }
         Operation::PatchSecret(_) => &["updateMask", "update_mask"],
         Operation::DeleteSecret(_) => &["etag"],
         _ => &[],
     };
-    match query
-        .keys()
-        .find(|k| !own.contains(&k.as_str()) && !STANDARD_PARAMETERS.contains(&k.as_str()))
-    {
+    match query.keys().find(|k| !own.contains(&k.as_str()) && !STANDARD_PARAMETERS.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::invalid_json(format!(
             "Unknown name \"{unknown}\": Cannot bind query parameter. Field '{unknown}' could \
              not be found in request message."
@@ -170,10 +136,7 @@ fn check_query_parameters(operation: &Operation, query: &Query) -> Result<(), Ap
 }
 
 fn query_value<'q>(query: &'q Query, camel: &str, snake: &str) -> Option<&'q str> {
-    query
-        .get(camel)
-        .or_else(|| query.get(snake))
-        .map(String::as_str)
+    query.get(camel).or_else(|| query.get(snake)).map(String::as_str)
 }
 
 fn checked_secret<'p>(store: &Store, path: &'p SecretPath) -> Result<&'p str, ApiError> {
@@ -181,22 +144,15 @@ fn checked_secret<'p>(store: &Store, path: &'p SecretPath) -> Result<&'p str, Ap
     if is_valid_secret_id(&path.secret) {
         Ok(&path.secret)
     } else {
-        Err(ApiError::invalid_resource_id(
-            &store.secret_name(location, &path.secret),
-        ))
+        Err(ApiError::invalid_resource_id(&store.secret_name(location, &path.secret)))
     }
 }
 
 fn checked_selector(store: &Store, path: &VersionPath) -> Result<VersionSelector, ApiError> {
     let location = path.secret.parent.location.as_deref();
     checked_secret(store, &path.secret)?;
-    VersionSelector::parse(&path.version).ok_or_else(|| {
-        ApiError::invalid_resource_id(&store.version_name(
-            location,
-            &path.secret.secret,
-            &path.version,
-        ))
-    })
+    VersionSelector::parse(&path.version)
+        .ok_or_else(|| ApiError::invalid_resource_id(&store.version_name(location, &path.secret.secret, &path.version)))
 }
 
 fn execute(
@@ -212,14 +168,10 @@ fn execute(
             let location = parent.location.as_deref();
             let id = query_value(query, "secretId", "secret_id").unwrap_or_default();
             if id.is_empty() {
-                return Err(ApiError::invalid_argument(
-                    "The secretId query parameter is required.",
-                ));
+                return Err(ApiError::invalid_argument("The secretId query parameter is required."));
             }
             if !is_valid_secret_id(id) {
-                return Err(ApiError::invalid_resource_id(
-                    &store.secret_name(location, id),
-                ));
+                return Err(ApiError::invalid_resource_id(&store.secret_name(location, id)));
             }
             let body: SecretBody = wire::parse_body(body)?;
             let settings = rules::create_settings(body, location.is_some(), now)?;
@@ -240,14 +192,8 @@ fn execute(
             let body: SecretBody = wire::parse_body(body)?;
             let (update, etag) = rules::patch_update(body, mask, location.is_some(), now)?;
             let current = store.secret(location, id)?;
-            let rotation = update
-                .rotation
-                .clone()
-                .unwrap_or_else(|| current.settings.rotation.clone());
-            let topics = update
-                .topics
-                .clone()
-                .unwrap_or_else(|| current.settings.topics.clone());
+            let rotation = update.rotation.clone().unwrap_or_else(|| current.settings.rotation.clone());
+            let topics = update.topics.clone().unwrap_or_else(|| current.settings.topics.clone());
             rules::require_topics_for_rotation(&rotation, &topics)?;
             let name = store.secret_name(location, id);
             let record = store.patch(location, id, update, etag.as_deref(), now)?;
@@ -263,16 +209,10 @@ fn execute(
             let location = parent.location.as_deref();
             let page = PageRequest::from_query(query)?;
             let records = store.secrets(location);
-            let named: Vec<(String, &SecretRecord)> = records
-                .into_iter()
-                .map(|r| (store.secret_name(location, &r.id), r))
-                .collect();
+            let named: Vec<(String, &SecretRecord)> =
+                records.into_iter().map(|r| (store.secret_name(location, &r.id), r)).collect();
             let items = page.select(named, |(_, r)| r.sequence)?;
-            Ok(list_json(
-                "secrets",
-                items,
-                |(name, record)| wire::secret_json(name.clone(), record),
-            ))
+            Ok(list_json("secrets", items, |(name, record)| wire::secret_json(name.clone(), record)))
         }
         Operation::AddVersion(path) => {
             let location = path.parent.location.as_deref();
@@ -289,12 +229,8 @@ fn execute(
                 payload.client_specified_checksum,
                 now,
             )?;
-            let name = crate::names::version_name(
-                &app.project_number.to_string(),
-                location,
-                id,
-                &version.number.to_string(),
-            );
+            let name =
+                crate::names::version_name(&app.project_number.to_string(), location, id, &version.number.to_string());
             Ok(wire::version_json(name, version))
         }
         Operation::ListVersions(path) => {
@@ -309,9 +245,7 @@ fn execute(
                 .map(|v| (store.version_name(location, id, &v.number.to_string()), v))
                 .collect();
             let items = page.select(named, |(_, v)| v.number)?;
-            Ok(list_json("versions", items, |(name, version)| {
-                wire::version_json(name.clone(), version)
-            }))
+            Ok(list_json("versions", items, |(name, version)| wire::version_json(name.clone(), version)))
         }
         Operation::GetVersion(path) => {
             let location = path.secret.parent.location.as_deref();
@@ -335,9 +269,7 @@ fn execute(
             };
             Ok(wire::access_json(name, version, crc32c))
         }
-        Operation::EnableVersion(path)
-        | Operation::DisableVersion(path)
-        | Operation::DestroyVersion(path) => {
+        Operation::EnableVersion(path) | Operation::DisableVersion(path) | Operation::DestroyVersion(path) => {
             let transition = match operation {
                 Operation::EnableVersion(_) => Transition::Enable,
                 Operation::DisableVersion(_) => Transition::Disable,
@@ -347,21 +279,11 @@ fn execute(
             let id = &path.secret.secret;
             // Aliases and `latest` work only on get and access (CONTRACT §4).
             let VersionSelector::Number(number) = checked_selector(store, path)? else {
-                return Err(ApiError::invalid_resource_id(&store.version_name(
-                    location,
-                    id,
-                    &path.version,
-                )));
+                return Err(ApiError::invalid_resource_id(&store.version_name(location, id, &path.version)));
             };
             let body: StateChangeBody = wire::parse_body(body)?;
-            let version =
-                store.transition(location, id, number, transition, body.etag.as_deref(), now)?;
-            let name = crate::names::version_name(
-                &app.project_number.to_string(),
-                location,
-                id,
-                &number.to_string(),
-            );
+            let version = store.transition(location, id, number, transition, body.etag.as_deref(), now)?;
+            let name = crate::names::version_name(&app.project_number.to_string(), location, id, &number.to_string());
             Ok(wire::version_json(name, version))
         }
         Operation::Unimplemented(_, _) => Err(ApiError::unimplemented(&operation.rpc_name())),
@@ -388,15 +310,11 @@ impl PageRequest {
         let size = match query_value(query, "pageSize", "page_size") {
             None => 0,
             Some(text) => text.parse::<i64>().map_err(|_| {
-                ApiError::invalid_json(format!(
-                    "Invalid value at 'page_size' (TYPE_INT32), \"{text}\""
-                ))
+                ApiError::invalid_json(format!("Invalid value at 'page_size' (TYPE_INT32), \"{text}\""))
             })?,
         };
         if size < 0 {
-            return Err(ApiError::invalid_argument(
-                "page_size must not be negative.",
-            ));
+            return Err(ApiError::invalid_argument("page_size must not be negative."));
         }
         let size = match usize::try_from(size) {
             Ok(0) | Err(_) => MAX_PAGE_SIZE,
@@ -404,53 +322,33 @@ impl PageRequest {
         };
         let below = match query_value(query, "pageToken", "page_token") {
             None | Some("") => None,
-            Some(token) => Some(decode_page_token(token).ok_or_else(|| {
-                ApiError::invalid_argument(format!("Invalid page token [{token}]."))
-            })?),
+            Some(token) => Some(
+                decode_page_token(token)
+                    .ok_or_else(|| ApiError::invalid_argument(format!("Invalid page token [{token}].")))?,
+            ),
         };
         let filter = match query.get("filter").map(String::as_str) {
             None | Some("") => None,
             Some(text) => Some(Filter::parse(text)?),
         };
-        Ok(PageRequest {
-            size,
-            below,
-            filter,
-        })
+        Ok(PageRequest { size, below, filter })
     }
 
     /// Filters, then takes one page of `items` (already ordered by descending key).
-    fn select<T: Filterable>(
-        &self,
-        items: Vec<T>,
-        key: impl Fn(&T) -> u64,
-    ) -> Result<Page<T>, ApiError> {
+    fn select<T: Filterable>(&self, items: Vec<T>, key: impl Fn(&T) -> u64) -> Result<Page<T>, ApiError> {
         let matching: Vec<T> = match &self.filter {
             None => items,
             Some(filter) => {
                 filter.check_fields::<T>()?;
-                items
-                    .into_iter()
-                    .filter(|item| filter.matches(item))
-                    .collect()
+                items.into_iter().filter(|item| filter.matches(item)).collect()
             }
         };
-        let total_size = if self.filter.is_some() {
-            0
-        } else {
-            matching.len()
-        };
-        let mut remaining: Vec<T> = matching
-            .into_iter()
-            .filter(|item| self.below.is_none_or(|below| key(item) < below))
-            .collect();
+        let total_size = if self.filter.is_some() { 0 } else { matching.len() };
+        let mut remaining: Vec<T> =
+            matching.into_iter().filter(|item| self.below.is_none_or(|below| key(item) < below)).collect();
         let next_token = (remaining.len() > self.size).then(|| encode_page_token(key(&remaining[self.size - 1])));
         remaining.truncate(self.size);
-        Ok(Page {
-            items: remaining,
-            next_token,
-            total_size,
-        })
+        Ok(Page { items: remaining, next_token, total_size })
     }
 }
 
@@ -466,10 +364,7 @@ fn decode_page_token(token: &str) -> Option<u64> {
 fn list_json<T>(field: &str, page: Page<T>, render: impl Fn(&T) -> Value) -> Value {
     let mut out = serde_json::Map::new();
     if !page.items.is_empty() {
-        out.insert(
-            field.to_owned(),
-            Value::Array(page.items.iter().map(render).collect()),
-        );
+        out.insert(field.to_owned(), Value::Array(page.items.iter().map(render).collect()));
     }
     if let Some(token) = page.next_token {
         out.insert("nextPageToken".into(), json!(token));

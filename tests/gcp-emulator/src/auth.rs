@@ -58,9 +58,7 @@ impl Role {
         match self {
             Role::Accessor => permission == "secretmanager.versions.access",
             Role::Viewer => VIEWER.contains(&permission),
-            Role::VersionManager => {
-                VIEWER.contains(&permission) || VERSION_MANAGER.contains(&permission)
-            }
+            Role::VersionManager => VIEWER.contains(&permission) || VERSION_MANAGER.contains(&permission),
             Role::Admin => permission.starts_with("secretmanager."),
         }
     }
@@ -111,7 +109,10 @@ pub(crate) struct Grant {
 /// The outcome of looking up a bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Caller {
-    Principal { email: String, role: Role },
+    Principal {
+        email: String,
+        role: Role,
+    },
     Unknown,
     Expired,
     /// The token is valid but was not issued for the cloud-platform scope.
@@ -130,10 +131,7 @@ pub(crate) struct Identities {
 impl fmt::Debug for Identities {
     // Tokens are credentials: show how many there are, never their values.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identities")
-            .field("principals", &self.roles)
-            .field("tokens", &self.tokens.len())
-            .finish()
+        f.debug_struct("Identities").field("principals", &self.roles).field("tokens", &self.tokens.len()).finish()
     }
 }
 
@@ -145,10 +143,7 @@ pub(crate) struct KeyGenerationError;
 impl Identities {
     /// Remembers `role` for `email` and adds `public_key` (PKCS#1 DER) to its keys.
     pub(crate) fn register_key(&mut self, email: &str, role: Role, public_key: Vec<u8>) {
-        self.public_keys
-            .entry(email.to_owned())
-            .or_default()
-            .push(public_key);
+        self.public_keys.entry(email.to_owned()).or_default().push(public_key);
         self.roles.insert(email.to_owned(), role);
     }
 
@@ -163,24 +158,9 @@ impl Identities {
         self.issue(email, vec![CLOUD_PLATFORM_SCOPE.to_owned()], now)
     }
 
-    fn issue(
-        &mut self,
-        email: &str,
-        scopes: Vec<String>,
-        now: SystemTime,
-    ) -> Result<String, KeyGenerationError> {
-        let token = format!(
-            "ya29.emulator.{}",
-            URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
-        );
-        self.tokens.insert(
-            token.clone(),
-            Grant {
-                email: email.to_owned(),
-                expires: now + TOKEN_LIFETIME,
-                scopes,
-            },
-        );
+    fn issue(&mut self, email: &str, scopes: Vec<String>, now: SystemTime) -> Result<String, KeyGenerationError> {
+        let token = format!("ya29.emulator.{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?));
+        self.tokens.insert(token.clone(), Grant { email: email.to_owned(), expires: now + TOKEN_LIFETIME, scopes });
         Ok(token)
     }
 
@@ -195,10 +175,7 @@ impl Identities {
             return Caller::WrongScope;
         }
         match self.roles.get(&grant.email) {
-            Some(role) => Caller::Principal {
-                email: grant.email.clone(),
-                role: *role,
-            },
+            Some(role) => Caller::Principal { email: grant.email.clone(), role: *role },
             None => Caller::Unknown,
         }
     }
@@ -213,49 +190,23 @@ impl Identities {
         match form.get("grant_type").map(String::as_str) {
             Some(GRANT_TYPE) => {}
             Some(other) => {
-                return Err(OAuthError::new(
-                    "unsupported_grant_type",
-                    format!("Invalid grant_type: {other}"),
-                ));
+                return Err(OAuthError::new("unsupported_grant_type", format!("Invalid grant_type: {other}")));
             }
             None => {
-                return Err(OAuthError::new(
-                    "invalid_request",
-                    "Missing required parameter: grant_type",
-                ));
+                return Err(OAuthError::new("invalid_request", "Missing required parameter: grant_type"));
             }
         }
         let Some(assertion) = form.get("assertion") else {
-            return Err(OAuthError::new(
-                "invalid_request",
-                "Missing required parameter: assertion",
-            ));
+            return Err(OAuthError::new("invalid_request", "Missing required parameter: assertion"));
         };
         let unverified = jwt::parse(assertion).map_err(OAuthError::grant)?;
-        let keys = self
-            .public_keys
-            .get(&unverified.claims.iss)
-            .ok_or(OAuthError::grant(JwtError::UnknownIssuer))?;
-        unverified
-            .verify_signature(keys)
-            .map_err(OAuthError::grant)?;
-        unverified
-            .claims
-            .check(token_uri, unix_seconds(now))
-            .map_err(OAuthError::grant)?;
-        let scopes: Vec<String> = unverified
-            .claims
-            .scope
-            .as_deref()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
+        let keys = self.public_keys.get(&unverified.claims.iss).ok_or(OAuthError::grant(JwtError::UnknownIssuer))?;
+        unverified.verify_signature(keys).map_err(OAuthError::grant)?;
+        unverified.claims.check(token_uri, unix_seconds(now)).map_err(OAuthError::grant)?;
+        let scopes: Vec<String> =
+            unverified.claims.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         if scopes.is_empty() {
-            return Err(OAuthError::new(
-                "invalid_scope",
-                "Empty or missing scope not allowed.",
-            ));
+            return Err(OAuthError::new("invalid_scope", "Empty or missing scope not allowed."));
         }
         let token = self
             .issue(&unverified.claims.iss, scopes, now)
@@ -308,10 +259,7 @@ pub(crate) struct OAuthError {
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
-        OAuthError {
-            error,
-            description: description.into(),
-        }
+        OAuthError { error, description: description.into() }
     }
 
     fn grant(error: JwtError) -> Self {
@@ -378,21 +326,14 @@ mod tests {
     fn tokens_expire_and_need_the_cloud_platform_scope() {
         let mut ids = Identities::default();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let token = ids
-            .issue_token_directly("a@p.iam.gserviceaccount.com", Role::Viewer, now)
-            .unwrap();
+        let token = ids.issue_token_directly("a@p.iam.gserviceaccount.com", Role::Viewer, now).unwrap();
         assert_eq!(
             ids.caller(&token, now),
-            Caller::Principal {
-                email: "a@p.iam.gserviceaccount.com".into(),
-                role: Role::Viewer
-            }
+            Caller::Principal { email: "a@p.iam.gserviceaccount.com".into(), role: Role::Viewer }
         );
         assert_eq!(ids.caller(&token, now + TOKEN_LIFETIME), Caller::Expired);
         assert_eq!(ids.caller("nope", now), Caller::Unknown);
-        let narrow = ids
-            .issue("a@p.iam.gserviceaccount.com", vec!["openid".into()], now)
-            .unwrap();
+        let narrow = ids.issue("a@p.iam.gserviceaccount.com", vec!["openid".into()], now).unwrap();
         assert_eq!(ids.caller(&narrow, now), Caller::WrongScope);
     }
 }

@@ -29,10 +29,7 @@ impl Emulator {
             .build()
             .map_err(StartError::Runtime)?;
         let inner = runtime.block_on(builder.start())?;
-        Ok(Emulator {
-            inner: Some(inner),
-            runtime: Some(runtime),
-        })
+        Ok(Emulator { inner: Some(inner), runtime: Some(runtime) })
     }
 
     /// Stops the server and its runtime, waiting (briefly) for both.
@@ -48,9 +45,7 @@ impl Deref for Emulator {
     type Target = crate::Emulator;
 
     fn deref(&self) -> &crate::Emulator {
-        self.inner
-            .as_ref()
-            .expect("the emulator is only taken by shutdown, which consumes self")
+        self.inner.as_ref().expect("the emulator is only taken by shutdown, which consumes self")
     }
 }
 

@@ -38,9 +38,7 @@ pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 pub(crate) fn unix_micros(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// `2026-10-02T13:02:50.882009Z`. Times before 1970 do not occur in the emulator and are
@@ -52,20 +50,14 @@ pub(crate) fn format_timestamp(t: SystemTime) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Parses RFC 3339 (`Z` or a numeric offset, 0–9 fractional digits), as proto3 JSON accepts
 /// for `Timestamp`. Returns `None` for anything else, including times before 1970.
 pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
     let bytes = text.as_bytes();
-    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't')
-    {
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't') {
         return None;
     }
     if bytes[13] != b':' || bytes[16] != b':' {
@@ -73,11 +65,7 @@ pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
     }
     let number = |range: std::ops::Range<usize>| -> Option<i64> {
         let part = text.get(range)?;
-        if part.bytes().all(|b| b.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
     };
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
@@ -115,8 +103,7 @@ pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
             sign * (hours * 3600 + minutes * 60)
         }
     };
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-        - offset_seconds;
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
     let seconds = u64::try_from(seconds).ok()?;
     Some(UNIX_EPOCH + Duration::new(seconds, nanos))
 }
@@ -126,9 +113,9 @@ pub(crate) fn format_duration(d: Duration) -> String {
     let nanos = d.subsec_nanos();
     if nanos == 0 {
         format!("{}s", d.as_secs())
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}.{:03}s", d.as_secs(), nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}.{:06}s", d.as_secs(), nanos / 1_000)
     } else {
         format!("{}.{:09}s", d.as_secs(), nanos)
@@ -150,11 +137,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     let secs: u64 = whole.parse().ok()?;
-    let nanos: u32 = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<9}").parse().ok()?
-    };
+    let nanos: u32 = if fraction.is_empty() { 0 } else { format!("{fraction:0<9}").parse().ok()? };
     Some(Duration::new(secs, nanos))
 }
 
@@ -212,15 +195,8 @@ mod tests {
     fn parses_what_it_formats_and_offsets() {
         let t = UNIX_EPOCH + Duration::new(1_790_946_170, 882_009_000);
         assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
-        assert_eq!(
-            parse_timestamp("2026-10-02T15:02:50.882009+02:00"),
-            Some(t),
-            "offsets are folded into UTC"
-        );
-        assert_eq!(
-            parse_timestamp("2026-10-02T13:02:50Z"),
-            Some(UNIX_EPOCH + Duration::from_secs(1_790_946_170))
-        );
+        assert_eq!(parse_timestamp("2026-10-02T15:02:50.882009+02:00"), Some(t), "offsets are folded into UTC");
+        assert_eq!(parse_timestamp("2026-10-02T13:02:50Z"), Some(UNIX_EPOCH + Duration::from_secs(1_790_946_170)));
         for bad in [
             "2026-10-02 13:02:50Z",
             "2026-13-02T13:02:50Z",

@@ -84,9 +84,7 @@ impl Method {
     pub fn quota_kind(self) -> Option<QuotaKind> {
         match self {
             Method::Access => Some(QuotaKind::Access),
-            Method::Get | Method::List | Method::GetVersion | Method::ListVersions => {
-                Some(QuotaKind::Read)
-            }
+            Method::Get | Method::List | Method::GetVersion | Method::ListVersions => Some(QuotaKind::Read),
             Method::AddVersion
             | Method::Patch
             | Method::Enable
@@ -99,10 +97,7 @@ impl Method {
     }
 
     fn index(self) -> usize {
-        Method::ALL
-            .iter()
-            .position(|m| *m == self)
-            .unwrap_or_default()
+        Method::ALL.iter().position(|m| *m == self).unwrap_or_default()
     }
 }
 
@@ -114,17 +109,16 @@ impl fmt::Display for Method {
 
 /// A method name that is not one of [`Method::as_str`]'s spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown method {0:?} (expected one of access, get, list, getVersion, listVersions, addVersion, patch, enable, disable, destroy, create, delete, token)")]
+#[error(
+    "unknown method {0:?} (expected one of access, get, list, getVersion, listVersions, addVersion, patch, enable, disable, destroy, create, delete, token)"
+)]
 pub struct UnknownMethod(pub String);
 
 impl FromStr for Method {
     type Err = UnknownMethod;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.as_str() == text)
-            .ok_or_else(|| UnknownMethod(text.to_owned()))
+        Method::ALL.into_iter().find(|m| m.as_str() == text).ok_or_else(|| UnknownMethod(text.to_owned()))
     }
 }
 
@@ -140,9 +134,7 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self) -> RequestCounts {
-        RequestCounts {
-            counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)),
-        }
+        RequestCounts { counts: std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)) }
     }
 
     pub(crate) fn reset(&self) {
@@ -165,19 +157,13 @@ impl RequestCounts {
 
     /// Every Secret Manager request, not counting the token endpoint.
     pub fn secret_manager_total(&self) -> u64 {
-        Method::ALL
-            .into_iter()
-            .filter(|m| *m != Method::Token)
-            .map(|m| self.get(m))
-            .sum()
+        Method::ALL.into_iter().filter(|m| *m != Method::Token).map(|m| self.get(m)).sum()
     }
 
     /// `{"access": 3, "get": 0, …, "token": 1}` — the admin API's `/emulator/requests` body.
     pub fn to_json(&self) -> serde_json::Value {
-        let map = Method::ALL
-            .into_iter()
-            .map(|m| (m.as_str().to_owned(), serde_json::Value::from(self.get(m))))
-            .collect();
+        let map =
+            Method::ALL.into_iter().map(|m| (m.as_str().to_owned(), serde_json::Value::from(self.get(m)))).collect();
         serde_json::Value::Object(map)
     }
 }

@@ -108,10 +108,7 @@ impl EmulatorBuilder {
         }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))
             .await
-            .map_err(|source| StartError::Bind {
-                port: self.port,
-                source,
-            })?;
+            .map_err(|source| StartError::Bind { port: self.port, source })?;
         let address = listener.local_addr().map_err(StartError::LocalAddr)?;
         let app = Arc::new(App {
             project_id: self.project_id,
@@ -126,12 +123,7 @@ impl EmulatorBuilder {
         });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(serve(listener, app.clone(), stopped));
-        Ok(Emulator {
-            app,
-            address,
-            stop,
-            server: Some(server),
-        })
+        Ok(Emulator { app, address, stop, server: Some(server) })
     }
 }
 
@@ -179,9 +171,7 @@ impl Emulator {
     /// # Panics
     /// If aws-lc fails to generate an RSA key, which leaves nothing sensible to return.
     pub fn service_account_key(&self, email: &str, role: Role) -> String {
-        self.app
-            .create_service_account_key(email, role)
-            .expect("aws-lc-rs RSA-2048 key generation")
+        self.app.create_service_account_key(email, role).expect("aws-lc-rs RSA-2048 key generation")
     }
 
     /// A valid access token for `email` with `role`, skipping the JWT exchange — for tests
@@ -191,10 +181,7 @@ impl Emulator {
     /// If the system random generator fails.
     pub fn access_token(&self, email: &str, role: Role) -> String {
         let now = self.app.clock.now();
-        self.app
-            .lock_identities()
-            .issue_token_directly(email, role, now)
-            .expect("system random generator")
+        self.app.lock_identities().issue_token_directly(email, role, now).expect("system random generator")
     }
 
     /// The fault-injection handle. Clones drive the same emulator.

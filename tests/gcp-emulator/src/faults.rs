@@ -57,21 +57,15 @@ impl QuotaKind {
     /// (metric display name, limit display name, limit id) for the 429 message.
     pub(crate) fn labels(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            QuotaKind::Access => (
-                "Access requests",
-                "Access requests per minute per project",
-                "AccessRequestsPerMinutePerProject",
-            ),
-            QuotaKind::Read => (
-                "Read requests",
-                "Read requests per minute per project",
-                "ReadRequestsPerMinutePerProject",
-            ),
-            QuotaKind::Write => (
-                "Write requests",
-                "Write requests per minute per project",
-                "WriteRequestsPerMinutePerProject",
-            ),
+            QuotaKind::Access => {
+                ("Access requests", "Access requests per minute per project", "AccessRequestsPerMinutePerProject")
+            }
+            QuotaKind::Read => {
+                ("Read requests", "Read requests per minute per project", "ReadRequestsPerMinutePerProject")
+            }
+            QuotaKind::Write => {
+                ("Write requests", "Write requests per minute per project", "WriteRequestsPerMinutePerProject")
+            }
         }
     }
 
@@ -136,10 +130,7 @@ pub struct Faults {
 
 impl Faults {
     pub(crate) fn with_quotas(quotas: [Option<u32>; 3]) -> Self {
-        let faults = Faults {
-            state: Arc::default(),
-            baseline_quotas: quotas,
-        };
+        let faults = Faults { state: Arc::default(), baseline_quotas: quotas };
         faults.lock().quota_limits = quotas;
         faults
     }
@@ -157,11 +148,7 @@ impl Faults {
     /// The next `count` requests (of `method` only, if given) fail with `failure`.
     pub fn fail_next(&self, count: u32, failure: Failure, method: Option<Method>) {
         if count > 0 {
-            self.lock().failures.push(Rule {
-                remaining: count,
-                method,
-                effect: failure,
-            });
+            self.lock().failures.push(Rule { remaining: count, method, effect: failure });
         }
     }
 
@@ -169,11 +156,7 @@ impl Faults {
     /// closing the connection, with no HTTP response at all.
     pub fn drop_next_requests(&self, count: u32, method: Option<Method>) {
         if count > 0 {
-            self.lock().request_drops.push(Rule {
-                remaining: count,
-                method,
-                effect: (),
-            });
+            self.lock().request_drops.push(Rule { remaining: count, method, effect: () });
         }
     }
 
@@ -242,10 +225,7 @@ impl Faults {
         };
         let window = &mut state.quota_windows[kind.index()];
         let minute_ago = now.checked_sub(Duration::from_secs(60));
-        while window
-            .front()
-            .is_some_and(|t| minute_ago.is_some_and(|cut| *t <= cut))
-        {
+        while window.front().is_some_and(|t| minute_ago.is_some_and(|cut| *t <= cut)) {
             window.pop_front();
         }
         if window.len() >= limit as usize {
@@ -266,18 +246,9 @@ mod tests {
         faults.fail_next(1, Failure::Unavailable, Some(Method::Access));
         faults.fail_next(2, Failure::ResourceExhausted, None);
         assert_eq!(faults.take_failure(Method::Token), None, "token must be named");
-        assert_eq!(
-            faults.take_failure(Method::Access),
-            Some(Failure::Unavailable)
-        );
-        assert_eq!(
-            faults.take_failure(Method::Access),
-            Some(Failure::ResourceExhausted)
-        );
-        assert_eq!(
-            faults.take_failure(Method::Get),
-            Some(Failure::ResourceExhausted)
-        );
+        assert_eq!(faults.take_failure(Method::Access), Some(Failure::Unavailable));
+        assert_eq!(faults.take_failure(Method::Access), Some(Failure::ResourceExhausted));
+        assert_eq!(faults.take_failure(Method::Get), Some(Failure::ResourceExhausted));
         assert_eq!(faults.take_failure(Method::Get), None);
     }
 
@@ -290,10 +261,7 @@ mod tests {
         assert_eq!(faults.admit(QuotaKind::Read, t0), Ok(()));
         assert_eq!(faults.admit(QuotaKind::Read, t0), Err(2));
         assert_eq!(faults.admit(QuotaKind::Access, t0), Ok(()), "kinds are separate");
-        assert_eq!(
-            faults.admit(QuotaKind::Read, t0 + Duration::from_secs(60)),
-            Ok(())
-        );
+        assert_eq!(faults.admit(QuotaKind::Read, t0 + Duration::from_secs(60)), Ok(()));
     }
 
     #[test]

@@ -29,11 +29,7 @@ pub(crate) enum Filter {
     And(Vec<Filter>),
     Or(Vec<Filter>),
     Not(Box<Filter>),
-    Restriction {
-        field: String,
-        operator: Operator,
-        value: String,
-    },
+    Restriction { field: String, operator: Operator, value: String },
 }
 
 /// What a filtered resource exposes.
@@ -143,11 +139,7 @@ impl Parser {
                 _ => terms.push(self.factor()?),
             }
         }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Filter::And(terms)
-        })
+        Ok(if terms.len() == 1 { terms.remove(0) } else { Filter::And(terms) })
     }
 
     /// factor := term { "OR" term }
@@ -157,11 +149,7 @@ impl Parser {
             self.next();
             terms.push(self.term()?);
         }
-        Ok(if terms.len() == 1 {
-            terms.remove(0)
-        } else {
-            Filter::Or(terms)
-        })
+        Ok(if terms.len() == 1 { terms.remove(0) } else { Filter::Or(terms) })
     }
 
     /// term := ["NOT" | "-"] ( "(" expression ")" | field operator value )
@@ -184,23 +172,13 @@ impl Parser {
                     _ => (false, word),
                 };
                 let Some(Token::Op(operator)) = self.next() else {
-                    return Err(invalid(&format!(
-                        "expected ':', '=' or '!=' after [{field}]"
-                    )));
+                    return Err(invalid(&format!("expected ':', '=' or '!=' after [{field}]")));
                 };
                 let Some(Token::Word(value)) = self.next() else {
                     return Err(invalid(&format!("expected a value after [{field}]")));
                 };
-                let restriction = Filter::Restriction {
-                    field,
-                    operator,
-                    value,
-                };
-                Ok(if negated {
-                    Filter::Not(Box::new(restriction))
-                } else {
-                    restriction
-                })
+                let restriction = Filter::Restriction { field, operator, value };
+                Ok(if negated { Filter::Not(Box::new(restriction)) } else { restriction })
             }
             _ => Err(invalid("expected a restriction such as state:ENABLED")),
         }
@@ -209,10 +187,7 @@ impl Parser {
 
 impl Filter {
     pub(crate) fn parse(text: &str) -> Result<Filter, ApiError> {
-        let mut parser = Parser {
-            tokens: tokenize(text)?,
-            position: 0,
-        };
+        let mut parser = Parser { tokens: tokenize(text)?, position: 0 };
         if parser.tokens.is_empty() {
             return Err(invalid("the filter is empty"));
         }
@@ -227,14 +202,10 @@ impl Filter {
     /// empty list.
     pub(crate) fn check_fields<T: Filterable>(&self) -> Result<(), ApiError> {
         match self {
-            Filter::And(terms) | Filter::Or(terms) => {
-                terms.iter().try_for_each(Filter::check_fields::<T>)
-            }
+            Filter::And(terms) | Filter::Or(terms) => terms.iter().try_for_each(Filter::check_fields::<T>),
             Filter::Not(inner) => inner.check_fields::<T>(),
             Filter::Restriction { field, .. } if T::supports(field) => Ok(()),
-            Filter::Restriction { field, .. } => Err(invalid(&format!(
-                "the field [{field}] is not supported"
-            ))),
+            Filter::Restriction { field, .. } => Err(invalid(&format!("the field [{field}] is not supported"))),
         }
     }
 
@@ -243,21 +214,13 @@ impl Filter {
             Filter::And(terms) => terms.iter().all(|t| t.matches(item)),
             Filter::Or(terms) => terms.iter().any(|t| t.matches(item)),
             Filter::Not(inner) => !inner.matches(item),
-            Filter::Restriction {
-                field,
-                operator,
-                value,
-            } => {
+            Filter::Restriction { field, operator, value } => {
                 let actual = item.field(field);
                 let wanted = value.to_lowercase();
                 match (operator, actual) {
                     (Operator::Has, Some(_)) if value == "*" => true,
-                    (Operator::Has, Some(actual)) if T::is_text(field) => {
-                        actual.to_lowercase().contains(&wanted)
-                    }
-                    (Operator::Has | Operator::Equals, Some(actual)) => {
-                        actual.to_lowercase() == wanted
-                    }
+                    (Operator::Has, Some(actual)) if T::is_text(field) => actual.to_lowercase().contains(&wanted),
+                    (Operator::Has | Operator::Equals, Some(actual)) => actual.to_lowercase() == wanted,
                     (Operator::NotEquals, Some(actual)) => actual.to_lowercase() != wanted,
                     (Operator::NotEquals, None) => true,
                     (_, None) => false,

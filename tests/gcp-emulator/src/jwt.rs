@@ -71,15 +71,12 @@ pub(crate) struct Unverified<'a> {
 }
 
 pub(crate) fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
-    URL_SAFE_ANY_PADDING
-        .decode(segment)
-        .map_err(|_| JwtError::Malformed("a segment is not base64url"))
+    URL_SAFE_ANY_PADDING.decode(segment).map_err(|_| JwtError::Malformed("a segment is not base64url"))
 }
 
 pub(crate) fn parse(assertion: &str) -> Result<Unverified<'_>, JwtError> {
     let mut parts = assertion.split('.');
-    let (Some(header), Some(claims), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed("expected three dot-separated segments"));
     };
@@ -91,15 +88,10 @@ pub(crate) fn parse(assertion: &str) -> Result<Unverified<'_>, JwtError> {
     if header.typ.as_deref().is_some_and(|t| t != "JWT") {
         return Err(JwtError::Malformed("typ must be JWT"));
     }
-    let claims: Claims = serde_json::from_slice(&decode_segment(claims)?).map_err(|_| {
-        JwtError::Malformed("the claims need iss and aud strings and exp and iat numbers")
-    })?;
+    let claims: Claims = serde_json::from_slice(&decode_segment(claims)?)
+        .map_err(|_| JwtError::Malformed("the claims need iss and aud strings and exp and iat numbers"))?;
     let signing_input_len = assertion.len() - signature.len() - 1;
-    Ok(Unverified {
-        claims,
-        signing_input: &assertion[..signing_input_len],
-        signature: decode_segment(signature)?,
-    })
+    Ok(Unverified { claims, signing_input: &assertion[..signing_input_len], signature: decode_segment(signature)? })
 }
 
 impl Unverified<'_> {
@@ -111,11 +103,7 @@ impl Unverified<'_> {
                 .verify(self.signing_input.as_bytes(), &self.signature)
                 .is_ok()
         });
-        if verified {
-            Ok(())
-        } else {
-            Err(JwtError::Signature)
-        }
+        if verified { Ok(()) } else { Err(JwtError::Signature) }
     }
 }
 
@@ -124,9 +112,7 @@ impl Claims {
     /// and the assertion may live at most an hour.
     pub(crate) fn check(&self, token_uri: &str, now: i64) -> Result<(), JwtError> {
         if self.aud != token_uri {
-            return Err(JwtError::Audience {
-                expected: token_uri.to_owned(),
-            });
+            return Err(JwtError::Audience { expected: token_uri.to_owned() });
         }
         let expired = self.exp <= now;
         let issued_in_future = self.iat > now + ALLOWED_SKEW_SECONDS;
@@ -144,12 +130,7 @@ mod tests {
     use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 
     fn assertion(header: &str, claims: &str, engine: &GeneralPurpose) -> String {
-        format!(
-            "{}.{}.{}",
-            engine.encode(header),
-            engine.encode(claims),
-            engine.encode(b"sig")
-        )
+        format!("{}.{}.{}", engine.encode(header), engine.encode(claims), engine.encode(b"sig"))
     }
 
     const CLAIMS: &str = r#"{"iss":"a@p.iam.gserviceaccount.com","aud":"http://127.0.0.1:1/token","exp":1003595,"iat":1000000,"sub":null,"scope":"https://www.googleapis.com/auth/cloud-platform"}"#;
@@ -187,10 +168,7 @@ mod tests {
             claims.check("https://oauth2.googleapis.com/token", 1_000_010),
             Err(JwtError::Audience { .. })
         ));
-        let long = Claims {
-            exp: claims.iat + 7200,
-            ..claims
-        };
+        let long = Claims { exp: claims.iat + 7200, ..claims };
         assert_eq!(long.check(aud, 1_000_010), Err(JwtError::Timeframe));
     }
 }

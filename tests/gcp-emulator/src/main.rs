@@ -55,26 +55,17 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
             Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
             None => (flag.clone(), None),
         };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = || inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"));
         match name.as_str() {
             "--port" => {
                 let text = value()?;
-                options.port = text
-                    .parse()
-                    .map_err(|_| format!("--port {text:?} is not a port number"))?;
+                options.port = text.parse().map_err(|_| format!("--port {text:?} is not a port number"))?;
             }
             "--project-id" => options.project_id = Some(value()?),
             "--project-number" => {
                 let text = value()?;
-                options.project_number = Some(
-                    text.parse()
-                        .map_err(|_| format!("--project-number {text:?} is not a number"))?,
-                );
+                options.project_number =
+                    Some(text.parse().map_err(|_| format!("--project-number {text:?} is not a number"))?);
             }
             "--print-key" => options.key_file = Some(PathBuf::from(value()?)),
             "--key-email" => options.key_email = Some(value()?),
@@ -92,12 +83,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
 
 fn write_key(path: &PathBuf, key: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(key.as_bytes())?;
     file.sync_all()
 }
@@ -129,11 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("gcp-emulator: cannot start the runtime: {error}");
@@ -141,9 +123,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let mut builder = Emulator::builder()
-            .port(options.port)
-            .allow_anonymous(options.allow_anonymous);
+        let mut builder = Emulator::builder().port(options.port).allow_anonymous(options.allow_anonymous);
         if let Some(id) = &options.project_id {
             builder = builder.project_id(id.clone());
         }
@@ -161,9 +141,10 @@ fn main() -> ExitCode {
             }
         };
         if let Some(path) = &options.key_file {
-            let email = options.key_email.clone().unwrap_or_else(|| {
-                format!("emulator@{}.iam.gserviceaccount.com", emulator.project_id())
-            });
+            let email = options
+                .key_email
+                .clone()
+                .unwrap_or_else(|| format!("emulator@{}.iam.gserviceaccount.com", emulator.project_id()));
             let key = emulator.service_account_key(&email, options.key_role);
             if let Err(error) = write_key(path, &key) {
                 eprintln!("gcp-emulator: writing the key to {}: {error}", path.display());
@@ -180,10 +161,7 @@ fn main() -> ExitCode {
 }
 
 fn source_text(error: &dyn std::error::Error) -> String {
-    error
-        .source()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "no further detail".into())
+    error.source().map(|s| s.to_string()).unwrap_or_else(|| "no further detail".into())
 }
 
 #[cfg(test)]
@@ -196,8 +174,7 @@ mod tests {
 
     #[test]
     fn parses_flags_in_both_spellings() {
-        let options = parse(args("--port 8085 --project-id=acme --project-number 42 --key-role viewer"))
-            .unwrap();
+        let options = parse(args("--port 8085 --project-id=acme --project-number 42 --key-role viewer")).unwrap();
         assert_eq!(options.port, 8085);
         assert_eq!(options.project_id.as_deref(), Some("acme"));
         assert_eq!(options.project_number, Some(42));

@@ -63,10 +63,7 @@ pub(crate) const LOCATIONS: &[&str] = &[
 
 /// Secret IDs: 1–255 characters of `[A-Za-z0-9_-]`.
 pub(crate) fn is_valid_secret_id(id: &str) -> bool {
-    (1..=255).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=255).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Alias syntax: at most 63 characters of `[A-Za-z0-9_-]`, starting with a letter. Whether the
@@ -75,9 +72,7 @@ pub(crate) fn is_valid_secret_id(id: &str) -> bool {
 pub(crate) fn is_alias_syntax(alias: &str) -> bool {
     alias.len() <= 63
         && alias.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
-        && alias
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && alias.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `latest` and `NEW` are reserved in any letter case (the docs' note on aliases).
@@ -122,12 +117,7 @@ pub(crate) fn secret_name(project: &str, location: Option<&str>, secret: &str) -
     format!("{}/secrets/{secret}", parent_name(project, location))
 }
 
-pub(crate) fn version_name(
-    project: &str,
-    location: Option<&str>,
-    secret: &str,
-    version: &str,
-) -> String {
+pub(crate) fn version_name(project: &str, location: Option<&str>, secret: &str, version: &str) -> String {
     format!("{}/versions/{version}", secret_name(project, location, secret))
 }
 
@@ -160,18 +150,9 @@ mod tests {
 
     #[test]
     fn version_selectors() {
-        assert_eq!(
-            VersionSelector::parse("latest"),
-            Some(VersionSelector::Latest)
-        );
-        assert_eq!(
-            VersionSelector::parse("12"),
-            Some(VersionSelector::Number(12))
-        );
-        assert_eq!(
-            VersionSelector::parse("current"),
-            Some(VersionSelector::Alias("current".into()))
-        );
+        assert_eq!(VersionSelector::parse("latest"), Some(VersionSelector::Latest));
+        assert_eq!(VersionSelector::parse("12"), Some(VersionSelector::Number(12)));
+        assert_eq!(VersionSelector::parse("current"), Some(VersionSelector::Alias("current".into())));
         for bad in ["0", "", "-1", "1a!", "99999999999999999999999"] {
             assert_eq!(VersionSelector::parse(bad), None, "{bad}");
         }
@@ -179,13 +160,7 @@ mod tests {
 
     #[test]
     fn names_use_the_given_project_and_location() {
-        assert_eq!(
-            version_name("42", None, "s", "3"),
-            "projects/42/secrets/s/versions/3"
-        );
-        assert_eq!(
-            secret_name("42", Some("europe-west1"), "s"),
-            "projects/42/locations/europe-west1/secrets/s"
-        );
+        assert_eq!(version_name("42", None, "s", "3"), "projects/42/secrets/s/versions/3");
+        assert_eq!(secret_name("42", Some("europe-west1"), "s"), "projects/42/locations/europe-west1/secrets/s");
     }
 }

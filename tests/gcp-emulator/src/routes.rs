@@ -70,10 +70,8 @@ pub(crate) fn route(method: &Http, path: &str) -> Option<Route> {
         return (method == Http::POST).then_some(Route::Token);
     }
     let rest = path.strip_prefix("/v1/")?;
-    let segments: Vec<String> = rest
-        .split('/')
-        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
-        .collect();
+    let segments: Vec<String> =
+        rest.split('/').map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
     api_operation(method, &segments).map(Route::Api)
 }
 
@@ -84,10 +82,7 @@ fn api_operation(method: &Http, segments: &[String]) -> Option<Operation> {
     if first != "projects" || project.is_empty() {
         return None;
     }
-    let mut parent = Parent {
-        project: project.clone(),
-        location: None,
-    };
+    let mut parent = Parent { project: project.clone(), location: None };
     let rest = match rest {
         [locations] if locations == "locations" && method == Http::GET => {
             return Some(Operation::Unimplemented(parent, "ListLocations"));
@@ -110,27 +105,18 @@ fn api_operation(method: &Http, segments: &[String]) -> Option<Operation> {
         },
         [secrets, last] if secrets == "secrets" => {
             let (secret, verb) = split_verb(last);
-            let path = SecretPath {
-                parent: parent.clone(),
-                secret: secret.to_owned(),
-            };
+            let path = SecretPath { parent: parent.clone(), secret: secret.to_owned() };
             match (method, verb) {
                 (&Http::GET, None) => Some(Operation::GetSecret(path)),
                 (&Http::PATCH, None) => Some(Operation::PatchSecret(path)),
                 (&Http::DELETE, None) => Some(Operation::DeleteSecret(path)),
                 (&Http::POST, Some("addVersion")) => Some(Operation::AddVersion(path)),
-                (&Http::GET, Some("getIamPolicy")) => {
-                    Some(Operation::Unimplemented(parent, "GetIamPolicy"))
-                }
-                (&Http::POST, Some("setIamPolicy")) => {
-                    Some(Operation::Unimplemented(parent, "SetIamPolicy"))
-                }
+                (&Http::GET, Some("getIamPolicy")) => Some(Operation::Unimplemented(parent, "GetIamPolicy")),
+                (&Http::POST, Some("setIamPolicy")) => Some(Operation::Unimplemented(parent, "SetIamPolicy")),
                 (&Http::POST, Some("testIamPermissions")) => {
                     Some(Operation::Unimplemented(parent, "TestIamPermissions"))
                 }
-                (&Http::POST, Some("rotateSecret")) => {
-                    Some(Operation::Unimplemented(parent, "RotateSecret"))
-                }
+                (&Http::POST, Some("rotateSecret")) => Some(Operation::Unimplemented(parent, "RotateSecret")),
                 (&Http::POST, Some("enableManagedRotation")) => {
                     Some(Operation::Unimplemented(parent, "EnableManagedRotation"))
                 }
@@ -138,22 +124,12 @@ fn api_operation(method: &Http, segments: &[String]) -> Option<Operation> {
             }
         }
         [secrets, secret, versions] if secrets == "secrets" && versions == "versions" => {
-            (method == Http::GET).then(|| {
-                Operation::ListVersions(SecretPath {
-                    parent,
-                    secret: secret.clone(),
-                })
-            })
+            (method == Http::GET).then(|| Operation::ListVersions(SecretPath { parent, secret: secret.clone() }))
         }
         [secrets, secret, versions, last] if secrets == "secrets" && versions == "versions" => {
             let (version, verb) = split_verb(last);
-            let path = VersionPath {
-                secret: SecretPath {
-                    parent,
-                    secret: secret.clone(),
-                },
-                version: version.to_owned(),
-            };
+            let path =
+                VersionPath { secret: SecretPath { parent, secret: secret.clone() }, version: version.to_owned() };
             match (method, verb) {
                 (&Http::GET, None) => Some(Operation::GetVersion(path)),
                 (&Http::GET, Some("access")) => Some(Operation::AccessVersion(path)),
@@ -236,9 +212,9 @@ impl Operation {
 
     pub(crate) fn parent(&self) -> &Parent {
         match self {
-            Operation::CreateSecret(parent)
-            | Operation::ListSecrets(parent)
-            | Operation::Unimplemented(parent, _) => parent,
+            Operation::CreateSecret(parent) | Operation::ListSecrets(parent) | Operation::Unimplemented(parent, _) => {
+                parent
+            }
             Operation::GetSecret(path)
             | Operation::PatchSecret(path)
             | Operation::DeleteSecret(path)
@@ -294,28 +270,16 @@ mod tests {
         assert_eq!(api(Http::POST, "/v1/projects/p/secrets").method(), Some(Method::Create));
         assert_eq!(api(Http::GET, "/v1/projects/p/secrets").method(), Some(Method::List));
         assert_eq!(api(Http::PATCH, "/v1/projects/p/secrets/s").method(), Some(Method::Patch));
-        assert_eq!(
-            api(Http::POST, "/v1/projects/p/secrets/s:addVersion").method(),
-            Some(Method::AddVersion)
-        );
-        assert_eq!(
-            api(Http::POST, "/v1/projects/p/secrets/s/versions/3:destroy").method(),
-            Some(Method::Destroy)
-        );
+        assert_eq!(api(Http::POST, "/v1/projects/p/secrets/s:addVersion").method(), Some(Method::AddVersion));
+        assert_eq!(api(Http::POST, "/v1/projects/p/secrets/s/versions/3:destroy").method(), Some(Method::Destroy));
     }
 
     #[test]
     fn regional_paths_keep_the_location() {
-        let op = api(
-            Http::GET,
-            "/v1/projects/p/locations/europe-west1/secrets/s/versions/2",
-        );
+        let op = api(Http::GET, "/v1/projects/p/locations/europe-west1/secrets/s/versions/2");
         assert_eq!(op.method(), Some(Method::GetVersion));
         assert_eq!(op.parent().location.as_deref(), Some("europe-west1"));
-        assert_eq!(
-            op.requested_resource(),
-            "projects/p/locations/europe-west1/secrets/s/versions/2"
-        );
+        assert_eq!(op.requested_resource(), "projects/p/locations/europe-west1/secrets/s/versions/2");
     }
 
     #[test]

@@ -16,9 +16,7 @@ use crate::clock::{parse_duration, parse_timestamp};
 use crate::names::{is_alias_syntax, is_reserved_alias};
 use crate::status::ApiError;
 use crate::store::{Replica, Replication, Rotation, SecretSettings, SecretUpdate};
-use crate::wire::{
-    AddVersionBody, CmekBody, Int64, ReplicationBody, RotationBody, SecretBody, TopicBody,
-};
+use crate::wire::{AddVersionBody, CmekBody, Int64, ReplicationBody, RotationBody, SecretBody, TopicBody};
 
 /// Largest decoded payload Google accepts.
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 65_536;
@@ -35,11 +33,7 @@ fn invalid(message: String) -> ApiError {
 
 /// Settings for `secrets.create`. Global secrets need `replication`; regional ones must not
 /// have it (their location is the replication).
-pub(crate) fn create_settings(
-    body: SecretBody,
-    regional: bool,
-    now: SystemTime,
-) -> Result<SecretSettings, ApiError> {
+pub(crate) fn create_settings(body: SecretBody, regional: bool, now: SystemTime) -> Result<SecretSettings, ApiError> {
     let replication = match (body.replication, regional) {
         (None, false) => {
             return Err(invalid(
@@ -83,16 +77,9 @@ pub(crate) fn patch_update(
     regional: bool,
     now: SystemTime,
 ) -> Result<(SecretUpdate, Option<String>), ApiError> {
-    let paths: Vec<String> = update_mask
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(snake_case)
-        .collect();
+    let paths: Vec<String> = update_mask.split(',').map(str::trim).filter(|p| !p.is_empty()).map(snake_case).collect();
     if paths.is_empty() {
-        return Err(invalid(
-            "update_mask is required and must name at least one field.".into(),
-        ));
+        return Err(invalid("update_mask is required and must name at least one field.".into()));
     }
     let mut update = SecretUpdate::default();
     for path in &paths {
@@ -100,40 +87,26 @@ pub(crate) fn patch_update(
             "labels" => update.labels = Some(labels(body.labels.clone())?),
             "topics" => update.topics = Some(topics(clone_topics(&body.topics))?),
             "annotations" => update.annotations = Some(annotations(body.annotations.clone())?),
-            "version_aliases" => {
-                update.version_aliases = Some(aliases(body.version_aliases.clone())?)
-            }
+            "version_aliases" => update.version_aliases = Some(aliases(body.version_aliases.clone())?),
             "version_destroy_ttl" => {
-                update.version_destroy_ttl =
-                    Some(version_destroy_ttl(body.version_destroy_ttl.as_deref())?)
+                update.version_destroy_ttl = Some(version_destroy_ttl(body.version_destroy_ttl.as_deref())?)
             }
-            "expire_time" => {
-                update.expire_time = Some(expiration(body.expire_time.as_deref(), None, now)?)
-            }
+            "expire_time" => update.expire_time = Some(expiration(body.expire_time.as_deref(), None, now)?),
             "ttl" => update.expire_time = Some(expiration(None, body.ttl.as_deref(), now)?),
             "rotation" | "rotation.next_rotation_time" | "rotation.rotation_period" => {
                 update.rotation = Some(rotation(clone_rotation(&body.rotation), now)?)
             }
             "customer_managed_encryption" => {
-                update.kms_key_name = Some(regional_cmek(
-                    clone_cmek(&body.customer_managed_encryption),
-                    regional,
-                )?)
+                update.kms_key_name = Some(regional_cmek(clone_cmek(&body.customer_managed_encryption), regional)?)
             }
             "replication" | "secret_type" | "tags" => {
-                return Err(invalid(format!(
-                    "update_mask path [{path}] names an immutable field."
-                )));
+                return Err(invalid(format!("update_mask path [{path}] names an immutable field.")));
             }
             "name" | "create_time" | "etag" | "policy_member" => {
-                return Err(invalid(format!(
-                    "update_mask path [{path}] names an output-only field."
-                )));
+                return Err(invalid(format!("update_mask path [{path}] names an output-only field.")));
             }
             _ => {
-                return Err(invalid(format!(
-                    "update_mask path [{path}] is not a field of Secret."
-                )));
+                return Err(invalid(format!("update_mask path [{path}] is not a field of Secret.")));
             }
         }
     }
@@ -142,14 +115,9 @@ pub(crate) fn patch_update(
 
 /// Rotation needs somewhere to publish: a secret with a rotation policy must name at least
 /// one topic (CONTRACT §8 [B]). Patches check this against the merged result.
-pub(crate) fn require_topics_for_rotation(
-    rotation: &Option<Rotation>,
-    topics: &[String],
-) -> Result<(), ApiError> {
+pub(crate) fn require_topics_for_rotation(rotation: &Option<Rotation>, topics: &[String]) -> Result<(), ApiError> {
     if rotation.is_some() && topics.is_empty() {
-        return Err(invalid(
-            "A rotation policy needs at least one Pub/Sub topic in Secret.topics.".into(),
-        ));
+        return Err(invalid("A rotation policy needs at least one Pub/Sub topic in Secret.topics.".into()));
     }
     Ok(())
 }
@@ -168,13 +136,7 @@ fn snake_case(path: &str) -> String {
 }
 
 fn clone_topics(topics: &Option<Vec<TopicBody>>) -> Option<Vec<TopicBody>> {
-    topics.as_ref().map(|list| {
-        list.iter()
-            .map(|t| TopicBody {
-                name: t.name.clone(),
-            })
-            .collect()
-    })
+    topics.as_ref().map(|list| list.iter().map(|t| TopicBody { name: t.name.clone() }).collect())
 }
 
 fn clone_rotation(rotation: &Option<RotationBody>) -> Option<RotationBody> {
@@ -186,17 +148,13 @@ fn clone_rotation(rotation: &Option<RotationBody>) -> Option<RotationBody> {
 }
 
 fn clone_cmek(cmek: &Option<CmekBody>) -> Option<CmekBody> {
-    cmek.as_ref().map(|c| CmekBody {
-        kms_key_name: c.kms_key_name.clone(),
-    })
+    cmek.as_ref().map(|c| CmekBody { kms_key_name: c.kms_key_name.clone() })
 }
 
 fn kms_name(cmek: Option<CmekBody>) -> Result<Option<String>, ApiError> {
     match cmek {
         None => Ok(None),
-        Some(CmekBody {
-            kms_key_name: Some(name),
-        }) if !name.is_empty() => Ok(Some(name)),
+        Some(CmekBody { kms_key_name: Some(name) }) if !name.is_empty() => Ok(Some(name)),
         Some(_) => Err(invalid(
             "customerManagedEncryption.kmsKeyName is required when customerManagedEncryption \
              is set."
@@ -218,42 +176,30 @@ fn regional_cmek(cmek: Option<CmekBody>, regional: bool) -> Result<Option<String
 
 fn replication_from(body: ReplicationBody) -> Result<Replication, ApiError> {
     match (body.automatic, body.user_managed) {
-        (Some(automatic), None) => Ok(Replication::Automatic {
-            kms_key_name: kms_name(automatic.customer_managed_encryption)?,
-        }),
+        (Some(automatic), None) => {
+            Ok(Replication::Automatic { kms_key_name: kms_name(automatic.customer_managed_encryption)? })
+        }
         (None, Some(user_managed)) => {
             let replicas = user_managed.replicas.unwrap_or_default();
             if replicas.is_empty() {
-                return Err(invalid(
-                    "Secret.replication.userManaged.replicas must list at least one replica."
-                        .into(),
-                ));
+                return Err(invalid("Secret.replication.userManaged.replicas must list at least one replica.".into()));
             }
             let mut seen = Vec::new();
             let mut out = Vec::new();
             for replica in replicas {
                 let location = replica.location.unwrap_or_default();
                 if location.is_empty() {
-                    return Err(invalid(
-                        "Every replica in Secret.replication.userManaged needs a location.".into(),
-                    ));
+                    return Err(invalid("Every replica in Secret.replication.userManaged needs a location.".into()));
                 }
                 if seen.contains(&location) {
-                    return Err(invalid(format!(
-                        "Replica location [{location}] is listed more than once."
-                    )));
+                    return Err(invalid(format!("Replica location [{location}] is listed more than once.")));
                 }
                 seen.push(location.clone());
-                out.push(Replica {
-                    location,
-                    kms_key_name: kms_name(replica.customer_managed_encryption)?,
-                });
+                out.push(Replica { location, kms_key_name: kms_name(replica.customer_managed_encryption)? });
             }
             Ok(Replication::UserManaged(out))
         }
-        _ => Err(invalid(
-            "Secret.replication must set exactly one of automatic or userManaged.".into(),
-        )),
+        _ => Err(invalid("Secret.replication must set exactly one of automatic or userManaged.".into())),
     }
 }
 
@@ -268,15 +214,10 @@ fn is_label_char(c: char) -> bool {
 
 /// Keys `[\p{Ll}\p{Lo}][\p{Ll}\p{Lo}\p{N}_-]{0,62}`, values `[\p{Ll}\p{Lo}\p{N}_-]{0,63}`, each
 /// at most 128 bytes, at most 64 labels.
-pub(crate) fn labels(
-    input: Option<BTreeMap<String, String>>,
-) -> Result<BTreeMap<String, String>, ApiError> {
+pub(crate) fn labels(input: Option<BTreeMap<String, String>>) -> Result<BTreeMap<String, String>, ApiError> {
     let labels = input.unwrap_or_default();
     if labels.len() > MAX_LABELS {
-        return Err(invalid(format!(
-            "A secret can have at most {MAX_LABELS} labels; {} were given.",
-            labels.len()
-        )));
+        return Err(invalid(format!("A secret can have at most {MAX_LABELS} labels; {} were given.", labels.len())));
     }
     for (key, value) in &labels {
         let key_ok = key.chars().next().is_some_and(is_label_letter)
@@ -289,8 +230,7 @@ pub(crate) fn labels(
                  only lowercase letters, digits, '_' and '-', at most 63 characters."
             )));
         }
-        let value_ok =
-            value.chars().all(is_label_char) && value.chars().count() <= 63 && value.len() <= 128;
+        let value_ok = value.chars().all(is_label_char) && value.chars().count() <= 63 && value.len() <= 128;
         if !value_ok {
             return Err(invalid(format!(
                 "Label value [{value}] of key [{key}] is invalid: it may contain only lowercase \
@@ -303,9 +243,7 @@ pub(crate) fn labels(
 
 /// Keys 1–63 characters (≤ 128 bytes), starting and ending alphanumeric, with `-_.` allowed
 /// inside; keys and values together under 16 KiB.
-pub(crate) fn annotations(
-    input: Option<BTreeMap<String, String>>,
-) -> Result<BTreeMap<String, String>, ApiError> {
+pub(crate) fn annotations(input: Option<BTreeMap<String, String>>) -> Result<BTreeMap<String, String>, ApiError> {
     let annotations = input.unwrap_or_default();
     let mut total = 0usize;
     for (key, value) in &annotations {
@@ -314,9 +252,7 @@ pub(crate) fn annotations(
             && bytes.len() <= 128
             && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
             && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !key_ok {
             return Err(invalid(format!(
                 "Annotation key [{key}] is invalid: it must be 1-63 characters, begin and end \
@@ -337,9 +273,7 @@ pub(crate) fn annotations(
 /// Alias names: at most 63 of `[A-Za-z0-9_-]`, starting with a letter, not `latest`/`NEW` in
 /// any case; at most 50 per secret; targets are positive version numbers (existence is the
 /// store's check).
-pub(crate) fn aliases(
-    input: Option<BTreeMap<String, Int64>>,
-) -> Result<BTreeMap<String, u64>, ApiError> {
+pub(crate) fn aliases(input: Option<BTreeMap<String, Int64>>) -> Result<BTreeMap<String, u64>, ApiError> {
     let input = input.unwrap_or_default();
     if input.len() > MAX_ALIASES {
         return Err(invalid(format!(
@@ -355,15 +289,12 @@ pub(crate) fn aliases(
                  [A-Za-z0-9_-], be at most 63 characters, and not be 'latest' or 'NEW'."
             )));
         }
-        let target = u64::try_from(target)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "Version alias [{alias}] must point to a version number of 1 or more; got \
+        let target = u64::try_from(target).ok().filter(|n| *n > 0).ok_or_else(|| {
+            invalid(format!(
+                "Version alias [{alias}] must point to a version number of 1 or more; got \
                      {target}."
-                ))
-            })?;
+            ))
+        })?;
         out.insert(alias, target);
     }
     Ok(out)
@@ -372,10 +303,7 @@ pub(crate) fn aliases(
 fn topics(input: Option<Vec<TopicBody>>) -> Result<Vec<String>, ApiError> {
     let input = input.unwrap_or_default();
     if input.len() > MAX_TOPICS {
-        return Err(invalid(format!(
-            "A secret can have at most {MAX_TOPICS} topics; {} were given.",
-            input.len()
-        )));
+        return Err(invalid(format!("A secret can have at most {MAX_TOPICS} topics; {} were given.", input.len())));
     }
     input
         .into_iter()
@@ -386,9 +314,7 @@ fn topics(input: Option<Vec<TopicBody>>) -> Result<Vec<String>, ApiError> {
             if ok {
                 Ok(name)
             } else {
-                Err(invalid(format!(
-                    "Topic name [{name}] must have the form projects/*/topics/*."
-                )))
+                Err(invalid(format!("Topic name [{name}] must have the form projects/*/topics/*.")))
             }
         })
         .collect()
@@ -430,9 +356,7 @@ fn rotation(input: Option<RotationBody>, now: SystemTime) -> Result<Option<Rotat
                      (type.googleapis.com/google.protobuf.Duration), \"{text}\""
                 ))
             })?;
-            if period.subsec_nanos() != 0
-                || !(3_600..=3_153_600_000).contains(&period.as_secs())
-            {
+            if period.subsec_nanos() != 0 || !(3_600..=3_153_600_000).contains(&period.as_secs()) {
                 return Err(invalid(
                     "rotation.rotation_period must be whole seconds between 3600s and \
                      3153600000s."
@@ -449,24 +373,15 @@ fn rotation(input: Option<RotationBody>, now: SystemTime) -> Result<Option<Rotat
             Some(period)
         }
     };
-    Ok(Some(Rotation {
-        next_rotation_time: next,
-        rotation_period: period,
-    }))
+    Ok(Some(Rotation { next_rotation_time: next, rotation_period: period }))
 }
 
 /// `ttl` and `expireTime` are a oneof; `ttl` becomes `expireTime`. The expiry must be in the
 /// future.
-fn expiration(
-    expire_time: Option<&str>,
-    ttl: Option<&str>,
-    now: SystemTime,
-) -> Result<Option<SystemTime>, ApiError> {
+fn expiration(expire_time: Option<&str>, ttl: Option<&str>, now: SystemTime) -> Result<Option<SystemTime>, ApiError> {
     let at = match (expire_time, ttl) {
         (Some(_), Some(_)) => {
-            return Err(invalid(
-                "Only one of Secret.expire_time and Secret.ttl may be set.".into(),
-            ));
+            return Err(invalid("Only one of Secret.expire_time and Secret.ttl may be set.".into()));
         }
         (Some(text), None) => parse_timestamp(text).ok_or_else(|| {
             invalid(format!(
@@ -485,9 +400,7 @@ fn expiration(
         (None, None) => return Ok(None),
     };
     if at <= now {
-        return Err(invalid(
-            "The secret's expiration must be in the future.".into(),
-        ));
+        return Err(invalid("The secret's expiration must be in the future.".into()));
     }
     Ok(Some(at))
 }
@@ -507,9 +420,7 @@ fn version_destroy_ttl(input: Option<&str>) -> Result<Option<Duration>, ApiError
         return Ok(None);
     }
     if !(DAY..=1000 * DAY).contains(&ttl.as_secs()) || ttl.subsec_nanos() != 0 {
-        return Err(invalid(
-            "version_destroy_ttl must be between 86400s (1 day) and 86400000s (1000 days).".into(),
-        ));
+        return Err(invalid("version_destroy_ttl must be between 86400s (1 day) and 86400000s (1000 days).".into()));
     }
     Ok(Some(ttl))
 }
@@ -517,10 +428,7 @@ fn version_destroy_ttl(input: Option<&str>) -> Result<Option<Duration>, ApiError
 fn secret_type(input: Option<String>) -> Result<Option<String>, ApiError> {
     match input.as_deref() {
         None | Some("SECRET_TYPE_UNSPECIFIED") => Ok(None),
-        Some(
-            "CLOUD_SQL_DB_CREDENTIALS" | "ACCESS_KEY" | "CERTIFICATE" | "OTHER_DB_CREDENTIALS"
-            | "OTHER",
-        ) => Ok(input),
+        Some("CLOUD_SQL_DB_CREDENTIALS" | "ACCESS_KEY" | "CERTIFICATE" | "OTHER_DB_CREDENTIALS" | "OTHER") => Ok(input),
         Some(other) => Err(invalid(format!(
             "Invalid value at 'secret.secret_type' \
              (type.googleapis.com/google.cloud.secretmanager.v1.Secret.SecretType), \"{other}\""
@@ -538,10 +446,7 @@ pub(crate) struct Payload {
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Payload")
-            .field("data", &"[redacted]")
-            .field("crc32c", &self.crc32c)
-            .finish_non_exhaustive()
+        f.debug_struct("Payload").field("data", &"[redacted]").field("crc32c", &self.crc32c).finish_non_exhaustive()
     }
 }
 
@@ -558,30 +463,19 @@ const URL_SAFE_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
 /// `addVersion`'s payload: present and non-empty, at most 64 KiB decoded, and matching its
 /// CRC32C when the client sent one (which is then stored as given).
 pub(crate) fn payload(body: AddVersionBody) -> Result<Payload, ApiError> {
-    let data = body
-        .payload
-        .as_ref()
-        .and_then(|p| p.data.as_deref())
-        .unwrap_or_default();
+    let data = body.payload.as_ref().and_then(|p| p.data.as_deref()).unwrap_or_default();
     if data.is_empty() {
-        return Err(invalid(
-            "Secret Payload cannot be empty: payload.data is required.".into(),
-        ));
+        return Err(invalid("Secret Payload cannot be empty: payload.data is required.".into()));
     }
-    let bytes = STANDARD_ANY_PADDING
-        .decode(data)
-        .or_else(|_| URL_SAFE_ANY_PADDING.decode(data))
-        .map_err(|_| {
-            let shown: String = data.chars().take(64).collect();
-            invalid(format!(
-                "Invalid value at 'payload.data' (TYPE_BYTES), Base64 decoding failed for \
+    let bytes = STANDARD_ANY_PADDING.decode(data).or_else(|_| URL_SAFE_ANY_PADDING.decode(data)).map_err(|_| {
+        let shown: String = data.chars().take(64).collect();
+        invalid(format!(
+            "Invalid value at 'payload.data' (TYPE_BYTES), Base64 decoding failed for \
                  \"{shown}\""
-            ))
-        })?;
+        ))
+    })?;
     if bytes.is_empty() {
-        return Err(invalid(
-            "Secret Payload cannot be empty: payload.data is required.".into(),
-        ));
+        return Err(invalid("Secret Payload cannot be empty: payload.data is required.".into()));
     }
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(invalid(format!(
@@ -592,16 +486,10 @@ pub(crate) fn payload(body: AddVersionBody) -> Result<Payload, ApiError> {
     let computed = crate::checksum::crc32c(&bytes);
     let sent = body.payload.and_then(|p| p.data_crc32c);
     match sent {
-        None => Ok(Payload {
-            data: bytes,
-            crc32c: computed,
-            client_specified_checksum: false,
-        }),
-        Some(Int64(value)) if value == i64::from(computed) => Ok(Payload {
-            data: bytes,
-            crc32c: computed,
-            client_specified_checksum: true,
-        }),
+        None => Ok(Payload { data: bytes, crc32c: computed, client_specified_checksum: false }),
+        Some(Int64(value)) if value == i64::from(computed) => {
+            Ok(Payload { data: bytes, crc32c: computed, client_specified_checksum: true })
+        }
         Some(Int64(value)) => Err(invalid(format!(
             "Checksum mismatch: payload.data_crc32c is {value}, but the CRC32C of the decoded \
              payload data is {computed}."
@@ -615,29 +503,17 @@ mod tests {
     use crate::wire::PayloadBody;
 
     fn map(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
-        Some(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     #[test]
     fn label_rules() {
         assert!(labels(map(&[("env", "prod"), ("team_1", ""), ("日本", "値")])).is_ok());
-        for (k, v) in [
-            ("Env", "prod"),
-            ("1env", "x"),
-            ("env", "Prod"),
-            ("e.nv", "x"),
-            ("", "x"),
-        ] {
+        for (k, v) in [("Env", "prod"), ("1env", "x"), ("env", "Prod"), ("e.nv", "x"), ("", "x")] {
             assert!(labels(map(&[(k, v)])).is_err(), "{k}={v}");
         }
         assert!(labels(map(&[(&"k".repeat(64), "v")])).is_err());
-        let many: BTreeMap<String, String> =
-            (0..65).map(|i| (format!("k{i}"), String::new())).collect();
+        let many: BTreeMap<String, String> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
         assert!(labels(Some(many)).is_err());
     }
 
@@ -668,12 +544,7 @@ mod tests {
     }
 
     fn body(data: &str, crc: Option<i64>) -> AddVersionBody {
-        AddVersionBody {
-            payload: Some(PayloadBody {
-                data: Some(data.to_owned()),
-                data_crc32c: crc.map(Int64),
-            }),
-        }
+        AddVersionBody { payload: Some(PayloadBody { data: Some(data.to_owned()), data_crc32c: crc.map(Int64) }) }
     }
 
     #[test]
@@ -700,12 +571,10 @@ mod tests {
     #[test]
     fn mask_paths_accept_both_spellings() {
         let now = SystemTime::now();
-        let (update, _) = patch_update(SecretBody::default(), "versionAliases,labels", false, now)
-            .unwrap();
+        let (update, _) = patch_update(SecretBody::default(), "versionAliases,labels", false, now).unwrap();
         assert_eq!(update.version_aliases, Some(BTreeMap::new()));
         assert_eq!(update.labels, Some(BTreeMap::new()));
-        let (update, _) =
-            patch_update(SecretBody::default(), "version_aliases", false, now).unwrap();
+        let (update, _) = patch_update(SecretBody::default(), "version_aliases", false, now).unwrap();
         assert!(update.version_aliases.is_some());
         assert!(patch_update(SecretBody::default(), "", false, now).is_err());
         assert!(patch_update(SecretBody::default(), "replication", false, now).is_err());

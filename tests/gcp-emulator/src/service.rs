@@ -63,8 +63,7 @@ impl App {
         email: &str,
         role: crate::auth::Role,
     ) -> Result<String, crate::auth::KeyGenerationError> {
-        let (key, public_key) =
-            crate::auth::generate_service_account_key(email, &self.project_id, &self.token_uri())?;
+        let (key, public_key) = crate::auth::generate_service_account_key(email, &self.project_id, &self.token_uri())?;
         self.lock_identities().register_key(email, role, public_key);
         Ok(key)
     }
@@ -86,10 +85,7 @@ pub(crate) struct DropConnection;
 
 pub(crate) type Body = Full<Bytes>;
 
-pub(crate) async fn handle(
-    app: Arc<App>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, DropConnection> {
+pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
     let (parts, body) = request.into_parts();
     let Some(route) = route(&parts.method, parts.uri.path()) else {
         let error = ApiError::new(
@@ -121,9 +117,8 @@ pub(crate) async fn handle(
     let bytes = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            let error = ApiError::invalid_argument(format!(
-                "Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."
-            ));
+            let error =
+                ApiError::invalid_argument(format!("Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."));
             let mut response = error_response(&error, true);
             *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
             return Ok(response);
@@ -148,17 +143,9 @@ fn injected(app: &App, method: Method, failure: Failure) -> ApiError {
         (Failure::Unavailable, _) => ApiError::unavailable(),
         (Failure::ResourceExhausted, Some(kind)) => {
             let (metric, limit_name, limit_id) = kind.labels();
-            ApiError::quota_exceeded(
-                metric,
-                limit_name,
-                limit_id,
-                kind.google_limit(),
-                app.project_number,
-            )
+            ApiError::quota_exceeded(metric, limit_name, limit_id, kind.google_limit(), app.project_number)
         }
-        (Failure::ResourceExhausted, None) => {
-            ApiError::new(Code::ResourceExhausted, "Rate limit exceeded.")
-        }
+        (Failure::ResourceExhausted, None) => ApiError::new(Code::ResourceExhausted, "Rate limit exceeded."),
     }
 }
 
@@ -178,9 +165,7 @@ fn token(app: &App, parts: &hyper::http::request::Parts, body: &[u8]) -> Respons
     }
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
     let now = app.clock.now();
-    let result = app
-        .lock_identities()
-        .exchange(&form, &app.token_uri(), now);
+    let result = app.lock_identities().exchange(&form, &app.token_uri(), now);
     match result {
         Ok(token) => json_response(StatusCode::OK, &token, false),
         Err(error) => json_response(StatusCode::BAD_REQUEST, &error.to_json(), false),
@@ -188,30 +173,20 @@ fn token(app: &App, parts: &hyper::http::request::Parts, body: &[u8]) -> Respons
 }
 
 pub(crate) fn json_response(status: StatusCode, value: &Value, pretty: bool) -> Response<Body> {
-    let body = if pretty {
-        serde_json::to_vec_pretty(value)
-    } else {
-        serde_json::to_vec(value)
-    }
-    .unwrap_or_default();
+    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) }.unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
     response
 }
 
 pub(crate) fn error_response(error: &ApiError, pretty: bool) -> Response<Body> {
-    let status = StatusCode::from_u16(error.code.http_status())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &error.to_json(), pretty);
     if error.code == Code::Unauthenticated {
-        response.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""),
-        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""));
     }
     response
 }

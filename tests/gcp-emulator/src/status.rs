@@ -63,11 +63,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-            details: Vec::new(),
-        }
+        ApiError { code, message: message.into(), details: Vec::new() }
     }
 
     pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
@@ -106,31 +102,20 @@ impl ApiError {
     /// Missing secret, or `latest` of a secret with no versions. Google uses this one message for
     /// both, so clients cannot tell them apart and neither can the emulator's callers.
     pub(crate) fn secret_not_found(secret_name: &str) -> Self {
-        ApiError::new(
-            Code::NotFound,
-            format!("Secret [{secret_name}] not found or has no versions."),
-        )
+        ApiError::new(Code::NotFound, format!("Secret [{secret_name}] not found or has no versions."))
     }
 
     pub(crate) fn version_not_found(version_name: &str) -> Self {
-        ApiError::new(
-            Code::NotFound,
-            format!("Secret Version [{version_name}] not found."),
-        )
+        ApiError::new(Code::NotFound, format!("Secret Version [{version_name}] not found."))
     }
 
     pub(crate) fn secret_already_exists(secret_name: &str) -> Self {
-        ApiError::new(
-            Code::AlreadyExists,
-            format!("Secret [{secret_name}] already exists."),
-        )
+        ApiError::new(Code::AlreadyExists, format!("Secret [{secret_name}] already exists."))
     }
 
     /// Access of a version that is not ENABLED, or a transition out of DESTROYED.
     pub(crate) fn version_in_state(version_name: &str, state: &str) -> Self {
-        ApiError::failed_precondition(format!(
-            "Secret Version [{version_name}] is in {state} state."
-        ))
+        ApiError::failed_precondition(format!("Secret Version [{version_name}] is in {state} state."))
     }
 
     pub(crate) fn invalid_resource_id(name: &str) -> Self {
@@ -148,9 +133,7 @@ impl ApiError {
     pub(crate) fn permission_denied(permission: &str, resource: &str) -> Self {
         ApiError::new(
             Code::PermissionDenied,
-            format!(
-                "Permission '{permission}' denied for resource '{resource}' (or it may not exist)."
-            ),
+            format!("Permission '{permission}' denied for resource '{resource}' (or it may not exist)."),
         )
         .with_error_info(
             "IAM_PERMISSION_DENIED",
@@ -176,11 +159,7 @@ impl ApiError {
     }
 
     pub(crate) fn insufficient_scopes(rpc_method: &str) -> Self {
-        ApiError::new(
-            Code::PermissionDenied,
-            "Request had insufficient authentication scopes.",
-        )
-        .with_error_info(
+        ApiError::new(Code::PermissionDenied, "Request had insufficient authentication scopes.").with_error_info(
             "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
             "googleapis.com",
             json!({ "service": "secretmanager.googleapis.com", "method": rpc_method }),
@@ -243,10 +222,8 @@ mod tests {
 
     #[test]
     fn envelope_has_code_message_status_and_details() {
-        let error = ApiError::permission_denied(
-            "secretmanager.versions.access",
-            "projects/p/secrets/s/versions/latest",
-        );
+        let error =
+            ApiError::permission_denied("secretmanager.versions.access", "projects/p/secrets/s/versions/latest");
         let body = error.to_json();
         assert_eq!(body["error"]["code"], 403);
         assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
@@ -256,10 +233,7 @@ mod tests {
              'projects/p/secrets/s/versions/latest' (or it may not exist)."
         );
         assert_eq!(body["error"]["details"][0]["reason"], "IAM_PERMISSION_DENIED");
-        assert_eq!(
-            body["error"]["details"][0]["metadata"]["permission"],
-            "secretmanager.versions.access"
-        );
+        assert_eq!(body["error"]["details"][0]["metadata"]["permission"], "secretmanager.versions.access");
     }
 
     #[test]

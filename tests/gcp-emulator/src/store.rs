@@ -180,8 +180,7 @@ impl Store {
     /// Applies what time has made due: expired secrets vanish, scheduled destructions happen,
     /// and rotation times that passed advance by their period.
     pub(crate) fn sweep(&mut self, now: SystemTime) {
-        self.secrets
-            .retain(|_, secret| secret.settings.expire_time.is_none_or(|t| t > now));
+        self.secrets.retain(|_, secret| secret.settings.expire_time.is_none_or(|t| t > now));
         for secret in self.secrets.values_mut() {
             let due: Vec<(u64, SystemTime)> = secret
                 .versions
@@ -192,10 +191,8 @@ impl Store {
             for (number, at) in due {
                 destroy_now(secret, number, at, &mut self.etags);
             }
-            if let Some(Rotation {
-                next_rotation_time: Some(next),
-                rotation_period: Some(period),
-            }) = &mut secret.settings.rotation
+            if let Some(Rotation { next_rotation_time: Some(next), rotation_period: Some(period) }) =
+                &mut secret.settings.rotation
                 && !period.is_zero()
             {
                 while *next <= now {
@@ -214,16 +211,11 @@ impl Store {
     ) -> Result<&SecretRecord, ApiError> {
         let key = (location.map(str::to_owned), id.to_owned());
         if self.secrets.contains_key(&key) {
-            return Err(ApiError::secret_already_exists(
-                &self.secret_name(location, id),
-            ));
+            return Err(ApiError::secret_already_exists(&self.secret_name(location, id)));
         }
         if let Some((alias, version)) = settings.version_aliases.iter().next() {
             // A new secret has no versions, so any alias points nowhere.
-            return Err(alias_target_missing(
-                &self.version_name(location, id, &version.to_string()),
-                alias,
-            ));
+            return Err(alias_target_missing(&self.version_name(location, id, &version.to_string()), alias));
         }
         let record = SecretRecord {
             id: id.to_owned(),
@@ -247,12 +239,9 @@ impl Store {
 
     /// Secrets of one location (`None`: global), newest first.
     pub(crate) fn secrets(&self, location: Option<&str>) -> Vec<&SecretRecord> {
-        let mut secrets: Vec<&SecretRecord> = self
-            .secrets
-            .values()
-            .filter(|s| s.location.as_deref() == location)
-            .collect();
-        secrets.sort_by(|a, b| b.sequence.cmp(&a.sequence));
+        let mut secrets: Vec<&SecretRecord> =
+            self.secrets.values().filter(|s| s.location.as_deref() == location).collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.sequence));
         secrets
     }
 
@@ -270,10 +259,7 @@ impl Store {
         check_etag(&name, etag, &secret.etag)?;
         if let Some(aliases) = &update.version_aliases {
             for (alias, number) in aliases {
-                let usable = secret
-                    .versions
-                    .get(number)
-                    .is_some_and(|v| v.state != State::Destroyed);
+                let usable = secret.versions.get(number).is_some_and(|v| v.state != State::Destroyed);
                 if !usable {
                     return Err(alias_target_missing(
                         &version_name(&project_number, location, id, &number.to_string()),
@@ -311,17 +297,11 @@ impl Store {
         Ok(secret)
     }
 
-    pub(crate) fn delete(
-        &mut self,
-        location: Option<&str>,
-        id: &str,
-        etag: Option<&str>,
-    ) -> Result<(), ApiError> {
+    pub(crate) fn delete(&mut self, location: Option<&str>, id: &str, etag: Option<&str>) -> Result<(), ApiError> {
         let name = self.secret_name(location, id);
         let secret = self.secret(location, id)?;
         check_etag(&name, etag, &secret.etag)?;
-        self.secrets
-            .remove(&(location.map(str::to_owned), id.to_owned()));
+        self.secrets.remove(&(location.map(str::to_owned), id.to_owned()));
         Ok(())
     }
 
@@ -370,11 +350,9 @@ impl Store {
                 .next_back()
                 .copied()
                 .ok_or_else(|| ApiError::secret_not_found(&self.secret_name(location, id))),
-            VersionSelector::Number(n) => secret
-                .versions
-                .contains_key(n)
-                .then_some(*n)
-                .ok_or_else(|| missing(&n.to_string())),
+            VersionSelector::Number(n) => {
+                secret.versions.contains_key(n).then_some(*n).ok_or_else(|| missing(&n.to_string()))
+            }
             VersionSelector::Alias(alias) => secret
                 .settings
                 .version_aliases
@@ -425,26 +403,17 @@ impl Store {
         let name = self.version_name(location, id, &number.to_string());
         let secret_name = self.secret_name(location, id);
         let secret = lookup_mut(&mut self.secrets, &secret_name, location, id)?;
-        let version = secret
-            .versions
-            .get(&number)
-            .ok_or_else(|| ApiError::version_not_found(&name))?;
+        let version = secret.versions.get(&number).ok_or_else(|| ApiError::version_not_found(&name))?;
         check_etag(&name, etag, &version.etag)?;
         if version.state == State::Destroyed {
             return Err(ApiError::version_in_state(&name, State::Destroyed.as_str()));
         }
-        let delayed_destroy = secret
-            .settings
-            .version_destroy_ttl
-            .filter(|ttl| !ttl.is_zero());
+        let delayed_destroy = secret.settings.version_destroy_ttl.filter(|ttl| !ttl.is_zero());
         if transition == Transition::Destroy && delayed_destroy.is_none() {
             destroy_now(secret, number, now, &mut self.etags);
             return Ok(&secret.versions[&number]);
         }
-        let version = secret
-            .versions
-            .get_mut(&number)
-            .ok_or_else(|| ApiError::version_not_found(&name))?;
+        let version = secret.versions.get_mut(&number).ok_or_else(|| ApiError::version_not_found(&name))?;
         match (transition, delayed_destroy) {
             // Enabling or disabling cancels a scheduled destruction (the docs' "restore").
             (Transition::Enable, _) => {
@@ -458,9 +427,7 @@ impl Store {
             (Transition::Destroy, ttl) => {
                 version.state = State::Disabled;
                 // A second destroy while one is pending keeps the first schedule.
-                version
-                    .scheduled_destroy_time
-                    .get_or_insert(now + ttl.unwrap_or_default());
+                version.scheduled_destroy_time.get_or_insert(now + ttl.unwrap_or_default());
             }
         }
         version.etag = self.etags.next(now);
@@ -491,10 +458,7 @@ fn destroy_now(secret: &mut SecretRecord, number: u64, at: SystemTime, etags: &m
     version.data = Vec::new();
     version.etag = etags.next(at);
     let before = secret.settings.version_aliases.len();
-    secret
-        .settings
-        .version_aliases
-        .retain(|_, target| *target != number);
+    secret.settings.version_aliases.retain(|_, target| *target != number);
     if secret.settings.version_aliases.len() != before {
         secret.etag = etags.next(at);
     }
@@ -504,9 +468,7 @@ fn destroy_now(secret: &mut SecretRecord, number: u64, at: SystemTime, etags: &m
 /// quotes included.
 fn check_etag(name: &str, sent: Option<&str>, current: &str) -> Result<(), ApiError> {
     match sent {
-        Some(sent) if !sent.is_empty() && sent != current => {
-            Err(ApiError::etag_mismatch(name, sent, current))
-        }
+        Some(sent) if !sent.is_empty() && sent != current => Err(ApiError::etag_mismatch(name, sent, current)),
         _ => Ok(()),
     }
 }
@@ -531,9 +493,7 @@ mod tests {
 
     fn store_with_secret() -> Store {
         let mut store = Store::new(42);
-        store
-            .create(None, "s", SecretSettings::default(), t(0))
-            .unwrap();
+        store.create(None, "s", SecretSettings::default(), t(0)).unwrap();
         store
     }
 
@@ -553,30 +513,19 @@ mod tests {
         let mut store = store_with_secret();
         store.add_version(None, "s", b"one".to_vec(), 0, false, t(1)).unwrap();
         store.add_version(None, "s", b"two".to_vec(), 0, false, t(2)).unwrap();
-        store
-            .transition(None, "s", 2, Transition::Disable, None, t(3))
-            .unwrap();
+        store.transition(None, "s", 2, Transition::Disable, None, t(3)).unwrap();
         assert_eq!(store.resolve(None, "s", &VersionSelector::Latest), Ok(2));
         let error = store.access(None, "s", &VersionSelector::Latest).unwrap_err();
         assert_eq!(error.code, Code::FailedPrecondition);
-        assert_eq!(
-            error.message,
-            "Secret Version [projects/42/secrets/s/versions/2] is in DISABLED state."
-        );
+        assert_eq!(error.message, "Secret Version [projects/42/secrets/s/versions/2] is in DISABLED state.");
     }
 
     #[test]
     fn no_op_transitions_still_change_the_etag_but_not_the_secrets() {
         let mut store = store_with_secret();
         let secret_etag = store.secret(None, "s").unwrap().etag.clone();
-        let first = store
-            .add_version(None, "s", b"x".to_vec(), 0, false, t(1))
-            .unwrap()
-            .etag
-            .clone();
-        let again = store
-            .transition(None, "s", 1, Transition::Enable, None, t(1))
-            .unwrap();
+        let first = store.add_version(None, "s", b"x".to_vec(), 0, false, t(1)).unwrap().etag.clone();
+        let again = store.transition(None, "s", 1, Transition::Enable, None, t(1)).unwrap();
         assert_eq!(again.state, State::Enabled);
         assert_ne!(again.etag, first);
         assert_eq!(store.secret(None, "s").unwrap().etag, secret_etag);
@@ -588,21 +537,10 @@ mod tests {
         store.add_version(None, "s", b"x".to_vec(), 0, false, t(1)).unwrap();
         let aliases = BTreeMap::from([("current".to_owned(), 1)]);
         store
-            .patch(
-                None,
-                "s",
-                SecretUpdate {
-                    version_aliases: Some(aliases),
-                    ..SecretUpdate::default()
-                },
-                None,
-                t(2),
-            )
+            .patch(None, "s", SecretUpdate { version_aliases: Some(aliases), ..SecretUpdate::default() }, None, t(2))
             .unwrap();
         let secret_etag = store.secret(None, "s").unwrap().etag.clone();
-        let destroyed = store
-            .transition(None, "s", 1, Transition::Destroy, None, t(3))
-            .unwrap();
+        let destroyed = store.transition(None, "s", 1, Transition::Destroy, None, t(3)).unwrap();
         assert_eq!(destroyed.state, State::Destroyed);
         assert!(destroyed.data.is_empty());
         assert_eq!(destroyed.destroy_time, Some(t(3)));
@@ -610,9 +548,7 @@ mod tests {
         assert!(secret.settings.version_aliases.is_empty());
         assert_ne!(secret.etag, secret_etag);
         for transition in [Transition::Enable, Transition::Disable, Transition::Destroy] {
-            let error = store
-                .transition(None, "s", 1, transition, None, t(4))
-                .unwrap_err();
+            let error = store.transition(None, "s", 1, transition, None, t(4)).unwrap_err();
             assert_eq!(error.code, Code::FailedPrecondition, "{transition:?}");
         }
     }
@@ -620,15 +556,11 @@ mod tests {
     #[test]
     fn delayed_destroy_disables_then_destroys_when_due() {
         let mut store = Store::new(42);
-        let settings = SecretSettings {
-            version_destroy_ttl: Some(Duration::from_secs(86_400)),
-            ..SecretSettings::default()
-        };
+        let settings =
+            SecretSettings { version_destroy_ttl: Some(Duration::from_secs(86_400)), ..SecretSettings::default() };
         store.create(None, "s", settings, t(0)).unwrap();
         store.add_version(None, "s", b"x".to_vec(), 0, false, t(1)).unwrap();
-        let pending = store
-            .transition(None, "s", 1, Transition::Destroy, None, t(10))
-            .unwrap();
+        let pending = store.transition(None, "s", 1, Transition::Destroy, None, t(10)).unwrap();
         assert_eq!(pending.state, State::Disabled);
         assert_eq!(pending.scheduled_destroy_time, Some(t(86_410)));
         store.sweep(t(86_409));
@@ -652,9 +584,7 @@ mod tests {
     fn version_numbers_are_never_reused() {
         let mut store = store_with_secret();
         store.add_version(None, "s", b"x".to_vec(), 0, false, t(1)).unwrap();
-        store
-            .transition(None, "s", 1, Transition::Destroy, None, t(2))
-            .unwrap();
+        store.transition(None, "s", 1, Transition::Destroy, None, t(2)).unwrap();
         let next = store.add_version(None, "s", b"y".to_vec(), 0, false, t(3)).unwrap();
         assert_eq!(next.number, 2);
     }
@@ -662,9 +592,7 @@ mod tests {
     #[test]
     fn regional_and_global_namespaces_are_separate() {
         let mut store = store_with_secret();
-        store
-            .create(Some("us-east1"), "s", SecretSettings::default(), t(0))
-            .unwrap();
+        store.create(Some("us-east1"), "s", SecretSettings::default(), t(0)).unwrap();
         store.add_version(None, "s", b"global".to_vec(), 0, false, t(1)).unwrap();
         assert_eq!(
             store.resolve(Some("us-east1"), "s", &VersionSelector::Latest).unwrap_err().message,

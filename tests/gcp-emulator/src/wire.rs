@@ -10,8 +10,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use serde_json::{Map, Value, json};
 
 use crate::clock::{format_duration, format_timestamp};
@@ -34,9 +34,7 @@ impl<'de> Deserialize<'de> for Int64 {
                 Ok(Int64(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int64, E> {
-                i64::try_from(v)
-                    .map(Int64)
-                    .map_err(|_| E::custom(format!("{v} is out of range for int64")))
+                i64::try_from(v).map(Int64).map_err(|_| E::custom(format!("{v} is out of range for int64")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Int64, E> {
                 // Protobuf JSON parsers accept integral floats such as 3.0 or 1e3.
@@ -47,10 +45,7 @@ impl<'de> Deserialize<'de> for Int64 {
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Int64, E> {
-                v.trim()
-                    .parse()
-                    .map(Int64)
-                    .map_err(|_| E::custom(format!("{v:?} is not an int64")))
+                v.trim().parse().map(Int64).map_err(|_| E::custom(format!("{v:?} is not an int64")))
             }
         }
         deserializer.deserialize_any(Int64Visitor)
@@ -168,21 +163,14 @@ pub(crate) struct StateChangeBody {
 }
 
 /// Parses a request body; an empty body is `{}`. Errors read like Google's front end.
-pub(crate) fn parse_body<T: for<'de> Deserialize<'de> + Default>(
-    bytes: &[u8],
-) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|error| {
         let text = error.to_string();
-        match text
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            Some(field) => ApiError::invalid_json(format!(
-                "Unknown name \"{field}\": Cannot find field."
-            )),
+        match text.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            Some(field) => ApiError::invalid_json(format!("Unknown name \"{field}\": Cannot find field.")),
             None => ApiError::invalid_json(text),
         }
     })
@@ -191,9 +179,7 @@ pub(crate) fn parse_body<T: for<'de> Deserialize<'de> + Default>(
 // ---- output ----
 
 fn cmek(kms_key_name: &Option<String>) -> Option<Value> {
-    kms_key_name
-        .as_ref()
-        .map(|k| json!({ "kmsKeyName": k }))
+    kms_key_name.as_ref().map(|k| json!({ "kmsKeyName": k }))
 }
 
 fn replication_json(replication: &Replication) -> Value {
@@ -226,10 +212,7 @@ fn replication_status_json(replication: &Replication) -> Value {
     match replication {
         Replication::Automatic { .. } => json!({ "automatic": {} }),
         Replication::UserManaged(replicas) => {
-            let replicas: Vec<Value> = replicas
-                .iter()
-                .map(|r| json!({ "location": r.location }))
-                .collect();
+            let replicas: Vec<Value> = replicas.iter().map(|r| json!({ "location": r.location })).collect();
             json!({ "userManaged": { "replicas": replicas } })
         }
     }
@@ -242,10 +225,7 @@ pub(crate) fn secret_json(name: String, secret: &SecretRecord) -> Value {
     if let Some(replication) = &settings.replication {
         out.insert("replication".into(), replication_json(replication));
     }
-    out.insert(
-        "createTime".into(),
-        json!(format_timestamp(secret.create_time)),
-    );
+    out.insert("createTime".into(), json!(format_timestamp(secret.create_time)));
     if !settings.labels.is_empty() {
         out.insert("labels".into(), json!(settings.labels));
     }
@@ -269,11 +249,8 @@ pub(crate) fn secret_json(name: String, secret: &SecretRecord) -> Value {
         out.insert("rotation".into(), Value::Object(r));
     }
     if !settings.version_aliases.is_empty() {
-        let aliases: Map<String, Value> = settings
-            .version_aliases
-            .iter()
-            .map(|(alias, n)| (alias.clone(), json!(n.to_string())))
-            .collect();
+        let aliases: Map<String, Value> =
+            settings.version_aliases.iter().map(|(alias, n)| (alias.clone(), json!(n.to_string()))).collect();
         out.insert("versionAliases".into(), Value::Object(aliases));
     }
     if !settings.annotations.is_empty() {
@@ -294,29 +271,20 @@ pub(crate) fn secret_json(name: String, secret: &SecretRecord) -> Value {
 pub(crate) fn version_json(name: String, version: &VersionRecord) -> Value {
     let mut out = Map::new();
     out.insert("name".into(), json!(name));
-    out.insert(
-        "createTime".into(),
-        json!(format_timestamp(version.create_time)),
-    );
+    out.insert("createTime".into(), json!(format_timestamp(version.create_time)));
     if let Some(destroyed) = version.destroy_time {
         out.insert("destroyTime".into(), json!(format_timestamp(destroyed)));
     }
     out.insert("state".into(), json!(version.state.as_str()));
     if let Some(replication) = &version.replication {
-        out.insert(
-            "replicationStatus".into(),
-            replication_status_json(replication),
-        );
+        out.insert("replicationStatus".into(), replication_status_json(replication));
     }
     out.insert("etag".into(), json!(version.etag));
     if version.client_specified_checksum {
         out.insert("clientSpecifiedPayloadChecksum".into(), json!(true));
     }
     if let Some(scheduled) = version.scheduled_destroy_time {
-        out.insert(
-            "scheduledDestroyTime".into(),
-            json!(format_timestamp(scheduled)),
-        );
+        out.insert("scheduledDestroyTime".into(), json!(format_timestamp(scheduled)));
     }
     Value::Object(out)
 }
@@ -340,11 +308,9 @@ mod tests {
 
     #[test]
     fn int64_accepts_numbers_and_strings() {
-        let body: PayloadBody =
-            serde_json::from_str(r#"{"data":"aGVsbG8=","data_crc32c":2591144780}"#).unwrap();
+        let body: PayloadBody = serde_json::from_str(r#"{"data":"aGVsbG8=","data_crc32c":2591144780}"#).unwrap();
         assert_eq!(body.data_crc32c, Some(Int64(2_591_144_780)));
-        let body: PayloadBody =
-            serde_json::from_str(r#"{"data":"aGVsbG8=","dataCrc32c":"2591144780"}"#).unwrap();
+        let body: PayloadBody = serde_json::from_str(r#"{"data":"aGVsbG8=","dataCrc32c":"2591144780"}"#).unwrap();
         assert_eq!(body.data_crc32c, Some(Int64(2_591_144_780)));
         assert!(serde_json::from_str::<PayloadBody>(r#"{"dataCrc32c":"x"}"#).is_err());
     }
@@ -352,12 +318,9 @@ mod tests {
     #[test]
     fn snake_and_camel_case_are_both_accepted() {
         let camel: SecretBody =
-            serde_json::from_str(r#"{"versionAliases":{"a":"1"},"versionDestroyTtl":"86400s"}"#)
-                .unwrap();
-        let snake: SecretBody = serde_json::from_str(
-            r#"{"version_aliases":{"a":1},"version_destroy_ttl":"86400s"}"#,
-        )
-        .unwrap();
+            serde_json::from_str(r#"{"versionAliases":{"a":"1"},"versionDestroyTtl":"86400s"}"#).unwrap();
+        let snake: SecretBody =
+            serde_json::from_str(r#"{"version_aliases":{"a":1},"version_destroy_ttl":"86400s"}"#).unwrap();
         assert_eq!(camel.version_aliases, snake.version_aliases);
         assert_eq!(camel.version_destroy_ttl, snake.version_destroy_ttl);
     }
@@ -365,10 +328,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_named_in_the_error() {
         let error = parse_body::<SecretBody>(br#"{"colour":"red"}"#).unwrap_err();
-        assert_eq!(
-            error.message,
-            "Invalid JSON payload received. Unknown name \"colour\": Cannot find field."
-        );
+        assert_eq!(error.message, "Invalid JSON payload received. Unknown name \"colour\": Cannot find field.");
         assert!(parse_body::<SecretBody>(b"  ").is_ok(), "empty body is {{}}");
     }
 }
