@@ -153,6 +153,30 @@ mod tests {
         assert_eq!(secret.expose(), b"hunter2-fixture");
     }
 
+    /// Every type that holds a `SecretBytes` derives `Debug`; none may show the value.
+    #[test]
+    fn no_type_holding_a_value_shows_it_under_debug() {
+        use crate::deliver::{PolicyUpdate, RenderedFile};
+        use crate::store::Version;
+
+        let value = || SecretBytes::copy_from(b"debug-fixture-4411");
+        let version = Version { id: VersionId::from(1), value: value(), crc32c: 7, created: None };
+        let file = RenderedFile { path: "x".into(), contents: value(), mode: 0o400, owner: None, group: None };
+        let update = PolicyUpdate {
+            policy: "p".into(),
+            version: VersionId::from(1),
+            crc32c: 7,
+            spec: 1,
+            files: vec![RenderedFile { path: "y".into(), contents: value(), mode: 0o400, owner: None, group: None }],
+        };
+        for shown in
+            [format!("{version:?}"), format!("{file:#?}"), format!("{update:?}"), format!("{:?}", Some(value()))]
+        {
+            assert!(!shown.contains("debug-fixture"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+    }
+
     #[test]
     fn crc32c_matches_the_published_vectors() {
         assert_eq!(SecretBytes::copy_from(b"123456789").crc32c(), 3_808_858_755);

@@ -164,3 +164,19 @@ fn a_runtime_directory_on_disk_is_refused_unless_allowed() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(read(on_disk.join("app/db")), "v1");
 }
+
+#[test]
+fn the_repository_policies_validate() {
+    let world = World::new("");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = common::read(world.config())
+        .replace("policies = \"policies\"", &format!("policies = \"{}\"", repo.join("policies").display()))
+        .replace("[stores.dev]", "[stores.fleet]");
+    common::write(&world.config(), &config);
+    let out = world.keyturn(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let quickstart = repo.join("examples/quickstart/keyturn.toml");
+    let out = std::process::Command::new(common::BIN).arg("validate").arg("--config").arg(quickstart).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
