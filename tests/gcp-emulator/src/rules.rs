@@ -559,6 +559,13 @@ mod tests {
     }
 
     #[test]
+    fn payload_debug_is_redacted() {
+        let parsed = payload(body("aHVudGVyMg==", None)).unwrap();
+        let text = format!("{parsed:?}");
+        assert!(!text.contains("hunter2") && !text.contains("104"), "{text}");
+    }
+
+    #[test]
     fn payload_size_and_emptiness() {
         use base64::engine::general_purpose::STANDARD;
         assert!(payload(body(&STANDARD.encode(vec![0u8; 65_536]), None)).is_ok());

@@ -24,7 +24,7 @@ use crate::status::{ApiError, Code};
 use crate::store::Store;
 use crate::{admin, api};
 
-/// Request bodies above this are refused with 413 before parsing. Comfortably above the
+/// Request bodies above this are refused (400) before parsing. Comfortably above the
 /// base64 of a 64 KiB payload, so the 64 KiB rule is what oversized payloads meet.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -119,9 +119,7 @@ pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<
         Err(_) => {
             let error =
                 ApiError::invalid_argument(format!("Request payload size exceeds the limit: {MAX_BODY_BYTES} bytes."));
-            let mut response = error_response(&error, true);
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return Ok(response);
+            return Ok(error_response(&error, true));
         }
     };
     Ok(match route {

@@ -581,6 +581,17 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_prints_payloads() {
+        let mut store = store_with_secret();
+        let version = store.add_version(None, "s", b"hunter2".to_vec(), 0, false, t(1)).unwrap();
+        let text = format!("{version:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let text = format!("{store:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("104, 117"), "not even as bytes: {text}");
+    }
+
+    #[test]
     fn version_numbers_are_never_reused() {
         let mut store = store_with_secret();
         store.add_version(None, "s", b"x".to_vec(), 0, false, t(1)).unwrap();
