@@ -15,10 +15,12 @@ use zeroize::Zeroizing;
 use crate::cli::{Cli, Command, StoreCommand};
 use crate::config::{self, Config, ConfigErrors, StoreConfig, System};
 use crate::deliver::{BundleWriter, DeliverError};
-use crate::engine::{Engine, Shared, error_chain};
+use crate::engine::{Engine, Shared};
+use crate::error_chain;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
 use crate::store::file::FileStore;
+use crate::store::gcp::GcpStore;
 use crate::store::{AliasMove, AnyStore, SecretStore, Selector, StoreError};
 use crate::sys;
 
@@ -150,6 +152,7 @@ fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
 async fn open_store(name: &str, config: &StoreConfig) -> Result<AnyStore, StoreError> {
     match config {
         StoreConfig::File(file) => Ok(AnyStore::File(FileStore::open(name, file).await?)),
+        StoreConfig::Gcp(gcp) => Ok(AnyStore::Gcp(GcpStore::new(name, gcp)?)),
     }
 }
 
@@ -214,7 +217,7 @@ async fn promote(store: &AnyStore, id: &SecretId, version: &VersionId) -> Result
         attempt += 1;
         let meta = store.describe(id).await?;
         let old = meta.aliases.get(crate::secret::CURRENT).cloned();
-        match store.move_aliases(id, &AliasMove::promote(version, old.as_ref()), &meta.etag).await {
+        match store.move_aliases(id, &meta, &AliasMove::promote(version, old.as_ref())).await {
             Ok(_) => return Ok(old),
             Err(StoreError::Conflict { .. }) if attempt < PROMOTE_ATTEMPTS => continue,
             Err(e) => return Err(e),

@@ -12,7 +12,6 @@
 //! new `(version, crc32c)` for the alias, compared in memory against what the bundle holds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::error::Error;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, Policy};
 use crate::deliver::{self, BundleWriter, PolicyUpdate};
+use crate::error_chain;
 use crate::report::status::{self, PolicyStatus, Status};
 use crate::rotation::timing::{poll_delay, retry_delay, unit_random};
 use crate::store::{SecretStore, Selector, StoreError, Version};
@@ -307,16 +307,4 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
     }
-}
-
-/// An error and its sources, joined: "bundle api: cannot write ...: No space left on device".
-pub fn error_chain(error: &dyn Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }

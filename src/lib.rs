@@ -32,3 +32,15 @@ pub mod rotation;
 pub mod secret;
 pub mod store;
 pub mod sys;
+
+/// An error and its sources, joined: "bundle api: cannot write ...: No space left on device".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

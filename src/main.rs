@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keyturn::app::{self, Seams};
 use keyturn::cli::{Cli, LogFormat};
-use keyturn::engine::error_chain;
+use keyturn::error_chain;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 

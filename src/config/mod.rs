@@ -89,14 +89,34 @@ pub struct Agent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
     File(FileStoreConfig),
+    Gcp(GcpStoreConfig),
 }
 
 impl StoreConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StoreConfig::File(_) => "file",
+            StoreConfig::Gcp(_) => "gcp",
         }
     }
+}
+
+/// Google Cloud Secret Manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcpStoreConfig {
+    /// Project id or number.
+    pub project: String,
+    /// For regional secrets: the location, whose regional endpoint is then used.
+    pub location: Option<String>,
+    /// Replaces the endpoint (private access, tests); `http://` only for loopback.
+    pub endpoint: Option<String>,
+    /// A service-account key file; absent means Application Default Credentials.
+    pub credentials: Option<PathBuf>,
+    pub request_timeout: Duration,
+    /// The whole of finding credentials or getting a token; `gcp_auth` sets none of its own.
+    pub token_timeout: Duration,
+    /// The first wait of `access` retries; Google's policy says 2 s.
+    pub retry_backoff: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -35,6 +35,21 @@ pub struct FileStore {
     pub seed: Option<Spanned<String>>,
 }
 
+/// `[stores.NAME]` with `kind = "gcp"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpStore {
+    #[allow(dead_code, reason = "read before this struct, to pick it; present so it is not unknown")]
+    pub kind: String,
+    pub project: Spanned<String>,
+    pub location: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub credentials: Option<Spanned<String>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub token_timeout: Option<Spanned<String>>,
+    pub retry_backoff: Option<Spanned<String>>,
+}
+
 /// A policy's `[secret]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

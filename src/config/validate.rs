@@ -22,8 +22,8 @@ use super::load::SourceFile;
 use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
-    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, Policy, Problem,
-    Sources, StoreConfig,
+    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, GcpStoreConfig,
+    Policy, Problem, Sources, StoreConfig,
 };
 use crate::secret::SecretId;
 
@@ -323,7 +323,7 @@ fn agent_section(
     })
 }
 
-const STORE_KINDS: &str = "\"file\"";
+const STORE_KINDS: &str = "\"file\" or \"gcp\"";
 
 fn stores_section(
     file: &File<'_>,
@@ -350,6 +350,9 @@ fn stores_section(
             Some(("file", _)) => file
                 .section::<raw::FileStore>(value, &key, problems)
                 .and_then(|raw| file_store(file, &key, raw, env, problems)),
+            Some(("gcp", _)) => file
+                .section::<raw::GcpStore>(value, &key, problems)
+                .and_then(|raw| gcp_store(file, &key, raw, env, problems)),
             Some((other, span)) => {
                 problems.push(file.problem(
                     Some(span),
@@ -387,6 +390,87 @@ fn file_store(
         None => None,
     };
     Some(StoreConfig::File(FileStoreConfig { dir: dir?, seed }))
+}
+
+fn gcp_store(
+    file: &File<'_>,
+    key: &str,
+    raw: raw::GcpStore,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<StoreConfig> {
+    let at = |field: &str| format!("{key}.{field}");
+    let mut checked = |value: &Spanned<String>, field: &str, check: fn(&str) -> Result<(), String>| {
+        let text = file.expand(value, &at(field), env, problems)?;
+        check(&text).map_err(|m| problems.push(file.problem(Some(value.span()), &at(field), m))).ok()?;
+        Some(text)
+    };
+    // Each optional setting is `Some(None)` when absent and `None` when invalid, so every one
+    // is checked before any failure returns.
+    let project = checked(&raw.project, "project", check_project);
+    let location = raw.location.as_ref().map_or(Some(None), |v| checked(v, "location", check_location).map(Some));
+    let endpoint = raw.endpoint.as_ref().map_or(Some(None), |v| checked(v, "endpoint", check_endpoint).map(Some));
+    let credentials = raw
+        .credentials
+        .as_ref()
+        .map_or(Some(None), |v| file.path_setting(Some(v), "", &at("credentials"), env, problems).map(Some));
+    let request_timeout =
+        file.duration(raw.request_timeout.as_ref(), Duration::from_secs(30), &at("request_timeout"), problems);
+    let token_timeout =
+        file.duration(raw.token_timeout.as_ref(), Duration::from_secs(10), &at("token_timeout"), problems);
+    let retry_backoff =
+        file.duration(raw.retry_backoff.as_ref(), Duration::from_secs(2), &at("retry_backoff"), problems);
+    Some(StoreConfig::Gcp(GcpStoreConfig {
+        project: project?,
+        location: location?,
+        endpoint: endpoint?,
+        credentials: credentials?,
+        request_timeout: request_timeout?,
+        token_timeout: token_timeout?,
+        retry_backoff: retry_backoff?,
+    }))
+}
+
+/// A project id (6 to 30 of a-z, 0-9, "-", starting with a letter) or a project number.
+fn check_project(project: &str) -> Result<(), String> {
+    let number = !project.is_empty() && project.len() <= 20 && project.bytes().all(|b| b.is_ascii_digit());
+    let id = (6..=30).contains(&project.len())
+        && project.starts_with(|c: char| c.is_ascii_lowercase())
+        && !project.ends_with('-')
+        && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    (number || id).then_some(()).ok_or_else(|| {
+        format!("\"{project}\" is not a Google Cloud project id (6 to 30 of a-z, 0-9 and \"-\", starting with a letter) or number")
+    })
+}
+
+fn check_location(location: &str) -> Result<(), String> {
+    let ok = !location.is_empty()
+        && location.len() <= 63
+        && location.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    ok.then_some(()).ok_or_else(|| format!("\"{location}\" is not a location such as \"europe-west3\" or \"us\""))
+}
+
+/// `https://HOST[:PORT]`, or `http://` to a loopback address: secrets never cross a network
+/// unencrypted.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(endpoint).map_err(|e| format!("\"{endpoint}\" is not a URL: {e}"))?;
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "\"{endpoint}\": give only scheme, host and port, such as \"https://secretmanager.example.internal\""
+        ));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!("\"{endpoint}\": plain http is allowed only to a loopback address; use https")),
+        other => Err(format!("\"{endpoint}\": unsupported scheme \"{other}\"; use https")),
+    }
 }
 
 /// A delivered path, remembered for the checks that span policies.
@@ -820,6 +904,58 @@ path = "api/raw/db-password"
         assert!(got.iter().any(|p| p.contains("stores.a.kind: unknown store kind \"vault\"")), "{got:#?}");
         assert!(got.iter().any(|p| p.contains("stores.b.kind: missing")), "{got:#?}");
         assert!(got.iter().any(|p| p.contains("stores.c: unknown field `path`")), "{got:#?}");
+    }
+
+    #[test]
+    fn gcp_stores() {
+        let agent = r#"
+[stores.edge]
+kind = "gcp"
+project = "acme-edge"
+location = "europe-west3"
+
+[stores.local]
+kind = "gcp"
+project = "435468002770"
+endpoint = "http://127.0.0.1:8085"
+credentials = "sa.json"
+retry_backoff = "100ms"
+"#;
+        let config = validate(&sources(agent, &[]), &Fake, &Fake).unwrap();
+        let StoreConfig::Gcp(edge) = &config.stores["edge"] else { panic!() };
+        assert_eq!(
+            (edge.project.as_str(), edge.location.as_deref(), edge.endpoint.as_deref()),
+            ("acme-edge", Some("europe-west3"), None)
+        );
+        assert_eq!(edge.retry_backoff, Duration::from_secs(2));
+        let StoreConfig::Gcp(local) = &config.stores["local"] else { panic!() };
+        assert_eq!(local.credentials.as_deref(), Some(Path::new("/etc/keyturn/sa.json")));
+        assert_eq!(local.retry_backoff, Duration::from_millis(100));
+
+        let bad = "[stores.a]\nkind = \"gcp\"\nproject = \"Acme\"\nlocation = \"Europe West\"\nendpoint = \"http://10.0.0.8:8085\"\n";
+        let got = problems(bad, &[]);
+        assert!(
+            got.iter().any(|p| p.contains("stores.a.project: \"Acme\" is not a Google Cloud project id")),
+            "{got:#?}"
+        );
+        assert!(got.iter().any(|p| p.contains("stores.a.location: \"Europe West\" is not a location")), "{got:#?}");
+        assert!(got.iter().any(|p| p.contains("plain http is allowed only to a loopback address")), "{got:#?}");
+    }
+
+    #[test]
+    fn endpoints() {
+        for good in [
+            "https://secretmanager.googleapis.com",
+            "https://sm.internal:8443/",
+            "http://127.0.0.1:9",
+            "http://[::1]:9",
+            "http://localhost:9",
+        ] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        for bad in ["http://example.com", "ftp://127.0.0.1", "https://x/v1/projects", "https://u:p@x", "not a url"] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -16,8 +16,14 @@ pub fn poll_delay(poll: Duration, jitter: f64, unit: f64) -> Duration {
 /// [`FIRST_RETRY`], never longer than `cap`, with "equal jitter" (half fixed, half random) so
 /// that retries spread out but never collapse to zero.
 pub fn retry_delay(failures: u32, cap: Duration, unit: f64) -> Duration {
+    retry_delay_from(FIRST_RETRY, failures, cap, unit)
+}
+
+/// [`retry_delay`] with another first wait: Google's retry policy for Secret Manager starts at
+/// 2 s.
+pub fn retry_delay_from(first: Duration, failures: u32, cap: Duration, unit: f64) -> Duration {
     let exponent = failures.saturating_sub(1).min(20);
-    let base = FIRST_RETRY.saturating_mul(1 << exponent).min(cap);
+    let base = first.saturating_mul(1 << exponent).min(cap);
     base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
@@ -62,6 +68,14 @@ mod tests {
         for (failures, unit, want) in cases {
             assert_eq!(retry_delay(failures, MIN, unit).as_secs_f64(), want, "failures {failures} unit {unit}");
         }
+    }
+
+    #[test]
+    fn google_retry_policy() {
+        // initialBackoff 2s, multiplier 2, maxBackoff 60s (before jitter).
+        let waits: Vec<f64> =
+            (1..=6).map(|n| retry_delay_from(Duration::from_secs(2), n, MIN, 1.0).as_secs_f64()).collect();
+        assert_eq!(waits, [2.0, 4.0, 8.0, 16.0, 32.0, 60.0]);
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl FileStore {
             let id = SecretId::new(id);
             let version = self.add_version(&id, &SecretBytes::from(value)).await?;
             let meta = self.describe(&id).await?;
-            self.move_aliases(&id, &AliasMove::promote(&version, None), &meta.etag).await?;
+            self.move_aliases(&id, &meta, &AliasMove::promote(&version, None)).await?;
             tracing::info!(store = %self.name, secret = %id, version = %version, "seeded secret");
         }
         Ok(())
@@ -243,10 +243,10 @@ impl SecretStore for FileStore {
         .await
     }
 
-    async fn move_aliases(&self, id: &SecretId, change: &AliasMove, etag: &Etag) -> Result<Etag, StoreError> {
+    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
         self.locked(id, false, |meta| {
-            if meta.etag.to_string() != etag.0 {
-                return Err(StoreError::Conflict { id: id.clone(), expected: etag.clone() });
+            if meta.etag.to_string() != base.etag.0 {
+                return Err(StoreError::Conflict { id: id.clone(), expected: base.etag.clone() });
             }
             for (alias, version) in &change.set {
                 let usable = version
@@ -267,19 +267,54 @@ impl SecretStore for FileStore {
 
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
-            let entry =
-                version.number().and_then(|n| meta.versions.get_mut(&n)).ok_or_else(|| StoreError::NoSuchVersion {
-                    store: self.name.clone(),
-                    id: id.clone(),
-                    selector: Selector::Id(version.clone()),
-                })?;
+            let entry = self.version_entry(id, meta, version)?;
             if entry.state == State::Destroyed {
-                return Err(StoreError::Invalid(format!("version {version} of secret \"{id}\" is destroyed")));
+                return Err(StoreError::NotEnabled {
+                    id: id.clone(),
+                    version: version.clone(),
+                    state: "destroyed".into(),
+                });
             }
             entry.state = State::Disabled;
             Ok(())
         })
         .await
+    }
+
+    async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        self.locked(id, false, |meta| {
+            let entry = self.version_entry(id, meta, version)?;
+            if entry.state == State::Destroyed {
+                return Err(StoreError::NotEnabled {
+                    id: id.clone(),
+                    version: version.clone(),
+                    state: "destroyed".into(),
+                });
+            }
+            entry.state = State::Destroyed;
+            meta.aliases.retain(|_, v| v != version);
+            let path = self.version_path(id, version.number().unwrap_or_default())?;
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(self.io("remove", &path, e)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+}
+
+impl FileStore {
+    fn version_entry<'m>(
+        &self,
+        id: &SecretId,
+        meta: &'m mut Meta,
+        version: &VersionId,
+    ) -> Result<&'m mut VersionMeta, StoreError> {
+        version.number().and_then(|n| meta.versions.get_mut(&n)).ok_or_else(|| StoreError::NoSuchVersion {
+            store: self.name.clone(),
+            id: id.clone(),
+            selector: Selector::Id(version.clone()),
+        })
     }
 }
 
@@ -325,13 +360,14 @@ mod tests {
         assert_eq!(store.access(&id, &Selector::Latest).await.unwrap().value.expose(), b"one");
 
         let meta = store.describe(&id).await.unwrap();
-        let etag = store.move_aliases(&id, &AliasMove::promote(&v1, None), &meta.etag).await.unwrap();
+        let etag = store.move_aliases(&id, &meta, &AliasMove::promote(&v1, None)).await.unwrap();
         let v2 = store.add_version(&id, &value("two")).await.unwrap();
         // The add bumped the etag, so the etag from the first promotion is stale.
-        let stale = store.move_aliases(&id, &AliasMove::promote(&v2, Some(&v1)), &etag).await;
+        let stale_meta = SecretMeta { etag, ..meta };
+        let stale = store.move_aliases(&id, &stale_meta, &AliasMove::promote(&v2, Some(&v1))).await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
         let meta = store.describe(&id).await.unwrap();
-        store.move_aliases(&id, &AliasMove::promote(&v2, Some(&v1)), &meta.etag).await.unwrap();
+        store.move_aliases(&id, &meta, &AliasMove::promote(&v2, Some(&v1))).await.unwrap();
 
         let current = store.access(&id, &Selector::current()).await.unwrap();
         assert_eq!((current.id.as_str(), current.value.expose()), ("2", &b"two"[..]));
@@ -339,7 +375,13 @@ mod tests {
         assert_eq!(previous.value.expose(), b"one");
 
         store.disable(&id, &v1).await.unwrap();
-        assert!(matches!(store.access(&id, &Selector::Id(v1)).await, Err(StoreError::NotEnabled { .. })));
+        assert!(matches!(store.access(&id, &Selector::Id(v1.clone())).await, Err(StoreError::NotEnabled { .. })));
+
+        store.destroy(&id, &v1).await.unwrap();
+        assert!(!tmp.path().join("store/db-password/versions/1").exists(), "the value is wiped");
+        let meta = store.describe(&id).await.unwrap();
+        assert!(!meta.aliases.contains_key("previous"), "aliases to a destroyed version are dropped");
+        assert!(matches!(store.disable(&id, &v1).await, Err(StoreError::NotEnabled { .. })));
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! values.
 
 pub mod file;
+pub mod gcp;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,50 +114,68 @@ pub trait SecretStore: Send + Sync {
         id: &SecretId,
         value: &SecretBytes,
     ) -> impl Future<Output = Result<VersionId, StoreError>> + Send;
-    /// Moves aliases if the secret's etag is still `etag`; returns the new etag.
+    /// Applies `change` to the aliases of `base` (as read by [`SecretStore::describe`]) if the
+    /// secret's etag is still `base.etag`; returns the new etag. A stale etag is
+    /// [`StoreError::Conflict`]: re-read and decide again.
     fn move_aliases(
         &self,
         id: &SecretId,
+        base: &SecretMeta,
         change: &AliasMove,
-        etag: &Etag,
     ) -> impl Future<Output = Result<Etag, StoreError>> + Send;
+    /// Makes a version unreadable; it can be enabled again.
     fn disable(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Wipes a version's value for good; aliases that pointed at it are dropped.
+    fn destroy(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Every backend this build knows, as one type the engine can be instantiated with.
 #[derive(Debug)]
 pub enum AnyStore {
     File(file::FileStore),
+    Gcp(gcp::GcpStore),
 }
 
 impl SecretStore for AnyStore {
     async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
         match self {
             AnyStore::File(store) => store.access(id, selector).await,
+            AnyStore::Gcp(store) => store.access(id, selector).await,
         }
     }
 
     async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
         match self {
             AnyStore::File(store) => store.describe(id).await,
+            AnyStore::Gcp(store) => store.describe(id).await,
         }
     }
 
     async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
         match self {
             AnyStore::File(store) => store.add_version(id, value).await,
+            AnyStore::Gcp(store) => store.add_version(id, value).await,
         }
     }
 
-    async fn move_aliases(&self, id: &SecretId, change: &AliasMove, etag: &Etag) -> Result<Etag, StoreError> {
+    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
         match self {
-            AnyStore::File(store) => store.move_aliases(id, change, etag).await,
+            AnyStore::File(store) => store.move_aliases(id, base, change).await,
+            AnyStore::Gcp(store) => store.move_aliases(id, base, change).await,
         }
     }
 
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         match self {
             AnyStore::File(store) => store.disable(id, version).await,
+            AnyStore::Gcp(store) => store.disable(id, version).await,
+        }
+    }
+
+    async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        match self {
+            AnyStore::File(store) => store.destroy(id, version).await,
+            AnyStore::Gcp(store) => store.destroy(id, version).await,
         }
     }
 }
@@ -181,6 +200,18 @@ pub enum StoreError {
     Empty { id: SecretId, version: VersionId },
     #[error("{0}")]
     Invalid(String),
+    #[error("store \"{store}\": permission denied: {message}{}", role_hint(permission.as_deref()))]
+    PermissionDenied { store: String, permission: Option<String>, message: String },
+    #[error(
+        "store \"{store}\": {message}; check the node's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, or `credentials` in the store's configuration)"
+    )]
+    Auth { store: String, message: String },
+    #[error("store \"{store}\": quota exceeded, will retry: {message}")]
+    Quota { store: String, message: String },
+    #[error("store \"{store}\": unavailable, will retry: {message}")]
+    Unavailable { store: String, message: String },
+    #[error("store \"{store}\": {status}: {message}")]
+    Api { store: String, status: String, message: String },
     #[error("store \"{store}\": cannot {action} {}", path.display())]
     Io {
         store: String,
@@ -194,6 +225,32 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same request may succeed later without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Io { .. } | StoreError::Corrupt { .. })
+        matches!(
+            self,
+            StoreError::Io { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Quota { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::Auth { .. }
+        )
     }
+}
+
+/// Which predefined Google role grants a permission, so a denial says what to ask for.
+fn role_hint(permission: Option<&str>) -> String {
+    let role = match permission {
+        Some("secretmanager.versions.access") => "roles/secretmanager.secretAccessor",
+        Some("secretmanager.versions.add") => "roles/secretmanager.secretVersionAdder",
+        Some(
+            "secretmanager.versions.enable"
+            | "secretmanager.versions.disable"
+            | "secretmanager.versions.destroy"
+            | "secretmanager.versions.get"
+            | "secretmanager.versions.list",
+        ) => "roles/secretmanager.secretVersionManager",
+        Some("secretmanager.secrets.get" | "secretmanager.secrets.list") => "roles/secretmanager.viewer",
+        Some(_) => "the keyturn rotator role in policies/iam/",
+        None => return String::new(),
+    };
+    format!(" (grant {role} on the secret, or see policies/iam/)")
 }

@@ -1,0 +1,554 @@
+//! Google Cloud Secret Manager, over REST v1.
+//!
+//! Contract: `../shared/reference/gcp-secret-manager/CONTRACT.md` (and the emulator in
+//! `tests/gcp-emulator`, which follows it). The points that shape this client:
+//!
+//! - **Endpoints.** Global secrets live at `secretmanager.googleapis.com`; regional secrets
+//!   (`projects/P/locations/L/secrets/S`) must be called on `secretmanager.L.rep.googleapis.com`,
+//!   which also keeps the data in its region. `endpoint` overrides both (private access, tests);
+//!   plain `http://` is accepted only for loopback.
+//! - **Auth.** `gcp_auth` with Application Default Credentials (a service-account key from
+//!   `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's credentials, or the metadata server), or a key
+//!   file named in the store's configuration. The crate sets no timeouts; every token request
+//!   here runs under `token_timeout`.
+//! - **Integrity.** Every access checks `payload.dataCrc32c`; a mismatch is an error and
+//!   nothing is delivered. `addVersion` sends the checksum so Google verifies the upload.
+//! - **Concurrency.** Alias moves carry the secret's etag, disables and destroys the version's
+//!   etag; a mismatch (400 FAILED_PRECONDITION) is [`StoreError::Conflict`].
+//! - **Retries**, as Google's own service config says: only `access` retries automatically, on
+//!   UNAVAILABLE and RESOURCE_EXHAUSTED (and failed connections), up to 5 attempts with
+//!   exponential backoff from 2 s, doubling, at most 60 s, with jitter. Writes never retry:
+//!   a repeated `addVersion` adds a second version.
+//! - **Quota.** Steady state is one `access` of the `current` alias per policy per poll (the
+//!   access quota is 90,000 per minute per project); metadata reads (600 per minute) happen
+//!   only for rotations and `store` commands.
+//! - **Names.** Google answers with the project *number* even when asked by id, so versions
+//!   are read from the last path segment, never by comparing names.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use super::{AliasMove, Etag, SecretMeta, SecretStore, Selector, StoreError, Version};
+use crate::config::GcpStoreConfig;
+use crate::rotation::timing::{retry_delay_from, unit_random};
+use crate::secret::{SecretBytes, SecretId, VersionId};
+
+const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
+/// Google's service config: at most 5 attempts for `access`.
+const ACCESS_ATTEMPTS: u32 = 5;
+/// Google's service config: backoff never exceeds 60 s.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// An error body is quoted into messages only this far: enough for Google's envelope, not for
+/// a proxy's whole HTML page.
+const MAX_QUOTED: usize = 300;
+
+pub struct GcpStore {
+    /// The store's name in configuration, for messages.
+    name: String,
+    http: reqwest::Client,
+    /// `ENDPOINT/v1/projects/P` or `ENDPOINT/v1/projects/P/locations/L`.
+    parent_url: String,
+    credentials: Option<std::path::PathBuf>,
+    /// Created on first use: finding Application Default Credentials may probe the metadata
+    /// server, which should not delay start-up or fail it for good.
+    tokens: OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
+    token_timeout: Duration,
+    retry_backoff: Duration,
+}
+
+impl std::fmt::Debug for GcpStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpStore")
+            .field("name", &self.name)
+            .field("parent_url", &self.parent_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The endpoint a configuration talks to: the override, the regional endpoint of its
+/// location, or the global one.
+pub fn endpoint(config: &GcpStoreConfig) -> String {
+    match (&config.endpoint, &config.location) {
+        (Some(endpoint), _) => endpoint.trim_end_matches('/').to_string(),
+        (None, Some(location)) => format!("https://secretmanager.{location}.rep.googleapis.com"),
+        (None, None) => GLOBAL_ENDPOINT.to_string(),
+    }
+}
+
+impl GcpStore {
+    pub fn new(name: &str, config: &GcpStoreConfig) -> Result<Self, StoreError> {
+        let endpoint = endpoint(config);
+        let parent = match &config.location {
+            Some(location) => format!("projects/{}/locations/{location}", config.project),
+            None => format!("projects/{}", config.project),
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            // Plain HTTP only where validation allowed it: a loopback endpoint.
+            .https_only(endpoint.starts_with("https://"))
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("store \"{name}\": cannot build an HTTP client: {e}")))?;
+        Ok(GcpStore {
+            name: name.to_string(),
+            http,
+            parent_url: format!("{endpoint}/v1/{parent}"),
+            credentials: config.credentials.clone(),
+            tokens: OnceCell::new(),
+            token_timeout: config.token_timeout,
+            retry_backoff: config.retry_backoff,
+        })
+    }
+
+    fn secret_url(&self, id: &SecretId) -> Result<String, StoreError> {
+        SecretId::parse(id.as_str()).map_err(StoreError::Invalid)?;
+        Ok(format!("{}/secrets/{id}", self.parent_url))
+    }
+
+    fn version_url(&self, id: &SecretId, selector: &Selector) -> Result<String, StoreError> {
+        let segment = match selector {
+            Selector::Alias(alias) => alias.as_str(),
+            Selector::Latest => "latest",
+            Selector::Id(version) => version.as_str(),
+        };
+        let ok = !segment.is_empty() && segment.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(StoreError::Invalid(format!("\"{segment}\" is not a version number or alias")));
+        }
+        Ok(format!("{}/versions/{segment}", self.secret_url(id)?))
+    }
+
+    async fn token(&self) -> Result<Arc<gcp_auth::Token>, StoreError> {
+        let auth = |message: String| StoreError::Auth { store: self.name.clone(), message };
+        let provider = self
+            .tokens
+            .get_or_try_init(|| async {
+                let found = tokio::time::timeout(self.token_timeout, async {
+                    match &self.credentials {
+                        Some(path) => gcp_auth::CustomServiceAccount::from_file(path)
+                            .map(|p| Arc::new(p) as Arc<dyn gcp_auth::TokenProvider>),
+                        None => gcp_auth::provider().await,
+                    }
+                })
+                .await;
+                match found {
+                    Ok(Ok(provider)) => Ok(provider),
+                    Ok(Err(e)) => Err(auth(format!("no usable credentials: {}", crate::error_chain(&e)))),
+                    Err(_) => Err(auth(format!("finding credentials took longer than {:?}", self.token_timeout))),
+                }
+            })
+            .await?;
+        match tokio::time::timeout(self.token_timeout, provider.token(&[SCOPE])).await {
+            Ok(Ok(token)) => Ok(token),
+            Ok(Err(e)) => Err(auth(format!("token request failed: {}", crate::error_chain(&e)))),
+            Err(_) => Err(auth(format!("token request took longer than {:?}", self.token_timeout))),
+        }
+    }
+
+    /// One request; the response body on success, a typed error otherwise. Bodies are read
+    /// into zeroized buffers, since access responses carry values.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let token = self.token().await?;
+        let mut request = self.http.request(method, url).bearer_auth(token.as_str());
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_vec());
+        }
+        let unavailable =
+            |e: reqwest::Error| StoreError::Unavailable { store: self.name.clone(), message: crate::error_chain(&e) };
+        let mut response = request.send().await.map_err(unavailable)?;
+        let status = response.status();
+        let mut bytes = Zeroizing::new(Vec::new());
+        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            bytes.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(self.api_error(status, &bytes))
+    }
+
+    /// Maps Google's error envelope to an error that says what to do.
+    fn api_error(&self, http: StatusCode, body: &[u8]) -> StoreError {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: Status,
+        }
+        #[derive(Deserialize)]
+        struct Status {
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            status: String,
+            #[serde(default)]
+            details: Vec<serde_json::Value>,
+        }
+        let store = self.name.clone();
+        let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(body) else {
+            let text = String::from_utf8_lossy(body);
+            let quoted: String = text.chars().take(MAX_QUOTED).collect();
+            return match http.as_u16() {
+                429 => StoreError::Quota { store, message: format!("HTTP 429: {quoted}") },
+                500..=599 => StoreError::Unavailable { store, message: format!("HTTP {}: {quoted}", http.as_u16()) },
+                _ => StoreError::Api { store, status: format!("HTTP {}", http.as_u16()), message: quoted },
+            };
+        };
+        let message = error.message;
+        match error.status.as_str() {
+            "PERMISSION_DENIED" => {
+                let permission = error
+                    .details
+                    .iter()
+                    .find_map(|d| d.pointer("/metadata/permission").and_then(|p| p.as_str()).map(String::from));
+                StoreError::PermissionDenied { store, permission, message }
+            }
+            "UNAUTHENTICATED" => StoreError::Auth { store, message: format!("credentials refused: {message}") },
+            "RESOURCE_EXHAUSTED" => StoreError::Quota { store, message },
+            "UNAVAILABLE" | "INTERNAL" | "UNKNOWN" | "DEADLINE_EXCEEDED" => StoreError::Unavailable { store, message },
+            status => StoreError::Api { store, status: status.to_string(), message },
+        }
+    }
+
+    /// Reads a secret's metadata (`secrets.get`).
+    async fn get_secret(&self, id: &SecretId) -> Result<SecretResource, StoreError> {
+        let body = self.call(Method::GET, &self.secret_url(id)?, None).await.map_err(|e| self.not_found(e, id))?;
+        serde_json::from_slice(&body).map_err(|e| self.malformed("secrets.get", &e))
+    }
+
+    /// A version's etag (`versions.get`), for the version-level compare-and-swap.
+    async fn version_etag(&self, id: &SecretId, version: &VersionId) -> Result<String, StoreError> {
+        #[derive(Deserialize)]
+        struct VersionResource {
+            #[serde(default)]
+            etag: String,
+        }
+        let url = self.version_url(id, &Selector::Id(version.clone()))?;
+        let body = self.call(Method::GET, &url, None).await.map_err(|e| self.not_found(e, id))?;
+        let resource: VersionResource =
+            serde_json::from_slice(&body).map_err(|e| self.malformed("versions.get", &e))?;
+        Ok(resource.etag)
+    }
+
+    /// `versions.disable` or `versions.destroy`, guarded by the version's etag.
+    async fn transition(&self, id: &SecretId, version: &VersionId, verb: &str) -> Result<(), StoreError> {
+        let etag = self.version_etag(id, version).await?;
+        let url = format!("{}:{verb}", self.version_url(id, &Selector::Id(version.clone()))?);
+        let body = Zeroizing::new(serde_json::to_vec(&json!({ "etag": etag })).expect("json"));
+        match self.call(Method::POST, &url, Some(body)).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
+                if message.contains(" state") {
+                    Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state: message })
+                } else {
+                    Err(StoreError::Conflict { id: id.clone(), expected: Etag(etag) })
+                }
+            }
+            Err(e) => Err(self.not_found(e, id)),
+        }
+    }
+
+    /// Google's 404s, as the store-neutral errors the engine understands.
+    fn not_found(&self, error: StoreError, id: &SecretId) -> StoreError {
+        match error {
+            StoreError::Api { status, message, .. } if status == "NOT_FOUND" => {
+                if message.starts_with("Secret Version") {
+                    StoreError::NoSuchVersion {
+                        store: self.name.clone(),
+                        id: id.clone(),
+                        selector: Selector::Id(VersionId::new(version_in(&message).unwrap_or("?"))),
+                    }
+                } else {
+                    StoreError::NotFound { store: self.name.clone(), id: id.clone() }
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn malformed(&self, method: &str, error: &serde_json::Error) -> StoreError {
+        // serde_json's position-only messages for syntax; typed errors could quote input, so
+        // they are reduced to their position too.
+        StoreError::Api {
+            store: self.name.clone(),
+            status: "MALFORMED_RESPONSE".into(),
+            message: format!(
+                "{method} answered with unexpected JSON (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+        }
+    }
+
+    async fn access_once(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
+        #[derive(Deserialize)]
+        struct Access<'a> {
+            name: String,
+            #[serde(borrow)]
+            payload: Payload<'a>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Payload<'a> {
+            #[serde(borrow)]
+            data: Option<&'a str>,
+            data_crc32c: Option<serde_json::Value>,
+        }
+        let url = format!("{}:access", self.version_url(id, selector)?);
+        let body = match self.call(Method::GET, &url, None).await {
+            Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
+                let version = VersionId::new(version_in(&message).unwrap_or("?"));
+                let state = if message.contains("DESTROYED") { "destroyed" } else { "disabled" };
+                return Err(StoreError::NotEnabled { id: id.clone(), version, state: state.into() });
+            }
+            Err(StoreError::Api { status, .. }) if status == "NOT_FOUND" && !matches!(selector, Selector::Latest) => {
+                // Google says "not found or has no versions" both for a missing secret and a
+                // missing alias; tell them apart with one metadata read, only on this error path.
+                return Err(match self.get_secret(id).await {
+                    Ok(_) => StoreError::NoSuchVersion {
+                        store: self.name.clone(),
+                        id: id.clone(),
+                        selector: selector.clone(),
+                    },
+                    Err(e) => e,
+                });
+            }
+            other => other.map_err(|e| self.not_found(e, id))?,
+        };
+        let access: Access<'_> = serde_json::from_slice(&body).map_err(|e| self.malformed("versions.access", &e))?;
+        let version = VersionId::new(access.name.rsplit('/').next().unwrap_or_default());
+        let data = access.payload.data.unwrap_or("");
+        let value =
+            SecretBytes::new(base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| StoreError::Api {
+                store: self.name.clone(),
+                status: "MALFORMED_RESPONSE".into(),
+                message: format!("version {version} of secret \"{id}\": payload is not base64"),
+            })?);
+        if value.is_empty() {
+            return Err(StoreError::Empty { id: id.clone(), version });
+        }
+        let actual = value.crc32c();
+        let expected = match &access.payload.data_crc32c {
+            Some(serde_json::Value::String(s)) => s.parse::<u64>().ok(),
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            _ => None,
+        };
+        match expected {
+            Some(expected) if expected == u64::from(actual) => {}
+            Some(expected) => {
+                return Err(StoreError::Corrupt { id: id.clone(), version, expected: expected as u32, actual });
+            }
+            // Versions created before mid-2021 carry no checksum; nothing to compare against.
+            None => tracing::debug!(store = %self.name, secret = %id, %version, "no dataCrc32c in the access response"),
+        }
+        Ok(Version { id: version, value, crc32c: actual, created: None })
+    }
+}
+
+/// The version number in a message such as `Secret Version [projects/1/secrets/x/versions/4] ...`.
+fn version_in(message: &str) -> Option<&str> {
+    let start = message.find("/versions/")? + "/versions/".len();
+    let rest = &message[start..];
+    let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_').unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretResource {
+    #[serde(default)]
+    etag: String,
+    #[serde(default)]
+    version_aliases: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+impl SecretResource {
+    fn meta(self) -> SecretMeta {
+        let aliases = self
+            .version_aliases
+            .into_iter()
+            .filter_map(|(alias, n)| {
+                let n = match n {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((alias, VersionId::new(n)))
+            })
+            .collect();
+        SecretMeta { etag: Etag(self.etag), aliases, annotations: self.annotations }
+    }
+}
+
+impl SecretStore for GcpStore {
+    async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.access_once(id, selector).await {
+                Err(e)
+                    if attempt < ACCESS_ATTEMPTS
+                        && matches!(e, StoreError::Unavailable { .. } | StoreError::Quota { .. }) =>
+                {
+                    let wait = retry_delay_from(self.retry_backoff, attempt, MAX_BACKOFF, unit_random());
+                    tracing::debug!(store = %self.name, secret = %id, attempt, error = %e, wait_ms = wait.as_millis() as u64, "access retried");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
+        Ok(self.get_secret(id).await?.meta())
+    }
+
+    async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
+        #[derive(Deserialize)]
+        struct Added {
+            name: String,
+        }
+        if value.is_empty() {
+            return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
+        }
+        let url = format!("{}:addVersion", self.secret_url(id)?);
+        let body = || {
+            let data = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(value.expose()));
+            let mut body = Zeroizing::new(Vec::with_capacity(data.len() + 64));
+            body.extend_from_slice(b"{\"payload\":{\"data\":\"");
+            body.extend_from_slice(data.as_bytes());
+            body.extend_from_slice(format!("\",\"dataCrc32c\":\"{}\"}}}}", value.crc32c()).as_bytes());
+            body
+        };
+        let added = match self.call(Method::POST, &url, Some(body())).await {
+            // A secret that does not exist yet is created first, as the file store does: the
+            // create cannot duplicate anything (a second create is 409), and the add it
+            // precedes never reached the server.
+            Err(StoreError::Api { status, .. }) if status == "NOT_FOUND" => {
+                self.create(id).await?;
+                self.call(Method::POST, &url, Some(body())).await?
+            }
+            other => other?,
+        };
+        let added: Added = serde_json::from_slice(&added).map_err(|e| self.malformed("secrets.addVersion", &e))?;
+        Ok(VersionId::new(added.name.rsplit('/').next().unwrap_or_default()))
+    }
+
+    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
+        let mut aliases = base.aliases.clone();
+        change.apply(&mut aliases);
+        let aliases: BTreeMap<&str, &str> = aliases.iter().map(|(a, v)| (a.as_str(), v.as_str())).collect();
+        let url = format!("{}?updateMask=versionAliases", self.secret_url(id)?);
+        let body = Zeroizing::new(
+            serde_json::to_vec(&json!({ "versionAliases": aliases, "etag": base.etag.0 })).expect("json"),
+        );
+        match self.call(Method::PATCH, &url, Some(body)).await {
+            Ok(body) => {
+                let resource: SecretResource =
+                    serde_json::from_slice(&body).map_err(|e| self.malformed("secrets.patch", &e))?;
+                Ok(Etag(resource.etag))
+            }
+            Err(StoreError::Api { status, .. }) if status == "FAILED_PRECONDITION" => {
+                Err(StoreError::Conflict { id: id.clone(), expected: base.etag.clone() })
+            }
+            Err(e) => Err(self.not_found(e, id)),
+        }
+    }
+
+    async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        self.transition(id, version, "disable").await
+    }
+
+    async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+        self.transition(id, version, "destroy").await
+    }
+}
+
+impl GcpStore {
+    /// `secrets.create`: automatic replication for a global secret, none for a regional one
+    /// (its location is its replication).
+    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
+        let url = format!("{}/secrets?secretId={id}", self.parent_url);
+        let secret =
+            if self.parent_url.contains("/locations/") { json!({}) } else { json!({"replication": {"automatic": {}}}) };
+        let body = Zeroizing::new(serde_json::to_vec(&secret).expect("json"));
+        match self.call(Method::POST, &url, Some(body)).await {
+            Ok(_) => {
+                tracing::info!(store = %self.name, secret = %id, "created secret");
+                Ok(())
+            }
+            Err(StoreError::Api { status, .. }) if status == "ALREADY_EXISTS" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(location: Option<&str>, endpoint: Option<&str>) -> GcpStoreConfig {
+        GcpStoreConfig {
+            project: "acme-edge".into(),
+            location: location.map(String::from),
+            endpoint: endpoint.map(String::from),
+            credentials: None,
+            request_timeout: Duration::from_secs(30),
+            token_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn endpoints_and_resource_names() {
+        let global = GcpStore::new("edge", &config(None, None)).unwrap();
+        assert_eq!(global.parent_url, "https://secretmanager.googleapis.com/v1/projects/acme-edge");
+        let regional = GcpStore::new("edge", &config(Some("europe-west3"), None)).unwrap();
+        assert_eq!(
+            regional.version_url(&SecretId::new("api-key"), &Selector::current()).unwrap(),
+            "https://secretmanager.europe-west3.rep.googleapis.com/v1/projects/acme-edge/locations/europe-west3/secrets/api-key/versions/current"
+        );
+        let local = GcpStore::new("edge", &config(Some("us"), Some("http://127.0.0.1:8085/"))).unwrap();
+        assert_eq!(local.parent_url, "http://127.0.0.1:8085/v1/projects/acme-edge/locations/us");
+        assert!(global.version_url(&SecretId::new("x"), &Selector::Alias("a/b".into())).is_err());
+        assert!(global.secret_url(&SecretId::new("../x")).is_err());
+    }
+
+    #[test]
+    fn versions_are_read_from_messages() {
+        assert_eq!(version_in("Secret Version [projects/1/secrets/x/versions/4] is in DISABLED state."), Some("4"));
+        assert_eq!(version_in("Secret [projects/1/secrets/x] not found or has no versions."), None);
+    }
+
+    #[test]
+    fn error_envelopes_become_errors_that_say_what_to_do() {
+        let store = GcpStore::new("edge", &config(None, None)).unwrap();
+        let denied = br#"{"error":{"code":403,"message":"Permission 'secretmanager.versions.access' denied for resource 'projects/acme-edge/secrets/db/versions/current' (or it may not exist).","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"IAM_PERMISSION_DENIED","domain":"iam.googleapis.com","metadata":{"permission":"secretmanager.versions.access"}}]}}"#;
+        let error = store.api_error(StatusCode::FORBIDDEN, denied);
+        let text = error.to_string();
+        assert!(
+            text.contains("secretmanager.versions.access") && text.contains("roles/secretmanager.secretAccessor"),
+            "{text}"
+        );
+        let quota = br#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'Access requests'","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert!(matches!(store.api_error(StatusCode::TOO_MANY_REQUESTS, quota), StoreError::Quota { .. }));
+        assert!(store.api_error(StatusCode::TOO_MANY_REQUESTS, quota).is_transient());
+        let html = b"<html>bad gateway</html>";
+        assert!(matches!(store.api_error(StatusCode::BAD_GATEWAY, html), StoreError::Unavailable { .. }));
+    }
+}
