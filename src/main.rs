@@ -7,7 +7,7 @@ use clap::Parser;
 use keyturn::app::{self, Seams};
 use keyturn::cli::{Cli, LogFormat};
 use keyturn::error_chain;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 const EXIT_USAGE: u8 = 64;
@@ -43,8 +43,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--log` as tracing targets. A bare level (`debug`) applies to keyturn; other crates stay at
+/// `info` or quieter unless named (`debug,h2=trace`): their debug output is noise to an
+/// operator, and keyturn cannot vouch for what it contains.
+fn log_filter(spec: &str) -> Result<Targets, String> {
+    let targets: Targets = spec.parse().map_err(|e| format!("--log {spec:?}: {e}"))?;
+    if spec.contains('=') {
+        return Ok(targets);
+    }
+    let level = targets.default_level().unwrap_or(LevelFilter::INFO);
+    Ok(Targets::new().with_target("keyturn", level).with_default(level.min(LevelFilter::INFO)))
+}
+
 fn start_tracing(cli: &Cli) -> Result<(), String> {
-    let filter: Targets = cli.log.parse().map_err(|e| format!("--log {:?}: {e}", cli.log))?;
+    let filter = log_filter(&cli.log)?;
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Human => {

@@ -89,21 +89,36 @@ impl World {
         let mut command = Command::new(BIN);
         command.args(args).arg("--config").arg(self.config()).env_remove("KEYTURN_CONFIG");
         command.env_remove("KEYTURN_TEST_PAUSE_AT").env_remove("KEYTURN_LOG").env_remove("KEYTURN_LOG_FORMAT");
+        // Never the developer's own Google credentials, and never a metadata-server probe:
+        // tests that talk to the emulator name their key file.
+        command.env_remove("GOOGLE_APPLICATION_CREDENTIALS").env("HOME", self.disk.path());
         command
+    }
+
+    /// Appends `text` (more `[stores.NAME]` sections) to the agent file.
+    pub fn add_stores(&self, text: &str) {
+        let config = read(self.config());
+        write(&self.config(), &format!("{config}\n{text}\n"));
     }
 
     /// `keyturn store put dev ID` with `value` on stdin; panics unless it succeeds.
     pub fn put(&self, id: &str, value: &str) {
+        let out = self.put_into("dev", id, value, &[]);
+        assert!(out.status.success(), "store put failed: {}", text(&out));
+    }
+
+    /// `keyturn store put STORE ID` with `value` on stdin and `env` added.
+    pub fn put_into(&self, store: &str, id: &str, value: &str, env: &[(&str, &Path)]) -> Output {
         let mut child = self
-            .command(&["store", "put", "dev", id])
+            .command(&["store", "put", store, id])
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(value.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "store put failed: {}", text(&out));
+        child.wait_with_output().unwrap()
     }
 
     pub fn sync_once(&self) -> Output {
@@ -112,10 +127,18 @@ impl World {
 
     /// Starts `keyturn agent`, logging to a file, with `env` added.
     pub fn agent(&self, env: &[(&str, &str)]) -> Agent {
+        self.agent_with(env, &[])
+    }
+
+    /// Starts `keyturn agent` with `env` and `paths` (variables naming files) added.
+    pub fn agent_with(&self, env: &[(&str, &str)], paths: &[(&str, &Path)]) -> Agent {
         let log = self.disk.path().join(format!("agent-{}.log", unique()));
-        let mut command = self.command(&["agent", "--log", "debug"]);
+        // `--log` wins over KEYTURN_LOG, so a test that sets the variable gets its filter.
+        let filter = env.iter().find(|(k, _)| *k == "KEYTURN_LOG").map_or("debug", |(_, v)| *v);
+        let mut command = self.command(&["agent", "--log", filter]);
         command
             .envs(env.iter().copied())
+            .envs(paths.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(fs::OpenOptions::new().append(true).open(&log).unwrap()));

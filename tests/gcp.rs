@@ -1,0 +1,334 @@
+//! Google Secret Manager, end to end: the real `keyturn` binary against the emulator in
+//! `tests/gcp-emulator`, authenticating with generated service-account keys through
+//! `GOOGLE_APPLICATION_CREDENTIALS` (whose `token_uri` is the emulator's token endpoint).
+//! The agent holds an accessor key, as a pulling node should; the operator's `store put`
+//! holds an admin key.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Agent, World, read, text, wait_for};
+use gcp_emulator::{Emulator, Failure, Method, Role, blocking};
+
+const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+struct Gcp {
+    world: World,
+    emu: blocking::Emulator,
+    admin: PathBuf,
+    accessor: PathBuf,
+}
+
+impl Gcp {
+    /// A world with store `edge` on the emulator (regional if `location` is given).
+    fn new(location: Option<&str>) -> Gcp {
+        let world = World::new("poll = \"1s\"\njitter = \"0%\"");
+        let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770))
+            .unwrap();
+        let key = |name: &str, role: Role| {
+            let path = world.disk.path().join(format!("{name}.json"));
+            common::write(&path, &emu.service_account_key(&format!("{name}@acme-edge.iam.gserviceaccount.com"), role));
+            path
+        };
+        let (admin, accessor) = (key("operator", Role::Admin), key("node", Role::Accessor));
+        let location = location.map(|l| format!("location = \"{l}\"\n")).unwrap_or_default();
+        world.add_stores(&format!(
+            "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n{location}",
+            emu.base_url()
+        ));
+        Gcp { world, emu, admin, accessor }
+    }
+
+    fn key(&self, name: &str, role: Role) -> PathBuf {
+        let path = self.world.disk.path().join(format!("{name}.json"));
+        common::write(&path, &self.emu.service_account_key(&format!("{name}@acme-edge.iam.gserviceaccount.com"), role));
+        path
+    }
+
+    /// `keyturn store put edge ID` as the operator.
+    fn put(&self, id: &str, value: &str) {
+        let out = self.world.put_into("edge", id, value, &[(CREDENTIALS, &self.admin)]);
+        assert!(out.status.success(), "store put failed: {}", text(&out));
+    }
+
+    fn agent(&self) -> Agent {
+        self.agent_as(&self.accessor)
+    }
+
+    fn agent_as(&self, key: &Path) -> Agent {
+        self.world.agent_with(&[], &[(CREDENTIALS, key)])
+    }
+
+    fn policy(&self, name: &str, id: &str) {
+        self.world.policy(
+            name,
+            &format!("[secret]\nstore = \"edge\"\nid = \"{id}\"\n[[deliver]]\npath = \"{name}/value\"\n"),
+        );
+    }
+
+    fn delivered(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.world.bundle(name).join("value")).ok()
+    }
+
+    fn wait_delivered(&self, name: &str, value: &str) {
+        wait_for(&format!("{name} = {value:?}"), Duration::from_secs(15), || {
+            self.delivered(name).as_deref() == Some(value)
+        });
+    }
+
+    /// Adds a version through the library without moving `current`, as a rotation that
+    /// stopped after its first step would leave it.
+    fn add_unpromoted(&self, id: &str, value: &str) {
+        use keyturn::store::SecretStore;
+        let config = keyturn::config::GcpStoreConfig {
+            project: "acme-edge".into(),
+            location: None,
+            endpoint: Some(self.emu.base_url()),
+            credentials: Some(self.admin.clone()),
+            request_timeout: Duration::from_secs(10),
+            token_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(50),
+        };
+        let store = keyturn::store::gcp::GcpStore::new("edge", &config).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let id = keyturn::secret::SecretId::new(id);
+        runtime.block_on(store.add_version(&id, &keyturn::secret::SecretBytes::copy_from(value.as_bytes()))).unwrap();
+    }
+}
+
+#[test]
+fn the_agent_authenticates_delivers_current_and_picks_up_a_promotion_within_one_poll() {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "first");
+    let agent = gcp.agent();
+    gcp.wait_delivered("db", "first");
+    assert!(gcp.emu.request_counts().get(Method::Token) >= 1, "the agent fetched a token");
+
+    gcp.put("db-password", "second");
+    let promoted = std::time::Instant::now();
+    gcp.wait_delivered("db", "second");
+    assert!(promoted.elapsed() < Duration::from_secs(3), "within one poll (1s): {:?}", promoted.elapsed());
+
+    // Added but not promoted: never delivered.
+    gcp.add_unpromoted("db-password", "pending-third");
+    let accesses = gcp.emu.request_counts().get(Method::Access);
+    wait_for("two more polls", Duration::from_secs(10), || {
+        gcp.emu.request_counts().get(Method::Access) >= accesses + 2
+    });
+    assert_eq!(gcp.delivered("db").as_deref(), Some("second"));
+    drop(agent);
+    assert_eq!(gcp.world.status_json()["policies"]["db"]["version"], "2");
+}
+
+#[test]
+fn steady_state_costs_one_access_per_policy_per_poll_and_no_metadata_reads() {
+    let gcp = Gcp::new(None);
+    for name in ["a", "b", "c"] {
+        gcp.policy(name, name);
+        gcp.put(name, &format!("value-{name}"));
+    }
+    let before = gcp.emu.request_counts();
+    let agent = gcp.agent();
+    gcp.wait_delivered("c", "value-c");
+    std::thread::sleep(Duration::from_millis(3500));
+    drop(agent);
+    let after = gcp.emu.request_counts();
+    let delta = |m: Method| after.get(m) - before.get(m);
+    assert_eq!(delta(Method::Get) + delta(Method::List) + delta(Method::GetVersion) + delta(Method::ListVersions), 0);
+    assert_eq!(delta(Method::AddVersion) + delta(Method::Patch), 0, "a pulling agent never writes");
+    // 3 policies: one access each at start, then one per poll (1s) for about 3.5s.
+    let accesses = delta(Method::Access);
+    assert!((9..=21).contains(&accesses), "{accesses} accesses");
+}
+
+/// Delivers `first`, breaks access with `break_it`, promotes `second`, and checks that the
+/// files stay `first` while broken and become `second` once `mend` is called.
+fn keeps_the_last_good_files(break_it: impl Fn(&Gcp), failure_log: &str) {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "first");
+    let agent = gcp.agent();
+    gcp.wait_delivered("db", "first");
+
+    break_it(&gcp);
+    gcp.put("db-password", "second");
+    agent.wait_log(failure_log, 2);
+    assert_eq!(gcp.delivered("db").as_deref(), Some("first"));
+    wait_for("the failure in status", Duration::from_secs(5), || {
+        gcp.world.status_json()["policies"]["db"]["last_error"].as_str().is_some_and(|e| e.contains(failure_log))
+    });
+    assert_eq!(gcp.world.status_json()["policies"]["db"]["version"], "1");
+
+    gcp.emu.faults().clear();
+    gcp.wait_delivered("db", "second");
+}
+
+#[test]
+fn the_last_good_files_stay_through_429s() {
+    keeps_the_last_good_files(
+        |gcp| gcp.emu.faults().fail_next(10_000, Failure::ResourceExhausted, Some(Method::Access)),
+        "quota exceeded",
+    );
+}
+
+#[test]
+fn the_last_good_files_stay_through_503s() {
+    keeps_the_last_good_files(
+        |gcp| gcp.emu.faults().fail_next(10_000, Failure::Unavailable, Some(Method::Access)),
+        "unavailable, will retry",
+    );
+}
+
+#[test]
+fn the_last_good_files_stay_through_dropped_connections() {
+    keeps_the_last_good_files(
+        |gcp| gcp.emu.faults().drop_next_requests(10_000, Some(Method::Access)),
+        "unavailable, will retry",
+    );
+}
+
+#[test]
+fn the_last_good_files_stay_through_a_checksum_mismatch() {
+    keeps_the_last_good_files(|gcp| gcp.emu.faults().corrupt_next_checksums(10_000), "failed its CRC32C check");
+}
+
+#[test]
+fn a_short_outage_is_absorbed_by_access_retries() {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "first");
+    gcp.emu.faults().fail_next(2, Failure::Unavailable, Some(Method::Access));
+    gcp.emu.faults().fail_next(2, Failure::ResourceExhausted, Some(Method::Access));
+    let out =
+        gcp.world.command(&["sync", "--once", "--log", "debug"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).matches("access retried").count(), 4, "{}", text(&out));
+    assert_eq!(gcp.delivered("db").as_deref(), Some("first"));
+}
+
+#[test]
+fn permission_errors_name_the_permission_and_the_role_to_grant() {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "first");
+
+    // A pulling node's accessor key cannot write.
+    let out = gcp.world.put_into("edge", "db-password", "x", &[(CREDENTIALS, &gcp.accessor)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission 'secretmanager.versions.add' denied"), "{stderr}");
+    assert!(stderr.contains("grant roles/secretmanager.secretVersionAdder"), "{stderr}");
+
+    // A viewer can see the secret but not read its value.
+    let viewer = gcp.key("viewer", Role::Viewer);
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &viewer).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("secretmanager.versions.access") && stderr.contains("roles/secretmanager.secretAccessor"),
+        "{stderr}"
+    );
+    assert!(gcp.delivered("db").is_none());
+}
+
+#[test]
+fn credentials_the_token_endpoint_refuses_are_reported_as_such() {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "first");
+    // A key from another emulator: well formed, signed, but unknown to this token endpoint.
+    let other = blocking::Emulator::start(Emulator::builder().project_id("acme-edge")).unwrap();
+    let foreign = other.service_account_key("stranger@acme-edge.iam.gserviceaccount.com", Role::Admin);
+    let foreign = foreign.replace(&other.token_uri(), &gcp.emu.token_uri());
+    let path = gcp.world.disk.path().join("foreign.json");
+    common::write(&path, &foreign);
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("token request failed") && stderr.contains("check the node's credentials"), "{stderr}");
+
+    // A key file that does not exist: said plainly, not as a panic.
+    let out = gcp
+        .world
+        .command(&["sync", "--once"])
+        .env(CREDENTIALS, gcp.world.disk.path().join("none.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no usable credentials"), "{}", text(&out));
+}
+
+#[test]
+fn a_regional_secret_is_reached_on_its_regional_path() {
+    let gcp = Gcp::new(Some("europe-west3"));
+    gcp.world.add_stores(&format!(
+        "[stores.global]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\n",
+        gcp.emu.base_url()
+    ));
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "in-region");
+    let _agent = gcp.agent();
+    gcp.wait_delivered("db", "in-region");
+
+    let get = |store: &str| {
+        gcp.world.command(&["store", "get", store, "db-password"]).env(CREDENTIALS, &gcp.admin).output().unwrap()
+    };
+    let regional = get("edge");
+    assert_eq!(String::from_utf8_lossy(&regional.stdout), "in-region", "{}", text(&regional));
+    // The same id on the global endpoint is another secret, which does not exist.
+    let global = get("global");
+    assert_eq!(global.status.code(), Some(1), "{}", text(&global));
+    assert!(
+        String::from_utf8_lossy(&global.stderr).contains("secret \"db-password\" does not exist in store \"global\"")
+    );
+}
+
+#[test]
+fn store_get_tells_a_missing_secret_from_a_missing_alias() {
+    let gcp = Gcp::new(None);
+    gcp.add_unpromoted("fresh", "only-latest");
+    let get = |id: &str, version: &str| {
+        gcp.world
+            .command(&["store", "get", "edge", id, "--version", version])
+            .env(CREDENTIALS, &gcp.admin)
+            .output()
+            .unwrap()
+    };
+    let no_alias = get("fresh", "current");
+    assert!(String::from_utf8_lossy(&no_alias.stderr).contains("has no alias current"), "{}", text(&no_alias));
+    let latest = get("fresh", "latest");
+    assert_eq!(String::from_utf8_lossy(&latest.stdout), "only-latest", "{}", text(&latest));
+    let missing = get("nothing-here", "current");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"), "{}", text(&missing));
+}
+
+#[test]
+fn no_value_key_or_token_reaches_the_logs() {
+    let gcp = Gcp::new(None);
+    gcp.policy("db", "db-password");
+    gcp.put("db-password", "FIXTURE-gcp-3c9e0b");
+    // Dependencies stay at info unless named: name every one that touches a request.
+    let filter = "trace,gcp_auth=trace,reqwest=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace";
+    let agent = gcp.world.agent_with(&[("KEYTURN_LOG", filter)], &[(CREDENTIALS, &gcp.accessor)]);
+    gcp.wait_delivered("db", "FIXTURE-gcp-3c9e0b");
+    gcp.emu.faults().corrupt_next_checksums(1);
+    gcp.put("db-password", "FIXTURE-gcp-second-71aa");
+    agent.wait_log("failed its CRC32C check", 1);
+    gcp.wait_delivered("db", "FIXTURE-gcp-second-71aa");
+    let log = agent.log.clone();
+    drop(agent);
+
+    let logs = read(&log) + &read(gcp.world.state().join("status.json"));
+    let key: serde_json::Value = serde_json::from_str(&read(&gcp.accessor)).unwrap();
+    let key_body = key["private_key"].as_str().unwrap().lines().nth(2).unwrap().to_string();
+    assert!(
+        logs.contains("delivered") && logs.contains("gcp_auth") && logs.contains("TRACE"),
+        "dependency logs were collected:\n{logs}"
+    );
+    for needle in ["FIXTURE-gcp", &key_body, "Bearer ", "assertion="] {
+        assert!(!logs.contains(needle), "{needle:?} in the logs");
+    }
+}
