@@ -175,8 +175,21 @@ fn the_repository_policies_validate() {
     common::write(&world.config(), &config);
     let out = world.keyturn(&["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
 
-    let quickstart = repo.join("examples/quickstart/keyturn.toml");
-    let out = std::process::Command::new(common::BIN).arg("validate").arg("--config").arg(quickstart).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+#[test]
+fn the_examples_validate() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for example in
+        ["examples/quickstart/keyturn.toml", "examples/gcp/keyturn.toml", "examples/gcp/keyturn-emulator.toml"]
+    {
+        let out = std::process::Command::new(common::BIN)
+            .arg("validate")
+            .arg("--config")
+            .arg(repo.join(example))
+            .env_remove("KEYTURN_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{example}: {}", text(&out));
+    }
 }
