@@ -88,19 +88,18 @@ fn write_key(path: &PathBuf, key: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-async fn wait_for_signal() {
+/// Registers SIGINT and SIGTERM handlers now and returns a future that completes on either.
+/// Registering before announcing the URL means a script may signal as soon as it reads it.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn main() -> ExitCode {
@@ -151,10 +150,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        let stopped = match stop_signal() {
+            Ok(stopped) => stopped,
+            Err(error) => {
+                eprintln!("gcp-emulator: cannot handle signals: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on {}", emulator.base_url());
         let _ = stdout.flush();
-        wait_for_signal().await;
+        stopped.await;
         emulator.shutdown().await;
         ExitCode::SUCCESS
     })

@@ -141,6 +141,20 @@ fn binary_prints_its_url_writes_a_key_and_serves_the_admin_api() {
     let (code, counts) = http(&base, "GET", "/emulator/requests", None, "");
     assert_eq!(code, 200);
     assert!(counts.contains("\"list\": 1"), "{counts}");
+
+    // SIGTERM stops it cleanly with exit code 0.
+    let pid = running.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let mut status = None;
+    for _ in 0..100 {
+        status = running.0.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "clean exit on SIGTERM");
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
