@@ -278,6 +278,15 @@ fn a_regional_secret_is_reached_on_its_regional_path() {
     };
     let regional = get("edge");
     assert_eq!(String::from_utf8_lossy(&regional.stdout), "in-region", "{}", text(&regional));
+    gcp.put("db-password", "in-region-2");
+    let by_number = gcp
+        .world
+        .command(&["store", "get", "edge", "db-password", "--version", "1"])
+        .env(CREDENTIALS, &gcp.admin)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&by_number.stdout), "in-region", "{}", text(&by_number));
+    gcp.wait_delivered("db", "in-region-2");
     // The same id on the global endpoint is another secret, which does not exist.
     let global = get("global");
     assert_eq!(global.status.code(), Some(1), "{}", text(&global));
