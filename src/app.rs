@@ -21,7 +21,7 @@ use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
 use crate::store::file::FileStore;
 use crate::store::gcp::GcpStore;
-use crate::store::{AliasMove, AnyStore, SecretStore, Selector, StoreError};
+use crate::store::{AliasMove, AnyStore, SecretStore, SecretUpdate, Selector, StoreError};
 use crate::sys;
 
 /// How long file-change events gather before one reload: editors write a file in several
@@ -217,7 +217,7 @@ async fn promote(store: &AnyStore, id: &SecretId, version: &VersionId) -> Result
         attempt += 1;
         let meta = store.describe(id).await?;
         let old = meta.aliases.get(crate::secret::CURRENT).cloned();
-        match store.move_aliases(id, &meta, &AliasMove::promote(version, old.as_ref())).await {
+        match store.update(id, &meta, &SecretUpdate::aliases(AliasMove::promote(version, old.as_ref()))).await {
             Ok(_) => return Ok(old),
             Err(StoreError::Conflict { .. }) if attempt < PROMOTE_ATTEMPTS => continue,
             Err(e) => return Err(e),

@@ -1,5 +1,11 @@
-//! Rotation and its timing. For now, the timing policy every loop uses: when to poll next and
-//! how to back off after a failure. Rotation itself (schedules, the staged protocol, leases)
-//! lands here next.
+//! Rotation and its timing.
+//!
+//! - [`timing`]: when to poll next and how to back off after a failure.
+//! - [`schedule`]: when a secret is due, derived from the store so every node agrees.
+//! - [`lease`]: the annotation that lets one node rotate a shared secret at a time.
+//! - [`protocol`]: the staged rotation itself — lease, add as `pending`, check, promote,
+//!   disable what is past its grace — generic over the store trait.
 
+pub mod lease;
+pub mod schedule;
 pub mod timing;

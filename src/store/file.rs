@@ -28,7 +28,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{AliasMove, Etag, SecretMeta, SecretStore, Selector, StoreError, Version};
+use super::{
+    AliasMove, Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, Version, VersionInfo, VersionState,
+};
 use crate::config::FileStoreConfig;
 use crate::secret::{SecretBytes, SecretId, VersionId};
 use crate::sys;
@@ -62,27 +64,9 @@ struct Meta {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VersionMeta {
-    state: State,
+    state: VersionState,
     created: String,
     crc32c: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum State {
-    Enabled,
-    Disabled,
-    Destroyed,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            State::Enabled => "enabled",
-            State::Disabled => "disabled",
-            State::Destroyed => "destroyed",
-        }
-    }
 }
 
 impl FileStore {
@@ -115,7 +99,7 @@ impl FileStore {
             let id = SecretId::new(id);
             let version = self.add_version(&id, &SecretBytes::from(value)).await?;
             let meta = self.describe(&id).await?;
-            self.move_aliases(&id, &meta, &AliasMove::promote(&version, None)).await?;
+            self.update(&id, &meta, &SecretUpdate::aliases(AliasMove::promote(&version, None))).await?;
             tracing::info!(store = %self.name, secret = %id, version = %version, "seeded secret");
         }
         Ok(())
@@ -202,7 +186,7 @@ impl SecretStore for FileStore {
         let number = self.resolve(id, &meta, selector)?;
         let version = &meta.versions[&number];
         let version_id = VersionId::from(number);
-        if version.state != State::Enabled {
+        if version.state != VersionState::Enabled {
             return Err(StoreError::NotEnabled {
                 id: id.clone(),
                 version: version_id,
@@ -227,6 +211,13 @@ impl SecretStore for FileStore {
         Ok(SecretMeta { etag: Etag(meta.etag.to_string()), aliases: meta.aliases, annotations: meta.annotations })
     }
 
+    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
+        if self.read_meta(id).is_ok() {
+            return Ok(());
+        }
+        self.locked(id, true, |_| Ok(())).await
+    }
+
     async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
         if value.is_empty() {
             return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
@@ -236,46 +227,58 @@ impl SecretStore for FileStore {
             let path = self.version_path(id, number)?;
             write_new(&path, value.expose()).map_err(|e| self.io("write", &path, e))?;
             let created = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-            meta.versions.insert(number, VersionMeta { state: State::Enabled, created, crc32c: value.crc32c() });
+            meta.versions.insert(number, VersionMeta { state: VersionState::Enabled, created, crc32c: value.crc32c() });
             meta.next_version = number + 1;
             Ok(VersionId::from(number))
         })
         .await
     }
 
-    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
+    async fn update(&self, id: &SecretId, base: &SecretMeta, update: &SecretUpdate) -> Result<Etag, StoreError> {
         self.locked(id, false, |meta| {
             if meta.etag.to_string() != base.etag.0 {
                 return Err(StoreError::Conflict { id: id.clone(), expected: base.etag.clone() });
             }
-            for (alias, version) in &change.set {
+            for (alias, version) in &update.aliases.set {
                 let usable = version
                     .number()
                     .and_then(|n| meta.versions.get(&n))
-                    .is_some_and(|v| v.state != State::Destroyed);
+                    .is_some_and(|v| v.state != VersionState::Destroyed);
                 if !usable {
                     return Err(StoreError::Invalid(format!(
                         "alias {alias} of secret \"{id}\" cannot point at version {version}: it does not exist or is destroyed"
                     )));
                 }
             }
-            change.apply(&mut meta.aliases);
+            update.aliases.apply(&mut meta.aliases);
+            update.apply_annotations(&mut meta.annotations);
             Ok(Etag((meta.etag + 1).to_string()))
         })
         .await
     }
 
+    async fn version_info(&self, id: &SecretId, version: &VersionId) -> Result<VersionInfo, StoreError> {
+        let mut meta = self.read_meta(id)?;
+        let entry = self.version_entry(id, &mut meta, version)?;
+        Ok(info(version.clone(), entry))
+    }
+
+    async fn versions(&self, id: &SecretId) -> Result<Vec<VersionInfo>, StoreError> {
+        let meta = self.read_meta(id)?;
+        Ok(meta.versions.iter().map(|(n, v)| info(VersionId::from(*n), v)).collect())
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
             let entry = self.version_entry(id, meta, version)?;
-            if entry.state == State::Destroyed {
+            if entry.state == VersionState::Destroyed {
                 return Err(StoreError::NotEnabled {
                     id: id.clone(),
                     version: version.clone(),
                     state: "destroyed".into(),
                 });
             }
-            entry.state = State::Disabled;
+            entry.state = VersionState::Disabled;
             Ok(())
         })
         .await
@@ -284,14 +287,14 @@ impl SecretStore for FileStore {
     async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
             let entry = self.version_entry(id, meta, version)?;
-            if entry.state == State::Destroyed {
+            if entry.state == VersionState::Destroyed {
                 return Err(StoreError::NotEnabled {
                     id: id.clone(),
                     version: version.clone(),
                     state: "destroyed".into(),
                 });
             }
-            entry.state = State::Destroyed;
+            entry.state = VersionState::Destroyed;
             meta.aliases.retain(|_, v| v != version);
             let path = self.version_path(id, version.number().unwrap_or_default())?;
             match fs::remove_file(&path) {
@@ -316,6 +319,10 @@ impl FileStore {
             selector: Selector::Id(version.clone()),
         })
     }
+}
+
+fn info(id: VersionId, version: &VersionMeta) -> VersionInfo {
+    VersionInfo { id, state: version.state, created: humantime::parse_rfc3339(&version.created).ok() }
 }
 
 /// Writes a version file that must not exist yet, durably, before metadata names it.
@@ -359,15 +366,21 @@ mod tests {
         assert!(matches!(store.access(&id, &Selector::current()).await, Err(StoreError::NoSuchVersion { .. })));
         assert_eq!(store.access(&id, &Selector::Latest).await.unwrap().value.expose(), b"one");
 
+        let promote = |new, old| SecretUpdate::aliases(AliasMove::promote(new, old));
         let meta = store.describe(&id).await.unwrap();
-        let etag = store.move_aliases(&id, &meta, &AliasMove::promote(&v1, None)).await.unwrap();
+        let etag = store.update(&id, &meta, &promote(&v1, None)).await.unwrap();
         let v2 = store.add_version(&id, &value("two")).await.unwrap();
         // The add bumped the etag, so the etag from the first promotion is stale.
         let stale_meta = SecretMeta { etag, ..meta };
-        let stale = store.move_aliases(&id, &stale_meta, &AliasMove::promote(&v2, Some(&v1))).await;
+        let stale = store.update(&id, &stale_meta, &promote(&v2, Some(&v1))).await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
         let meta = store.describe(&id).await.unwrap();
-        store.move_aliases(&id, &meta, &AliasMove::promote(&v2, Some(&v1))).await.unwrap();
+        let lease = SecretUpdate {
+            set_annotations: BTreeMap::from([("keyturn.lease".to_string(), "node-a".to_string())]),
+            ..promote(&v2, Some(&v1))
+        };
+        store.update(&id, &meta, &lease).await.unwrap();
+        assert_eq!(store.describe(&id).await.unwrap().annotations["keyturn.lease"], "node-a");
 
         let current = store.access(&id, &Selector::current()).await.unwrap();
         assert_eq!((current.id.as_str(), current.value.expose()), ("2", &b"two"[..]));
@@ -376,6 +389,15 @@ mod tests {
 
         store.disable(&id, &v1).await.unwrap();
         assert!(matches!(store.access(&id, &Selector::Id(v1.clone())).await, Err(StoreError::NotEnabled { .. })));
+
+        assert_eq!(store.version_info(&id, &v1).await.unwrap().state, VersionState::Disabled);
+        let mut all = store.versions(&id).await.unwrap();
+        all.sort_by_key(|v| v.id.number());
+        assert_eq!(
+            all.iter().map(|v| (v.id.as_str(), v.state)).collect::<Vec<_>>(),
+            [("1", VersionState::Disabled), ("2", VersionState::Enabled)]
+        );
+        assert!(all[0].created.is_some());
 
         store.destroy(&id, &v1).await.unwrap();
         assert!(!tmp.path().join("store/db-password/versions/1").exists(), "the value is wiped");

@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-use super::{AliasMove, Etag, SecretMeta, SecretStore, Selector, StoreError, Version};
+use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, Version, VersionInfo, VersionState};
 use crate::config::GcpStoreConfig;
 use crate::rotation::timing::{retry_delay_from, unit_random};
 use crate::secret::{SecretBytes, SecretId, VersionId};
@@ -231,11 +231,6 @@ impl GcpStore {
 
     /// A version's etag (`versions.get`), for the version-level compare-and-swap.
     async fn version_etag(&self, id: &SecretId, version: &VersionId) -> Result<String, StoreError> {
-        #[derive(Deserialize)]
-        struct VersionResource {
-            #[serde(default)]
-            etag: String,
-        }
         let url = self.version_url(id, &Selector::Id(version.clone()))?;
         let body = self.call(Method::GET, &url, None).await.map_err(|e| self.not_found(e, id))?;
         let resource: VersionResource =
@@ -368,6 +363,43 @@ fn version_in(message: &str) -> Option<&str> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct VersionResource {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    state: String,
+    create_time: Option<String>,
+    #[serde(default)]
+    etag: String,
+}
+
+impl VersionResource {
+    fn info(self) -> VersionInfo {
+        let state = match self.state.as_str() {
+            "ENABLED" => VersionState::Enabled,
+            "DESTROYED" => VersionState::Destroyed,
+            _ => VersionState::Disabled,
+        };
+        VersionInfo {
+            id: VersionId::new(self.name.rsplit('/').next().unwrap_or_default()),
+            state,
+            created: self.create_time.and_then(|t| humantime::parse_rfc3339(&t).ok()),
+        }
+    }
+}
+
+/// Page tokens are opaque; they go back in a query string.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SecretResource {
     #[serde(default)]
     etag: String,
@@ -418,6 +450,23 @@ impl SecretStore for GcpStore {
         Ok(self.get_secret(id).await?.meta())
     }
 
+    /// `secrets.create`: automatic replication for a global secret, none for a regional one
+    /// (its location is its replication).
+    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
+        let url = format!("{}/secrets?secretId={id}", self.parent_url);
+        let secret =
+            if self.parent_url.contains("/locations/") { json!({}) } else { json!({"replication": {"automatic": {}}}) };
+        let body = Zeroizing::new(serde_json::to_vec(&secret).expect("json"));
+        match self.call(Method::POST, &url, Some(body)).await {
+            Ok(_) => {
+                tracing::info!(store = %self.name, secret = %id, "created secret");
+                Ok(())
+            }
+            Err(StoreError::Api { status, .. }) if status == "ALREADY_EXISTS" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
         #[derive(Deserialize)]
         struct Added {
@@ -449,14 +498,30 @@ impl SecretStore for GcpStore {
         Ok(VersionId::new(added.name.rsplit('/').next().unwrap_or_default()))
     }
 
-    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
-        let mut aliases = base.aliases.clone();
-        change.apply(&mut aliases);
-        let aliases: BTreeMap<&str, &str> = aliases.iter().map(|(a, v)| (a.as_str(), v.as_str())).collect();
-        let url = format!("{}?updateMask=versionAliases", self.secret_url(id)?);
-        let body = Zeroizing::new(
-            serde_json::to_vec(&json!({ "versionAliases": aliases, "etag": base.etag.0 })).expect("json"),
-        );
+    async fn update(&self, id: &SecretId, base: &SecretMeta, update: &SecretUpdate) -> Result<Etag, StoreError> {
+        // Google replaces each masked map whole: send the full result, and mask only what
+        // changes, so an alias move cannot clobber annotations and the reverse.
+        let mut body = serde_json::Map::new();
+        let mut mask = Vec::new();
+        if update.touches_aliases() {
+            let mut aliases = base.aliases.clone();
+            update.aliases.apply(&mut aliases);
+            let aliases: BTreeMap<&str, &str> = aliases.iter().map(|(a, v)| (a.as_str(), v.as_str())).collect();
+            body.insert("versionAliases".into(), json!(aliases));
+            mask.push("versionAliases");
+        }
+        if update.touches_annotations() {
+            let mut annotations = base.annotations.clone();
+            update.apply_annotations(&mut annotations);
+            body.insert("annotations".into(), json!(annotations));
+            mask.push("annotations");
+        }
+        if mask.is_empty() {
+            return Ok(base.etag.clone());
+        }
+        body.insert("etag".into(), json!(base.etag.0));
+        let url = format!("{}?updateMask={}", self.secret_url(id)?, mask.join(","));
+        let body = Zeroizing::new(serde_json::to_vec(&body).expect("json"));
         match self.call(Method::PATCH, &url, Some(body)).await {
             Ok(body) => {
                 let resource: SecretResource =
@@ -470,31 +535,46 @@ impl SecretStore for GcpStore {
         }
     }
 
+    async fn version_info(&self, id: &SecretId, version: &VersionId) -> Result<VersionInfo, StoreError> {
+        let url = self.version_url(id, &Selector::Id(version.clone()))?;
+        let body = self.call(Method::GET, &url, None).await.map_err(|e| self.not_found(e, id))?;
+        let resource: VersionResource =
+            serde_json::from_slice(&body).map_err(|e| self.malformed("versions.get", &e))?;
+        Ok(resource.info())
+    }
+
+    async fn versions(&self, id: &SecretId) -> Result<Vec<VersionInfo>, StoreError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Page {
+            #[serde(default)]
+            versions: Vec<VersionResource>,
+            next_page_token: Option<String>,
+        }
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/versions?pageSize=250", self.secret_url(id)?);
+            if let Some(token) = &token {
+                url.push_str("&pageToken=");
+                url.push_str(&percent_encode(token));
+            }
+            let body = self.call(Method::GET, &url, None).await.map_err(|e| self.not_found(e, id))?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| self.malformed("versions.list", &e))?;
+            all.extend(page.versions.into_iter().map(VersionResource::info));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.transition(id, version, "disable").await
     }
 
     async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.transition(id, version, "destroy").await
-    }
-}
-
-impl GcpStore {
-    /// `secrets.create`: automatic replication for a global secret, none for a regional one
-    /// (its location is its replication).
-    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
-        let url = format!("{}/secrets?secretId={id}", self.parent_url);
-        let secret =
-            if self.parent_url.contains("/locations/") { json!({}) } else { json!({"replication": {"automatic": {}}}) };
-        let body = Zeroizing::new(serde_json::to_vec(&secret).expect("json"));
-        match self.call(Method::POST, &url, Some(body)).await {
-            Ok(_) => {
-                tracing::info!(store = %self.name, secret = %id, "created secret");
-                Ok(())
-            }
-            Err(StoreError::Api { status, .. }) if status == "ALREADY_EXISTS" => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 }
 

@@ -72,6 +72,63 @@ pub struct SecretMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A version's lifecycle state, in Google's terms; the file store uses the same three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    Enabled,
+    Disabled,
+    Destroyed,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Enabled => "enabled",
+            VersionState::Disabled => "disabled",
+            VersionState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// What a store says about one version, without its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub id: VersionId,
+    pub state: VersionState,
+    pub created: Option<SystemTime>,
+}
+
+/// A change to a secret's metadata: aliases and annotations move together, under one
+/// compare-and-swap, so that promoting a version and releasing the rotation lease are one step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretUpdate {
+    pub aliases: AliasMove,
+    pub set_annotations: BTreeMap<String, String>,
+    pub remove_annotations: Vec<String>,
+}
+
+impl SecretUpdate {
+    pub fn aliases(aliases: AliasMove) -> Self {
+        SecretUpdate { aliases, ..SecretUpdate::default() }
+    }
+
+    pub fn touches_aliases(&self) -> bool {
+        !self.aliases.set.is_empty() || !self.aliases.remove.is_empty()
+    }
+
+    pub fn touches_annotations(&self) -> bool {
+        !self.set_annotations.is_empty() || !self.remove_annotations.is_empty()
+    }
+
+    pub fn apply_annotations(&self, annotations: &mut BTreeMap<String, String>) {
+        for key in &self.remove_annotations {
+            annotations.remove(key);
+        }
+        annotations.extend(self.set_annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
 /// A change to a secret's aliases, applied all at once or not at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AliasMove {
@@ -108,21 +165,32 @@ pub trait SecretStore: Send + Sync {
     /// Reads one version's value and verifies its checksum. Empty values are refused.
     fn access(&self, id: &SecretId, selector: &Selector) -> impl Future<Output = Result<Version, StoreError>> + Send;
     fn describe(&self, id: &SecretId) -> impl Future<Output = Result<SecretMeta, StoreError>> + Send;
+    /// Creates the secret with no versions, so that its metadata (the rotation lease) can be
+    /// written before its first version exists. Succeeds if it exists already.
+    fn create(&self, id: &SecretId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Adds a new version; no alias moves. Not idempotent: never retry it blindly.
     fn add_version(
         &self,
         id: &SecretId,
         value: &SecretBytes,
     ) -> impl Future<Output = Result<VersionId, StoreError>> + Send;
-    /// Applies `change` to the aliases of `base` (as read by [`SecretStore::describe`]) if the
-    /// secret's etag is still `base.etag`; returns the new etag. A stale etag is
-    /// [`StoreError::Conflict`]: re-read and decide again.
-    fn move_aliases(
+    /// Applies `update` to the aliases and annotations of `base` (as read by
+    /// [`SecretStore::describe`]) if the secret's etag is still `base.etag`; returns the new
+    /// etag. A stale etag is [`StoreError::Conflict`]: re-read and decide again.
+    fn update(
         &self,
         id: &SecretId,
         base: &SecretMeta,
-        change: &AliasMove,
+        update: &SecretUpdate,
     ) -> impl Future<Output = Result<Etag, StoreError>> + Send;
+    /// One version's state and creation time (a metadata read: not for every poll).
+    fn version_info(
+        &self,
+        id: &SecretId,
+        version: &VersionId,
+    ) -> impl Future<Output = Result<VersionInfo, StoreError>> + Send;
+    /// Every version of a secret, in no particular order (a metadata read).
+    fn versions(&self, id: &SecretId) -> impl Future<Output = Result<Vec<VersionInfo>, StoreError>> + Send;
     /// Makes a version unreadable; it can be enabled again.
     fn disable(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Wipes a version's value for good; aliases that pointed at it are dropped.
@@ -151,6 +219,13 @@ impl SecretStore for AnyStore {
         }
     }
 
+    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
+        match self {
+            AnyStore::File(store) => store.create(id).await,
+            AnyStore::Gcp(store) => store.create(id).await,
+        }
+    }
+
     async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
         match self {
             AnyStore::File(store) => store.add_version(id, value).await,
@@ -158,10 +233,24 @@ impl SecretStore for AnyStore {
         }
     }
 
-    async fn move_aliases(&self, id: &SecretId, base: &SecretMeta, change: &AliasMove) -> Result<Etag, StoreError> {
+    async fn update(&self, id: &SecretId, base: &SecretMeta, update: &SecretUpdate) -> Result<Etag, StoreError> {
         match self {
-            AnyStore::File(store) => store.move_aliases(id, base, change).await,
-            AnyStore::Gcp(store) => store.move_aliases(id, base, change).await,
+            AnyStore::File(store) => store.update(id, base, update).await,
+            AnyStore::Gcp(store) => store.update(id, base, update).await,
+        }
+    }
+
+    async fn version_info(&self, id: &SecretId, version: &VersionId) -> Result<VersionInfo, StoreError> {
+        match self {
+            AnyStore::File(store) => store.version_info(id, version).await,
+            AnyStore::Gcp(store) => store.version_info(id, version).await,
+        }
+    }
+
+    async fn versions(&self, id: &SecretId) -> Result<Vec<VersionInfo>, StoreError> {
+        match self {
+            AnyStore::File(store) => store.versions(id).await,
+            AnyStore::Gcp(store) => store.versions(id).await,
         }
     }
 
