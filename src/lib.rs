@@ -10,6 +10,8 @@
 //!   zeroizes on drop and never formats.
 //! - [`store`]: the [`store::SecretStore`] trait and one file per backend (the local file store
 //!   is the default).
+//! - [`generate`]: the only place that makes key material: random bytes, passwords and PKCS#8
+//!   keys, plus the public JWK Set derived from them.
 //! - [`rotation`]: timing policy (poll jitter, backoff) as small pure functions.
 //! - [`deliver`]: output formats and the bundle writer that swaps a whole directory of files
 //!   atomically on tmpfs.
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod engine;
+pub mod generate;
 pub mod report;
 pub mod rotation;
 pub mod secret;
