@@ -50,6 +50,16 @@ impl Seams {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error("policy {policy}: {source}")]
+    Rotation {
+        policy: String,
+        #[source]
+        source: crate::rotation::protocol::RotationError,
+    },
+    #[error(
+        "policy {policy}: another rotation holds the lease ({holder}); it ends when that rotation finishes or the lease expires"
+    )]
+    Busy { policy: String, holder: String },
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error("{0}")]
@@ -98,6 +108,7 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<ExitCode, AppError> {
             sync_once(&config_path, &seams).await
         }
         Command::Agent => agent(&config_path, &seams).await,
+        Command::Rotate { policy, now, revoke } => rotate(&config_path, &policy, now, revoke, &seams).await,
     }
 }
 
@@ -234,7 +245,7 @@ fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> 
 async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let config = Arc::new(load(path)?);
     let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
-    let engine = Engine::new(config.clone(), open_stores(&config).await?, shared.clone());
+    let engine = Engine::new(config.clone(), open_stores(&config).await?, shared.clone(), seams.pause_at.clone());
     let summary = engine.sync_all().await;
     shared.save_status(&config.agent.state_dir);
     if summary.failed_required > 0 {
@@ -253,10 +264,14 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let mut config = Arc::new(load(path)?);
     let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
     let mut stores = open_stores(&config).await?;
+    // At once, not after the first delivery: the file names this process, so `keyturn status`
+    // and `keyturn rotate` find the agent while it is still starting.
+    shared.save_status(&config.agent.state_dir);
     let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut resync = signal(SignalKind::user_defined1()).map_err(signal_error)?;
     let status_task = AbortOnDrop(tokio::spawn(shared.clone().persist_status(config.agent.state_dir.clone())));
     tracing::info!(
         node = %config.agent.node,
@@ -268,7 +283,7 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     loop {
         let (changes_tx, mut changes) = mpsc::channel(16);
         let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
-        let engine = Engine::new(config.clone(), stores.clone(), shared.clone());
+        let engine = Engine::new(config.clone(), stores.clone(), shared.clone(), seams.pause_at.clone());
         let summary = engine.sync_all().await;
         let watchers = engine.spawn_watchers(&summary.failed);
 
@@ -277,6 +292,12 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
                 _ = terminate.recv() => break None,
                 _ = interrupt.recv() => break None,
                 _ = hangup.recv() => "SIGHUP",
+                _ = resync.recv() => {
+                    // `keyturn rotate` made a new version: pull everything now, not at the next poll.
+                    tracing::info!("SIGUSR1: pulling every policy now");
+                    engine.sync_all().await;
+                    continue;
+                }
                 Some(()) = changes.recv() => {
                     tokio::time::sleep(RELOAD_SETTLE).await;
                     while changes.try_recv().is_ok() {}
@@ -320,6 +341,70 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
         tracing::warn!("status not saved within the shutdown grace");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keyturn rotate POLICY --now [--revoke]`: the protocol, run by this process, with a
+/// progress line per step. A running agent is then told (SIGUSR1) to deliver the new version
+/// at once; the lease makes it safe for both to rotate, only one ever does.
+async fn rotate(path: &Path, name: &str, now: bool, revoke: bool, seams: &Seams) -> Result<ExitCode, AppError> {
+    use crate::rotation::protocol::{Outcome, Rotator, Step, Trigger};
+    if !now {
+        return Err(AppError::Usage(
+            "the agent rotates on schedule by itself; `keyturn rotate POLICY --now` rotates immediately".into(),
+        ));
+    }
+    let config = load(path)?;
+    let policy = config.policy(name).ok_or_else(|| {
+        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+        AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
+    })?;
+    let rotate = policy.rotate.as_ref().ok_or_else(|| {
+        AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
+    })?;
+    let store = open_store(&policy.store, &config.stores[&policy.store]).await?;
+    if revoke {
+        eprintln!(
+            "keyturn: REVOKE {name}: the current version will be disabled as soon as its replacement is current, \
+             without grace; anything still using it will fail"
+        );
+    }
+    let progress = |step: Step, detail: &str| eprintln!("[{}/{}] {detail}", step.number(), Step::COUNT);
+    let rotator = Rotator {
+        store: &store,
+        policy,
+        rotate,
+        node: &config.agent.node,
+        pid: std::process::id(),
+        pause_at: seams.pause_at.as_deref(),
+        progress: &progress,
+        now: std::time::SystemTime::now,
+    };
+    let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
+    let outcome =
+        rotator.run(trigger).await.map_err(|source| AppError::Rotation { policy: name.to_string(), source })?;
+    match outcome {
+        Outcome::Rotated { version, previous, disabled } => {
+            let previous = previous.map_or("none".to_string(), |p| p.to_string());
+            println!("{name}: version {version} is current (previous: {previous})");
+            if revoke && !disabled.is_empty() {
+                let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "keyturn: REVOKED {name}: disabled version(s) {}; they are out of every verification set",
+                    disabled.join(", ")
+                );
+            }
+            if let Ok(status) = Status::load(&config.agent.state_dir)
+                && status.pid != 0
+                && sys::process_exists(status.pid)
+                && sys::nudge(status.pid).is_ok()
+            {
+                eprintln!("keyturn: told the running agent (pid {}) to deliver it now", status.pid);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Busy { holder } => Err(AppError::Busy { policy: name.to_string(), holder }),
+        Outcome::NotDue { .. } => unreachable!("an immediate rotation is always due"),
+    }
 }
 
 type Reloaded = (Config, BTreeMap<String, Arc<AnyStore>>, Option<BundleWriter>);

@@ -53,6 +53,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate a policy's secret now: lease, generate, add as pending, check, promote, clean
+    /// up. Prints a line per step and the new version. A running agent on this node is told
+    /// to deliver it at once.
+    Rotate {
+        /// The policy (its file stem).
+        policy: String,
+        /// Rotate now, whatever the schedule says. (Scheduled rotation is the agent's job.)
+        #[arg(long)]
+        now: bool,
+        /// The old value leaked: disable it as soon as its replacement is current, skipping
+        /// its grace, so it leaves every verification set at once.
+        #[arg(long, requires = "now")]
+        revoke: bool,
+    },
     /// Read or write a configured store directly.
     Store {
         #[command(subcommand)]
@@ -113,6 +127,16 @@ mod tests {
     #[test]
     fn status_json() {
         assert_eq!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true });
+    }
+
+    #[test]
+    fn rotate_now_and_revoke() {
+        assert_eq!(
+            parse(&["rotate", "api-signing", "--now", "--revoke"]).unwrap().command,
+            Command::Rotate { policy: "api-signing".into(), now: true, revoke: true }
+        );
+        assert!(parse(&["rotate", "api-signing", "--revoke"]).is_err(), "--revoke requires --now");
+        assert!(parse(&["rotate"]).is_err());
     }
 
     #[test]

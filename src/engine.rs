@@ -1,28 +1,36 @@
-//! The agent's work loop: pull each policy's `current` version, deliver it if it changed, and
-//! record what happened.
+//! The agent's work loop: pull each policy's `current` version, deliver it if it changed,
+//! rotate it when it is due, and record what happened.
 //!
 //! The engine is generic over [`SecretStore`] and never names a backend; `app` builds the
-//! stores and hands them in. Its two entry points are [`Engine::sync_all`], one pass over every
-//! policy with the bundle writes batched (start-up, `sync --once`, after a reload), and
-//! [`Engine::spawn_watchers`], one task per policy that polls with jitter and backs off on
-//! failure. Every failure keeps the last good files: a bundle is only ever replaced whole, by
-//! a complete new version.
+//! stores and hands them in. Its entry points are [`Engine::sync_all`], one pass over every
+//! policy with the bundle writes batched (start-up, `sync --once`, a reload, SIGUSR1), and
+//! [`Engine::spawn_watchers`], one task per policy that wakes for the earliest of its next
+//! poll (with jitter, or backoff after a failure), its rotation due time, and the end of a
+//! grace period that changes what its JWK set lists. Every failure keeps the last good files:
+//! a bundle is only ever replaced whole, by a complete new version.
 //!
 //! Steady state costs one `access` per policy per poll and no metadata reads: a change is a
 //! new `(version, crc32c)` for the alias, compared in memory against what the bundle holds.
+//! Only when the current version changes does the engine read more: its creation time (for
+//! the rotation schedule and the grace period) and the previous version's public key (for
+//! JWK sets), both kept in memory per policy. Public keys and times only; never a value.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Policy};
-use crate::deliver::{self, BundleWriter, PolicyUpdate};
+use crate::config::{Config, Format, Policy};
+use crate::deliver::{self, BundleWriter, Fingerprint, PolicyUpdate, Previous};
 use crate::error_chain;
+use crate::generate::PrivateKey;
 use crate::report::status::{self, PolicyStatus, Status};
+use crate::rotation::protocol::{Outcome, Rotator, Trigger};
+use crate::rotation::schedule::{in_grace, next_rotation, node_unit};
 use crate::rotation::timing::{poll_delay, retry_delay, unit_random};
+use crate::secret::{PREVIOUS, VersionId};
 use crate::store::{SecretStore, Selector, StoreError, Version};
 
 /// How many store requests the initial sync keeps in flight: enough to hide round trips to a
@@ -30,19 +38,42 @@ use crate::store::{SecretStore, Selector, StoreError, Version};
 const SYNC_CONCURRENCY: usize = 32;
 /// How long status changes gather before one write of the status file.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
+/// After another node was found rotating, wait at least this long before trying again.
+const BUSY_BACKOFF: Duration = Duration::from_secs(5);
 
-/// State that outlives one configuration: the bundles on disk and the status.
+/// What the store last said about a policy's `current` version, besides its value.
+#[derive(Debug, Clone)]
+enum Known {
+    /// The secret or its `current` alias does not exist (yet).
+    Missing,
+    Current {
+        version: VersionId,
+        created: Option<SystemTime>,
+        /// The previous version's public key, for policies that deliver a JWK set; `None`
+        /// when there is none, or it is disabled (revoked) or not a key.
+        previous: Option<Previous>,
+    },
+}
+
+/// State that outlives one configuration: the bundles on disk, the status, what is known of
+/// each policy's current version.
 #[derive(Debug)]
 pub struct Shared {
     writer: Mutex<BundleWriter>,
     status: Mutex<Status>,
     status_changed: Notify,
+    known: Mutex<HashMap<String, Known>>,
 }
 
 impl Shared {
     pub fn new(writer: BundleWriter, node: &str) -> Arc<Self> {
         let status = Status { node: node.to_string(), pid: std::process::id(), ..Status::default() };
-        Arc::new(Shared { writer: Mutex::new(writer), status: Mutex::new(status), status_changed: Notify::new() })
+        Arc::new(Shared {
+            writer: Mutex::new(writer),
+            status: Mutex::new(status),
+            status_changed: Notify::new(),
+            known: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn writer(&self) -> MutexGuard<'_, BundleWriter> {
@@ -51,6 +82,10 @@ impl Shared {
 
     pub fn status(&self) -> MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn known(&self) -> MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn update_status(&self, policy: &Policy, change: impl FnOnce(&mut PolicyStatus)) {
@@ -92,10 +127,23 @@ pub struct SyncSummary {
     pub failed_required: usize,
 }
 
+/// A pulled version, and the previous key its JWK set lists (if any).
+type PullResult = Result<(Version, Option<Previous>), StoreError>;
+
+/// A policy's current version and what delivering it needs.
+struct Pulled<'a> {
+    policy: &'a Policy,
+    version: Version,
+    /// Listed in JWK sets beside the current key: the previous key, inside its grace.
+    previous: Option<Previous>,
+}
+
 pub struct Engine<S> {
     config: Arc<Config>,
     stores: Arc<BTreeMap<String, Arc<S>>>,
     shared: Arc<Shared>,
+    /// Test seam: a `rotate:STEP` pause point for the rotation protocol.
+    pause_at: Option<Arc<str>>,
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -106,18 +154,29 @@ impl<S> std::fmt::Debug for Engine<S> {
 
 impl<S> Clone for Engine<S> {
     fn clone(&self) -> Self {
-        Engine { config: self.config.clone(), stores: self.stores.clone(), shared: self.shared.clone() }
+        Engine {
+            config: self.config.clone(),
+            stores: self.stores.clone(),
+            shared: self.shared.clone(),
+            pause_at: self.pause_at.clone(),
+        }
     }
 }
 
+fn delivers_jwks(policy: &Policy) -> bool {
+    policy.deliver.iter().any(|d| d.format == Format::Jwks)
+}
+
 impl<S: SecretStore + 'static> Engine<S> {
-    pub fn new(config: Arc<Config>, stores: BTreeMap<String, Arc<S>>, shared: Arc<Shared>) -> Self {
-        {
-            // Forget policies that are no longer configured.
-            let mut status = shared.status();
-            status.policies.retain(|name, _| config.policy(name).is_some());
-        }
-        Engine { config, stores: Arc::new(stores), shared }
+    pub fn new(
+        config: Arc<Config>,
+        stores: BTreeMap<String, Arc<S>>,
+        shared: Arc<Shared>,
+        pause_at: Option<String>,
+    ) -> Self {
+        shared.status().policies.retain(|name, _| config.policy(name).is_some());
+        shared.known().retain(|name, _| config.policy(name).is_some());
+        Engine { config, stores: Arc::new(stores), shared, pause_at: pause_at.map(Arc::from) }
     }
 
     fn store(&self, policy: &Policy) -> &Arc<S> {
@@ -125,33 +184,49 @@ impl<S: SecretStore + 'static> Engine<S> {
         &self.stores[&policy.store]
     }
 
-    /// One pass over every policy: fetch all (a few at a time), then write each bundle that
-    /// changed once. Removes bundles that no policy delivers any more.
+    /// Whether this node rotates `policy` on schedule: it has `[rotate]`, and this agent takes
+    /// part in rotation (`[agent] rotate`).
+    fn rotates(&self, policy: &Policy) -> bool {
+        policy.rotate.is_some() && self.config.agent.rotate
+    }
+
+    /// One pass over every policy: fetch all (a few at a time), bootstrap rotating secrets
+    /// that have no current version yet, then write each bundle that changed once. Removes
+    /// bundles that no policy delivers any more.
     pub async fn sync_all(&self) -> SyncSummary {
         let started = Instant::now();
         let limit = Arc::new(Semaphore::new(SYNC_CONCURRENCY));
         let mut fetches = JoinSet::new();
-        for (index, policy) in self.config.policies.iter().enumerate() {
-            let store = self.store(policy).clone();
-            let limit = limit.clone();
-            let secret = policy.secret.clone();
+        for index in 0..self.config.policies.len() {
+            let (engine, limit) = (self.clone(), limit.clone());
             fetches.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                (index, store.access(&secret, &Selector::current()).await)
+                let policy = &engine.config.policies[index];
+                (index, engine.pull(policy).await)
             });
         }
-        let mut fetched = Vec::new();
-        let mut summary = SyncSummary::default();
+        let mut results: Vec<(usize, PullResult)> = Vec::new();
         while let Some(joined) = fetches.join_next().await {
-            let Ok((index, result)) = joined else { continue };
+            if let Ok(result) = joined {
+                results.push(result);
+            }
+        }
+        results.sort_by_key(|(index, _)| *index);
+
+        let mut summary = SyncSummary::default();
+        let mut pulled = Vec::new();
+        for (index, result) in results {
             let policy = &self.config.policies[index];
+            let result = match result {
+                Err(e) if self.rotates(policy) && is_missing(&e) => self.bootstrap(policy).await,
+                other => other,
+            };
             match result {
-                Ok(version) => fetched.push((policy, version)),
+                Ok((version, previous)) => pulled.push(Pulled { policy, version, previous }),
                 Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
             }
         }
-        fetched.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        self.deliver(fetched, &mut summary);
+        self.deliver(pulled, &mut summary);
 
         let bundles = self.config.bundles();
         let keep: BTreeSet<&str> = bundles.keys().copied().collect();
@@ -169,6 +244,19 @@ impl<S: SecretStore + 'static> Engine<S> {
         summary
     }
 
+    /// A rotating secret with no current version: make its first one, then pull it.
+    async fn bootstrap(&self, policy: &Policy) -> PullResult {
+        tracing::info!(policy = %policy.name, secret = %policy.secret, "no current version yet: rotating to create the first");
+        match self.rotate(policy, Trigger::Now).await {
+            Ok(Outcome::Rotated { .. }) => {}
+            Ok(outcome) => tracing::info!(policy = %policy.name, ?outcome, "first version not made here"),
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %error_chain(&e), "cannot create the first version")
+            }
+        }
+        self.pull(policy).await
+    }
+
     /// Starts one watcher per policy. Dropping the returned set stops them all.
     pub fn spawn_watchers(&self, first_failures: &[String]) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
@@ -183,16 +271,33 @@ impl<S: SecretStore + 'static> Engine<S> {
     async fn watch(self, index: usize, mut failures: u32) {
         let policy = &self.config.policies[index];
         let agent = &self.config.agent;
+        // Not before this time, whatever the schedule says: set after a busy lease or a failed
+        // rotation, so a due secret is not retried in a tight loop.
+        let mut rotation_not_before: Option<SystemTime> = None;
         loop {
+            let now = SystemTime::now();
             let wait = if failures == 0 {
                 poll_delay(agent.poll, agent.jitter, unit_random())
             } else {
                 retry_delay(failures, agent.poll, unit_random())
             };
-            tokio::time::sleep(wait).await;
+            let mut wake = now + wait;
+            let rotation_due = self.rotation_due(policy).map(|due| due.max(rotation_not_before.unwrap_or(due)));
+            if let Some(due) = rotation_due {
+                self.shared.update_status(policy, |s| s.next_rotation = Some(status::format_time(due)));
+                wake = wake.min(due);
+            }
+            if let Some(end) = self.grace_end(policy).filter(|end| *end > now) {
+                wake = wake.min(end);
+            }
+            tokio::time::sleep(wake.duration_since(now).unwrap_or_default()).await;
+
+            if rotation_due.is_some_and(|due| due <= SystemTime::now()) {
+                rotation_not_before = self.rotate_scheduled(policy).await;
+            }
             let mut summary = SyncSummary::default();
-            match self.store(policy).access(&policy.secret, &Selector::current()).await {
-                Ok(version) => self.deliver(vec![(policy, version)], &mut summary),
+            match self.pull(policy).await {
+                Ok((version, previous)) => self.deliver(vec![Pulled { policy, version, previous }], &mut summary),
                 Err(e) => {
                     let next = retry_delay(failures + 1, agent.poll, 0.5);
                     self.fetch_failed(policy, &e, Some(next), &mut summary);
@@ -200,6 +305,128 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
             failures = if summary.failed.is_empty() { 0 } else { failures + 1 };
         }
+    }
+
+    /// When this node should next try to rotate `policy`, from what the store said.
+    fn rotation_due(&self, policy: &Policy) -> Option<SystemTime> {
+        let rotate = policy.rotate.as_ref().filter(|_| self.rotates(policy))?;
+        match self.shared.known().get(&policy.name)? {
+            Known::Missing => Some(SystemTime::now()),
+            Known::Current { version, created, .. } => {
+                let unit = node_unit(&self.config.agent.node, policy.secret.as_str(), version.as_str());
+                Some(next_rotation(&rotate.schedule, (*created)?, rotate.jitter, unit))
+            }
+        }
+    }
+
+    /// When the previous key leaves `policy`'s JWK set, if it is in it now.
+    fn grace_end(&self, policy: &Policy) -> Option<SystemTime> {
+        let rotate = policy.rotate.as_ref()?;
+        match self.shared.known().get(&policy.name)? {
+            Known::Current { created: Some(created), previous: Some(_), .. } => Some(*created + rotate.grace),
+            _ => None,
+        }
+    }
+
+    /// Runs a scheduled rotation; returns the earliest time to try again if it did not rotate.
+    async fn rotate_scheduled(&self, policy: &Policy) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        match self.rotate(policy, Trigger::Scheduled).await {
+            Ok(Outcome::Rotated { .. }) => None,
+            Ok(Outcome::NotDue { due }) => Some(due),
+            Ok(Outcome::Busy { holder }) => {
+                tracing::info!(policy = %policy.name, %holder, "another node is rotating; pulling only");
+                Some(now + self.config.agent.poll.max(BUSY_BACKOFF))
+            }
+            Err(_) => Some(now + self.config.agent.poll.max(BUSY_BACKOFF)),
+        }
+    }
+
+    /// Runs the rotation protocol for `policy` and records the outcome in the status.
+    pub async fn rotate(
+        &self,
+        policy: &Policy,
+        trigger: Trigger,
+    ) -> Result<Outcome, crate::rotation::protocol::RotationError> {
+        let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
+        let rotator = Rotator {
+            store: self.store(policy).as_ref(),
+            policy,
+            rotate,
+            node: &self.config.agent.node,
+            pid: std::process::id(),
+            pause_at: self.pause_at.as_deref(),
+            progress: &|_, _| {},
+            now: SystemTime::now,
+        };
+        let result = rotator.run(trigger).await;
+        match &result {
+            Ok(Outcome::Rotated { version, .. }) => {
+                // The next pull reads the new current version's details afresh.
+                self.shared.known().remove(&policy.name);
+                let at = status::now();
+                let version = version.clone();
+                self.shared.update_status(policy, |s| {
+                    s.last_rotation = Some(format!("version {version} at {at}"));
+                    s.rotation_error = None;
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let message = error_chain(e);
+                tracing::warn!(policy = %policy.name, secret = %policy.secret, node = %self.config.agent.node, error = %message, "rotation failed; nodes keep delivering the current version");
+                self.shared.update_status(policy, |s| s.rotation_error = Some(message));
+            }
+        }
+        result
+    }
+
+    /// Reads the current version, and (only when it changed) its creation time and the
+    /// previous public key. Returns the version and the previous key if the JWK set lists it.
+    async fn pull(&self, policy: &Policy) -> PullResult {
+        let store = self.store(policy);
+        let version = match store.access(&policy.secret, &Selector::current()).await {
+            Ok(version) => version,
+            Err(e) => {
+                if is_missing(&e) {
+                    self.shared.known().insert(policy.name.clone(), Known::Missing);
+                }
+                return Err(e);
+            }
+        };
+        let cached = match self.shared.known().get(&policy.name) {
+            Some(Known::Current { version: known, created, previous }) if *known == version.id => {
+                Some((*created, previous.clone()))
+            }
+            _ => None,
+        };
+        let (created, previous) = match cached {
+            Some(cached) => cached,
+            None => {
+                let created = match version.created {
+                    Some(created) => Some(created),
+                    None if policy.rotate.is_some() || delivers_jwks(policy) => {
+                        store.version_info(&policy.secret, &version.id).await.ok().and_then(|info| info.created)
+                    }
+                    None => None,
+                };
+                let previous = if delivers_jwks(policy) {
+                    previous_public(store.as_ref(), policy, &version.id).await
+                } else {
+                    None
+                };
+                let known = Known::Current { version: version.id.clone(), created, previous: previous.clone() };
+                self.shared.known().insert(policy.name.clone(), known);
+                (created, previous)
+            }
+        };
+        // The previous key stays listed during its grace; a pull-only policy lists it while
+        // the store keeps it enabled.
+        let listed = previous.filter(|_| match (&policy.rotate, created) {
+            (Some(rotate), Some(created)) => in_grace(created, rotate.grace, SystemTime::now()),
+            _ => true,
+        });
+        Ok((version, listed))
     }
 
     fn fetch_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {
@@ -225,20 +452,25 @@ impl<S: SecretStore + 'static> Engine<S> {
         });
     }
 
-    /// Writes every bundle that the fetched versions change, one write per bundle.
-    fn deliver(&self, fetched: Vec<(&Policy, Version)>, summary: &mut SyncSummary) {
+    /// Writes every bundle that the pulled versions change, one write per bundle.
+    fn deliver(&self, pulled: Vec<Pulled<'_>>, summary: &mut SyncSummary) {
         let bundles = self.config.bundles();
         let mut writer = self.shared.writer();
         let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
         let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
-        for (policy, version) in &fetched {
+        for Pulled { policy, version, previous } in &pulled {
             outcome.insert(&policy.name, Ok(false));
             for bundle in policy.bundles() {
-                let spec = deliver::spec(policy, bundle);
-                if writer.holds(bundle, &policy.name, &version.id, version.crc32c, spec) {
+                let want = Fingerprint {
+                    version: &version.id,
+                    crc32c: version.crc32c,
+                    spec: deliver::spec(policy, bundle),
+                    previous: previous.as_ref().map(|p| &p.version),
+                };
+                if writer.holds(bundle, &policy.name, &want) {
                     continue;
                 }
-                match deliver::render(policy, bundle, version) {
+                match deliver::render(policy, bundle, version, previous.as_ref()) {
                     Ok(update) => updates.entry(bundle).or_default().push((policy, update)),
                     Err(e) => {
                         outcome.insert(&policy.name, Err(error_chain(&e)));
@@ -273,11 +505,12 @@ impl<S: SecretStore + 'static> Engine<S> {
         drop(writer);
 
         let now = status::now();
-        for (policy, version) in &fetched {
+        for Pulled { policy, version, previous } in &pulled {
             match outcome.remove(policy.name.as_str()) {
                 Some(Ok(true)) => {
                     summary.delivered += 1;
-                    tracing::info!(policy = %policy.name, secret = %policy.secret, version = %version.id, "delivered");
+                    let listed = previous.as_ref().map(|p| p.version.to_string());
+                    tracing::info!(policy = %policy.name, secret = %policy.secret, version = %version.id, previous_listed = listed, "delivered");
                     self.shared.update_status(policy, |s| {
                         s.version = Some(version.id.clone());
                         s.delivered_at = Some(now.clone());
@@ -307,4 +540,21 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
     }
+}
+
+/// The public half of the version aliased `previous`, if it is enabled and is a key.
+async fn previous_public<S: SecretStore>(store: &S, policy: &Policy, current: &VersionId) -> Option<Previous> {
+    match store.access(&policy.secret, &Selector::Alias(PREVIOUS.into())).await {
+        Ok(version) if version.id != *current => {
+            let key = PrivateKey::parse(&version.value).ok()?;
+            Some(Previous { version: version.id, public: key.public_key() })
+        }
+        // Missing, or disabled by a revoke: not listed.
+        _ => None,
+    }
+}
+
+/// Whether the store says there is no current version to read (yet).
+fn is_missing(error: &StoreError) -> bool {
+    matches!(error, StoreError::NotFound { .. } | StoreError::NoSuchVersion { .. })
 }

@@ -167,6 +167,7 @@ mod tests {
             version: VersionId::from(1),
             crc32c: 7,
             spec: 1,
+            previous: None,
             files: vec![RenderedFile { path: "y".into(), contents: value(), mode: 0o400, owner: None, group: None }],
         };
         for shown in

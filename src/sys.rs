@@ -99,6 +99,15 @@ pub fn forbid_core_dumps() -> io::Result<()> {
     Ok(rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?)
 }
 
+/// Sends SIGUSR1 to `pid`: how `keyturn rotate` tells a running agent to pull at once.
+pub fn nudge(pid: u32) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a process id"))?;
+    Ok(rustix::process::kill_process(pid, rustix::process::Signal::USR1)?)
+}
+
 /// Whether a process with this pid exists (signal 0 probes without sending anything).
 pub fn process_exists(pid: u32) -> bool {
     let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return false };

@@ -22,6 +22,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::generate::Generator;
+use crate::rotation::schedule::Schedule;
 use crate::secret::SecretId;
 
 pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
@@ -81,6 +83,9 @@ pub struct Agent {
     /// Fraction of `poll` by which each wait is spread, so a fleet does not poll in lockstep.
     pub jitter: f64,
     pub allow_persistent: bool,
+    /// Whether this node rotates secrets on schedule. A node whose credentials only read
+    /// (`roles/secretmanager.secretAccessor`) sets it to false and only pulls.
+    pub rotate: bool,
     /// How long shutdown waits for work in flight before it gives up.
     pub shutdown_grace: Duration,
 }
@@ -137,6 +142,36 @@ pub struct Policy {
     /// Readiness waits for required policies only.
     pub required: bool,
     pub deliver: Vec<Delivery>,
+    /// Absent: this policy only pulls.
+    pub rotate: Option<Rotate>,
+}
+
+/// A policy's `[rotate]`: how and when new versions are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotate {
+    pub schedule: Schedule,
+    pub generator: Generator,
+    pub owner: Owner,
+    /// How long a replaced version stays enabled and in delivered verification sets.
+    pub grace: Duration,
+    /// How many versions stay enabled, the current one included (at least 2).
+    pub keep: usize,
+    /// How long a rotator holds the lease before another node may take it over.
+    pub lease: Duration,
+    /// The spread of rotation start times across the fleet.
+    pub jitter: Duration,
+    /// A command that gets a new value on standard input and must exit 0 before it is promoted.
+    pub check: Option<Vec<String>>,
+    pub check_timeout: Duration,
+}
+
+/// Who rotates a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// One secret shared by the fleet; one node at a time rotates it, under the lease.
+    Fleet,
+    /// A secret of this node alone (its id names the node); no lease.
+    Node,
 }
 
 impl Policy {
@@ -185,10 +220,24 @@ pub enum Format {
     Env { key: Option<String> },
     /// JSON: the value itself when it is JSON, or `{"key": "value"}` when `key` is set.
     Json { key: Option<String> },
+    /// The private key as PKCS#8 PEM.
+    Pem,
+    /// The public key as SPKI PEM.
+    PublicPem,
+    /// The public key as a JWK.
+    Jwk,
+    /// A JWK set: the current public key, and the previous one while it is inside its grace.
+    Jwks,
 }
 
 impl Format {
-    pub const ACCEPTED: &'static str = "\"raw\", \"base64\", \"env\" or \"json\"";
+    pub const ACCEPTED: &'static str =
+        "\"raw\", \"base64\", \"env\", \"json\", \"pem\", \"public-pem\", \"jwk\" or \"jwks\"";
+
+    /// Formats that read the value as a private key.
+    pub fn needs_key(&self) -> bool {
+        matches!(self, Format::Pem | Format::PublicPem | Format::Jwk | Format::Jwks)
+    }
 }
 
 /// One thing wrong with the configuration, located as precisely as the text allows.

@@ -22,6 +22,7 @@ pub struct Agent {
     pub poll: Option<Spanned<String>>,
     pub jitter: Option<Spanned<String>>,
     pub allow_persistent: Option<bool>,
+    pub rotate: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
 }
 
@@ -57,6 +58,23 @@ pub struct Secret {
     pub store: Spanned<String>,
     pub id: Spanned<String>,
     pub required: Option<bool>,
+}
+
+/// A policy's `[rotate]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    pub every: Option<Spanned<String>>,
+    pub cron: Option<Spanned<String>>,
+    pub generate: Spanned<String>,
+    pub charset: Option<Spanned<String>>,
+    pub owner: Option<Spanned<String>>,
+    pub grace: Option<Spanned<String>>,
+    pub keep: Option<Spanned<i64>>,
+    pub lease: Option<Spanned<String>>,
+    pub jitter: Option<Spanned<String>>,
+    pub check: Option<Spanned<Vec<String>>>,
+    pub check_timeout: Option<Spanned<String>>,
 }
 
 /// One of a policy's `[[deliver]]`.

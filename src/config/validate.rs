@@ -23,8 +23,10 @@ use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
     Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, GcpStoreConfig,
-    Policy, Problem, Sources, StoreConfig,
+    Owner, Policy, Problem, Rotate, Sources, StoreConfig,
 };
+use crate::generate::{Charset, Generator};
+use crate::rotation::schedule::Schedule;
 use crate::secret::SecretId;
 
 const DEFAULT_RUNTIME_DIR: &str = "/run/keyturn";
@@ -36,6 +38,10 @@ const MAX_JITTER: f64 = 0.5;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Owner-read only: the safe default for a secret file.
 const DEFAULT_MODE: u32 = 0o400;
+/// How long a replaced version stays enabled and in verification sets, by default.
+const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+const DEFAULT_LEASE: Duration = Duration::from_secs(600);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest poll accepted. Faster polling buys nothing a notification would not, and costs
 /// store quota across the whole fleet.
 const MIN_POLL: Duration = Duration::from_secs(1);
@@ -54,7 +60,9 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
     let mut placed: Vec<Placed> = Vec::new();
     for source in &sources.policies {
         let file = File::new(source);
-        if let Some(policy) = policy_file(&file, &stores, &agent_file, env, accounts, &mut placed, &mut problems) {
+        let node = agent.as_ref().map(|a| a.node.as_str());
+        if let Some(policy) = policy_file(&file, &stores, &agent_file, node, env, accounts, &mut placed, &mut problems)
+        {
             policies.push(policy);
         }
     }
@@ -319,6 +327,7 @@ fn agent_section(
         poll: poll?,
         jitter: jitter?,
         allow_persistent: raw.allow_persistent.unwrap_or(false),
+        rotate: raw.rotate.unwrap_or(true),
         shutdown_grace: shutdown_grace?,
     })
 }
@@ -481,10 +490,12 @@ struct Placed {
     path: PathBuf,
 }
 
+#[allow(clippy::too_many_arguments, reason = "the context of one file's validation; a struct would only rename it")]
 fn policy_file(
     file: &File<'_>,
     stores: &BTreeMap<String, StoreConfig>,
     agent_file: &File<'_>,
+    node: Option<&str>,
     env: &dyn Environment,
     accounts: &dyn Accounts,
     placed: &mut Vec<Placed>,
@@ -502,12 +513,26 @@ fn policy_file(
     }
     let table = file.parse(problems)?;
     let table = table.get_ref();
-    file.known_sections(table, &["secret", "deliver"], problems);
+    file.known_sections(table, &["secret", "rotate", "deliver"], problems);
 
+    // The generator is kept apart from the rest of [rotate]: when it is valid, the formats are
+    // checked against it even if another rotate setting is wrong.
+    let (rotate, generator) = match table.get("rotate") {
+        Some(value) => match file.section::<raw::Rotate>(value, "rotate", problems) {
+            Some(raw) => {
+                let (rotate, generator) = rotate_section(file, raw, problems);
+                (Some(rotate), generator)
+            }
+            None => (Some(None), None),
+        },
+        None => (None, None),
+    };
+    let per_node = matches!(&rotate, Some(Some(r)) if r.owner == Owner::Node);
+    let env = NodeEnvironment { env, node };
     let secret = match table.get("secret") {
         Some(value) => file
             .section::<raw::Secret>(value, "secret", problems)
-            .and_then(|raw| secret_section(file, raw, stores, agent_file, env, problems)),
+            .and_then(|raw| secret_section(file, raw, stores, agent_file, per_node, &env, problems)),
         None => {
             problems.push(file.problem(None, "secret", "missing; every policy needs [secret] with store and id"));
             None
@@ -522,7 +547,21 @@ fn policy_file(
                     let key = format!("deliver[{i}]");
                     let Some(raw) = file.section::<raw::Deliver>(item, &key, problems) else { continue };
                     let line = file.line(raw.path.span().start);
+                    let format_span = raw.format.as_ref().map(Spanned::span);
                     if let Some(delivery) = delivery(file, &key, raw, accounts, problems) {
+                        if let (true, Some(generator)) = (delivery.format.needs_key(), &generator)
+                            && !generator.is_asymmetric()
+                        {
+                            problems.push(file.problem(
+                                format_span,
+                                &format!("{key}.format"),
+                                format!(
+                                    "{:?} needs a private key, but generate = \"{}\"; use ed25519, ecdsa-p256, ecdsa-p384 or rsa-*",
+                                    format_name(&delivery.format),
+                                    generator.name()
+                                ),
+                            ));
+                        }
                         placed.push(Placed {
                             file: file.path.to_path_buf(),
                             line,
@@ -543,7 +582,145 @@ fn policy_file(
     }
 
     let (store, secret, required) = secret?;
-    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver })
+    let rotate = match rotate {
+        Some(rotate) => Some(rotate?),
+        None => None,
+    };
+    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver, rotate })
+}
+
+/// The environment with `${NODE}` bound to the agent's node name, for per-node secret ids.
+struct NodeEnvironment<'a> {
+    env: &'a dyn Environment,
+    node: Option<&'a str>,
+}
+
+impl Environment for NodeEnvironment<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "NODE" => self.node.map(String::from).or_else(|| self.env.hostname()),
+            _ => self.env.var(name),
+        }
+    }
+
+    fn hostname(&self) -> Option<String> {
+        self.env.hostname()
+    }
+}
+
+fn format_name(format: &Format) -> &'static str {
+    match format {
+        Format::Raw => "raw",
+        Format::Base64 => "base64",
+        Format::Env { .. } => "env",
+        Format::Json { .. } => "json",
+        Format::Pem => "pem",
+        Format::PublicPem => "public-pem",
+        Format::Jwk => "jwk",
+        Format::Jwks => "jwks",
+    }
+}
+
+/// Durations that may be zero (`jitter = "0s"`): everything else is a period or a timeout.
+fn optional_duration(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s") { Ok(Duration::ZERO) } else { parse_duration(text) }
+}
+
+/// The `[rotate]` settings, and the generator alone when it is valid (see `policy_file`).
+fn rotate_section(
+    file: &File<'_>,
+    raw: raw::Rotate,
+    problems: &mut Vec<Problem>,
+) -> (Option<Rotate>, Option<Generator>) {
+    let at =
+        |span: Range<usize>, key: &str, message: String| file.problem(Some(span), &format!("rotate.{key}"), message);
+    let schedule = match (&raw.every, &raw.cron) {
+        (Some(every), None) => {
+            file.duration(Some(every), Duration::ZERO, "rotate.every", problems).map(Schedule::Every)
+        }
+        (None, Some(cron)) => {
+            Schedule::cron(cron.get_ref()).map_err(|m| problems.push(at(cron.span(), "cron", m))).ok()
+        }
+        (Some(_), Some(cron)) => {
+            problems.push(at(cron.span(), "cron", "set either every or cron, not both".into()));
+            None
+        }
+        (None, None) => {
+            problems.push(file.problem(
+                None,
+                "rotate",
+                "missing a schedule: set every = \"30d\" or cron = \"0 3 * * SUN\"",
+            ));
+            None
+        }
+    };
+    let parsed = Generator::parse(raw.generate.get_ref())
+        .map_err(|m| problems.push(at(raw.generate.span(), "generate", m)))
+        .ok();
+    let generator = parsed.clone().and_then(|generator| match &raw.charset {
+        None => Some(generator),
+        Some(charset) => Charset::parse(charset.get_ref())
+            .and_then(|c| generator.with_charset(c))
+            .map_err(|m| problems.push(at(charset.span(), "charset", m)))
+            .ok(),
+    });
+    let owner = match raw.owner.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+        None | Some(("fleet", _)) => Some(Owner::Fleet),
+        Some(("node", _)) => Some(Owner::Node),
+        Some((other, span)) => {
+            problems.push(at(span, "owner", format!("\"{other}\" is not an owner; expected \"fleet\" (one node rotates, under a lease) or \"node\" (a per-node secret)")));
+            None
+        }
+    };
+    let grace = file.duration(raw.grace.as_ref(), DEFAULT_GRACE, "rotate.grace", problems);
+    let keep = match &raw.keep {
+        None => Some(2),
+        Some(keep) => {
+            match usize::try_from(*keep.get_ref()) {
+                Ok(n) if (2..=100).contains(&n) => Some(n),
+                _ => {
+                    problems.push(at(keep.span(), "keep", format!("{} is out of range: keep 2 to 100 versions enabled (the current and the previous at least)", keep.get_ref())));
+                    None
+                }
+            }
+        }
+    };
+    let lease = file.duration(raw.lease.as_ref(), DEFAULT_LEASE, "rotate.lease", problems);
+    let jitter = match (&raw.jitter, &schedule) {
+        (Some(value), _) => {
+            optional_duration(value.get_ref()).map_err(|m| problems.push(at(value.span(), "jitter", m))).ok()
+        }
+        (None, Some(schedule)) => Some(schedule.default_jitter()),
+        (None, None) => None,
+    };
+    let check = match &raw.check {
+        Some(command) if command.get_ref().is_empty() || command.get_ref()[0].is_empty() => {
+            problems.push(at(
+                command.span(),
+                "check",
+                "must name a program: [\"/usr/local/bin/check-key\", \"--strict\"]".into(),
+            ));
+            None
+        }
+        Some(command) => Some(Some(command.get_ref().clone())),
+        None => Some(None),
+    };
+    let check_timeout =
+        file.duration(raw.check_timeout.as_ref(), DEFAULT_CHECK_TIMEOUT, "rotate.check_timeout", problems);
+    let rotate = (|| {
+        Some(Rotate {
+            schedule: schedule?,
+            generator: generator?,
+            owner: owner?,
+            grace: grace?,
+            keep: keep?,
+            lease: lease?,
+            jitter: jitter?,
+            check: check?,
+            check_timeout: check_timeout?,
+        })
+    })();
+    (rotate, parsed)
 }
 
 fn secret_section(
@@ -551,9 +728,17 @@ fn secret_section(
     raw: raw::Secret,
     stores: &BTreeMap<String, StoreConfig>,
     agent_file: &File<'_>,
+    per_node: bool,
     env: &dyn Environment,
     problems: &mut Vec<Problem>,
 ) -> Option<(String, SecretId, bool)> {
+    if per_node && !raw.id.get_ref().contains("${NODE}") {
+        problems.push(file.problem(
+            Some(raw.id.span()),
+            "secret.id",
+            "a per-node secret (owner = \"node\") needs ${NODE} in its id, such as \"api-${NODE}\", so that nodes do not share it",
+        ));
+    }
     let store_name = raw.store.get_ref();
     let store = stores.get(store_name);
     if store.is_none() {
@@ -593,13 +778,20 @@ fn delivery(
         Some(("base64", _)) => Some(Format::Base64),
         Some(("env", _)) => Some(Format::Env { key: key_name.as_ref().map(|(k, _)| k.clone()) }),
         Some(("json", _)) => Some(Format::Json { key: key_name.as_ref().map(|(k, _)| k.clone()) }),
+        Some(("pem", _)) => Some(Format::Pem),
+        Some(("public-pem", _)) => Some(Format::PublicPem),
+        Some(("jwk", _)) => Some(Format::Jwk),
+        Some(("jwks", _)) => Some(Format::Jwks),
         Some((other, span)) => {
             problems.push(at(span, "format", format!("unknown format \"{other}\"; expected {}", Format::ACCEPTED)));
             None
         }
     };
     match (&format, &key_name) {
-        (Some(Format::Raw | Format::Base64), Some((_, span))) => {
+        (
+            Some(Format::Raw | Format::Base64 | Format::Pem | Format::PublicPem | Format::Jwk | Format::Jwks),
+            Some((_, span)),
+        ) => {
             problems.push(at(span.clone(), "key", "applies only to the \"env\" and \"json\" formats".into()));
         }
         (Some(Format::Env { .. }), Some((name, span))) if !is_env_name(name) => {
@@ -904,6 +1096,94 @@ path = "api/raw/db-password"
         assert!(got.iter().any(|p| p.contains("stores.a.kind: unknown store kind \"vault\"")), "{got:#?}");
         assert!(got.iter().any(|p| p.contains("stores.b.kind: missing")), "{got:#?}");
         assert!(got.iter().any(|p| p.contains("stores.c: unknown field `path`")), "{got:#?}");
+    }
+
+    #[test]
+    fn rotate_sections() {
+        let signing = r#"
+[secret]
+store = "dev"
+id = "api-signing"
+
+[rotate]
+every = "30d"
+generate = "ed25519"
+grace = "24h"
+
+[[deliver]]
+path = "api/signing.pem"
+format = "pem"
+
+[[deliver]]
+path = "api/jwks.json"
+format = "jwks"
+mode = "0444"
+"#;
+        let per_node = r#"
+[secret]
+store = "dev"
+id = "mtls-${NODE}"
+
+[rotate]
+cron = "0 3 * * SUN"
+generate = "password:32"
+charset = "hex"
+owner = "node"
+keep = 3
+jitter = "0s"
+check = ["/usr/bin/true"]
+
+[[deliver]]
+path = "mtls/password"
+"#;
+        let config = validate(&sources(AGENT, &[("signing", signing), ("per-node", per_node)]), &Fake, &Fake).unwrap();
+        let rotate = config.policy("signing").unwrap().rotate.clone().unwrap();
+        assert_eq!(rotate.schedule, Schedule::Every(Duration::from_secs(30 * 86_400)));
+        assert_eq!(rotate.generator, Generator::Ed25519);
+        assert_eq!((rotate.owner, rotate.keep, rotate.grace), (Owner::Fleet, 2, Duration::from_secs(86_400)));
+        assert_eq!(rotate.jitter, Duration::from_secs(600), "5% of 30 days, capped at 10 minutes");
+        assert_eq!(config.policy("signing").unwrap().deliver[1].format, Format::Jwks);
+        let node = config.policy("per-node").unwrap();
+        assert_eq!(node.secret.as_str(), "mtls-node-a");
+        let rotate = node.rotate.clone().unwrap();
+        assert_eq!((rotate.owner, rotate.keep, rotate.jitter), (Owner::Node, 3, Duration::ZERO));
+        assert_eq!(rotate.generator.name(), "password:32");
+        assert_eq!(rotate.check, Some(vec!["/usr/bin/true".to_string()]));
+
+        let bad = r#"
+[secret]
+store = "dev"
+id = "shared-id"
+
+[rotate]
+every = "30d"
+cron = "0 3 * * *"
+generate = "hmac-sha256"
+charset = "hex"
+owner = "everyone"
+keep = 1
+
+[[deliver]]
+path = "x/jwks.json"
+format = "jwks"
+"#;
+        let got = problems(AGENT, &[("bad", bad)]);
+        let want = [
+            "bad.toml:8: rotate.cron: set either every or cron, not both",
+            "bad.toml:10: rotate.charset:",
+            "bad.toml:11: rotate.owner: \"everyone\" is not an owner",
+            "bad.toml:12: rotate.keep: 1 is out of range",
+            "bad.toml:16: deliver[0].format: \"jwks\" needs a private key, but generate = \"hmac-sha256\"",
+        ];
+        for want in want {
+            assert!(got.iter().any(|p| p.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        let shared = "[secret]\nstore = \"dev\"\nid = \"same-for-all\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\nowner = \"node\"\n[[deliver]]\npath = \"y/key\"\n";
+        let got = problems(AGENT, &[("shared", shared)]);
+        assert!(got.iter().any(|p| p.contains("needs ${NODE} in its id")), "{got:#?}");
+        let unknown = "[secret]\nstore = \"dev\"\nid = \"z\"\n[rotate]\nevery = \"1d\"\ngenerate = \"dsa-1024\"\n[[deliver]]\npath = \"z/key\"\n";
+        let got = problems(AGENT, &[("unknown", unknown)]);
+        assert!(got.iter().any(|p| p.contains("rotate.generate:") && p.contains("dsa-1024")), "{got:#?}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Delivered {
     /// A fingerprint of the policy's delivery settings (paths, formats, modes, owners), so a
     /// changed policy is redelivered even when the value did not change.
     pub spec: u32,
+    /// The previous version listed beside the current one in JWK sets, while in its grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<VersionId>,
     pub files: Vec<PathBuf>,
     /// When this version was written, RFC 3339.
     pub at: String,
@@ -82,7 +85,17 @@ pub struct PolicyUpdate {
     pub version: VersionId,
     pub crc32c: u32,
     pub spec: u32,
+    pub previous: Option<VersionId>,
     pub files: Vec<RenderedFile>,
+}
+
+/// What a policy's part of a bundle is made from; equal fingerprints mean equal files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint<'a> {
+    pub version: &'a VersionId,
+    pub crc32c: u32,
+    pub spec: u32,
+    pub previous: Option<&'a VersionId>,
 }
 
 /// The named points of an update, in order; tests stop the agent at each to prove that a
@@ -134,15 +147,15 @@ impl BundleWriter {
         self.manifests.entry(bundle.to_string()).or_insert_with(|| read_manifest(&dir))
     }
 
-    /// Whether `policy` is delivered in `bundle` at this version, value and spec, with its
-    /// files present.
-    pub fn holds(&mut self, bundle: &str, policy: &str, version: &VersionId, crc32c: u32, spec: u32) -> bool {
+    /// Whether `policy` is delivered in `bundle` as `want` describes, with its files present.
+    pub fn holds(&mut self, bundle: &str, policy: &str, want: &Fingerprint<'_>) -> bool {
         let dir = self.root.join(bundle).join(DATA);
         match self.manifest(bundle).policies.get(policy) {
             Some(d) => {
-                &d.version == version
-                    && d.crc32c == crc32c
-                    && d.spec == spec
+                &d.version == want.version
+                    && d.crc32c == want.crc32c
+                    && d.spec == want.spec
+                    && d.previous.as_ref() == want.previous
                     && d.files.iter().all(|f| dir.join(f).symlink_metadata().is_ok())
             }
             None => false,
@@ -246,6 +259,7 @@ impl BundleWriter {
                     version: update.version,
                     crc32c: update.crc32c,
                     spec: update.spec,
+                    previous: update.previous,
                     files: update.files.into_iter().map(|f| f.path).collect(),
                     at: at.clone(),
                 },
@@ -448,6 +462,7 @@ mod tests {
             version: VersionId::from(version),
             crc32c: version as u32,
             spec: 7,
+            previous: None,
             files: files
                 .iter()
                 .map(|(path, text)| RenderedFile {
@@ -489,9 +504,12 @@ mod tests {
         writer.write("api", &members, vec![update("db", 2, &[("db.env", "A=2\n")])]).unwrap();
         assert_eq!(fs::read_to_string(api.join("db.env")).unwrap(), "A=2\n");
         assert_eq!(fs::read_to_string(api.join("tls/key.pem")).unwrap(), "k1", "carried over");
-        assert!(writer.holds("api", "signing", &VersionId::from(1), 1, 7));
-        assert!(writer.holds("api", "db", &VersionId::from(2), 2, 7));
-        assert!(!writer.holds("api", "db", &VersionId::from(2), 2, 8), "spec changed");
+        let ids: Vec<VersionId> = (0..5).map(VersionId::from).collect();
+        let want = |n: usize, spec| Fingerprint { version: &ids[n], crc32c: n as u32, spec, previous: None };
+        assert!(writer.holds("api", "signing", &want(1, 7)));
+        assert!(writer.holds("api", "db", &want(2, 7)));
+        assert!(!writer.holds("api", "db", &want(2, 8)), "spec changed");
+        assert!(!writer.holds("api", "db", &Fingerprint { previous: Some(&ids[1]), ..want(2, 7) }), "previous changed");
         assert_eq!(version_dirs(&api), 2, "the live version and the one before it");
 
         writer.write("api", &members, vec![update("db", 3, &[("db.env", "A=3\n")])]).unwrap();
@@ -499,7 +517,7 @@ mod tests {
 
         // A fresh writer (a restarted agent) reads the same state back from disk.
         let mut again = BundleWriter::new(root.path().to_path_buf(), None);
-        assert!(again.holds("api", "db", &VersionId::from(3), 3, 7));
+        assert!(again.holds("api", "db", &want(3, 7)));
 
         // Dropping a member removes its files and its visible name.
         writer.write("api", &BTreeSet::from(["db"]), vec![update("db", 4, &[("db.env", "A=4\n")])]).unwrap();

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::config::Format;
+use crate::generate::{PrivateKey, PublicKey, jwks};
 use crate::secret::SecretBytes;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,10 +27,30 @@ pub enum RenderError {
         "format env: the value has a newline or a single quote, which .env dialects read differently; use format \"raw\" or \"json\""
     )]
     Unquotable,
+    #[error("format {format} needs a PKCS#8 private key: {reason}")]
+    NotAKey { format: &'static str, reason: String },
 }
 
-pub fn render(format: &Format, value: &SecretBytes) -> Result<SecretBytes, RenderError> {
+/// Renders `value` (the current version) as `format`. `previous` is the public key of the
+/// version before it, passed only while that version is inside its grace period: the JWK set
+/// lists it so tokens signed before a rotation still verify.
+pub fn render(format: &Format, value: &SecretBytes, previous: Option<&PublicKey>) -> Result<SecretBytes, RenderError> {
+    let key = |format: &'static str| {
+        PrivateKey::parse(value).map_err(|e| RenderError::NotAKey { format, reason: e.to_string() })
+    };
     match format {
+        Format::Pem => Ok(key("pem")?.pkcs8_pem()),
+        Format::PublicPem => Ok(SecretBytes::from(key("public-pem")?.public_key().spki_pem())),
+        Format::Jwk => {
+            let mut text = key("jwk")?.public_key().jwk().to_string();
+            text.push('\n');
+            Ok(SecretBytes::from(text))
+        }
+        Format::Jwks => {
+            let current = key("jwks")?.public_key();
+            let keys: Vec<&PublicKey> = std::iter::once(&current).chain(previous.filter(|p| **p != current)).collect();
+            Ok(SecretBytes::from(jwks(&keys)))
+        }
         Format::Raw => Ok(value.clone()),
         Format::Base64 => Ok(SecretBytes::from(base64::engine::general_purpose::STANDARD.encode(value.expose()))),
         Format::Json { key: Some(key) } => {
@@ -150,7 +171,7 @@ mod tests {
     use super::*;
 
     fn run(format: Format, value: &str) -> Result<String, RenderError> {
-        render(&format, &SecretBytes::copy_from(value.as_bytes()))
+        render(&format, &SecretBytes::copy_from(value.as_bytes()), None)
             .map(|out| String::from_utf8(out.expose().to_vec()).unwrap())
     }
 
@@ -182,11 +203,40 @@ mod tests {
     #[test]
     fn binary_values_are_refused_by_text_formats_only() {
         let binary = SecretBytes::new(vec![0xff, 0xfe, 0x00]);
-        assert_eq!(render(&Format::Raw, &binary).unwrap().expose(), &[0xff, 0xfe, 0x00]);
+        assert_eq!(render(&Format::Raw, &binary, None).unwrap().expose(), &[0xff, 0xfe, 0x00]);
         assert_eq!(
-            render(&Format::Env { key: Some("K".into()) }, &binary),
+            render(&Format::Env { key: Some("K".into()) }, &binary, None),
             Err(RenderError::NotUtf8 { format: "env" })
         );
+    }
+
+    #[test]
+    fn key_formats() {
+        use crate::generate::Generator;
+        let current = Generator::Ed25519.generate().unwrap();
+        let previous = Generator::Ed25519.generate().unwrap();
+        let previous_public = PrivateKey::parse(&previous).unwrap().public_key();
+        let text = |out: SecretBytes| String::from_utf8(out.expose().to_vec()).unwrap();
+
+        let pem = text(render(&Format::Pem, &current, None).unwrap());
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        let public = text(render(&Format::PublicPem, &current, None).unwrap());
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
+        let jwk: serde_json::Value =
+            serde_json::from_str(&text(render(&Format::Jwk, &current, None).unwrap())).unwrap();
+        assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+        assert!(jwk.get("d").is_none(), "a JWK delivery carries the public key only");
+
+        let set = |previous| -> Vec<String> {
+            let out = text(render(&Format::Jwks, &current, previous).unwrap());
+            let set: serde_json::Value = serde_json::from_str(&out).unwrap();
+            set["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(set(None), vec![jwk["kid"].as_str().unwrap().to_string()]);
+        assert_eq!(set(Some(&previous_public)), vec![jwk["kid"].as_str().unwrap().to_string(), previous_public.kid()]);
+
+        let err = render(&Format::Jwks, &SecretBytes::copy_from(b"sekrit-not-a-key"), None).unwrap_err();
+        assert!(matches!(err, RenderError::NotAKey { .. }) && !err.to_string().contains("sekrit"), "{err}");
     }
 
     #[test]

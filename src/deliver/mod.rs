@@ -9,7 +9,7 @@ pub mod format;
 
 use std::path::PathBuf;
 
-pub use bundle::{BundleWriter, PolicyUpdate, RenderedFile};
+pub use bundle::{BundleWriter, Fingerprint, PolicyUpdate, RenderedFile};
 pub use format::RenderError;
 
 use crate::config::Policy;
@@ -42,18 +42,23 @@ pub enum DeliverError {
     },
 }
 
-/// Renders the files `policy` delivers into `bundle` from `version`.
-pub fn render(policy: &Policy, bundle: &str, version: &Version) -> Result<PolicyUpdate, DeliverError> {
+/// Renders the files `policy` delivers into `bundle` from `version`; `previous` is the public
+/// key listed beside it in JWK sets (see [`format::render`]).
+pub fn render(
+    policy: &Policy,
+    bundle: &str,
+    version: &Version,
+    previous: Option<&Previous>,
+) -> Result<PolicyUpdate, DeliverError> {
     let files = policy
         .deliver
         .iter()
         .filter(|d| d.bundle == bundle)
         .map(|d| {
-            let contents = format::render(&d.format, &version.value).map_err(|source| DeliverError::Render {
-                policy: policy.name.clone(),
-                path: d.display_path(),
-                source,
-            })?;
+            let contents =
+                format::render(&d.format, &version.value, previous.map(|p| &p.public)).map_err(|source| {
+                    DeliverError::Render { policy: policy.name.clone(), path: d.display_path(), source }
+                })?;
             Ok(RenderedFile { path: d.file.clone(), contents, mode: d.mode, owner: d.owner, group: d.group })
         })
         .collect::<Result<Vec<_>, DeliverError>>()?;
@@ -62,8 +67,16 @@ pub fn render(policy: &Policy, bundle: &str, version: &Version) -> Result<Policy
         version: version.id.clone(),
         crc32c: version.crc32c,
         spec: spec(policy, bundle),
+        previous: previous.map(|p| p.version.clone()),
         files,
     })
+}
+
+/// The version before `current` as a verification set sees it: its id and public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Previous {
+    pub version: crate::secret::VersionId,
+    pub public: crate::generate::PublicKey,
 }
 
 /// A fingerprint of how `policy` delivers into `bundle`: when it changes, the files are

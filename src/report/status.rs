@@ -37,6 +37,15 @@ pub struct PolicyStatus {
     pub checked_at: Option<String>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// When this node will next try to rotate the secret, if it rotates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
+    /// The last rotation this node made: "version N at TIME".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<String>,
+    /// Why the last rotation this node tried failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_error: Option<String>,
 }
 
 impl Status {
@@ -77,9 +86,12 @@ impl Status {
                     p.version.as_ref().map_or("-".into(), ToString::to_string),
                     p.delivered_at.clone().unwrap_or_else(|| "-".into()),
                     p.checked_at.clone().unwrap_or_else(|| "-".into()),
-                    match &p.last_error {
-                        Some(e) => format!("{e} ({} failures in a row)", p.consecutive_failures),
-                        None => "-".into(),
+                    match (&p.last_error, &p.rotation_error) {
+                        (Some(e), _) => format!("{e} ({} failures in a row)", p.consecutive_failures),
+                        (None, Some(e)) => format!("rotation: {e}"),
+                        (None, None) => {
+                            p.next_rotation.as_ref().map_or("-".into(), |t| format!("- (next rotation {t})"))
+                        }
                     },
                 ]
             })
@@ -102,7 +114,11 @@ impl Status {
 }
 
 pub fn now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    format_time(SystemTime::now())
+}
+
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]

@@ -7,5 +7,6 @@
 //!   disable what is past its grace — generic over the store trait.
 
 pub mod lease;
+pub mod protocol;
 pub mod schedule;
 pub mod timing;

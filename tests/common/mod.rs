@@ -86,13 +86,33 @@ impl World {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_for(&self.config(), args)
+    }
+
+    /// `keyturn ARGS --config CONFIG` for another node's agent file (see [`World::node`]).
+    pub fn command_for(&self, config: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
-        command.args(args).arg("--config").arg(self.config()).env_remove("KEYTURN_CONFIG");
+        command.args(args).arg("--config").arg(config).env_remove("KEYTURN_CONFIG");
         command.env_remove("KEYTURN_TEST_PAUSE_AT").env_remove("KEYTURN_LOG").env_remove("KEYTURN_LOG_FORMAT");
         // Never the developer's own Google credentials, and never a metadata-server probe:
         // tests that talk to the emulator name their key file.
         command.env_remove("GOOGLE_APPLICATION_CREDENTIALS").env("HOME", self.disk.path());
         command
+    }
+
+    /// Another node sharing this world's policies and stores: its own agent file, node name,
+    /// runtime directory (`RUNTIME/NAME`, still tmpfs) and state directory. Returns the file.
+    pub fn node(&self, name: &str) -> PathBuf {
+        let config = read(self.config())
+            .replace("node = \"test-node\"", &format!("node = \"{name}\""))
+            .replace(
+                &format!("runtime_dir = \"{}\"", self.runtime.path().display()),
+                &format!("runtime_dir = \"{}\"", self.runtime.path().join(name).display()),
+            )
+            .replace("state_dir = \"state\"", &format!("state_dir = \"state-{name}\""));
+        let path = self.disk.path().join(format!("{name}.toml"));
+        write(&path, &config);
+        path
     }
 
     /// Appends `text` (more `[stores.NAME]` sections) to the agent file.
@@ -132,10 +152,15 @@ impl World {
 
     /// Starts `keyturn agent` with `env` and `paths` (variables naming files) added.
     pub fn agent_with(&self, env: &[(&str, &str)], paths: &[(&str, &Path)]) -> Agent {
+        self.agent_for(&self.config(), env, paths)
+    }
+
+    /// Starts `keyturn agent` for the agent file `config`.
+    pub fn agent_for(&self, config: &Path, env: &[(&str, &str)], paths: &[(&str, &Path)]) -> Agent {
         let log = self.disk.path().join(format!("agent-{}.log", unique()));
         // `--log` wins over KEYTURN_LOG, so a test that sets the variable gets its filter.
         let filter = env.iter().find(|(k, _)| *k == "KEYTURN_LOG").map_or("debug", |(_, v)| *v);
-        let mut command = self.command(&["agent", "--log", filter]);
+        let mut command = self.command_for(config, &["agent", "--log", filter]);
         command
             .envs(env.iter().copied())
             .envs(paths.iter().copied())

@@ -1,0 +1,448 @@
+//! The staged rotation protocol, on any store that implements [`SecretStore`].
+//!
+//! 1. **Lease** (fleet-owned secrets): write `keyturn.lease` with the secret's etag. If the
+//!    swap fails or a live lease is held elsewhere, another node is rotating: back off.
+//! 2. **Add**: generate a value, add it as a version, point `pending` at it.
+//! 3. **Check**: the value parses and matches its kind; the policy's `check` command, if any,
+//!    gets it on stdin and must exit 0. A failure discards the pending version.
+//! 4. **Promote**, in one compare-and-swap: `current` = new, `previous` = old current,
+//!    `pending` dropped, lease released.
+//! 5. **Clean up**: disable versions that are neither current nor previous, beyond the `keep`
+//!    newest enabled ones, once their grace has passed; with `--revoke`, the old current too,
+//!    at once.
+//!
+//! Nodes deliver `current` only, so a crash at any step leaves every node with a valid value.
+//! A lease outlives its holder by at most its TTL (or not at all on the holder's own node), and
+//! the next rotator finishes a stale `pending` that passes its check or discards it. Under the
+//! lease, the due time is checked again against the store, so a fleet that was due at the
+//! same moment makes exactly one new version.
+//!
+//! Every step is logged with policy, secret, versions and node; never a value.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncWriteExt;
+
+use super::lease::{self, Lease};
+use super::schedule::{in_grace, next_rotation, node_unit};
+use crate::config::{Owner, Policy, Rotate};
+use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, VersionId};
+use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
+
+/// What started a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The schedule: rotates only if the store says the current version is due.
+    Scheduled,
+    /// `keyturn rotate --now`: rotates whatever the schedule says.
+    Now,
+    /// `keyturn rotate --now --revoke`: and disables the old value at once, skipping its grace.
+    Revoke,
+}
+
+/// The five steps, for progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Lease,
+    Add,
+    Check,
+    Promote,
+    Cleanup,
+}
+
+impl Step {
+    pub fn number(self) -> u8 {
+        self as u8 + 1
+    }
+
+    pub const COUNT: u8 = 5;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Rotated {
+        version: VersionId,
+        previous: Option<VersionId>,
+        disabled: Vec<VersionId>,
+    },
+    NotDue {
+        due: SystemTime,
+    },
+    /// Another node holds the lease (its annotation, for the message).
+    Busy {
+        holder: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    #[error("{step:?} step: {source}")]
+    Store {
+        step: Step,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot generate a new value: {0}")]
+    Generate(String),
+    #[error("version {version} failed its check and was discarded: {reason}")]
+    Check { version: VersionId, reason: String },
+    #[error("the secret changed under the lease (another node took it over?); version {version} stays pending")]
+    LostLease { version: VersionId },
+}
+
+/// One rotation attempt of one policy.
+pub struct Rotator<'a, S> {
+    pub store: &'a S,
+    pub policy: &'a Policy,
+    pub rotate: &'a Rotate,
+    pub node: &'a str,
+    pub pid: u32,
+    /// Test seam: `rotate:STEP` stops the process forever after STEP (see `Rotator::pause`).
+    pub pause_at: Option<&'a str>,
+    /// Told each step as it completes: the agent logs it, `keyturn rotate` prints it.
+    pub progress: &'a (dyn Fn(Step, &str) + Send + Sync),
+    pub now: fn() -> SystemTime,
+}
+
+impl<S> std::fmt::Debug for Rotator<'_, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotator").field("policy", &self.policy.name).field("node", &self.node).finish_non_exhaustive()
+    }
+}
+
+/// The names of the pause points, in order.
+pub const PAUSE_POINTS: &[&str] = &["leased", "added", "pending", "checked", "promoted", "cleaned"];
+
+impl<S: SecretStore> Rotator<'_, S> {
+    fn id(&self) -> &SecretId {
+        &self.policy.secret
+    }
+
+    fn fleet(&self) -> bool {
+        self.rotate.owner == Owner::Fleet
+    }
+
+    fn err(step: Step) -> impl FnOnce(StoreError) -> RotationError {
+        move |source| RotationError::Store { step, source }
+    }
+
+    fn pause(&self, point: &str) {
+        if self.pause_at.and_then(|p| p.strip_prefix("rotate:")) == Some(point) {
+            eprintln!("keyturn: paused at rotate:{point}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+
+    async fn describe(&self, step: Step) -> Result<SecretMeta, RotationError> {
+        self.store.describe(self.id()).await.map_err(Self::err(step))
+    }
+
+    pub async fn run(&self, trigger: Trigger) -> Result<Outcome, RotationError> {
+        let id = self.id();
+        let meta = match self.store.describe(id).await {
+            Ok(meta) => meta,
+            // A secret that does not exist yet: create it empty, so the lease can be taken
+            // before its first version exists.
+            Err(StoreError::NotFound { .. }) => {
+                self.store.create(id).await.map_err(Self::err(Step::Lease))?;
+                self.describe(Step::Lease).await?
+            }
+            Err(e) => return Err(Self::err(Step::Lease)(e)),
+        };
+        if !self.fleet() {
+            return self.rotate_leased(meta, trigger).await;
+        }
+
+        let now = (self.now)();
+        if let Err(holder) = lease::may_take(
+            meta.annotations.get(lease::ANNOTATION).map(String::as_str),
+            self.node,
+            self.pid,
+            now,
+            crate::sys::process_exists,
+        ) {
+            return Ok(Outcome::Busy { holder });
+        }
+        let lease = Lease::new(self.node, self.pid, now, self.rotate.lease);
+        let take = SecretUpdate {
+            set_annotations: BTreeMap::from([(lease::ANNOTATION.to_string(), lease.encode())]),
+            ..SecretUpdate::default()
+        };
+        match self.store.update(id, &meta, &take).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                return Ok(Outcome::Busy { holder: "another node (the secret changed as the lease was taken)".into() });
+            }
+            Err(e) => return Err(Self::err(Step::Lease)(e)),
+        }
+        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, until = %humantime::format_rfc3339_seconds(lease.until), "rotation lease taken");
+        (self.progress)(
+            Step::Lease,
+            &format!("lease taken by {} until {}", self.node, humantime::format_rfc3339_seconds(lease.until)),
+        );
+        self.pause("leased");
+
+        let meta = self.describe(Step::Lease).await?;
+        let result = self.rotate_leased(meta, trigger).await;
+        // Promotion releases the lease with the same swap; any other ending releases it here.
+        if !matches!(result, Ok(Outcome::Rotated { .. })) {
+            self.release(&lease).await;
+        }
+        result
+    }
+
+    /// Drops our lease, if it is still ours. Best effort: an unreleased lease expires.
+    async fn release(&self, ours: &Lease) {
+        let Ok(meta) = self.store.describe(self.id()).await else { return };
+        if meta.annotations.get(lease::ANNOTATION) != Some(&ours.encode()) {
+            return;
+        }
+        let drop = SecretUpdate { remove_annotations: vec![lease::ANNOTATION.into()], ..SecretUpdate::default() };
+        match self.store.update(self.id(), &meta, &drop).await {
+            Ok(_) => {
+                tracing::info!(policy = %self.policy.name, secret = %self.id(), node = %self.node, "rotation lease released")
+            }
+            Err(e) => {
+                tracing::warn!(policy = %self.policy.name, error = %e, "cannot release the rotation lease; it expires on its own")
+            }
+        }
+    }
+
+    async fn rotate_leased(&self, mut meta: SecretMeta, trigger: Trigger) -> Result<Outcome, RotationError> {
+        let id = self.id();
+        let current = meta.aliases.get(CURRENT).cloned();
+        if trigger == Trigger::Scheduled
+            && let Some(current) = &current
+        {
+            let info = self.store.version_info(id, current).await.map_err(Self::err(Step::Lease))?;
+            if let Some(created) = info.created {
+                let unit = node_unit(self.node, id.as_str(), current.as_str());
+                let due = next_rotation(&self.rotate.schedule, created, self.rotate.jitter, unit);
+                if (self.now)() < due {
+                    return Ok(Outcome::NotDue { due });
+                }
+            }
+        }
+
+        let resumed = match meta.aliases.get(PENDING).cloned() {
+            Some(pending) if Some(&pending) != current.as_ref() => {
+                let resumed = self.resume(&pending).await;
+                if resumed.is_none() {
+                    meta = self.describe(Step::Add).await?;
+                }
+                resumed
+            }
+            _ => None,
+        };
+        let version = match resumed {
+            Some(version) => version,
+            None => self.add_pending(&mut meta).await?,
+        };
+
+        // 4. Promote, and release the lease in the same swap.
+        let meta = self.describe(Step::Promote).await?;
+        let old = meta.aliases.get(CURRENT).cloned();
+        let mut promote = SecretUpdate::aliases(AliasMove::promote(&version, old.as_ref()));
+        if self.fleet() {
+            promote.remove_annotations.push(lease::ANNOTATION.into());
+        }
+        match self.store.update(id, &meta, &promote).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Err(RotationError::LostLease { version }),
+            Err(e) => return Err(Self::err(Step::Promote)(e)),
+        }
+        let previous_text = old.as_ref().map_or("none".to_string(), ToString::to_string);
+        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version, previous = %previous_text, "rotation promoted");
+        (self.progress)(Step::Promote, &format!("version {version} is current (previous: {previous_text})"));
+        self.pause("promoted");
+
+        // 5. Clean up. Failures here leave extra versions enabled, never fewer: logged only.
+        let disabled = match self.cleanup(&version, old.as_ref(), trigger == Trigger::Revoke).await {
+            Ok(disabled) => disabled,
+            Err(e) => {
+                tracing::warn!(policy = %self.policy.name, secret = %id, error = %e, "cleanup of old versions failed; it is retried at the next rotation");
+                Vec::new()
+            }
+        };
+        self.pause("cleaned");
+        Ok(Outcome::Rotated { version, previous: old, disabled })
+    }
+
+    /// A `pending` left by an interrupted rotation: finished if its value passes the check,
+    /// otherwise discarded. Returns the version to promote.
+    async fn resume(&self, pending: &VersionId) -> Option<VersionId> {
+        let id = self.id();
+        let checked = match self.store.access(id, &Selector::Id(pending.clone())).await {
+            Ok(version) => self.check(&version.value, pending).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match checked {
+            Ok(()) => {
+                tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %pending, "resuming a pending version left by an interrupted rotation");
+                (self.progress)(
+                    Step::Add,
+                    &format!("resumed version {pending}, left pending by an interrupted rotation"),
+                );
+                (self.progress)(Step::Check, &format!("version {pending} checked"));
+                Some(pending.clone())
+            }
+            Err(reason) => {
+                tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %pending, %reason, "discarding a stale pending version");
+                self.discard(pending).await;
+                None
+            }
+        }
+    }
+
+    /// Steps 2 and 3: a new version, made pending and checked.
+    async fn add_pending(&self, meta: &mut SecretMeta) -> Result<VersionId, RotationError> {
+        let id = self.id();
+        let value = self.rotate.generator.generate().map_err(|e| RotationError::Generate(e.to_string()))?;
+        let version = self.store.add_version(id, &value).await.map_err(Self::err(Step::Add))?;
+        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, %version, generator = %self.rotate.generator.name(), "rotation added a version");
+        self.pause("added");
+        *meta = self.describe(Step::Add).await?;
+        let pending = AliasMove { set: BTreeMap::from([(PENDING.to_string(), version.clone())]), remove: Vec::new() };
+        match self.store.update(id, meta, &SecretUpdate::aliases(pending)).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Err(RotationError::LostLease { version }),
+            Err(e) => return Err(Self::err(Step::Add)(e)),
+        }
+        (self.progress)(Step::Add, &format!("added version {version} as pending"));
+        self.pause("pending");
+
+        if let Err(reason) = self.check(&value, &version).await {
+            self.discard(&version).await;
+            return Err(RotationError::Check { version, reason });
+        }
+        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, %version, "rotation checked the new version");
+        (self.progress)(Step::Check, &format!("version {version} checked"));
+        self.pause("checked");
+        Ok(version)
+    }
+
+    /// Drops `pending` from a version that will not be promoted, and disables it.
+    async fn discard(&self, version: &VersionId) {
+        let id = self.id();
+        if let Ok(meta) = self.store.describe(id).await
+            && meta.aliases.get(PENDING) == Some(version)
+        {
+            let drop = AliasMove { set: BTreeMap::new(), remove: vec![PENDING.to_string()] };
+            let _ = self.store.update(id, &meta, &SecretUpdate::aliases(drop)).await;
+        }
+        match self.store.disable(id, version).await {
+            Ok(()) => {
+                tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, %version, "discarded version disabled")
+            }
+            Err(e) => {
+                tracing::warn!(policy = %self.policy.name, secret = %id, %version, error = %e, "cannot disable a discarded version")
+            }
+        }
+    }
+
+    /// "Parses and matches its kind", then the policy's own check command.
+    async fn check(&self, value: &SecretBytes, version: &VersionId) -> Result<(), String> {
+        self.rotate.generator.check(value).map_err(|e| e.to_string())?;
+        match &self.rotate.check {
+            Some(command) => self.run_check_command(command, value, version).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn run_check_command(
+        &self,
+        command: &[String],
+        value: &SecretBytes,
+        version: &VersionId,
+    ) -> Result<(), String> {
+        let program = &command[0];
+        let mut child = tokio::process::Command::new(program)
+            .args(&command[1..])
+            .env("KEYTURN_POLICY", &self.policy.name)
+            .env("KEYTURN_SECRET", self.id().as_str())
+            .env("KEYTURN_VERSION", version.as_str())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run check command {program}: {e}"))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let run = async {
+            // A command that exits without reading stdin is not an error by itself.
+            let _ = stdin.write_all(value.expose()).await;
+            drop(stdin);
+            child.wait_with_output().await
+        };
+        let output = match tokio::time::timeout(self.rotate.check_timeout, run).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => return Err(format!("check command {program} failed: {e}")),
+            Err(_) => return Err(format!("check command {program} took longer than {:?}", self.rotate.check_timeout)),
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        // The command's stderr helps, unless it repeats the value it was given.
+        let stderr = if contains(&output.stderr, value.expose()) {
+            "(stderr withheld: it contains the value)".to_string()
+        } else {
+            let text = String::from_utf8_lossy(&output.stderr);
+            let tail: String = text.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
+            tail
+        };
+        Err(format!("check command {program} exited with {}: {stderr}", output.status))
+    }
+
+    /// Step 5: disables enabled versions beyond `keep` whose grace has passed, never the
+    /// current or previous one; with `revoke`, the old current at once.
+    async fn cleanup(
+        &self,
+        current: &VersionId,
+        previous: Option<&VersionId>,
+        revoke: bool,
+    ) -> Result<Vec<VersionId>, StoreError> {
+        let id = self.id();
+        let mut versions = self.store.versions(id).await?;
+        // Newest first: by creation time, then by number for stores that number versions.
+        versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.number().cmp(&a.id.number())));
+        let now = (self.now)();
+        let mut disabled = Vec::new();
+        let mut enabled_seen = 0;
+        for (index, version) in versions.iter().enumerate() {
+            if version.state != VersionState::Enabled {
+                continue;
+            }
+            enabled_seen += 1;
+            if &version.id == current || Some(&version.id) == previous || enabled_seen <= self.rotate.keep {
+                continue;
+            }
+            // A version was replaced when the next newer one was created.
+            let replaced = index.checked_sub(1).and_then(|newer| versions[newer].created);
+            if replaced.is_some_and(|at| in_grace(at, self.rotate.grace, now)) {
+                continue;
+            }
+            self.store.disable(id, &version.id).await?;
+            tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version.id, "disabled a version past its grace");
+            (self.progress)(Step::Cleanup, &format!("disabled version {} (past its grace)", version.id));
+            disabled.push(version.id.clone());
+        }
+        if revoke && let Some(old) = previous {
+            self.store.disable(id, old).await?;
+            tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %old, "REVOKED: the old version is disabled now, without grace; it leaves every verification set");
+            (self.progress)(Step::Cleanup, &format!("REVOKED version {old}: disabled now, grace skipped"));
+            disabled.push(old.clone());
+        }
+        if disabled.is_empty() {
+            (self.progress)(Step::Cleanup, "nothing to disable");
+        }
+        Ok(disabled)
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
