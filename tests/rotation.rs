@@ -392,3 +392,34 @@ fn per_node_secrets_are_rotated_by_their_own_node_without_a_lease() {
     assert!(!read(fleet.world.store().join("mtls-node-a/secret.json")).contains("keyturn.lease"));
     assert!(read(fleet.world.run_dir().join("node-a/mtls/cert-key.pub")).starts_with("-----BEGIN PUBLIC KEY-----"));
 }
+
+#[test]
+fn an_agent_killed_after_each_step_of_a_scheduled_rotation_recovers_when_restarted() {
+    let fleet = Fleet::file("poll = \"1s\"\njitter = \"0%\"");
+    // Due two seconds after each version is made; the lease outlives the test, so recovery
+    // relies on the restarted agent seeing its own node's dead pid.
+    fleet.signing_policy("every = \"2s\"\njitter = \"0s\"\ngrace = \"1h\"\nlease = \"1h\"");
+    let first = fleet.rotate_now(&fleet.world.config(), &[]);
+    assert!(first.status.success(), "{}", text(&first));
+    for step in ["leased", "added", "pending", "checked", "promoted", "cleaned"] {
+        let before = fleet.get("current").unwrap();
+        let agent =
+            fleet.world.agent_for(&fleet.world.config(), &[("KEYTURN_TEST_PAUSE_AT", &format!("rotate:{step}"))], &[]);
+        agent.wait_log(&format!("paused at rotate:{step}"), 1);
+        drop(agent); // SIGKILL
+        let after_kill = fleet.get("current").expect("current stays readable");
+        assert!(after_kill.starts_with("-----BEGIN PRIVATE KEY-----"), "{step}");
+
+        // Restarted, the agent takes over its own dead lease and finishes or cleans up.
+        let agent = fleet.agent(&fleet.world.config());
+        wait_for(&format!("recovery after {step}"), Duration::from_secs(20), || {
+            fleet.get("pending").is_none()
+                && fleet.get("current").is_some_and(|c| c != before)
+                && !read(fleet.world.store().join("signing-key/secret.json")).contains("keyturn.lease")
+        });
+        wait_for("delivery of the new current", Duration::from_secs(10), || {
+            std::fs::read_to_string(fleet.world.bundle("api/signing.pem")).ok() == fleet.get("current")
+        });
+        drop(agent);
+    }
+}
