@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::cli::{Cli, Command, StoreCommand};
 use crate::config::{self, Config, ConfigErrors, StoreConfig, System};
 use crate::deliver::{BundleWriter, DeliverError};
-use crate::engine::{Engine, Shared};
+use crate::engine::{AbortOnDrop, Engine, Shared};
 use crate::error_chain;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
@@ -247,6 +247,7 @@ async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
     let engine = Engine::new(config.clone(), open_stores(&config).await?, shared.clone(), seams.pause_at.clone());
     let summary = engine.sync_all().await;
+    engine.flush_notifications().await;
     shared.save_status(&config.agent.state_dir);
     if summary.failed_required > 0 {
         eprintln!(
@@ -469,14 +470,4 @@ fn watch_files(
         }
     }
     Some(watcher)
-}
-
-/// A spawned task that is aborted when its owner drops it.
-#[derive(Debug)]
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

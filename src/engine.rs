@@ -26,6 +26,7 @@ use crate::config::{Config, Format, Policy};
 use crate::deliver::{self, BundleWriter, Fingerprint, PolicyUpdate, Previous};
 use crate::error_chain;
 use crate::generate::PrivateKey;
+use crate::notify;
 use crate::report::status::{self, PolicyStatus, Status};
 use crate::rotation::protocol::{Outcome, Rotator, Trigger};
 use crate::rotation::schedule::{in_grace, next_rotation, node_unit};
@@ -89,12 +90,17 @@ impl Shared {
     }
 
     fn update_status(&self, policy: &Policy, change: impl FnOnce(&mut PolicyStatus)) {
+        self.update_status_named(&policy.name, |entry| {
+            entry.store.clone_from(&policy.store);
+            entry.secret = policy.secret.to_string();
+            entry.required = policy.required;
+            change(entry);
+        });
+    }
+
+    fn update_status_named(&self, policy: &str, change: impl FnOnce(&mut PolicyStatus)) {
         let mut status = self.status();
-        let entry = status.policies.entry(policy.name.clone()).or_default();
-        entry.store.clone_from(&policy.store);
-        entry.secret = policy.secret.to_string();
-        entry.required = policy.required;
-        change(entry);
+        change(status.policies.entry(policy.to_string()).or_default());
         status.updated_at = status::now();
         drop(status);
         self.status_changed.notify_one();
@@ -144,6 +150,20 @@ pub struct Engine<S> {
     shared: Arc<Shared>,
     /// Test seam: a `rotate:STEP` pause point for the rotation protocol.
     pause_at: Option<Arc<str>>,
+    /// The notification dispatcher of each policy that has `[notify]`.
+    notify: Arc<HashMap<String, notify::Handle>>,
+    /// The dispatcher tasks: they stop when the last clone of this engine is dropped.
+    _dispatchers: Arc<Vec<AbortOnDrop<()>>>,
+}
+
+/// A spawned task that is aborted when its owner drops it.
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -159,6 +179,8 @@ impl<S> Clone for Engine<S> {
             stores: self.stores.clone(),
             shared: self.shared.clone(),
             pause_at: self.pause_at.clone(),
+            notify: self.notify.clone(),
+            _dispatchers: self._dispatchers.clone(),
         }
     }
 }
@@ -176,7 +198,23 @@ impl<S: SecretStore + 'static> Engine<S> {
     ) -> Self {
         shared.status().policies.retain(|name, _| config.policy(name).is_some());
         shared.known().retain(|name, _| config.policy(name).is_some());
-        Engine { config, stores: Arc::new(stores), shared, pause_at: pause_at.map(Arc::from) }
+        let (notify, dispatchers) = start_dispatchers(&config, &shared);
+        Engine {
+            config,
+            stores: Arc::new(stores),
+            shared,
+            pause_at: pause_at.map(Arc::from),
+            notify: Arc::new(notify),
+            _dispatchers: Arc::new(dispatchers),
+        }
+    }
+
+    /// Sends every notification still waiting out its coalescing window, and waits for them:
+    /// `sync --once` calls it before it exits.
+    pub async fn flush_notifications(&self) {
+        for handle in self.notify.values() {
+            handle.flush().await;
+        }
     }
 
     fn store(&self, policy: &Policy) -> &Arc<S> {
@@ -509,6 +547,14 @@ impl<S: SecretStore + 'static> Engine<S> {
             match outcome.remove(policy.name.as_str()) {
                 Some(Ok(true)) => {
                     summary.delivered += 1;
+                    if let Some(handle) = self.notify.get(&policy.name) {
+                        let root = &self.config.agent.runtime_dir;
+                        handle.changed(notify::Change {
+                            policy: policy.name.clone(),
+                            version: version.id.clone(),
+                            bundles: policy.bundles().map(|b| root.join(b)).collect(),
+                        });
+                    }
                     let listed = previous.as_ref().map(|p| p.version.to_string());
                     tracing::info!(policy = %policy.name, secret = %policy.secret, version = %version.id, previous_listed = listed, "delivered");
                     self.shared.update_status(policy, |s| {
@@ -540,6 +586,53 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
     }
+}
+
+/// One dispatcher per policy with `[notify]`, reporting into the status and the log.
+fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, notify::Handle>, Vec<AbortOnDrop<()>>) {
+    let mut handles = HashMap::new();
+    let mut tasks = Vec::new();
+    let needs_http = config.policies.iter().any(|p| p.notify.as_ref().is_some_and(|n| n.http.is_some()));
+    let http = if needs_http {
+        reqwest::Client::builder()
+            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default()
+    } else {
+        reqwest::Client::default()
+    };
+    for policy in &config.policies {
+        let Some(settings) = &policy.notify else { continue };
+        let shared = Arc::downgrade(shared);
+        let report: notify::Report = Arc::new(move |change, outcomes| {
+            let failures: Vec<String> =
+                outcomes.iter().filter_map(|(kind, r)| r.as_ref().err().map(|e| format!("{kind}: {e}"))).collect();
+            for (kind, outcome) in outcomes {
+                match outcome {
+                    Ok(notify::Sent::Done) => {
+                        tracing::info!(policy = %change.policy, version = %change.version, notifier = kind, "notified")
+                    }
+                    Ok(notify::Sent::Skipped(why)) => {
+                        tracing::info!(policy = %change.policy, notifier = kind, reason = %why, "nothing to notify")
+                    }
+                    Err(e) => {
+                        tracing::error!(policy = %change.policy, version = %change.version, notifier = kind, error = %e, "notification failed after every attempt")
+                    }
+                }
+            }
+            if let Some(shared) = shared.upgrade() {
+                let now = status::now();
+                shared.update_status_named(&change.policy, |s| {
+                    s.notified_at = Some(now);
+                    s.notify_error = (!failures.is_empty()).then(|| failures.join("; "));
+                });
+            }
+        });
+        let (handle, task) = notify::spawn(settings, notify::Notifier::from_config(settings, &http), report);
+        handles.insert(policy.name.clone(), handle);
+        tasks.push(AbortOnDrop(task));
+    }
+    (handles, tasks)
 }
 
 /// The public half of the version aliased `previous`, if it is enabled and is a key.

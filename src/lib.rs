@@ -15,6 +15,9 @@
 //! - [`rotation`]: timing policy (poll jitter, backoff) as small pure functions.
 //! - [`deliver`]: output formats and the bundle writer that swaps a whole directory of files
 //!   atomically on tmpfs.
+//! - [`notify`]: telling applications their files changed: signal, systemd, exec, HTTP;
+//!   coalesced, retried, and never blocking another policy.
+//! - [`process`]: child processes with a deadline (check commands, notifiers).
 //! - [`report`]: the status model persisted under `state_dir` and shown by `keyturn status`.
 //! - [`engine`]: the loop that ties them together — pull, compare, deliver, report. It is
 //!   generic over the store trait and never names a concrete backend.
@@ -30,6 +33,8 @@ pub mod config;
 pub mod deliver;
 pub mod engine;
 pub mod generate;
+pub mod notify;
+pub mod process;
 pub mod report;
 pub mod rotation;
 pub mod secret;

@@ -144,6 +144,59 @@ pub struct Policy {
     pub deliver: Vec<Delivery>,
     /// Absent: this policy only pulls.
     pub rotate: Option<Rotate>,
+    /// Absent: applications are not told; they read the files when they like.
+    pub notify: Option<Notify>,
+}
+
+/// A policy's `[notify]`: how applications learn that their files changed. Every notifier set
+/// runs, after the whole bundle is in place, once per change (changes closer together than
+/// `coalesce` make one notification).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    pub signal: Option<SignalNotify>,
+    pub systemd: Option<SystemdNotify>,
+    pub exec: Option<ExecNotify>,
+    pub http: Option<HttpNotify>,
+    pub coalesce: Duration,
+    /// Attempts per notifier and change, with exponential backoff between them.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalNotify {
+    pub target: SignalTarget,
+    /// The signal's name without `SIG`: `HUP`, `USR1`, ...
+    pub signal: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    Pidfile(PathBuf),
+    /// The main process of a systemd unit (`systemctl show -p MainPID`).
+    Unit(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdNotify {
+    pub unit: String,
+    /// `reload`, `restart` or `try-restart`.
+    pub action: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecNotify {
+    pub command: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpNotify {
+    pub url: String,
+    pub timeout: Duration,
+    /// A file whose contents are sent as `Authorization: Bearer ...`; read at each attempt so
+    /// it can be rotated too.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// A policy's `[rotate]`: how and when new versions are made.

@@ -77,6 +77,49 @@ pub struct Rotate {
     pub check_timeout: Option<Spanned<String>>,
 }
 
+/// A policy's `[notify]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub signal: Option<Spanned<SignalNotify>>,
+    pub systemd: Option<Spanned<SystemdNotify>>,
+    pub exec: Option<Spanned<ExecNotify>>,
+    pub http: Option<Spanned<HttpNotify>>,
+    pub coalesce: Option<Spanned<String>>,
+    pub attempts: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalNotify {
+    pub pidfile: Option<Spanned<String>>,
+    pub unit: Option<Spanned<String>>,
+    pub signal: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdNotify {
+    pub unit: Spanned<String>,
+    pub action: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecNotify {
+    pub command: Spanned<Vec<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpNotify {
+    pub url: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub bearer_token_file: Option<Spanned<String>>,
+}
+
 /// One of a policy's `[[deliver]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,8 +22,9 @@ use super::load::SourceFile;
 use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
-    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, FileStoreConfig, Format, GcpStoreConfig,
-    Owner, Policy, Problem, Rotate, Sources, StoreConfig,
+    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, ExecNotify, FileStoreConfig, Format,
+    GcpStoreConfig, HttpNotify, Notify, Owner, Policy, Problem, Rotate, SignalNotify, SignalTarget, Sources,
+    StoreConfig, SystemdNotify,
 };
 use crate::generate::{Charset, Generator};
 use crate::rotation::schedule::Schedule;
@@ -468,15 +469,9 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
             "\"{endpoint}\": give only scheme, host and port, such as \"https://secretmanager.example.internal\""
         ));
     }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(name)) => name == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
     match url.scheme() {
         "https" => Ok(()),
-        "http" if loopback => Ok(()),
+        "http" if is_loopback(&url) => Ok(()),
         "http" => Err(format!("\"{endpoint}\": plain http is allowed only to a loopback address; use https")),
         other => Err(format!("\"{endpoint}\": unsupported scheme \"{other}\"; use https")),
     }
@@ -513,7 +508,7 @@ fn policy_file(
     }
     let table = file.parse(problems)?;
     let table = table.get_ref();
-    file.known_sections(table, &["secret", "rotate", "deliver"], problems);
+    file.known_sections(table, &["secret", "rotate", "deliver", "notify"], problems);
 
     // The generator is kept apart from the rest of [rotate]: when it is valid, the formats are
     // checked against it even if another rotate setting is wrong.
@@ -581,12 +576,184 @@ fn policy_file(
         )),
     }
 
+    let notify = match table.get("notify") {
+        Some(value) => match file.section::<raw::Notify>(value, "notify", problems) {
+            Some(raw) => Some(notify_section(file, raw, problems)),
+            None => Some(None),
+        },
+        None => None,
+    };
+
     let (store, secret, required) = secret?;
     let rotate = match rotate {
         Some(rotate) => Some(rotate?),
         None => None,
     };
-    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver, rotate })
+    let notify = match notify {
+        Some(notify) => Some(notify?),
+        None => None,
+    };
+    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver, rotate, notify })
+}
+
+/// Signals a notifier may send: the ones applications use to reload or reopen, never KILL.
+const SIGNALS: &[&str] = &["HUP", "USR1", "USR2", "INT", "TERM", "QUIT", "WINCH", "CONT", "ALRM"];
+const SYSTEMD_ACTIONS: &[&str] = &["reload", "restart", "try-restart", "reload-or-restart"];
+
+fn notify_section(file: &File<'_>, raw: raw::Notify, problems: &mut Vec<Problem>) -> Option<Notify> {
+    let at =
+        |span: Range<usize>, key: &str, message: String| file.problem(Some(span), &format!("notify.{key}"), message);
+    let before = problems.len();
+    if raw.signal.is_none() && raw.systemd.is_none() && raw.exec.is_none() && raw.http.is_none() {
+        problems.push(file.problem(None, "notify", "names no notifier; set signal, systemd, exec or http"));
+    }
+    let absolute = |value: &Spanned<String>, key: &str, problems: &mut Vec<Problem>| {
+        let path = PathBuf::from(value.get_ref());
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            problems.push(at(value.span(), key, format!("\"{}\" must be an absolute path", value.get_ref())));
+            None
+        }
+    };
+    let timeout = |value: &Option<Spanned<String>>, default: Duration, key: &str, problems: &mut Vec<Problem>| {
+        file.duration(value.as_ref(), default, &format!("notify.{key}"), problems)
+    };
+
+    let signal = raw.signal.as_ref().map(|spanned| {
+        let raw = spanned.get_ref();
+        let target = match (&raw.pidfile, &raw.unit) {
+            (Some(pidfile), None) => absolute(pidfile, "signal.pidfile", problems).map(SignalTarget::Pidfile),
+            (None, Some(unit)) => check_unit(unit.get_ref())
+                .map(|()| SignalTarget::Unit(unit.get_ref().clone()))
+                .map_err(|m| problems.push(at(unit.span(), "signal.unit", m)))
+                .ok(),
+            _ => {
+                problems.push(at(spanned.span(), "signal", "set exactly one of pidfile or unit".into()));
+                None
+            }
+        };
+        let name = raw.signal.as_ref().map_or("HUP".to_string(), |s| s.get_ref().trim().to_ascii_uppercase());
+        let name = name.strip_prefix("SIG").unwrap_or(&name).to_string();
+        let name = if SIGNALS.contains(&name.as_str()) {
+            Some(name)
+        } else {
+            let span = raw.signal.as_ref().map_or(spanned.span(), Spanned::span);
+            problems.push(at(
+                span,
+                "signal.signal",
+                format!("\"{name}\" is not a signal keyturn sends; expected one of {}", SIGNALS.join(", ")),
+            ));
+            None
+        };
+        Some(SignalNotify { target: target?, signal: name? })
+    });
+    let systemd = raw.systemd.as_ref().map(|spanned| {
+        let raw = spanned.get_ref();
+        let unit =
+            check_unit(raw.unit.get_ref()).map_err(|m| problems.push(at(raw.unit.span(), "systemd.unit", m))).ok();
+        let action = raw.action.as_ref().map_or("reload".to_string(), |a| a.get_ref().clone());
+        let action = if SYSTEMD_ACTIONS.contains(&action.as_str()) {
+            Some(action)
+        } else {
+            let span = raw.action.as_ref().map_or(spanned.span(), Spanned::span);
+            problems.push(at(
+                span,
+                "systemd.action",
+                format!("\"{action}\" is not an action; expected one of {}", SYSTEMD_ACTIONS.join(", ")),
+            ));
+            None
+        };
+        let timeout = timeout(&raw.timeout, Duration::from_secs(30), "systemd.timeout", problems);
+        Some(SystemdNotify { unit: unit.map(|()| raw.unit.get_ref().clone())?, action: action?, timeout: timeout? })
+    });
+    let exec = raw.exec.as_ref().map(|spanned| {
+        let raw = spanned.get_ref();
+        let command = raw.command.get_ref();
+        let command = if command.first().is_some_and(|c| !c.is_empty()) {
+            Some(command.clone())
+        } else {
+            problems.push(at(
+                raw.command.span(),
+                "exec.command",
+                "must name a program: [\"/usr/local/bin/reload-app\", \"--fast\"]".into(),
+            ));
+            None
+        };
+        let timeout = timeout(&raw.timeout, Duration::from_secs(30), "exec.timeout", problems);
+        Some(ExecNotify { command: command?, timeout: timeout? })
+    });
+    let http = raw.http.as_ref().map(|spanned| {
+        let raw = spanned.get_ref();
+        let url =
+            check_notify_url(raw.url.get_ref()).map_err(|m| problems.push(at(raw.url.span(), "http.url", m))).ok();
+        let token = match &raw.bearer_token_file {
+            Some(path) => absolute(path, "http.bearer_token_file", problems).map(Some),
+            None => Some(None),
+        };
+        let timeout = timeout(&raw.timeout, Duration::from_secs(5), "http.timeout", problems);
+        Some(HttpNotify { url: url.map(|()| raw.url.get_ref().clone())?, timeout: timeout?, bearer_token_file: token? })
+    });
+    let coalesce = match &raw.coalesce {
+        Some(value) => {
+            optional_duration(value.get_ref()).map_err(|m| problems.push(at(value.span(), "coalesce", m))).ok()
+        }
+        None => Some(Duration::from_secs(1)),
+    };
+    let attempts = match &raw.attempts {
+        None => Some(3),
+        Some(value) => match u32::try_from(*value.get_ref()) {
+            Ok(n) if (1..=10).contains(&n) => Some(n),
+            _ => {
+                problems.push(at(
+                    value.span(),
+                    "attempts",
+                    format!("{} is out of range: 1 to 10 attempts", value.get_ref()),
+                ));
+                None
+            }
+        },
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(Notify {
+        signal: signal.flatten(),
+        systemd: systemd.flatten(),
+        exec: exec.flatten(),
+        http: http.flatten(),
+        coalesce: coalesce?,
+        attempts: attempts?,
+    })
+}
+
+/// A systemd unit name: `api.service`, `api@1.service`, `api` (systemctl adds `.service`).
+fn check_unit(unit: &str) -> Result<(), String> {
+    let ok = !unit.is_empty()
+        && unit.len() <= 256
+        && !unit.starts_with('-')
+        && unit.chars().all(|c| c.is_ascii_alphanumeric() || "@._:-\\".contains(c));
+    ok.then_some(()).ok_or_else(|| format!("\"{unit}\" is not a systemd unit name such as \"api.service\""))
+}
+
+/// A reload URL: https anywhere, plain http only to a loopback address (the request may carry
+/// a bearer token).
+fn check_notify_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    match (parsed.scheme(), is_loopback(&parsed)) {
+        ("https", _) | ("http", true) => Ok(()),
+        ("http", false) => Err(format!("\"{url}\": plain http is allowed only to a loopback address; use https")),
+        (other, _) => Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http (loopback) or https")),
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// The environment with `${NODE}` bound to the agent's node name, for per-node secret ids.

@@ -46,6 +46,12 @@ pub struct PolicyStatus {
     /// Why the last rotation this node tried failed, until one succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_error: Option<String>,
+    /// When applications were last told of a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notified_at: Option<String>,
+    /// Why the last notification failed after every attempt, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_error: Option<String>,
 }
 
 impl Status {

@@ -20,10 +20,7 @@
 //! Every step is logged with policy, secret, versions and node; never a value.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::{Duration, SystemTime};
-
-use tokio::io::AsyncWriteExt;
 
 use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
@@ -359,42 +356,20 @@ impl<S: SecretStore> Rotator<'_, S> {
         value: &SecretBytes,
         version: &VersionId,
     ) -> Result<(), String> {
-        let program = &command[0];
-        let mut child = tokio::process::Command::new(program)
-            .args(&command[1..])
-            .env("KEYTURN_POLICY", &self.policy.name)
-            .env("KEYTURN_SECRET", self.id().as_str())
-            .env("KEYTURN_VERSION", version.as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run check command {program}: {e}"))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let run = async {
-            // A command that exits without reading stdin is not an error by itself.
-            let _ = stdin.write_all(value.expose()).await;
-            drop(stdin);
-            child.wait_with_output().await
-        };
-        let output = match tokio::time::timeout(self.rotate.check_timeout, run).await {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => return Err(format!("check command {program} failed: {e}")),
-            Err(_) => return Err(format!("check command {program} took longer than {:?}", self.rotate.check_timeout)),
-        };
-        if output.status.success() {
+        let env = [
+            ("KEYTURN_POLICY", self.policy.name.as_str()),
+            ("KEYTURN_SECRET", self.id().as_str()),
+            ("KEYTURN_VERSION", version.as_str()),
+        ];
+        let done = crate::process::run(command, &env, Some(value.expose()), self.rotate.check_timeout)
+            .await
+            .map_err(|e| format!("check command {e}"))?;
+        if done.status.success() {
             return Ok(());
         }
         // The command's stderr helps, unless it repeats the value it was given.
-        let stderr = if contains(&output.stderr, value.expose()) {
-            "(stderr withheld: it contains the value)".to_string()
-        } else {
-            let text = String::from_utf8_lossy(&output.stderr);
-            let tail: String = text.trim().chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-            tail
-        };
-        Err(format!("check command {program} exited with {}: {stderr}", output.status))
+        let stderr = crate::process::stderr_tail(&done.stderr, Some(value.expose()));
+        Err(format!("check command {} exited with {}: {stderr}", command[0], done.status))
     }
 
     /// Step 5: disables enabled versions beyond `keep` whose grace has passed, never the
@@ -441,8 +416,4 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
         Ok(disabled)
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -1,0 +1,221 @@
+//! Telling applications that their files changed.
+//!
+//! Each policy with a `[notify]` section gets a dispatcher task of its own. The engine hands
+//! it a [`Change`] after a bundle is in place; the dispatcher waits `coalesce` for more changes
+//! (a rotation that touches several bundles, a burst of store updates), then runs every
+//! configured notifier once for the latest change, each with its own attempts and backoff. A
+//! slow or hung notifier holds up only its own policy's notifications, never delivery or
+//! another policy. Outcomes are reported back through a callback (status file, logs).
+//!
+//! One file per notifier: [`signal`], [`systemd`], [`exec`], [`http`]. None of them ever
+//! passes a value: they get the policy, the version, and the bundle paths.
+
+pub mod exec;
+pub mod http;
+pub mod signal;
+pub mod systemd;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Notify;
+use crate::rotation::timing::{retry_delay_from, unit_random};
+use crate::secret::VersionId;
+
+/// The first wait between attempts of one notifier; it doubles, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What changed: enough for an application to act on, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub policy: String,
+    pub version: VersionId,
+    /// The bundle directories the change touched.
+    pub bundles: Vec<PathBuf>,
+}
+
+/// What a notifier did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    Done,
+    /// Nothing to tell: no process behind the pidfile, say. Not a failure: an application
+    /// that is not running reads fresh files when it starts.
+    Skipped(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Run(#[from] crate::process::RunError),
+    #[error("{program} exited with {status}: {stderr}")]
+    Exit { program: String, status: std::process::ExitStatus, stderr: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One configured notifier. One variant per kind.
+#[derive(Debug)]
+pub enum Notifier {
+    Signal(signal::Signal),
+    Systemd(systemd::Systemd),
+    Exec(exec::Exec),
+    Http(http::Http),
+}
+
+impl Notifier {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notifier::Signal(_) => "signal",
+            Notifier::Systemd(_) => "systemd",
+            Notifier::Exec(_) => "exec",
+            Notifier::Http(_) => "http",
+        }
+    }
+
+    pub async fn notify(&self, change: &Change) -> Result<Sent, NotifyError> {
+        match self {
+            Notifier::Signal(n) => n.notify(change).await,
+            Notifier::Systemd(n) => n.notify(change).await,
+            Notifier::Exec(n) => n.notify(change).await,
+            Notifier::Http(n) => n.notify(change).await,
+        }
+    }
+
+    /// The notifiers a `[notify]` section configures, in a fixed order.
+    pub fn from_config(notify: &Notify, http: &reqwest::Client) -> Vec<Notifier> {
+        let mut all = Vec::new();
+        if let Some(config) = &notify.signal {
+            all.push(Notifier::Signal(signal::Signal::new(config)));
+        }
+        if let Some(config) = &notify.systemd {
+            all.push(Notifier::Systemd(systemd::Systemd::new(config)));
+        }
+        if let Some(config) = &notify.exec {
+            all.push(Notifier::Exec(exec::Exec::new(config)));
+        }
+        if let Some(config) = &notify.http {
+            all.push(Notifier::Http(http::Http::new(config, http.clone())));
+        }
+        all
+    }
+}
+
+/// What the dispatcher reports after each notification: which policy, and per notifier kind
+/// either what was sent or why it failed after its last attempt.
+pub type Report = Arc<dyn Fn(&Change, &[(&'static str, Result<Sent, String>)]) + Send + Sync>;
+
+enum Message {
+    Changed(Change),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The engine's end of a policy's dispatcher. Cheap to clone; the dispatcher stops when every
+/// handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    messages: mpsc::UnboundedSender<Message>,
+}
+
+impl Handle {
+    /// Queues a notification for `change`; returns at once.
+    pub fn changed(&self, change: Change) {
+        let _ = self.messages.send(Message::Changed(change));
+    }
+
+    /// Sends what is waiting for its coalescing window now, and waits until it has been sent.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.messages.send(Message::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Starts the dispatcher of one policy. The task ends when every [`Handle`] is dropped.
+pub fn spawn(notify: &Notify, notifiers: Vec<Notifier>, report: Report) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (messages, inbox) = mpsc::unbounded_channel();
+    let task = tokio::spawn(dispatch(inbox, notifiers, notify.coalesce, notify.attempts, report));
+    (Handle { messages }, task)
+}
+
+async fn dispatch(
+    mut inbox: mpsc::UnboundedReceiver<Message>,
+    notifiers: Vec<Notifier>,
+    coalesce: Duration,
+    attempts: u32,
+    report: Report,
+) {
+    while let Some(message) = inbox.recv().await {
+        let mut change = match message {
+            Message::Changed(change) => change,
+            Message::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mut flushed = Vec::new();
+        let deadline = tokio::time::Instant::now() + coalesce;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                message = inbox.recv() => match message {
+                    Some(Message::Changed(later)) => {
+                        tracing::debug!(policy = %later.policy, version = %later.version, "changes coalesced into one notification");
+                        for bundle in std::mem::take(&mut change.bundles) {
+                            if !later.bundles.contains(&bundle) {
+                                change.bundles.push(bundle);
+                            }
+                        }
+                        change.bundles.extend(later.bundles);
+                        change.version = later.version;
+                    }
+                    Some(Message::Flush(done)) => {
+                        flushed.push(done);
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        let mut outcomes = Vec::with_capacity(notifiers.len());
+        for notifier in &notifiers {
+            outcomes.push((notifier.kind(), send(notifier, &change, attempts).await));
+        }
+        report(&change, &outcomes);
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One notifier, up to `attempts` times with backoff.
+async fn send(notifier: &Notifier, change: &Change, attempts: u32) -> Result<Sent, String> {
+    let mut attempt = 1;
+    loop {
+        match notifier.notify(change).await {
+            Ok(sent) => return Ok(sent),
+            Err(e) if attempt < attempts => {
+                let wait = retry_delay_from(FIRST_BACKOFF, attempt, MAX_BACKOFF, unit_random());
+                tracing::warn!(policy = %change.policy, notifier = notifier.kind(), attempt, error = %crate::error_chain(&e), retry_in_ms = wait.as_millis() as u64, "notification failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(crate::error_chain(&e)),
+        }
+    }
+}
+
+/// The environment a program started for `change` gets: names, never values.
+pub fn change_env(change: &Change) -> Vec<(&'static str, String)> {
+    let bundles: Vec<String> = change.bundles.iter().map(|b| b.display().to_string()).collect();
+    vec![
+        ("KEYTURN_POLICY", change.policy.clone()),
+        ("KEYTURN_VERSION", change.version.to_string()),
+        ("KEYTURN_BUNDLE", bundles.first().cloned().unwrap_or_default()),
+        ("KEYTURN_BUNDLES", bundles.join(":")),
+    ]
+}

@@ -1,0 +1,265 @@
+//! Notifications, against real processes: a shell that counts the signals it gets and reads
+//! the bundle when it does, a command that records its environment, a local HTTP server that
+//! records what it is sent; coalescing; retries; and a hung notifier that times out without
+//! delaying another policy.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{World, read, text, wait_for};
+
+const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
+
+/// A shell that, on each SIGHUP, appends what the bundle holds to `seen`. Killed on drop.
+struct Counter {
+    child: Child,
+}
+
+impl Counter {
+    fn start(world: &World, pidfile: &Path, seen: &Path, file: &Path) -> Counter {
+        // `sleep` runs in the foreground, so the trap runs when it returns: at most 50ms late.
+        let script = format!(
+            "trap 'printf \"%s\\n\" \"$(cat {file})\" >> {seen}' HUP; echo $$ > {pidfile}.tmp; mv {pidfile}.tmp {pidfile}; while true; do sleep 0.05; done",
+            file = file.display(),
+            seen = seen.display(),
+            pidfile = pidfile.display()
+        );
+        let child = Command::new("sh").args(["-c", &script]).stdin(Stdio::null()).spawn().unwrap();
+        wait_for("the counter's pidfile", Duration::from_secs(5), || pidfile.exists());
+        let _ = world;
+        Counter { child }
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[test]
+fn a_signal_reaches_the_process_once_per_change_after_the_bundle_is_in_place() {
+    let world = World::new(POLL);
+    let pidfile = world.disk.path().join("app.pid");
+    let seen = world.disk.path().join("seen");
+    world.policy(
+        "db",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nsignal = {{ pidfile = \"{}\", signal = \"HUP\" }}\ncoalesce = \"1500ms\"\n",
+            pidfile.display()
+        ),
+    );
+    world.put("db", "one");
+    let _counter = Counter::start(&world, &pidfile, &seen, &world.bundle("app/db"));
+    let agent = world.agent(&[]);
+    wait_for("the first signal", Duration::from_secs(10), || lines(&seen) == ["one"]);
+
+    // Two changes in quick succession: one signal (even if a poll falls between them, the
+    // 1.5s coalescing window covers both deliveries), and the process sees the newest.
+    world.put("db", "two");
+    world.put("db", "three");
+    wait_for("the second signal", Duration::from_secs(10), || lines(&seen).len() == 2);
+    world.put("db", "four");
+    wait_for("the third signal", Duration::from_secs(10), || lines(&seen).len() == 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lines(&seen), ["one", "three", "four"], "every signal came after its bundle was whole");
+    wait_for("notified_at in status", Duration::from_secs(5), || {
+        world.status_json()["policies"]["db"]["notified_at"].is_string()
+    });
+    assert!(agent.log_text().contains("notified policy=db version=4 notifier=\"signal\""), "{}", agent.log_text());
+}
+
+#[test]
+fn a_missing_pidfile_is_not_a_failure() {
+    let world = World::new("");
+    world.policy(
+        "db",
+        "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nsignal = { pidfile = \"/nonexistent/app.pid\" }\n",
+    );
+    world.put("db", "one");
+    let out = world.sync_once();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to notify"), "{}", text(&out));
+    assert!(world.status_json()["policies"]["db"]["notify_error"].is_null());
+}
+
+#[test]
+fn an_exec_notifier_gets_policy_version_and_bundle_but_never_the_value() {
+    let world = World::new("");
+    let record = world.disk.path().join("env");
+    world.policy(
+        "db",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[[deliver]]\npath = \"more/db.env\"\nformat = \"env\"\nkey = \"DB\"\n\
+             [notify]\nexec = {{ command = [\"sh\", \"-c\", \"env > {}\"], timeout = \"5s\" }}\n",
+            record.display()
+        ),
+    );
+    world.put("db", "FIXTURE-exec-8a1f");
+    let out = world.sync_once();
+    assert!(out.status.success(), "{}", text(&out));
+    // `sync --once` waits for its notifications before it exits.
+    let env = read(&record);
+    assert!(env.contains("KEYTURN_POLICY=db\n"), "{env}");
+    assert!(env.contains("KEYTURN_VERSION=1\n"), "{env}");
+    assert!(env.contains(&format!("KEYTURN_BUNDLE={}\n", world.bundle("app").display())), "{env}");
+    assert!(
+        env.contains(&format!(
+            "KEYTURN_BUNDLES={}:{}\n",
+            world.bundle("app").display(),
+            world.bundle("more").display()
+        )),
+        "{env}"
+    );
+    assert!(!env.contains("FIXTURE-exec"), "the value is never in the environment");
+}
+
+/// A one-thread HTTP server on 127.0.0.1 that records each request and answers with the next
+/// status from `answers` (200 once they run out).
+struct Recorder {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Recorder {
+    fn start(answers: Vec<u16>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/-/reload", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                seen.lock().unwrap().push(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
+                let status = answers.next().unwrap_or(200);
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Recorder { url, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn an_http_notifier_posts_with_the_bearer_token_and_retries_a_failure() {
+    let world = World::new("");
+    let server = Recorder::start(vec![503]);
+    let token = world.disk.path().join("reload-token");
+    common::write(&token, "reload-token-value\n");
+    world.policy(
+        "db",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nhttp = {{ url = \"{}\", bearer_token_file = \"{}\", timeout = \"2s\" }}\n",
+            server.url,
+            token.display()
+        ),
+    );
+    world.put("db", "FIXTURE-http-55c0");
+    let out = world.sync_once();
+    assert!(out.status.success(), "{}", text(&out));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "the 503 was retried: {requests:#?}");
+    let last = requests[1].to_ascii_lowercase();
+    assert!(last.starts_with("post /-/reload http/1.1"), "{last}");
+    assert!(last.contains("authorization: bearer reload-token-value\r\n"), "{last}");
+    let body = requests[1].split("\r\n\r\n").nth(1).unwrap();
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["policy"], "db");
+    assert_eq!(body["version"], "1");
+    assert!(!requests.concat().contains("FIXTURE-http"), "the value is never sent");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("notification failed; retrying"), "{}", text(&out));
+}
+
+#[test]
+fn a_hung_notifier_times_out_and_is_reported_without_delaying_another_policy() {
+    let world = World::new(POLL);
+    let record = world.disk.path().join("fast-notified");
+    world.policy(
+        "slow",
+        "[secret]\nstore = \"dev\"\nid = \"slow\"\n[[deliver]]\npath = \"slow/x\"\n[notify]\nexec = { command = [\"sleep\", \"60\"], timeout = \"2s\" }\nattempts = 1\ncoalesce = \"0s\"\n",
+    );
+    world.policy(
+        "fast",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"fast\"\n[[deliver]]\npath = \"fast/x\"\n[notify]\nexec = {{ command = [\"sh\", \"-c\", \"echo $KEYTURN_VERSION >> {}\"] }}\ncoalesce = \"0s\"\n",
+            record.display()
+        ),
+    );
+    world.put("slow", "s1");
+    world.put("fast", "f1");
+    let agent = world.agent(&[]);
+    wait_for("the first fast notification", Duration::from_secs(10), || lines(&record) == ["1"]);
+
+    // Both change together; the slow policy's notifier hangs for its whole timeout.
+    world.put("slow", "s2");
+    world.put("fast", "f2");
+    let changed = Instant::now();
+    wait_for("the fast notification", Duration::from_secs(10), || lines(&record) == ["1", "2"]);
+    assert!(changed.elapsed() < Duration::from_secs(2), "not held up by the hung notifier: {:?}", changed.elapsed());
+    assert_eq!(read(world.bundle("slow/x")), "s2", "delivery is never held up by a notifier either");
+
+    agent.wait_log("notification failed after every attempt", 1);
+    let log = agent.log_text();
+    assert!(log.contains("sleep took longer than 2s and was killed"), "{log}");
+    wait_for("the error in status", Duration::from_secs(5), || {
+        world.status_json()["policies"]["slow"]["notify_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("took longer than 2s"))
+    });
+}
+
+#[test]
+fn notify_settings_are_validated() {
+    let world = World::new("");
+    world.policy(
+        "bad",
+        "[secret]\nstore = \"dev\"\nid = \"x\"\n[[deliver]]\npath = \"x/y\"\n[notify]\nsignal = { pidfile = \"relative.pid\", signal = \"KILL\" }\nhttp = { url = \"http://10.1.2.3/reload\" }\nexec = { command = [] }\nattempts = 0\n",
+    );
+    world.policy(
+        "none",
+        "[secret]\nstore = \"dev\"\nid = \"z\"\n[[deliver]]\npath = \"z/y\"\n[notify]\ncoalesce = \"1s\"\n",
+    );
+    let out = world.keyturn(&["validate"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "bad.toml:7: notify.signal.pidfile: \"relative.pid\" must be an absolute path",
+        "bad.toml:7: notify.signal.signal: \"KILL\" is not a signal keyturn sends",
+        "bad.toml:8: notify.http.url: \"http://10.1.2.3/reload\": plain http is allowed only to a loopback address",
+        "bad.toml:9: notify.exec.command: must name a program",
+        "bad.toml:10: notify.attempts: 0 is out of range",
+        "none.toml: notify: names no notifier",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in\n{stderr}");
+    }
+}
