@@ -133,15 +133,22 @@ pub struct SyncSummary {
     pub failed_required: usize,
 }
 
-/// A pulled version, and the previous key its JWK set lists (if any).
-type PullResult = Result<(Version, Option<Previous>), StoreError>;
+/// Everything one policy's files are made from, as read from its stores.
+#[derive(Debug)]
+struct Fetched {
+    version: Version,
+    /// Listed in JWK sets beside the current key: the previous key, inside its grace.
+    previous: Option<Previous>,
+    /// The current versions of the policy's `[secrets.NAME]`.
+    extras: BTreeMap<String, Version>,
+}
+
+type PullResult = Result<Fetched, StoreError>;
 
 /// A policy's current version and what delivering it needs.
 struct Pulled<'a> {
     policy: &'a Policy,
-    version: Version,
-    /// Listed in JWK sets beside the current key: the previous key, inside its grace.
-    previous: Option<Previous>,
+    fetched: Fetched,
 }
 
 pub struct Engine<S> {
@@ -260,7 +267,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                 other => other,
             };
             match result {
-                Ok((version, previous)) => pulled.push(Pulled { policy, version, previous }),
+                Ok(fetched) => pulled.push(Pulled { policy, fetched }),
                 Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
             }
         }
@@ -335,7 +342,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
             let mut summary = SyncSummary::default();
             match self.pull(policy).await {
-                Ok((version, previous)) => self.deliver(vec![Pulled { policy, version, previous }], &mut summary),
+                Ok(fetched) => self.deliver(vec![Pulled { policy, fetched }], &mut summary),
                 Err(e) => {
                     let next = retry_delay(failures + 1, agent.poll, 0.5);
                     self.fetch_failed(policy, &e, Some(next), &mut summary);
@@ -460,11 +467,17 @@ impl<S: SecretStore + 'static> Engine<S> {
         };
         // The previous key stays listed during its grace; a pull-only policy lists it while
         // the store keeps it enabled.
-        let listed = previous.filter(|_| match (&policy.rotate, created) {
+        let previous = previous.filter(|_| match (&policy.rotate, created) {
             (Some(rotate), Some(created)) => in_grace(created, rotate.grace, SystemTime::now()),
             _ => true,
         });
-        Ok((version, listed))
+        // Template secrets: one access each per poll, like the policy's own secret.
+        let mut extras = BTreeMap::new();
+        for (name, extra) in &policy.extras {
+            let version = self.stores[&extra.store].access(&extra.secret, &Selector::current()).await?;
+            extras.insert(name.clone(), version);
+        }
+        Ok(Fetched { version, previous, extras })
     }
 
     fn fetch_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {
@@ -496,19 +509,25 @@ impl<S: SecretStore + 'static> Engine<S> {
         let mut writer = self.shared.writer();
         let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
         let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
-        for Pulled { policy, version, previous } in &pulled {
+        for Pulled { policy, fetched } in &pulled {
             outcome.insert(&policy.name, Ok(false));
+            let inputs = deliver::Inputs {
+                version: &fetched.version,
+                extras: &fetched.extras,
+                previous: fetched.previous.as_ref(),
+                node: &self.config.agent.node,
+            };
             for bundle in policy.bundles() {
                 let want = Fingerprint {
-                    version: &version.id,
-                    crc32c: version.crc32c,
+                    version: &fetched.version.id,
+                    crc32c: inputs.crc32c(),
                     spec: deliver::spec(policy, bundle),
-                    previous: previous.as_ref().map(|p| &p.version),
+                    previous: fetched.previous.as_ref().map(|p| &p.version),
                 };
                 if writer.holds(bundle, &policy.name, &want) {
                     continue;
                 }
-                match deliver::render(policy, bundle, version, previous.as_ref()) {
+                match deliver::render(policy, bundle, &inputs) {
                     Ok(update) => updates.entry(bundle).or_default().push((policy, update)),
                     Err(e) => {
                         outcome.insert(&policy.name, Err(error_chain(&e)));
@@ -524,7 +543,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                 continue;
             }
             let started = Instant::now();
-            match writer.write(bundle, &members, entries) {
+            match writer.write(bundle, &members, self.config.bundle_access(bundle), entries) {
                 Ok(()) => {
                     for policy in &policies {
                         outcome.entry(&policy.name).and_modify(|o| *o = o.clone().map(|_| true));
@@ -543,7 +562,8 @@ impl<S: SecretStore + 'static> Engine<S> {
         drop(writer);
 
         let now = status::now();
-        for Pulled { policy, version, previous } in &pulled {
+        for Pulled { policy, fetched } in &pulled {
+            let (version, previous) = (&fetched.version, &fetched.previous);
             match outcome.remove(policy.name.as_str()) {
                 Some(Ok(true)) => {
                     summary.delivered += 1;

@@ -47,6 +47,25 @@ impl Config {
         self.policies.iter().find(|p| p.name == name)
     }
 
+    /// Owner group and mode of a bundle's directories: when every file in the bundle names the
+    /// same group, the directories belong to it with mode 0750, so other users cannot even
+    /// list the names; otherwise 0755, and each file's own owner and mode guard its contents.
+    pub fn bundle_access(&self, bundle: &str) -> DirAccess {
+        let groups: Vec<Option<u32>> = self
+            .policies
+            .iter()
+            .flat_map(|p| p.deliver.iter())
+            .filter(|d| d.bundle == bundle)
+            .map(|d| d.group)
+            .collect();
+        match groups.first() {
+            Some(Some(group)) if groups.iter().all(|g| *g == Some(*group)) => {
+                DirAccess { group: Some(*group), mode: 0o750 }
+            }
+            _ => DirAccess { group: None, mode: 0o755 },
+        }
+    }
+
     /// Policies grouped by the bundle directories they deliver into.
     pub fn bundles(&self) -> BTreeMap<&str, Vec<&Policy>> {
         let mut bundles: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
@@ -67,6 +86,13 @@ impl Config {
 pub struct AgentFile {
     pub agent: Agent,
     pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// Who may enter a bundle's directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirAccess {
+    pub group: Option<u32>,
+    pub mode: u32,
 }
 
 /// The `[agent]` section.
@@ -146,6 +172,15 @@ pub struct Policy {
     pub rotate: Option<Rotate>,
     /// Absent: applications are not told; they read the files when they like.
     pub notify: Option<Notify>,
+    /// More secrets for templates (`[secrets.NAME]`), read and watched with the main one.
+    pub extras: BTreeMap<String, ExtraSecret>,
+}
+
+/// A `[secrets.NAME]`: another secret a template can use as `{{ secrets.NAME }}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraSecret {
+    pub store: String,
+    pub secret: SecretId,
 }
 
 /// A policy's `[notify]`: how applications learn that their files changed. Every notifier set
@@ -281,11 +316,14 @@ pub enum Format {
     Jwk,
     /// A JWK set: the current public key, and the previous one while it is inside its grace.
     Jwks,
+    /// A minijinja template over the policy's secrets (`secret`, `secrets.NAME`) and `node`,
+    /// `policy`, `version`.
+    Template { source: String },
 }
 
 impl Format {
     pub const ACCEPTED: &'static str =
-        "\"raw\", \"base64\", \"env\", \"json\", \"pem\", \"public-pem\", \"jwk\" or \"jwks\"";
+        "\"raw\", \"base64\", \"env\", \"json\", \"pem\", \"public-pem\", \"jwk\", \"jwks\" or \"template\"";
 
     /// Formats that read the value as a private key.
     pub fn needs_key(&self) -> bool {

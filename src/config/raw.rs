@@ -120,12 +120,21 @@ pub struct HttpNotify {
     pub bearer_token_file: Option<Spanned<String>>,
 }
 
+/// A policy's `[secrets.NAME]`: another secret for its templates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraSecret {
+    pub store: Spanned<String>,
+    pub id: Spanned<String>,
+}
+
 /// One of a policy's `[[deliver]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deliver {
     pub path: Spanned<String>,
     pub format: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
     pub key: Option<Spanned<String>>,
     pub mode: Option<Spanned<Mode>>,
     pub user: Option<Spanned<NameOrId>>,

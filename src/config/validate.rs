@@ -22,8 +22,8 @@ use super::load::SourceFile;
 use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
-    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, ExecNotify, FileStoreConfig, Format,
-    GcpStoreConfig, HttpNotify, Notify, Owner, Policy, Problem, Rotate, SignalNotify, SignalTarget, Sources,
+    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, ExecNotify, ExtraSecret, FileStoreConfig,
+    Format, GcpStoreConfig, HttpNotify, Notify, Owner, Policy, Problem, Rotate, SignalNotify, SignalTarget, Sources,
     StoreConfig, SystemdNotify,
 };
 use crate::generate::{Charset, Generator};
@@ -508,7 +508,7 @@ fn policy_file(
     }
     let table = file.parse(problems)?;
     let table = table.get_ref();
-    file.known_sections(table, &["secret", "rotate", "deliver", "notify"], problems);
+    file.known_sections(table, &["secret", "secrets", "rotate", "deliver", "notify"], problems);
 
     // The generator is kept apart from the rest of [rotate]: when it is valid, the formats are
     // checked against it even if another rotate setting is wrong.
@@ -534,6 +534,12 @@ fn policy_file(
         }
     };
 
+    let extras = match table.get("secrets") {
+        Some(value) => extra_secrets(file, value, stores, agent_file, &env, problems),
+        None => BTreeMap::new(),
+    };
+    let extra_names: Vec<&str> = extras.keys().map(String::as_str).collect();
+
     let mut deliver = Vec::new();
     match table.get("deliver") {
         Some(value) => match value.get_ref().as_array() {
@@ -543,7 +549,7 @@ fn policy_file(
                     let Some(raw) = file.section::<raw::Deliver>(item, &key, problems) else { continue };
                     let line = file.line(raw.path.span().start);
                     let format_span = raw.format.as_ref().map(Spanned::span);
-                    if let Some(delivery) = delivery(file, &key, raw, accounts, problems) {
+                    if let Some(delivery) = delivery(file, &key, raw, accounts, &extra_names, problems) {
                         if let (true, Some(generator)) = (delivery.format.needs_key(), &generator)
                             && !generator.is_asymmetric()
                         {
@@ -593,7 +599,7 @@ fn policy_file(
         Some(notify) => Some(notify?),
         None => None,
     };
-    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver, rotate, notify })
+    (problems.len() == before).then_some(Policy { name, store, secret, required, deliver, rotate, notify, extras })
 }
 
 /// Signals a notifier may send: the ones applications use to reload or reopen, never KILL.
@@ -756,6 +762,82 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
+/// A template delivery: checked now (syntax, undefined names), each problem placed on the
+/// policy file's line.
+fn template_format(
+    file: &File<'_>,
+    key: &str,
+    template: &Spanned<String>,
+    extras: &[&str],
+    problems: &mut Vec<Problem>,
+) -> Option<Format> {
+    let found = crate::deliver::template::check(template.get_ref(), extras);
+    // A multi-line string's text starts on the line after its opening quotes.
+    let quoted = &file.text[template.span()];
+    let opening_newline = quoted.starts_with("\"\"\"\n") || quoted.starts_with("'''\n");
+    let first = file.line(template.span().start) + usize::from(opening_newline);
+    for problem in &found {
+        problems.push(Problem {
+            file: file.path.to_path_buf(),
+            line: Some(problem.line.map_or(first, |l| first + l - 1)),
+            key: format!("{key}.template"),
+            message: problem.message.clone(),
+        });
+    }
+    found.is_empty().then(|| Format::Template { source: template.get_ref().clone() })
+}
+
+/// A policy's `[secrets.NAME]` sections: more secrets its templates use.
+fn extra_secrets(
+    file: &File<'_>,
+    value: &Spanned<DeValue<'_>>,
+    stores: &BTreeMap<String, StoreConfig>,
+    agent_file: &File<'_>,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, ExtraSecret> {
+    let mut extras = BTreeMap::new();
+    let Some(table) = value.get_ref().as_table() else {
+        problems.push(file.problem(Some(value.span()), "secrets", "must be [secrets.NAME] sections with store and id"));
+        return extras;
+    };
+    for (name, value) in table.iter() {
+        let key = format!("secrets.{}", name.get_ref());
+        let identifier = name.get_ref().starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name.get_ref().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !identifier {
+            problems.push(file.problem(
+                Some(name.span()),
+                &key,
+                "a template secret is used as {{ secrets.NAME }}: its name is lowercase letters, digits and \"_\"",
+            ));
+            continue;
+        }
+        let Some(raw) = file.section::<raw::ExtraSecret>(value, &key, problems) else { continue };
+        if !stores.contains_key(raw.store.get_ref()) {
+            let names = stores.keys().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+            problems.push(file.problem(
+                Some(raw.store.span()),
+                &format!("{key}.store"),
+                format!(
+                    "store \"{}\" is not defined in {}; defined stores: {names}",
+                    raw.store.get_ref(),
+                    agent_file.path.display()
+                ),
+            ));
+            continue;
+        }
+        let Some(id) = file.expand(&raw.id, &format!("{key}.id"), env, problems) else { continue };
+        match SecretId::parse(&id) {
+            Ok(secret) => {
+                extras.insert(name.get_ref().to_string(), ExtraSecret { store: raw.store.get_ref().clone(), secret });
+            }
+            Err(m) => problems.push(file.problem(Some(raw.id.span()), &format!("{key}.id"), m)),
+        }
+    }
+    extras
+}
+
 /// The environment with `${NODE}` bound to the agent's node name, for per-node secret ids.
 struct NodeEnvironment<'a> {
     env: &'a dyn Environment,
@@ -785,6 +867,7 @@ fn format_name(format: &Format) -> &'static str {
         Format::PublicPem => "public-pem",
         Format::Jwk => "jwk",
         Format::Jwks => "jwks",
+        Format::Template { .. } => "template",
     }
 }
 
@@ -932,6 +1015,7 @@ fn delivery(
     key: &str,
     raw: raw::Deliver,
     accounts: &dyn Accounts,
+    extras: &[&str],
     problems: &mut Vec<Problem>,
 ) -> Option<Delivery> {
     let at =
@@ -949,11 +1033,27 @@ fn delivery(
         Some(("public-pem", _)) => Some(Format::PublicPem),
         Some(("jwk", _)) => Some(Format::Jwk),
         Some(("jwks", _)) => Some(Format::Jwks),
+        Some(("template", span)) => match &raw.template {
+            Some(template) => template_format(file, key, template, extras, problems),
+            None => {
+                problems.push(at(
+                    span,
+                    "format",
+                    "\"template\" needs template = \"\"\"...\"\"\" with the text to render".into(),
+                ));
+                None
+            }
+        },
         Some((other, span)) => {
             problems.push(at(span, "format", format!("unknown format \"{other}\"; expected {}", Format::ACCEPTED)));
             None
         }
     };
+    if let (Some(template), Some(format)) = (&raw.template, &format)
+        && !matches!(format, Format::Template { .. })
+    {
+        problems.push(at(template.span(), "template", "applies only to format = \"template\"".into()));
+    }
     match (&format, &key_name) {
         (
             Some(Format::Raw | Format::Base64 | Format::Pem | Format::PublicPem | Format::Jwk | Format::Jwks),

@@ -36,6 +36,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::DeliverError;
+use crate::config::DirAccess;
 use crate::secret::{SecretBytes, VersionId};
 use crate::sys;
 
@@ -168,6 +169,7 @@ impl BundleWriter {
         &mut self,
         bundle: &str,
         members: &BTreeSet<&str>,
+        access: DirAccess,
         updates: Vec<PolicyUpdate>,
     ) -> Result<(), DeliverError> {
         let dir = self.root.join(bundle);
@@ -176,15 +178,18 @@ impl BundleWriter {
             let path = path.to_path_buf();
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
-        sys::create_dir(&dir, DIR_MODE).map_err(io("create", &dir))?;
+        sys::create_dir(&dir, access.mode).map_err(io("create", &dir))?;
+        set_access(&dir, access).map_err(io("set the owner and mode of", &dir))?;
         let old = self.manifest(bundle).clone();
         let live = fs::read_link(dir.join(DATA)).ok();
         remove_if_exists(&dir.join(DATA_TMP)).map_err(io("remove", &dir.join(DATA_TMP)))?;
 
-        let (name, version_dir) = create_version_dir(&dir).map_err(io("create a version directory in", &dir))?;
+        let (name, version_dir) =
+            create_version_dir(&dir, access).map_err(io("create a version directory in", &dir))?;
         self.pause("created");
         let mut linked = Vec::new();
-        let staged = self.stage(bundle, &dir, &version_dir, live.as_deref(), &old, members, updates, &mut linked);
+        let staged =
+            self.stage(bundle, &dir, &version_dir, access, live.as_deref(), &old, members, updates, &mut linked);
         let manifest = match staged {
             Ok(manifest) => manifest,
             Err(e) => {
@@ -233,6 +238,7 @@ impl BundleWriter {
         bundle: &str,
         dir: &Path,
         version_dir: &Path,
+        access: DirAccess,
         live: Option<&Path>,
         old: &Manifest,
         members: &BTreeSet<&str>,
@@ -251,7 +257,7 @@ impl BundleWriter {
         for update in updates {
             for file in &update.files {
                 let path = version_dir.join(&file.path);
-                write_file(version_dir, &path, file).map_err(io("write", &path))?;
+                write_file(version_dir, access, &path, file).map_err(io("write", &path))?;
             }
             manifest.policies.insert(
                 update.policy,
@@ -276,7 +282,7 @@ impl BundleWriter {
                 }
                 let carried = delivered.files.iter().try_for_each(|file| {
                     let target = version_dir.join(file);
-                    create_parents(version_dir, &target)?;
+                    create_parents(version_dir, access, &target)?;
                     fs::hard_link(live_dir.join(file), &target)
                 });
                 match carried {
@@ -307,7 +313,7 @@ impl BundleWriter {
             owner: None,
             group: None,
         };
-        write_file(version_dir, &manifest_path, &own).map_err(io("write", &manifest_path))?;
+        write_file(version_dir, access, &manifest_path, &own).map_err(io("write", &manifest_path))?;
         sync_tree(version_dir).map_err(io("sync", version_dir))?;
         self.pause("manifest-written");
 
@@ -398,7 +404,7 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// `..YYYY_MM_DD_hh_mm_ss.nnnnnnnnn`, made unique with a counter if two updates share a
 /// nanosecond.
-fn create_version_dir(bundle_dir: &Path) -> io::Result<(String, PathBuf)> {
+fn create_version_dir(bundle_dir: &Path, access: DirAccess) -> io::Result<(String, PathBuf)> {
     let stamp = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     let stamp = stamp.trim_end_matches('Z').replace(['-', 'T', ':'], "_");
     for attempt in 0..100 {
@@ -406,7 +412,7 @@ fn create_version_dir(bundle_dir: &Path) -> io::Result<(String, PathBuf)> {
         let path = bundle_dir.join(&name);
         match fs::DirBuilder::new().create(&path) {
             Ok(()) => {
-                sys::chmod(&fs::File::open(&path)?, DIR_MODE)?;
+                set_access(&path, access)?;
                 return Ok((name, path));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -416,17 +422,26 @@ fn create_version_dir(bundle_dir: &Path) -> io::Result<(String, PathBuf)> {
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free version directory name"))
 }
 
-fn create_parents(version_dir: &Path, path: &Path) -> io::Result<()> {
+fn create_parents(version_dir: &Path, access: DirAccess, path: &Path) -> io::Result<()> {
     let parent = path.parent().unwrap_or(version_dir);
-    if parent != version_dir {
-        sys::create_dir(parent, DIR_MODE)?;
+    if parent != version_dir && !parent.is_dir() {
+        create_parents(version_dir, access, parent)?;
+        fs::create_dir(parent)?;
+        set_access(parent, access)?;
     }
     Ok(())
 }
 
+/// Gives a directory the bundle's group and mode.
+fn set_access(dir: &Path, access: DirAccess) -> io::Result<()> {
+    let handle = fs::File::open(dir)?;
+    sys::chown(&handle, None, access.group)?;
+    sys::chmod(&handle, access.mode)
+}
+
 /// Creates one file with its final mode and owner, then writes and syncs it.
-fn write_file(version_dir: &Path, path: &Path, file: &RenderedFile) -> io::Result<()> {
-    create_parents(version_dir, path)?;
+fn write_file(version_dir: &Path, access: DirAccess, path: &Path, file: &RenderedFile) -> io::Result<()> {
+    create_parents(version_dir, access, path)?;
     let mut out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -455,6 +470,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    const OPEN: DirAccess = DirAccess { group: None, mode: 0o755 };
 
     fn update(policy: &str, version: u64, files: &[(&str, &str)]) -> PolicyUpdate {
         PolicyUpdate {
@@ -492,6 +509,7 @@ mod tests {
             .write(
                 "api",
                 &members,
+                OPEN,
                 vec![update("db", 1, &[("db.env", "A=1\n")]), update("signing", 1, &[("tls/key.pem", "k1")])],
             )
             .unwrap();
@@ -501,7 +519,7 @@ mod tests {
         let mode = fs::metadata(api.join("..data/db.env")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o440);
 
-        writer.write("api", &members, vec![update("db", 2, &[("db.env", "A=2\n")])]).unwrap();
+        writer.write("api", &members, OPEN, vec![update("db", 2, &[("db.env", "A=2\n")])]).unwrap();
         assert_eq!(fs::read_to_string(api.join("db.env")).unwrap(), "A=2\n");
         assert_eq!(fs::read_to_string(api.join("tls/key.pem")).unwrap(), "k1", "carried over");
         let ids: Vec<VersionId> = (0..5).map(VersionId::from).collect();
@@ -512,7 +530,7 @@ mod tests {
         assert!(!writer.holds("api", "db", &Fingerprint { previous: Some(&ids[1]), ..want(2, 7) }), "previous changed");
         assert_eq!(version_dirs(&api), 2, "the live version and the one before it");
 
-        writer.write("api", &members, vec![update("db", 3, &[("db.env", "A=3\n")])]).unwrap();
+        writer.write("api", &members, OPEN, vec![update("db", 3, &[("db.env", "A=3\n")])]).unwrap();
         assert_eq!(version_dirs(&api), 2);
 
         // A fresh writer (a restarted agent) reads the same state back from disk.
@@ -520,7 +538,7 @@ mod tests {
         assert!(again.holds("api", "db", &want(3, 7)));
 
         // Dropping a member removes its files and its visible name.
-        writer.write("api", &BTreeSet::from(["db"]), vec![update("db", 4, &[("db.env", "A=4\n")])]).unwrap();
+        writer.write("api", &BTreeSet::from(["db"]), OPEN, vec![update("db", 4, &[("db.env", "A=4\n")])]).unwrap();
         assert!(!api.join("tls").exists() && api.join("tls").symlink_metadata().is_err());
         assert_eq!(writer.remove_stale(&BTreeSet::new()), vec!["api".to_string()]);
         assert!(!api.exists());
@@ -531,10 +549,10 @@ mod tests {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
         let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
         let members = BTreeSet::from(["db"]);
-        writer.write("api", &members, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
+        writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
         // Two files at one path cannot both be created: the write fails after staging began.
         let clash = update("db", 2, &[("new-name", "x"), ("new-name", "y")]);
-        assert!(writer.write("api", &members, vec![clash]).is_err());
+        assert!(writer.write("api", &members, OPEN, vec![clash]).is_err());
         let api = root.path().join("api");
         assert_eq!(fs::read_to_string(api.join("db.env")).unwrap(), "A=1\n");
         assert!(api.join("new-name").symlink_metadata().is_err(), "no dangling new link");
@@ -547,8 +565,9 @@ mod tests {
         let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
         fs::create_dir_all(root.path().join("api")).unwrap();
         fs::File::create(root.path().join("api/db.env")).unwrap();
-        let err =
-            writer.write("api", &BTreeSet::from(["db"]), vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap_err();
+        let err = writer
+            .write("api", &BTreeSet::from(["db"]), OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])])
+            .unwrap_err();
         assert!(matches!(err, DeliverError::Foreign { .. }), "{err}");
     }
 

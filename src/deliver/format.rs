@@ -29,6 +29,8 @@ pub enum RenderError {
     Unquotable,
     #[error("format {format} needs a PKCS#8 private key: {reason}")]
     NotAKey { format: &'static str, reason: String },
+    #[error("template {kind}{}", line.map(|l| format!(" at template line {l}")).unwrap_or_default())]
+    Template { line: Option<usize>, kind: String },
 }
 
 /// Renders `value` (the current version) as `format`. `previous` is the public key of the
@@ -46,6 +48,7 @@ pub fn render(format: &Format, value: &SecretBytes, previous: Option<&PublicKey>
             text.push('\n');
             Ok(SecretBytes::from(text))
         }
+        Format::Template { .. } => unreachable!("templates are rendered by deliver::template"),
         Format::Jwks => {
             let current = key("jwks")?.public_key();
             let keys: Vec<&PublicKey> = std::iter::once(&current).chain(previous.filter(|p| **p != current)).collect();

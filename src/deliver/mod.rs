@@ -6,7 +6,9 @@
 
 pub mod bundle;
 pub mod format;
+pub mod template;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use bundle::{BundleWriter, Fingerprint, PolicyUpdate, RenderedFile};
@@ -42,32 +44,67 @@ pub enum DeliverError {
     },
 }
 
-/// Renders the files `policy` delivers into `bundle` from `version`; `previous` is the public
-/// key listed beside it in JWK sets (see [`format::render`]).
-pub fn render(
-    policy: &Policy,
-    bundle: &str,
-    version: &Version,
-    previous: Option<&Previous>,
-) -> Result<PolicyUpdate, DeliverError> {
+/// What a policy's files are rendered from: its secret's current version, the `[secrets.NAME]`
+/// values its templates use, and the previous public key its JWK sets list.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub version: &'a Version,
+    pub extras: &'a BTreeMap<String, Version>,
+    pub previous: Option<&'a Previous>,
+    pub node: &'a str,
+}
+
+impl Inputs<'_> {
+    /// A checksum of every value the files are made from: the secret's own CRC32C, or, with
+    /// template secrets, one over all of them with their names and versions.
+    pub fn crc32c(&self) -> u32 {
+        if self.extras.is_empty() {
+            return self.version.crc32c;
+        }
+        let mut summary = format!("{}:{}", self.version.id, self.version.crc32c);
+        for (name, extra) in self.extras {
+            summary.push_str(&format!("|{name}={}:{}", extra.id, extra.crc32c));
+        }
+        crc32c::crc32c(summary.as_bytes())
+    }
+}
+
+/// Renders the files `policy` delivers into `bundle`.
+pub fn render(policy: &Policy, bundle: &str, inputs: &Inputs<'_>) -> Result<PolicyUpdate, DeliverError> {
+    let values: BTreeMap<String, crate::secret::SecretBytes> =
+        inputs.extras.iter().map(|(name, v)| (name.clone(), v.value.clone())).collect();
     let files = policy
         .deliver
         .iter()
         .filter(|d| d.bundle == bundle)
         .map(|d| {
-            let contents =
-                format::render(&d.format, &version.value, previous.map(|p| &p.public)).map_err(|source| {
-                    DeliverError::Render { policy: policy.name.clone(), path: d.display_path(), source }
-                })?;
+            let contents = match &d.format {
+                crate::config::Format::Template { source } => {
+                    let context = template::Context {
+                        secret: &inputs.version.value,
+                        extras: &values,
+                        node: inputs.node,
+                        policy: &policy.name,
+                        version: inputs.version.id.as_str(),
+                    };
+                    template::render(source, &context)
+                }
+                other => format::render(other, &inputs.version.value, inputs.previous.map(|p| &p.public)),
+            };
+            let contents = contents.map_err(|source| DeliverError::Render {
+                policy: policy.name.clone(),
+                path: d.display_path(),
+                source,
+            })?;
             Ok(RenderedFile { path: d.file.clone(), contents, mode: d.mode, owner: d.owner, group: d.group })
         })
         .collect::<Result<Vec<_>, DeliverError>>()?;
     Ok(PolicyUpdate {
         policy: policy.name.clone(),
-        version: version.id.clone(),
-        crc32c: version.crc32c,
+        version: inputs.version.id.clone(),
+        crc32c: inputs.crc32c(),
         spec: spec(policy, bundle),
-        previous: previous.map(|p| p.version.clone()),
+        previous: inputs.previous.map(|p| p.version.clone()),
         files,
     })
 }

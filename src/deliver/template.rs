@@ -1,0 +1,163 @@
+//! The `template` format: one file rendered from a policy's secrets and literal text, with
+//! minijinja, strict about undefined names.
+//!
+//! A template sees `secret` (the policy's secret, as text), `secrets.NAME` (each
+//! `[secrets.NAME]` of the policy), `node`, `policy` and `version`, and two filters beyond
+//! minijinja's own: `fromjson` (a JSON secret's fields: `(secret | fromjson).user`) and
+//! `b64encode`. [`check`] finds syntax errors and undefined names without rendering anything,
+//! so `keyturn validate` reports them with their line; [`render`] reports only the kind and
+//! line of an error, never its detail, which could quote a value. minijinja keeps its own
+//! copies of the values while rendering and does not wipe them: the rendered file itself is a
+//! zeroized buffer, its intermediate strings are not.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+
+use super::format::RenderError;
+use crate::secret::SecretBytes;
+
+/// The names every template may use besides `secrets.NAME`.
+pub const NAMES: &[&str] = &["secret", "secrets", "node", "policy", "version"];
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // A config file or .env ends as it is written; Jinja would drop its last newline.
+    let syntax = minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build();
+    env.set_syntax(syntax.expect("the default delimiters are valid"));
+    env.add_filter("fromjson", |text: String| -> Result<Value, minijinja::Error> {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map(|json| Value::from(minijinja::value::Serde(&json)))
+            // serde_json's syntax errors name a position, never the input.
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: not JSON ({e})")))
+    });
+    env.add_filter("b64encode", |text: String| base64::engine::general_purpose::STANDARD.encode(text));
+    env
+}
+
+/// A problem in a template's source: the template's own line (1-based), if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateProblem {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Checks a template without rendering it: its syntax, and that every name it uses is
+/// defined (`extras` are the policy's `[secrets.NAME]`).
+pub fn check(source: &str, extras: &[&str]) -> Vec<TemplateProblem> {
+    let env = environment();
+    let template = match env.template_from_str(source) {
+        Ok(template) => template,
+        Err(e) => {
+            let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+            return vec![TemplateProblem { line: e.line(), message: format!("template syntax error{detail}") }];
+        }
+    };
+    let defined: Vec<String> = NAMES
+        .iter()
+        .filter(|n| **n != "secrets")
+        .map(|n| n.to_string())
+        .chain(extras.iter().map(|e| format!("secrets.{e}")))
+        .collect();
+    let mut used: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+    used.sort();
+    used.into_iter()
+        .filter(|name| {
+            let top = name.split('.').next().unwrap_or(name);
+            let known = match top {
+                "secrets" => name == "secrets" || extras.iter().any(|e| name == &format!("secrets.{e}")),
+                other => NAMES.contains(&other),
+            };
+            !known
+        })
+        .map(|name| TemplateProblem {
+            line: None,
+            message: format!("template uses {{{{ {name} }}}}, which is not defined; defined: {}", defined.join(", ")),
+        })
+        .collect()
+}
+
+/// What a template is rendered with.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub secret: &'a SecretBytes,
+    pub extras: &'a BTreeMap<String, SecretBytes>,
+    pub node: &'a str,
+    pub policy: &'a str,
+    pub version: &'a str,
+}
+
+pub fn render(source: &str, context: &Context<'_>) -> Result<SecretBytes, RenderError> {
+    let text = |value: &SecretBytes| {
+        std::str::from_utf8(value.expose()).map(str::to_string).map_err(|_| RenderError::NotUtf8 { format: "template" })
+    };
+    let mut secrets = BTreeMap::new();
+    for (name, value) in context.extras {
+        secrets.insert(name.as_str(), text(value)?);
+    }
+    let values = minijinja::context! {
+        secret => text(context.secret)?,
+        secrets => secrets,
+        node => context.node,
+        policy => context.policy,
+        version => context.version,
+    };
+    let env = environment();
+    let rendered = env
+        .template_from_str(source)
+        .and_then(|t| t.render(values))
+        .map_err(|e| RenderError::Template { line: e.line(), kind: e.kind().to_string() })?;
+    Ok(SecretBytes::from(rendered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context<'a>(secret: &'a SecretBytes, extras: &'a BTreeMap<String, SecretBytes>) -> Context<'a> {
+        Context { secret, extras, node: "edge-17", policy: "app", version: "4" }
+    }
+
+    #[test]
+    fn renders_secrets_fields_and_literal_text() {
+        let secret = SecretBytes::from(r#"{"user": "app", "password": "pw-1"}"#.to_string());
+        let extras = BTreeMap::from([("api_token".to_string(), SecretBytes::from("tok-9".to_string()))]);
+        let source = "# {{ policy }} v{{ version }} on {{ node }}\n{% set db = secret | fromjson %}DATABASE_URL=postgres://{{ db.user }}:{{ db.password }}@db/app\nAPI_TOKEN={{ secrets.api_token }}\nB64={{ secrets.api_token | b64encode }}\n";
+        let out = render(source, &context(&secret, &extras)).unwrap();
+        assert_eq!(
+            String::from_utf8(out.expose().to_vec()).unwrap(),
+            "# app v4 on edge-17\nDATABASE_URL=postgres://app:pw-1@db/app\nAPI_TOKEN=tok-9\nB64=dG9rLTk=\n"
+        );
+    }
+
+    #[test]
+    fn check_finds_syntax_errors_with_their_line_and_undefined_names() {
+        assert_eq!(check("A={{ secret }}\nB={{ secrets.token }}\n", &["token"]), vec![]);
+        let problems = check("A={{ secret }}\nB={% if %}\n", &[]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].line, Some(2));
+        assert!(problems[0].message.starts_with("template syntax error"), "{:?}", problems[0]);
+        let problems = check("{{ secrets.missing }} {{ password }} {{ secrets.token }}", &["token"]);
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].starts_with("template uses {{ password }}, which is not defined; defined: secret, node, policy, version, secrets.token"), "{messages:?}");
+        assert!(messages[1].starts_with("template uses {{ secrets.missing }}"), "{messages:?}");
+    }
+
+    #[test]
+    fn render_errors_never_carry_the_value() {
+        let secret = SecretBytes::from("sekrit-template-value".to_string());
+        let extras = BTreeMap::new();
+        for source in ["{{ (secret | fromjson).x }}", "{{ secret | int + 1 }}", "{{ secret.nope }}"] {
+            let err = render(source, &context(&secret, &extras)).unwrap_err();
+            assert!(!err.to_string().contains("sekrit") && !format!("{err:?}").contains("sekrit"), "{err}");
+        }
+        let binary = SecretBytes::new(vec![0xff]);
+        assert_eq!(
+            render("{{ secret }}", &context(&binary, &extras)),
+            Err(RenderError::NotUtf8 { format: "template" })
+        );
+    }
+}

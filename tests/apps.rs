@@ -1,0 +1,128 @@
+//! What applications get: files rendered from templates over several secrets, and files and
+//! directories owned by the users and groups the policies name.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::{World, read, text};
+
+fn template_policy(world: &World, template: &str) {
+    world.policy(
+        "app",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"db-credentials\"\n\n[secrets.api_token]\nstore = \"dev\"\nid = \"api-token\"\n\n\
+             [[deliver]]\npath = \"app/settings.env\"\nformat = \"template\"\ntemplate = \"\"\"\n{template}\"\"\"\n"
+        ),
+    );
+}
+
+#[test]
+fn a_template_renders_several_secrets_and_follows_each_of_them() {
+    let world = World::new("");
+    template_policy(
+        &world,
+        "# rendered by keyturn for {{ policy }} on {{ node }}\n{% set db = secret | fromjson %}\
+         DATABASE_URL=postgres://{{ db.user }}:{{ db.password }}@db.internal/app\nAPI_TOKEN={{ secrets.api_token }}\n",
+    );
+    world.put("db-credentials", r#"{"user": "app", "password": "pw-1"}"#);
+    world.put("api-token", "token-1");
+    let out = world.sync_once();
+    assert!(out.status.success(), "{}", text(&out));
+    let settings = world.bundle("app/settings.env");
+    assert_eq!(
+        read(&settings),
+        "# rendered by keyturn for app on test-node\nDATABASE_URL=postgres://app:pw-1@db.internal/app\nAPI_TOKEN=token-1\n"
+    );
+
+    // Only the template's second secret changes: the file is rendered again.
+    world.put("api-token", "token-2");
+    assert!(world.sync_once().status.success());
+    assert!(read(&settings).ends_with("API_TOKEN=token-2\n"), "{}", read(&settings));
+    // Nothing changed: nothing is written (the version directory stays the same).
+    let before = common::version_dirs(&world.bundle("app"));
+    assert!(world.sync_once().status.success());
+    assert_eq!(common::version_dirs(&world.bundle("app")), before);
+}
+
+#[test]
+fn validate_reports_an_undefined_name_and_a_syntax_error_with_their_lines() {
+    let world = World::new("");
+    template_policy(&world, "API_TOKEN={{ secrets.api_token }}\nPASSWORD={{ secrets.password }}\n");
+    world.policy(
+        "broken",
+        "[secret]\nstore = \"dev\"\nid = \"x\"\n\n[[deliver]]\npath = \"broken/file\"\nformat = \"template\"\ntemplate = \"\"\"\nline one\n{% if secret %}\nno end\n\"\"\"\n",
+    );
+    world.policy(
+        "nothing",
+        "[secret]\nstore = \"dev\"\nid = \"y\"\n[[deliver]]\npath = \"n/file\"\nformat = \"template\"\n",
+    );
+    let out = world.keyturn(&["validate"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        // The policy file's own line of the template text, not the template's.
+        "app.toml:13: deliver[0].template: template uses {{ secrets.password }}, which is not defined; defined: secret, node, policy, version, secrets.api_token",
+        // minijinja places the error at the block left open.
+        "broken.toml:10: deliver[0].template: template syntax error: unexpected end of input, expected end of block",
+        "nothing.toml:6: deliver[0].format: \"template\" needs template =",
+    ] {
+        assert!(stderr.contains(want), "missing {want:?} in\n{stderr}");
+    }
+}
+
+#[test]
+fn files_and_directories_get_the_owner_group_and_mode_of_their_policy() {
+    assert!(
+        rustix_uid() == 0,
+        "this test checks chown and runs as root (scripts/test.sh runs as root in CI); it cannot prove ownership otherwise"
+    );
+    let world = World::new("");
+    // A bundle whose files all name one group: its directories belong to that group, 0750.
+    world.policy(
+        "shared",
+        "[secret]\nstore = \"dev\"\nid = \"shared\"\n\
+         [[deliver]]\npath = \"api/key\"\nmode = \"0440\"\nuser = \"nobody\"\ngroup = \"nogroup\"\n\
+         [[deliver]]\npath = \"api/tls/cert-key\"\nmode = \"0400\"\nuser = 4242\ngroup = \"nogroup\"\n",
+    );
+    // A bundle with no group: 0755 directories, files owned by the agent's user, 0400.
+    world.policy("plain", "[secret]\nstore = \"dev\"\nid = \"plain\"\n[[deliver]]\npath = \"plain/value\"\n");
+    world.put("shared", "s");
+    world.put("plain", "p");
+    let out = world.sync_once();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let nobody = uid_of("nobody");
+    let nogroup = gid_of("nogroup");
+    let stat = |path: &Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777)
+    };
+    let api = world.bundle("api");
+    let version = api.join(std::fs::read_link(api.join("..data")).unwrap());
+    assert_eq!(stat(&api.join("key")), (nobody, nogroup, 0o440));
+    assert_eq!(stat(&api.join("tls/cert-key")), (4242, nogroup, 0o400));
+    for dir in [api.clone(), version.clone(), version.join("tls")] {
+        assert_eq!(stat(&dir), (0, nogroup, 0o750), "{}", dir.display());
+    }
+    assert_eq!(stat(&version.join("..keyturn.json")), (0, 0, 0o400), "the manifest is the agent's alone");
+
+    let plain = world.bundle("plain");
+    assert_eq!(stat(&plain.join("value")), (0, 0, 0o400));
+    assert_eq!(stat(&plain), (0, 0, 0o755));
+}
+
+fn rustix_uid() -> u32 {
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+}
+
+fn uid_of(name: &str) -> u32 {
+    let out = std::process::Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn gid_of(name: &str) -> u32 {
+    let out = std::process::Command::new("getent").args(["group", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().parse().unwrap()
+}
