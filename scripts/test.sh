@@ -13,5 +13,16 @@ need() {
 }
 need cargo "install Rust with rustup"
 need unshare "install util-linux"
+need python3 "install python3 and python3-venv"
+
+# Python tools for the end-to-end tests, in .venv at the top of the repository (gitignored):
+# the FastAPI example app and its server. Installed once; reinstalled if an import fails.
+venv="$PWD/.venv"
+if ! "$venv/bin/python" -c 'import fastapi, uvicorn, jwt, cryptography' 2>/dev/null; then
+    echo "scripts/test.sh: installing the test-only Python tools into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/fastapi/requirements.txt
+fi
+export KEYTURN_TEST_VENV="$venv"
 
 cargo test --workspace --all-targets "$@"

@@ -115,7 +115,7 @@ fn versions(fleet: &Fleet) -> Vec<(u64, SystemTime, keyturn::store::VersionState
 /// new version per period, no orphans, and every agent ends up delivering the same key.
 fn one_rotation_per_period(fleet: Fleet, agents: usize) {
     const PERIOD: Duration = Duration::from_secs(4);
-    fleet.signing_policy("every = \"4s\"\njitter = \"0s\"\ngrace = \"1h\"\nlease = \"30s\"");
+    fleet.signing_policy("every = \"4s\"\njitter = \"0s\"\ngrace = \"2s\"\nlease = \"30s\"");
     let configs: Vec<PathBuf> = (0..agents).map(|i| fleet.world.node(&format!("node-{i}"))).collect();
     for config in &configs {
         let text = read(config).replace("[agent]\n", "[agent]\npoll = \"1s\"\njitter = \"0%\"\n");
@@ -398,7 +398,7 @@ fn an_agent_killed_after_each_step_of_a_scheduled_rotation_recovers_when_restart
     let fleet = Fleet::file("poll = \"1s\"\njitter = \"0%\"");
     // Due two seconds after each version is made; the lease outlives the test, so recovery
     // relies on the restarted agent seeing its own node's dead pid.
-    fleet.signing_policy("every = \"2s\"\njitter = \"0s\"\ngrace = \"1h\"\nlease = \"1h\"");
+    fleet.signing_policy("every = \"2s\"\njitter = \"0s\"\ngrace = \"1s\"\nlease = \"1h\"");
     let first = fleet.rotate_now(&fleet.world.config(), &[]);
     assert!(first.status.success(), "{}", text(&first));
     for step in ["leased", "added", "pending", "checked", "promoted", "cleaned"] {

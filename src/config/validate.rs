@@ -922,7 +922,27 @@ fn rotate_section(
             None
         }
     };
-    let grace = file.duration(raw.grace.as_ref(), DEFAULT_GRACE, "rotate.grace", problems);
+    // A JWK set lists the current and the previous key, so a key replaced twice within its grace
+    // would leave verification sets early: the grace must end before the next rotation. By
+    // default it is a day, or half the period if that is shorter.
+    let default_grace = match &schedule {
+        Some(Schedule::Every(period)) => DEFAULT_GRACE.min(*period / 2),
+        _ => DEFAULT_GRACE,
+    };
+    let grace = file.duration(raw.grace.as_ref(), default_grace, "rotate.grace", problems);
+    if let (Some(Schedule::Every(period)), Some(grace), Some(value)) = (&schedule, grace, &raw.grace)
+        && grace >= *period
+    {
+        problems.push(at(
+            value.span(),
+            "grace",
+            format!(
+                "\"{}\" is not shorter than the rotation period ({}): a replaced key must leave verification sets before the next one is replaced",
+                value.get_ref(),
+                humantime::format_duration(*period)
+            ),
+        ));
+    }
     let keep = match &raw.keep {
         None => Some(2),
         Some(keep) => {
@@ -1448,6 +1468,17 @@ format = "jwks"
         let shared = "[secret]\nstore = \"dev\"\nid = \"same-for-all\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\nowner = \"node\"\n[[deliver]]\npath = \"y/key\"\n";
         let got = problems(AGENT, &[("shared", shared)]);
         assert!(got.iter().any(|p| p.contains("needs ${NODE} in its id")), "{got:#?}");
+        let long_grace = "[secret]\nstore = \"dev\"\nid = \"g\"\n[rotate]\nevery = \"1h\"\ngrace = \"2h\"\ngenerate = \"aes-256\"\n[[deliver]]\npath = \"g/key\"\n";
+        let got = problems(AGENT, &[("long-grace", long_grace)]);
+        assert!(
+            got.iter()
+                .any(|p| p
+                    .contains("long-grace.toml:6: rotate.grace: \"2h\" is not shorter than the rotation period (1h)")),
+            "{got:#?}"
+        );
+        let short = "[secret]\nstore = \"dev\"\nid = \"h\"\n[rotate]\nevery = \"1h\"\ngenerate = \"aes-256\"\n[[deliver]]\npath = \"h/key\"\n";
+        let config = validate(&sources(AGENT, &[("short", short)]), &Fake, &Fake).unwrap();
+        assert_eq!(config.policies[0].rotate.as_ref().unwrap().grace, Duration::from_secs(1800), "half the period");
         let unknown = "[secret]\nstore = \"dev\"\nid = \"z\"\n[rotate]\nevery = \"1d\"\ngenerate = \"dsa-1024\"\n[[deliver]]\npath = \"z/key\"\n";
         let got = problems(AGENT, &[("unknown", unknown)]);
         assert!(got.iter().any(|p| p.contains("rotate.generate:") && p.contains("dsa-1024")), "{got:#?}");
