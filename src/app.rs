@@ -130,7 +130,7 @@ fn validate(path: &Path) -> Result<ExitCode, AppError> {
 }
 
 fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
-    let agent = config::load_agent_file(path, &System)?.agent;
+    let agent = config::load_agent_file(path, &System, &System)?.agent;
     let status = match Status::load(&agent.state_dir) {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -177,7 +177,7 @@ async fn open_stores(config: &Config) -> Result<BTreeMap<String, Arc<AnyStore>>,
 
 async fn store_command(path: &Path, command: StoreCommand) -> Result<ExitCode, AppError> {
     // The agent file alone: a broken policy must not lock an operator out of the store.
-    let config = config::load_agent_file(path, &System)?;
+    let config = config::load_agent_file(path, &System, &System)?;
     let named = |name: &str| {
         config.stores.get(name).ok_or_else(|| {
             let names: Vec<&str> = config.stores.keys().map(String::as_str).collect();

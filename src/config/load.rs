@@ -20,23 +20,31 @@ pub struct Sources {
 }
 
 /// Reads and validates the agent file alone, without its policies.
-pub fn load_agent_file(agent_file: &Path, env: &dyn Environment) -> Result<super::AgentFile, ConfigErrors> {
+pub fn load_agent_file(
+    agent_file: &Path,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+) -> Result<super::AgentFile, ConfigErrors> {
     let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
-    validate::agent_file(&agent, env)
+    validate::agent_file(&agent, env, accounts)
 }
 
 /// Reads and validates the configuration rooted at `agent_file`.
 pub fn load(agent_file: &Path, env: &dyn Environment, accounts: &dyn Accounts) -> Result<Config, ConfigErrors> {
-    let sources = read_sources(agent_file, env)?;
+    let sources = read_sources(agent_file, env, accounts)?;
     validate(&sources, env, accounts)
 }
 
 /// Reads the agent file, finds its policy directory, and reads every `*.toml` in it.
-pub fn read_sources(agent_file: &Path, env: &dyn Environment) -> Result<Sources, ConfigErrors> {
+pub fn read_sources(
+    agent_file: &Path,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+) -> Result<Sources, ConfigErrors> {
     let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
     let Some(dir) = validate::policies_dir(&agent, env) else {
         // The policy directory itself is unreadable: report the agent file's problems.
-        return Err(validate::agent_file(&agent, env).err().unwrap_or_else(|| ConfigErrors(Vec::new())));
+        return Err(validate::agent_file(&agent, env, accounts).err().unwrap_or_else(|| ConfigErrors(Vec::new())));
     };
     let policies = read_policy_dir(&dir, &agent.path)?;
     Ok(Sources { agent, policies })

@@ -37,6 +37,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub agent: Agent,
+    pub admin: Admin,
+    pub control: Control,
+    pub report: Option<Report>,
     pub stores: BTreeMap<String, StoreConfig>,
     /// Sorted by name, so that every node that reads the same files builds the same plan.
     pub policies: Vec<Policy>,
@@ -85,8 +88,43 @@ impl Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentFile {
     pub agent: Agent,
+    pub admin: Admin,
+    pub control: Control,
+    pub report: Option<Report>,
     pub stores: BTreeMap<String, StoreConfig>,
 }
+
+/// `[admin]`: the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// `None` when `listen = "off"`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[control]`: the Unix socket at `RUNTIME_DIR/.keyturn.sock` that `keyturn status`,
+/// `rotate`, `reload` and `resync` talk to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub mode: u32,
+    pub group: Option<u32>,
+    /// Callers whose uid is here, or whose groups include one of `allow_groups`, are served.
+    pub allow_users: Vec<u32>,
+    pub allow_groups: Vec<u32>,
+}
+
+/// `[report]`: where events about deliveries, rotations and failures are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub url: String,
+    pub bearer_token_file: Option<PathBuf>,
+    pub timeout: Duration,
+    /// The spool keeps at most this many unsent events; the oldest are dropped first.
+    pub spool_max_events: usize,
+}
+
+/// The name of the control socket inside the runtime directory: hidden, so no bundle (whose
+/// names may not start with ".") can take it.
+pub const CONTROL_SOCKET: &str = ".keyturn.sock";
 
 /// Who may enter a bundle's directories.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

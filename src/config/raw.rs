@@ -26,6 +26,33 @@ pub struct Agent {
     pub shutdown_grace: Option<Spanned<String>>,
 }
 
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<Spanned<String>>,
+}
+
+/// `[control]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub mode: Option<Spanned<Mode>>,
+    pub group: Option<Spanned<NameOrId>>,
+    pub allow_users: Option<Vec<Spanned<NameOrId>>>,
+    pub allow_groups: Option<Vec<Spanned<NameOrId>>>,
+}
+
+/// `[report]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub url: Spanned<String>,
+    pub bearer_token_file: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub spool_max_events: Option<Spanned<i64>>,
+}
+
 /// `[stores.NAME]` with `kind = "file"`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

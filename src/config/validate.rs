@@ -22,9 +22,9 @@ use super::load::SourceFile;
 use super::raw;
 use super::units::{parse_duration, parse_mode, parse_ratio};
 use super::{
-    Accounts, Agent, AgentFile, Config, ConfigErrors, Delivery, Environment, ExecNotify, ExtraSecret, FileStoreConfig,
-    Format, GcpStoreConfig, HttpNotify, Notify, Owner, Policy, Problem, Rotate, SignalNotify, SignalTarget, Sources,
-    StoreConfig, SystemdNotify,
+    Accounts, Admin, Agent, AgentFile, Config, ConfigErrors, Control, Delivery, Environment, ExecNotify, ExtraSecret,
+    FileStoreConfig, Format, GcpStoreConfig, HttpNotify, Notify, Owner, Policy, Problem, Report, Rotate, SignalNotify,
+    SignalTarget, Sources, StoreConfig, SystemdNotify,
 };
 use crate::generate::{Charset, Generator};
 use crate::rotation::schedule::Schedule;
@@ -52,10 +52,11 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
     let mut problems = Vec::new();
     let agent_file = File::new(&sources.agent);
     let parsed = agent_file.parse(&mut problems);
-    let (agent, stores) = match &parsed {
-        Some(table) => agent_table(&agent_file, table, env, &mut problems),
-        None => (None, BTreeMap::new()),
+    let parts = match &parsed {
+        Some(table) => agent_table(&agent_file, table, env, accounts, &mut problems),
+        None => AgentParts::default(),
     };
+    let (agent, stores) = (parts.agent.clone(), parts.stores.clone());
 
     let mut policies = Vec::new();
     let mut placed: Vec<Placed> = Vec::new();
@@ -75,10 +76,17 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
     };
     problems.sort_by_key(order);
 
-    match agent {
-        Some(agent) if problems.is_empty() => {
+    match parts.complete() {
+        Some(file) if problems.is_empty() => {
             policies.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(Config { agent, stores, policies })
+            Ok(Config {
+                agent: file.agent,
+                admin: file.admin,
+                control: file.control,
+                report: file.report,
+                stores: file.stores,
+                policies,
+            })
         }
         _ => Err(ConfigErrors(problems)),
     }
@@ -99,17 +107,43 @@ pub fn policies_dir(agent: &SourceFile, env: &dyn Environment) -> Option<PathBuf
 
 /// The agent file alone: `[agent]` and `[stores]`. `keyturn status` and `keyturn store` need
 /// no more, and must keep working while a policy file is broken.
-pub fn agent_file(agent: &SourceFile, env: &dyn Environment) -> Result<AgentFile, ConfigErrors> {
+pub fn agent_file(
+    agent: &SourceFile,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+) -> Result<AgentFile, ConfigErrors> {
     let mut problems = Vec::new();
     let file = File::new(agent);
     let parsed = file.parse(&mut problems);
-    let (settings, stores) = match &parsed {
-        Some(table) => agent_table(&file, table, env, &mut problems),
-        None => (None, BTreeMap::new()),
+    let parts = match &parsed {
+        Some(table) => agent_table(&file, table, env, accounts, &mut problems),
+        None => AgentParts::default(),
     };
-    match settings {
-        Some(agent) if problems.is_empty() => Ok(AgentFile { agent, stores }),
+    match parts.complete() {
+        Some(agent_file) if problems.is_empty() => Ok(agent_file),
         _ => Err(ConfigErrors(problems)),
+    }
+}
+
+/// The sections of an agent file, each `None` if it was wrong (problems say why).
+#[derive(Default)]
+struct AgentParts {
+    agent: Option<Agent>,
+    admin: Option<Admin>,
+    control: Option<Control>,
+    report: Option<Option<Report>>,
+    stores: BTreeMap<String, StoreConfig>,
+}
+
+impl AgentParts {
+    fn complete(self) -> Option<AgentFile> {
+        Some(AgentFile {
+            agent: self.agent?,
+            admin: self.admin?,
+            control: self.control?,
+            report: self.report?,
+            stores: self.stores,
+        })
     }
 }
 
@@ -259,10 +293,11 @@ fn agent_table(
     file: &File<'_>,
     table: &Spanned<DeTable<'_>>,
     env: &dyn Environment,
+    accounts: &dyn Accounts,
     problems: &mut Vec<Problem>,
-) -> (Option<Agent>, BTreeMap<String, StoreConfig>) {
+) -> AgentParts {
     let table = table.get_ref();
-    file.known_sections(table, &["agent", "stores"], problems);
+    file.known_sections(table, &["agent", "stores", "admin", "control", "report"], problems);
     let agent = match table.get("agent") {
         Some(value) => file.section(value, "agent", problems).and_then(|raw| agent_section(file, raw, env, problems)),
         None => agent_section(file, raw::Agent::default(), env, problems),
@@ -271,7 +306,138 @@ fn agent_table(
         Some(value) => stores_section(file, value, env, problems),
         None => BTreeMap::new(),
     };
-    (agent, stores)
+    let admin = match table.get("admin") {
+        Some(value) => file.section(value, "admin", problems).and_then(|raw| admin_section(file, raw, problems)),
+        None => admin_section(file, raw::Admin::default(), problems),
+    };
+    let control = match table.get("control") {
+        Some(value) => {
+            file.section(value, "control", problems).and_then(|raw| control_section(file, raw, accounts, problems))
+        }
+        None => control_section(file, raw::Control::default(), accounts, problems),
+    };
+    let report = match table.get("report") {
+        Some(value) => {
+            file.section(value, "report", problems).and_then(|raw| report_section(file, raw, env, problems)).map(Some)
+        }
+        None => Some(None),
+    };
+    AgentParts { agent, admin, control, report, stores }
+}
+
+/// The admin listener serves metrics and health, never values; by default on loopback only.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+
+fn admin_section(file: &File<'_>, raw: raw::Admin, problems: &mut Vec<Problem>) -> Option<Admin> {
+    let Some(listen) = &raw.listen else {
+        return Some(Admin { listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("a socket address")) });
+    };
+    if listen.get_ref() == "off" {
+        return Some(Admin { listen: None });
+    }
+    match listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(address) => Some(Admin { listen: Some(address) }),
+        Err(_) => {
+            problems.push(file.problem(
+                Some(listen.span()),
+                "admin.listen",
+                format!("\"{}\" is not an address and port such as \"127.0.0.1:9464\" (or \"off\")", listen.get_ref()),
+            ));
+            None
+        }
+    }
+}
+
+fn control_section(
+    file: &File<'_>,
+    raw: raw::Control,
+    accounts: &dyn Accounts,
+    problems: &mut Vec<Problem>,
+) -> Option<Control> {
+    let before = problems.len();
+    let mode = match &raw.mode {
+        None => 0o600,
+        Some(mode) => {
+            let parsed = match mode.get_ref() {
+                raw::Mode::Text(text) => parse_mode(text).ok(),
+                raw::Mode::Bits(bits) => u32::try_from(*bits).ok(),
+            };
+            match parsed {
+                Some(m @ (0o600 | 0o660)) => m,
+                _ => {
+                    problems.push(file.problem(
+                        Some(mode.span()),
+                        "control.mode",
+                        "expected \"0600\", or \"0660\" with a group",
+                    ));
+                    0o600
+                }
+            }
+        }
+    };
+    let lookup_user = |n: &str| accounts.user_id(n);
+    let lookup_group = |n: &str| accounts.group_id(n);
+    let at =
+        |span: Range<usize>, key: &str, message: String| file.problem(Some(span), &format!("control.{key}"), message);
+    let group = account(&raw.group, "group", lookup_group, &at, problems).flatten();
+    if mode == 0o660 && group.is_none() {
+        problems.push(file.problem(
+            None,
+            "control.mode",
+            "\"0660\" needs group = \"NAME\": the group that may use the socket",
+        ));
+    }
+    let mut allow_users = Vec::new();
+    for user in raw.allow_users.iter().flatten() {
+        if let Some(Some(id)) = account(&Some(user.clone()), "user", lookup_user, &at, problems) {
+            allow_users.push(id);
+        }
+    }
+    if raw.allow_users.is_none() {
+        // By default, the user the agent runs as (in practice root).
+        allow_users.push(rustix::process::geteuid().as_raw());
+    }
+    let mut allow_groups = Vec::new();
+    for group in raw.allow_groups.iter().flatten() {
+        if let Some(Some(id)) = account(&Some(group.clone()), "group", lookup_group, &at, problems) {
+            allow_groups.push(id);
+        }
+    }
+    (problems.len() == before).then_some(Control { mode, group, allow_users, allow_groups })
+}
+
+fn report_section(
+    file: &File<'_>,
+    raw: raw::Report,
+    env: &dyn Environment,
+    problems: &mut Vec<Problem>,
+) -> Option<Report> {
+    let url = file.expand(&raw.url, "report.url", env, problems).and_then(|url| {
+        check_notify_url(&url)
+            .map(|()| url)
+            .map_err(|m| problems.push(file.problem(Some(raw.url.span()), "report.url", m)))
+            .ok()
+    });
+    let token = match &raw.bearer_token_file {
+        Some(path) => file.path_setting(Some(path), "", "report.bearer_token_file", env, problems).map(Some),
+        None => Some(None),
+    };
+    let timeout = file.duration(raw.timeout.as_ref(), Duration::from_secs(10), "report.timeout", problems);
+    let spool_max_events = match &raw.spool_max_events {
+        None => Some(10_000),
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if (10..=1_000_000).contains(&n) => Some(n),
+            _ => {
+                problems.push(file.problem(
+                    Some(n.span()),
+                    "report.spool_max_events",
+                    format!("{} is out of range: 10 to 1000000", n.get_ref()),
+                ));
+                None
+            }
+        },
+    };
+    Some(Report { url: url?, bearer_token_file: token?, timeout: timeout?, spool_max_events: spool_max_events? })
 }
 
 fn agent_section(
@@ -1566,12 +1732,12 @@ retry_backoff = "100ms"
     fn the_agent_file_is_read_alone() {
         let agent = SourceFile { path: "/etc/keyturn/keyturn.toml".into(), text: AGENT.into() };
         assert_eq!(policies_dir(&agent, &Fake), Some(PathBuf::from("/etc/keyturn/policies")));
-        let parsed = agent_file(&agent, &Fake).unwrap();
+        let parsed = agent_file(&agent, &Fake, &Fake).unwrap();
         assert_eq!(parsed.agent.policies_dir, PathBuf::from("/etc/keyturn/policies"));
         assert_eq!(parsed.stores.keys().collect::<Vec<_>>(), ["dev"]);
         let defaults = SourceFile { path: "/x/keyturn.toml".into(), text: String::new() };
         assert_eq!(policies_dir(&defaults, &Fake), Some(PathBuf::from(DEFAULT_POLICIES_DIR)));
-        let defaults = agent_file(&defaults, &Fake).unwrap().agent;
+        let defaults = agent_file(&defaults, &Fake, &Fake).unwrap().agent;
         assert_eq!(defaults.runtime_dir, PathBuf::from(DEFAULT_RUNTIME_DIR));
         assert_eq!(defaults.node, "node-a");
     }
