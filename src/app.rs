@@ -14,14 +14,16 @@ use zeroize::Zeroizing;
 
 use crate::cli::{Cli, Command, StoreCommand};
 use crate::config::{self, Config, ConfigErrors, StoreConfig, System};
+use crate::control::socket;
 use crate::deliver::{BundleWriter, DeliverError};
 use crate::engine::{AbortOnDrop, Engine, Shared};
 use crate::error_chain;
+use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
 use crate::store::file::FileStore;
 use crate::store::gcp::GcpStore;
-use crate::store::{AliasMove, AnyStore, SecretStore, SecretUpdate, Selector, StoreError};
+use crate::store::{AliasMove, AnyStore, Metered, SecretStore, SecretUpdate, Selector, StoreError};
 use crate::sys;
 
 /// How long file-change events gather before one reload: editors write a file in several
@@ -60,6 +62,8 @@ pub enum AppError {
         "policy {policy}: another rotation holds the lease ({holder}); it ends when that rotation finishes or the lease expires"
     )]
     Busy { policy: String, holder: String },
+    #[error("{0}")]
+    Agent(String),
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     #[error("{0}")]
@@ -96,7 +100,7 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<ExitCode, AppError> {
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
     match cli.command {
         Command::Validate => validate(&config_path),
-        Command::Status { json } => status(&config_path, json),
+        Command::Status { json } => status(&config_path, json).await,
         Command::Store { command } => store_command(&config_path, command).await,
         Command::Sync { once } => {
             if !once {
@@ -109,6 +113,8 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<ExitCode, AppError> {
         }
         Command::Agent => agent(&config_path, &seams).await,
         Command::Rotate { policy, now, revoke } => rotate(&config_path, &policy, now, revoke, &seams).await,
+        Command::Reload => ask_agent(&config_path, socket::Request::Reload).await,
+        Command::Resync => ask_agent(&config_path, socket::Request::Resync).await,
     }
 }
 
@@ -129,8 +135,40 @@ fn validate(path: &Path) -> Result<ExitCode, AppError> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
+/// Sends `request` to the running agent; an error if none is running.
+async fn ask_agent(path: &Path, request: socket::Request) -> Result<ExitCode, AppError> {
     let agent = config::load_agent_file(path, &System, &System)?.agent;
+    match socket::call(&agent.runtime_dir, &request, |line| eprintln!("{line}")).await {
+        Ok(Some(Ok(answer))) => {
+            println!("{}", serde_json::to_string_pretty(&answer).expect("json serializes"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Some(Err(message))) => Err(AppError::Agent(message)),
+        Ok(None) => Err(AppError::Agent(format!(
+            "no agent is running with this configuration (no control socket at {})",
+            socket::path(&agent.runtime_dir).display()
+        ))),
+        Err(source) => Err(AppError::Io { what: "cannot talk to the agent's control socket".into(), source }),
+    }
+}
+
+/// `keyturn status`: from the running agent if there is one, else from the status file.
+async fn status(path: &Path, json: bool) -> Result<ExitCode, AppError> {
+    let agent = config::load_agent_file(path, &System, &System)?.agent;
+    match socket::call(&agent.runtime_dir, &socket::Request::Status, |_| {}).await {
+        Ok(Some(Ok(value))) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value).expect("json serializes"));
+            } else {
+                let status: Status = serde_json::from_value(value).map_err(|e| AppError::Agent(e.to_string()))?;
+                print!("{}", status.render_table(true));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(Some(Err(message))) => return Err(AppError::Agent(message)),
+        // No agent, or a socket this user may not open: the status file says what is known.
+        Ok(None) | Err(_) => {}
+    }
     let status = match Status::load(&agent.state_dir) {
         Ok(status) => status,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -167,10 +205,14 @@ async fn open_store(name: &str, config: &StoreConfig) -> Result<AnyStore, StoreE
     }
 }
 
-async fn open_stores(config: &Config) -> Result<BTreeMap<String, Arc<AnyStore>>, StoreError> {
+/// The stores the engine uses, each counted in the metrics.
+type Stores = BTreeMap<String, Arc<Metered<AnyStore>>>;
+
+async fn open_stores(config: &Config, metrics: &Arc<Metrics>) -> Result<Stores, StoreError> {
     let mut stores = BTreeMap::new();
     for (name, store) in &config.stores {
-        stores.insert(name.clone(), Arc::new(open_store(name, store).await?));
+        let store = Metered::new(name, open_store(name, store).await?, metrics.clone());
+        stores.insert(name.clone(), Arc::new(store));
     }
     Ok(stores)
 }
@@ -244,8 +286,13 @@ fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> 
 
 async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let config = Arc::new(load(path)?);
-    let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
-    let engine = Engine::new(config.clone(), open_stores(&config).await?, shared.clone(), seams.pause_at.clone());
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, Arc::new(Metrics::new()));
+    let engine = Engine::new(
+        config.clone(),
+        open_stores(&config, &shared.metrics).await?,
+        shared.clone(),
+        seams.pause_at.clone(),
+    );
     let summary = engine.sync_all().await;
     engine.flush_notifications().await;
     shared.save_status(&config.agent.state_dir);
@@ -263,16 +310,43 @@ async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
 
 async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let mut config = Arc::new(load(path)?);
-    let shared = Shared::new(writer(&config, seams)?, &config.agent.node);
-    let mut stores = open_stores(&config).await?;
-    // At once, not after the first delivery: the file names this process, so `keyturn status`
-    // and `keyturn rotate` find the agent while it is still starting.
-    shared.save_status(&config.agent.state_dir);
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, Arc::new(Metrics::new()));
+    let mut stores = open_stores(&config, &shared.metrics).await?;
     let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut resync = signal(SignalKind::user_defined1()).map_err(signal_error)?;
+
+    // The admin listener and the control socket live as long as the process; a reload does not
+    // move them (a changed [admin] or [control] takes a restart, and says so).
+    let admin = match config.admin.listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|source| AppError::Io {
+                what: format!("cannot listen on {address} for /metrics, /healthz and /readyz; change [admin] listen"),
+                source,
+            })?;
+            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(address = %bound, "admin listener serving /metrics, /healthz and /readyz");
+            shared.status().admin = Some(bound);
+            Some(AbortOnDrop(tokio::spawn(crate::control::admin::serve(listener, shared.clone()))))
+        }
+        None => None,
+    };
+    let (engine_tx, engine_rx) = tokio::sync::watch::channel(None);
+    let (reload_tx, mut reload_requests) = mpsc::channel(4);
+    let socket = socket::bind(&config.agent.runtime_dir, &config.control).map_err(|source| AppError::Io {
+        what: format!("cannot create the control socket {}", socket::path(&config.agent.runtime_dir).display()),
+        source,
+    })?;
+    let control =
+        AbortOnDrop(tokio::spawn(socket::serve(socket, config.control.clone(), shared.clone(), engine_rx, reload_tx)));
+    let systemd = AbortOnDrop(tokio::spawn(crate::control::systemd::report(shared.clone())));
+    crate::control::systemd::status("starting: delivering every policy");
+
+    // At once, not after the first delivery: the file names this process, so `keyturn status`
+    // and `keyturn rotate` find the agent while it is still starting.
+    shared.save_status(&config.agent.state_dir);
     let status_task = AbortOnDrop(tokio::spawn(shared.clone().persist_status(config.agent.state_dir.clone())));
     tracing::info!(
         node = %config.agent.node,
@@ -287,12 +361,14 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
         let engine = Engine::new(config.clone(), stores.clone(), shared.clone(), seams.pause_at.clone());
         let summary = engine.sync_all().await;
         let watchers = engine.spawn_watchers(&summary.failed);
+        engine_tx.send_replace(Some(engine.clone()));
 
         let next = loop {
-            let reason = tokio::select! {
+            let (reason, reply) = tokio::select! {
                 _ = terminate.recv() => break None,
                 _ = interrupt.recv() => break None,
-                _ = hangup.recv() => "SIGHUP",
+                _ = hangup.recv() => ("SIGHUP", None),
+                Some(request) = reload_requests.recv() => ("keyturn reload", Some(request.reply)),
                 _ = resync.recv() => {
                     // `keyturn rotate` made a new version: pull everything now, not at the next poll.
                     tracing::info!("SIGUSR1: pulling every policy now");
@@ -302,15 +378,24 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
                 Some(()) = changes.recv() => {
                     tokio::time::sleep(RELOAD_SETTLE).await;
                     while changes.try_recv().is_ok() {}
-                    "a configuration file changed"
+                    ("a configuration file changed", None)
                 }
             };
-            match reload(path, &config, seams).await {
+            let answer = match reload(path, &config, seams, &shared.metrics).await {
                 Ok(Some(next)) => {
                     tracing::info!(reason, policies = next.0.policies.len(), "configuration reloaded");
+                    if next.0.admin != config.admin || next.0.control != config.control {
+                        tracing::warn!("[admin] and [control] changes take effect at the next restart");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(format!("reloaded: {} policies", next.0.policies.len())));
+                    }
                     break Some(next);
                 }
-                Ok(None) => tracing::info!(reason, "configuration unchanged"),
+                Ok(None) => {
+                    tracing::info!(reason, "configuration unchanged");
+                    Ok("configuration unchanged".to_string())
+                }
                 Err(e) => {
                     if let AppError::Config(ConfigErrors(problems)) = &e {
                         for problem in problems {
@@ -318,7 +403,11 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
                         }
                     }
                     tracing::error!(reason, error = %error_chain(&e), "new configuration refused; the running one stays");
+                    Err(format!("{}; the running configuration stays", error_chain(&e)))
                 }
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
             }
         };
         drop(watchers);
@@ -335,7 +424,9 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     }
 
     tracing::info!("shutting down");
-    drop(status_task);
+    crate::control::systemd::stopping();
+    drop((control, systemd, admin, status_task));
+    let _ = std::fs::remove_file(socket::path(&config.agent.runtime_dir));
     let state_dir = config.agent.state_dir.clone();
     let saved = tokio::time::timeout(config.agent.shutdown_grace, async move { shared.save_status(&state_dir) }).await;
     if saved.is_err() {
@@ -359,16 +450,36 @@ async fn rotate(path: &Path, name: &str, now: bool, revoke: bool, seams: &Seams)
         let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
         AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
     })?;
-    let rotate = policy.rotate.as_ref().ok_or_else(|| {
-        AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
-    })?;
-    let store = open_store(&policy.store, &config.stores[&policy.store]).await?;
     if revoke {
         eprintln!(
             "keyturn: REVOKE {name}: the current version will be disabled as soon as its replacement is current, \
              without grace; anything still using it will fail"
         );
     }
+    // Through the running agent when there is one: it rotates, delivers at once, and reports.
+    let request = socket::Request::Rotate { policy: name.to_string(), revoke };
+    match socket::call(&config.agent.runtime_dir, &request, |line| eprintln!("{line}")).await {
+        Ok(Some(Ok(answer))) => {
+            let previous = answer["previous"].as_str().unwrap_or("none");
+            println!("{name}: version {} is current (previous: {previous})", answer["version"].as_str().unwrap_or("?"));
+            let disabled: Vec<&str> =
+                answer["disabled"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            if revoke && !disabled.is_empty() {
+                eprintln!(
+                    "keyturn: REVOKED {name}: disabled version(s) {}; they are out of every verification set",
+                    disabled.join(", ")
+                );
+            }
+            eprintln!("keyturn: rotated by the running agent, which delivered it");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Ok(Some(Err(message))) => return Err(AppError::Agent(format!("policy {name}: {message}"))),
+        Ok(None) | Err(_) => {}
+    }
+    let rotate = policy.rotate.as_ref().ok_or_else(|| {
+        AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
+    })?;
+    let store = open_store(&policy.store, &config.stores[&policy.store]).await?;
     let progress = |step: Step, detail: &str| eprintln!("[{}/{}] {detail}", step.number(), Step::COUNT);
     let rotator = Rotator {
         store: &store,
@@ -408,16 +519,21 @@ async fn rotate(path: &Path, name: &str, now: bool, revoke: bool, seams: &Seams)
     }
 }
 
-type Reloaded = (Config, BTreeMap<String, Arc<AnyStore>>, Option<BundleWriter>);
+type Reloaded = (Config, Stores, Option<BundleWriter>);
 
 /// Loads the configuration again; `None` if nothing changed. Everything that can fail is
 /// done here, before the running configuration is touched.
-async fn reload(path: &Path, current: &Config, seams: &Seams) -> Result<Option<Reloaded>, AppError> {
+async fn reload(
+    path: &Path,
+    current: &Config,
+    seams: &Seams,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Reloaded>, AppError> {
     let next = load(path)?;
     if next == *current {
         return Ok(None);
     }
-    let stores = open_stores(&next).await?;
+    let stores = open_stores(&next, metrics).await?;
     let writer = if next.agent.runtime_dir != current.agent.runtime_dir
         || next.agent.allow_persistent != current.agent.allow_persistent
     {

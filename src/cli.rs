@@ -67,6 +67,10 @@ pub enum Command {
         #[arg(long, requires = "now")]
         revoke: bool,
     },
+    /// Ask the running agent to reload its configuration; prints what it found wrong, if anything.
+    Reload,
+    /// Ask the running agent to pull every policy now instead of at its next poll.
+    Resync,
     /// Read or write a configured store directly.
     Store {
         #[command(subcommand)]
@@ -127,6 +131,12 @@ mod tests {
     #[test]
     fn status_json() {
         assert_eq!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true });
+    }
+
+    #[test]
+    fn reload_and_resync() {
+        assert_eq!(parse(&["reload"]).unwrap().command, Command::Reload);
+        assert_eq!(parse(&["resync"]).unwrap().command, Command::Resync);
     }
 
     #[test]

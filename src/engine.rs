@@ -27,6 +27,7 @@ use crate::deliver::{self, BundleWriter, Fingerprint, PolicyUpdate, Previous};
 use crate::error_chain;
 use crate::generate::PrivateKey;
 use crate::notify;
+use crate::report::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, unix};
 use crate::report::status::{self, PolicyStatus, Status};
 use crate::rotation::protocol::{Outcome, Rotator, Trigger};
 use crate::rotation::schedule::{in_grace, next_rotation, node_unit};
@@ -64,17 +65,31 @@ pub struct Shared {
     status: Mutex<Status>,
     status_changed: Notify,
     known: Mutex<HashMap<String, Known>>,
+    pub metrics: Arc<Metrics>,
+    /// True once every required policy is on disk: what READY=1 and `/readyz` report.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
-    pub fn new(writer: BundleWriter, node: &str) -> Arc<Self> {
+    pub fn new(writer: BundleWriter, node: &str, metrics: Arc<Metrics>) -> Arc<Self> {
         let status = Status { node: node.to_string(), pid: std::process::id(), ..Status::default() };
         Arc::new(Shared {
             writer: Mutex::new(writer),
             status: Mutex::new(status),
             status_changed: Notify::new(),
             known: Mutex::new(HashMap::new()),
+            metrics,
+            ready: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Follows readiness: true once every required policy has been delivered.
+    pub fn readiness(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     pub fn writer(&self) -> MutexGuard<'_, BundleWriter> {
@@ -102,8 +117,15 @@ impl Shared {
         let mut status = self.status();
         change(status.policies.entry(policy.to_string()).or_default());
         status.updated_at = status::now();
+        let ready = status.ready();
         drop(status);
+        self.set_ready(ready);
         self.status_changed.notify_one();
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.metrics.ready.set(i64::from(ready));
+        self.ready.send_if_modified(|now| std::mem::replace(now, ready) != ready);
     }
 
     /// Writes the status file whenever it changes, a short while after, until dropped.
@@ -203,7 +225,30 @@ impl<S: SecretStore + 'static> Engine<S> {
         shared: Arc<Shared>,
         pause_at: Option<String>,
     ) -> Self {
-        shared.status().policies.retain(|name, _| config.policy(name).is_some());
+        {
+            // Every configured policy has an entry from the start, so readiness waits for the
+            // required ones instead of holding vacuously over an empty list.
+            let mut status = shared.status();
+            let gone: Vec<(String, Vec<String>)> = status
+                .policies
+                .iter()
+                .filter(|(name, _)| config.policy(name).is_none())
+                .map(|(name, s)| (name.clone(), s.version.iter().map(ToString::to_string).collect()))
+                .collect();
+            for (name, versions) in gone {
+                status.policies.remove(&name);
+                shared.metrics.forget(&name, &versions);
+            }
+            for policy in &config.policies {
+                let entry = status.policies.entry(policy.name.clone()).or_default();
+                entry.store.clone_from(&policy.store);
+                entry.secret = policy.secret.to_string();
+                entry.required = policy.required;
+            }
+            let ready = status.ready();
+            drop(status);
+            shared.set_ready(ready);
+        }
         shared.known().retain(|name, _| config.policy(name).is_some());
         let (notify, dispatchers) = start_dispatchers(&config, &shared);
         Engine {
@@ -330,6 +375,11 @@ impl<S: SecretStore + 'static> Engine<S> {
             let rotation_due = self.rotation_due(policy).map(|due| due.max(rotation_not_before.unwrap_or(due)));
             if let Some(due) = rotation_due {
                 self.shared.update_status(policy, |s| s.next_rotation = Some(status::format_time(due)));
+                self.shared
+                    .metrics
+                    .next_rotation
+                    .get_or_create(&PolicyLabel { policy: policy.name.clone() })
+                    .set(unix(due));
                 wake = wake.min(due);
             }
             if let Some(end) = self.grace_end(policy).filter(|end| *end > now) {
@@ -387,11 +437,26 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
     }
 
+    /// The configuration this engine runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Runs the rotation protocol for `policy` and records the outcome in the status.
     pub async fn rotate(
         &self,
         policy: &Policy,
         trigger: Trigger,
+    ) -> Result<Outcome, crate::rotation::protocol::RotationError> {
+        self.rotate_with(policy, trigger, &|_, _| {}).await
+    }
+
+    /// [`Engine::rotate`], telling `progress` each step as it completes.
+    pub async fn rotate_with(
+        &self,
+        policy: &Policy,
+        trigger: Trigger,
+        progress: &(dyn Fn(crate::rotation::protocol::Step, &str) + Send + Sync),
     ) -> Result<Outcome, crate::rotation::protocol::RotationError> {
         let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
         let rotator = Rotator {
@@ -401,10 +466,19 @@ impl<S: SecretStore + 'static> Engine<S> {
             node: &self.config.agent.node,
             pid: std::process::id(),
             pause_at: self.pause_at.as_deref(),
-            progress: &|_, _| {},
+            progress,
             now: SystemTime::now,
         };
         let result = rotator.run(trigger).await;
+        let counted = match &result {
+            Ok(Outcome::Rotated { .. }) => Some("ok"),
+            Ok(Outcome::Busy { .. }) => Some("busy"),
+            Ok(Outcome::NotDue { .. }) => None,
+            Err(_) => Some("error"),
+        };
+        if let Some(result) = counted {
+            self.shared.metrics.rotations.get_or_create(&PolicyResult { policy: policy.name.clone(), result }).inc();
+        }
         match &result {
             Ok(Outcome::Rotated { version, .. }) => {
                 // The next pull reads the new current version's details afresh.
@@ -493,6 +567,11 @@ impl<S: SecretStore + 'static> Engine<S> {
     }
 
     fn record_failure(&self, policy: &Policy, message: String, summary: &mut SyncSummary) {
+        self.shared
+            .metrics
+            .deliveries
+            .get_or_create(&PolicyResult { policy: policy.name.clone(), result: "error" })
+            .inc();
         summary.failed.push(policy.name.clone());
         summary.failed_required += usize::from(policy.required);
         let checked = status::now();
@@ -564,7 +643,22 @@ impl<S: SecretStore + 'static> Engine<S> {
         let now = status::now();
         for Pulled { policy, fetched } in &pulled {
             let (version, previous) = (&fetched.version, &fetched.previous);
-            match outcome.remove(policy.name.as_str()) {
+            let outcome = outcome.remove(policy.name.as_str());
+            if let Some(Ok(changed)) = &outcome {
+                let metrics = &self.shared.metrics;
+                let old = self
+                    .shared
+                    .status()
+                    .policies
+                    .get(&policy.name)
+                    .and_then(|s| s.version.as_ref().map(ToString::to_string));
+                metrics.delivered(&policy.name, old.as_deref(), version.id.as_str());
+                metrics.success_now(&policy.name);
+                if *changed {
+                    metrics.deliveries.get_or_create(&PolicyResult { policy: policy.name.clone(), result: "ok" }).inc();
+                }
+            }
+            match outcome {
                 Some(Ok(true)) => {
                     summary.delivered += 1;
                     if let Some(handle) = self.notify.get(&policy.name) {
@@ -623,8 +717,18 @@ fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, 
     };
     for policy in &config.policies {
         let Some(settings) = &policy.notify else { continue };
+        let metrics = shared.metrics.clone();
         let shared = Arc::downgrade(shared);
         let report: notify::Report = Arc::new(move |change, outcomes| {
+            for (kind, outcome) in outcomes {
+                let result = match outcome {
+                    Ok(notify::Sent::Done) => "ok",
+                    Ok(notify::Sent::Skipped(_)) => "skipped",
+                    Err(_) => "error",
+                };
+                let labels = Notification { policy: change.policy.clone(), notifier: kind, result };
+                metrics.notifications.get_or_create(&labels).inc();
+            }
             let failures: Vec<String> =
                 outcomes.iter().filter_map(|(kind, r)| r.as_ref().err().map(|e| format!("{kind}: {e}"))).collect();
             for (kind, outcome) in outcomes {

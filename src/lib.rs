@@ -18,6 +18,7 @@
 //! - [`notify`]: telling applications their files changed: signal, systemd, exec, HTTP;
 //!   coalesced, retried, and never blocking another policy.
 //! - [`process`]: child processes with a deadline (check commands, notifiers).
+//! - [`control`]: the admin HTTP listener, the control socket, systemd notifications.
 //! - [`report`]: the status model persisted under `state_dir` and shown by `keyturn status`.
 //! - [`engine`]: the loop that ties them together — pull, compare, deliver, report. It is
 //!   generic over the store trait and never names a concrete backend.
@@ -30,6 +31,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod deliver;
 pub mod engine;
 pub mod generate;

@@ -43,7 +43,10 @@ fn a_new_current_version_is_delivered_by_the_next_poll_and_shown_by_status() {
     assert_eq!(status["node"], "test-node");
     assert!(status["policies"]["db"]["delivered_at"].is_string(), "{status}");
     assert!(status["policies"]["db"]["last_error"].is_null(), "{status}");
-    drop(agent);
+    // A clean stop writes the status file one last time.
+    let mut agent = agent;
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0));
 
     let table = world.keyturn(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout);

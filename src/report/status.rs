@@ -22,6 +22,9 @@ pub struct Status {
     /// The agent process that last wrote this file.
     pub pid: u32,
     pub updated_at: String,
+    /// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) is bound, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     pub policies: BTreeMap<String, PolicyStatus>,
 }
 

@@ -10,6 +10,9 @@
 
 pub mod file;
 pub mod gcp;
+pub mod metered;
+
+pub use metered::Metered;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -34,7 +34,7 @@ impl World {
     pub fn write_agent(&self, extra_agent: &str) {
         let text = format!(
             "[agent]\nnode = \"test-node\"\nruntime_dir = \"{}\"\nstate_dir = \"state\"\npolicies = \"policies\"\n{extra_agent}\n\n\
-             [stores.dev]\nkind = \"file\"\ndir = \"store\"\n",
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[stores.dev]\nkind = \"file\"\ndir = \"store\"\n",
             self.runtime.path().display()
         );
         write(&self.config(), &text);

@@ -1,0 +1,279 @@
+//! The control socket: `RUNTIME_DIR/.keyturn.sock`, a Unix stream socket that the running agent
+//! listens on, so that `keyturn status`, `rotate`, `reload` and `resync` act through it.
+//!
+//! Two locks guard it: the socket file's mode and group (0600, or 0660 with an admin group),
+//! and the caller's credentials as the kernel reports them (`SO_PEERCRED`), checked against
+//! `[control] allow_users` and `allow_groups` (supplementary groups included). A refused
+//! caller gets one error line and the connection is closed.
+//!
+//! The protocol is one JSON request line, then JSON response lines: any number of
+//! `{"progress": "..."}`, then one `{"ok": ...}` or `{"error": "..."}`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{CONTROL_SOCKET, Control};
+use crate::engine::{Engine, Shared};
+use crate::rotation::protocol::{Outcome, Step, Trigger};
+use crate::store::SecretStore;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Resync,
+    Reload,
+    Rotate { policy: String, revoke: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Line {
+    Progress(String),
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// A reload asked for over the socket, answered by the agent loop that owns the configuration.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+pub fn path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join(CONTROL_SOCKET)
+}
+
+/// Binds the socket with its mode and group, replacing a stale one left by a crash.
+pub fn bind(runtime_dir: &Path, access: &Control) -> std::io::Result<UnixListener> {
+    let path = path(runtime_dir);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    let gid = access.group.map(rustix::fs::Gid::from_raw);
+    rustix::fs::chown(&path, None, gid)?;
+    rustix::fs::chmod(&path, rustix::fs::Mode::from_raw_mode(access.mode))?;
+    Ok(listener)
+}
+
+/// Serves until dropped. `engine` always holds the engine of the running configuration.
+pub async fn serve<S: SecretStore + 'static>(
+    listener: UnixListener,
+    access: Control,
+    shared: Arc<Shared>,
+    engine: watch::Receiver<Option<Engine<S>>>,
+    reloads: mpsc::Sender<ReloadRequest>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        while connections.try_join_next().is_some() {}
+        let (access, shared, engine, reloads) = (access.clone(), shared.clone(), engine.clone(), reloads.clone());
+        connections.spawn(async move { connection(stream, access, shared, engine, reloads).await });
+    }
+}
+
+async fn connection<S: SecretStore + 'static>(
+    stream: UnixStream,
+    access: Control,
+    shared: Arc<Shared>,
+    engine: watch::Receiver<Option<Engine<S>>>,
+    reloads: mpsc::Sender<ReloadRequest>,
+) {
+    let (read, mut write) = stream.into_split();
+    let peer = rustix::net::sockopt::socket_peercred(write.as_ref());
+    let allowed = match &peer {
+        Ok(peer) => is_allowed(
+            &access,
+            peer.uid.as_raw(),
+            peer.gid.as_raw(),
+            &supplementary_groups(peer.pid.as_raw_nonzero().get()),
+        ),
+        Err(_) => false,
+    };
+    if !allowed {
+        let who = peer.map_or("an unknown caller".to_string(), |p| {
+            format!("uid {} (pid {})", p.uid.as_raw(), p.pid.as_raw_nonzero())
+        });
+        tracing::warn!(caller = %who, "control socket: caller refused");
+        let refusal =
+            format!("{who} is not allowed to use the control socket; see [control] allow_users and allow_groups");
+        let _ = send(&mut write, &Line::Error(refusal)).await;
+        return;
+    }
+    let mut line = String::new();
+    if BufReader::new(read).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(e) => {
+            let _ = send(&mut write, &Line::Error(format!("not a request: {e}"))).await;
+            return;
+        }
+    };
+    tracing::info!(?request, uid = peer.map(|p| p.uid.as_raw()).unwrap_or_default(), "control socket request");
+    let current = engine.borrow().clone();
+    let answer = match (request, current) {
+        (Request::Status, _) => {
+            let mut status = serde_json::to_value(&*shared.status()).expect("status serializes");
+            status["agent_running"] = true.into();
+            Line::Ok(status)
+        }
+        (_, None) => Line::Error("the agent is starting; try again in a moment".into()),
+        (Request::Resync, Some(engine)) => {
+            let summary = engine.sync_all().await;
+            Line::Ok(serde_json::json!({
+                "delivered": summary.delivered,
+                "unchanged": summary.unchanged,
+                "failed": summary.failed,
+            }))
+        }
+        (Request::Reload, Some(_)) => {
+            let (reply, answer) = oneshot::channel();
+            if reloads.send(ReloadRequest { reply }).await.is_err() {
+                Line::Error("the agent is shutting down".into())
+            } else {
+                match answer.await {
+                    Ok(Ok(message)) => Line::Ok(serde_json::json!({ "reload": message })),
+                    Ok(Err(problems)) => Line::Error(problems),
+                    Err(_) => Line::Error("the agent is shutting down".into()),
+                }
+            }
+        }
+        (Request::Rotate { policy, revoke }, Some(engine)) => rotate(&engine, &policy, revoke, &mut write).await,
+    };
+    let _ = send(&mut write, &answer).await;
+}
+
+async fn rotate<S: SecretStore + 'static>(
+    engine: &Engine<S>,
+    policy: &str,
+    revoke: bool,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) -> Line {
+    let Some(policy) = engine.config().policy(policy).filter(|p| p.rotate.is_some()) else {
+        return Line::Error(format!("no rotating policy named \"{policy}\" in the running configuration"));
+    };
+    let (progress, mut lines) = mpsc::unbounded_channel::<String>();
+    let report = move |step: Step, detail: &str| {
+        let _ = progress.send(format!("[{}/{}] {detail}", step.number(), Step::COUNT));
+    };
+    let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
+    let run = engine.rotate_with(policy, trigger, &report);
+    tokio::pin!(run);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some(line) = lines.recv() => { let _ = send(write, &Line::Progress(line)).await; }
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        let _ = send(write, &Line::Progress(line)).await;
+    }
+    match outcome {
+        Ok(Outcome::Rotated { version, previous, disabled }) => {
+            // Deliver at once, not at the next poll.
+            engine.sync_all().await;
+            Line::Ok(serde_json::json!({ "version": version, "previous": previous, "disabled": disabled }))
+        }
+        Ok(Outcome::Busy { holder }) => Line::Error(format!("another rotation holds the lease ({holder})")),
+        Ok(Outcome::NotDue { .. }) => Line::Error("not due".into()),
+        Err(e) => Line::Error(crate::error_chain(&e)),
+    }
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, line: &Line) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(line).expect("a line serializes");
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
+}
+
+/// The allow-list: the caller's user, or its primary or any supplementary group.
+pub fn is_allowed(access: &Control, uid: u32, gid: u32, groups: &[u32]) -> bool {
+    access.allow_users.contains(&uid)
+        || access.allow_groups.contains(&gid)
+        || groups.iter().any(|g| access.allow_groups.contains(g))
+}
+
+/// A process's supplementary groups, from `/proc/PID/status` (empty if it cannot be read).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+/// The client: sends `request` to the agent at `runtime_dir` and calls `progress` for each
+/// progress line. `Ok(None)` when no agent listens there.
+pub async fn call(
+    runtime_dir: &Path,
+    request: &Request,
+    mut progress: impl FnMut(&str),
+) -> std::io::Result<Option<Result<serde_json::Value, String>>> {
+    let stream = match UnixStream::connect(path(runtime_dir)).await {
+        Ok(stream) => stream,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(request).expect("a request serializes");
+    text.push('\n');
+    // A refused caller's connection may already be closed: the answer is still there to read.
+    let _ = write.write_all(text.as_bytes()).await;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Line>(&line) {
+            Ok(Line::Progress(text)) => progress(&text),
+            Ok(Line::Ok(value)) => return Ok(Some(Ok(value))),
+            Ok(Line::Error(message)) => return Ok(Some(Err(message))),
+            Err(_) => return Ok(Some(Err(format!("the agent sent something keyturn does not understand: {line}")))),
+        }
+    }
+    Ok(Some(Err("the agent closed the connection without an answer".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        let access = Control { mode: 0o660, group: Some(50), allow_users: vec![0], allow_groups: vec![50] };
+        assert!(is_allowed(&access, 0, 0, &[]));
+        assert!(is_allowed(&access, 1000, 50, &[]), "primary group");
+        assert!(is_allowed(&access, 1000, 1000, &[27, 50]), "supplementary group");
+        assert!(!is_allowed(&access, 1000, 1000, &[27]));
+    }
+
+    #[test]
+    fn the_wire_format() {
+        let request = Request::Rotate { policy: "api".into(), revoke: true };
+        let text = serde_json::to_string(&request).unwrap();
+        assert_eq!(text, r#"{"command":"rotate","policy":"api","revoke":true}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        assert_eq!(serde_json::to_string(&Line::Progress("x".into())).unwrap(), r#"{"progress":"x"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"status"}"#).unwrap(), Request::Status);
+    }
+}

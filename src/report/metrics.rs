@@ -1,0 +1,265 @@
+//! Prometheus metrics, declared once here and nowhere else.
+//!
+//! Names follow Prometheus conventions: the `keyturn_` prefix, `_total` counters (the crate
+//! adds the suffix), `_timestamp_seconds` gauges. Labels are low-cardinality names: policy,
+//! store, method, notifier, result; a version is an opaque id, never a value. The store
+//! counters are filled by [`crate::store::Metered`], a wrapper around the store, not by the
+//! code that calls it. Process metrics are read from `/proc` at each scrape.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyVersion {
+    pub policy: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyResult {
+    pub policy: String,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreRequest {
+    pub store: String,
+    pub method: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Notification {
+    pub policy: String,
+    pub notifier: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+type Timestamp = Gauge<f64, AtomicU64>;
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// 1 for the version of each policy that is on disk.
+    pub secret_info: Family<PolicyVersion, Gauge>,
+    pub deliveries: Family<PolicyResult, Counter>,
+    pub rotations: Family<PolicyResult, Counter>,
+    pub store_requests: Family<StoreRequest, Counter>,
+    pub last_success: Family<PolicyLabel, Timestamp>,
+    pub next_rotation: Family<PolicyLabel, Timestamp>,
+    pub notifications: Family<Notification, Counter>,
+    pub report_events: Family<ResultLabel, Counter>,
+    pub report_spool: Gauge,
+    /// 1 once every required policy has been delivered.
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            secret_info: Family::default(),
+            deliveries: Family::default(),
+            rotations: Family::default(),
+            store_requests: Family::default(),
+            last_success: Family::default(),
+            next_rotation: Family::default(),
+            notifications: Family::default(),
+            report_events: Family::default(),
+            report_spool: Gauge::default(),
+            ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "keyturn_secret_info",
+            "The version of each policy's secret that is delivered (value always 1)",
+            metrics.secret_info.clone(),
+        );
+        registry.register(
+            "keyturn_deliveries",
+            "Bundle updates per policy, by result (ok, error)",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "keyturn_rotations",
+            "Rotation attempts per policy, by result (ok, busy, error)",
+            metrics.rotations.clone(),
+        );
+        registry.register(
+            "keyturn_store_requests",
+            "Requests to secret stores, by store, method and result (ok, error)",
+            metrics.store_requests.clone(),
+        );
+        registry.register(
+            "keyturn_last_success_timestamp_seconds",
+            "When each policy was last read from its store and is on disk",
+            metrics.last_success.clone(),
+        );
+        registry.register(
+            "keyturn_next_rotation_timestamp_seconds",
+            "When this node will next try to rotate each policy it rotates",
+            metrics.next_rotation.clone(),
+        );
+        registry.register(
+            "keyturn_notifications",
+            "Notifications to applications, by policy, notifier and result (ok, skipped, error)",
+            metrics.notifications.clone(),
+        );
+        registry.register(
+            "keyturn_report_events",
+            "Central report events, by result (spooled, sent, dropped)",
+            metrics.report_events.clone(),
+        );
+        registry.register(
+            "keyturn_report_spool_events",
+            "Events waiting in the spool to be sent",
+            metrics.report_spool.clone(),
+        );
+        registry.register("keyturn_ready", "1 once every required policy has been delivered", metrics.ready.clone());
+        registry.register_collector(Box::new(Process));
+        Metrics { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Records which version of `policy` is delivered, replacing the series of the old one.
+    pub fn delivered(&self, policy: &str, old: Option<&str>, new: &str) {
+        if let Some(old) = old.filter(|old| *old != new) {
+            self.secret_info.remove(&PolicyVersion { policy: policy.into(), version: old.into() });
+        }
+        self.secret_info.get_or_create(&PolicyVersion { policy: policy.into(), version: new.into() }).set(1);
+    }
+
+    pub fn success_now(&self, policy: &str) {
+        self.last_success.get_or_create(&PolicyLabel { policy: policy.into() }).set(unix_now());
+    }
+
+    /// Forgets every series of a policy that is no longer configured.
+    pub fn forget(&self, policy: &str, versions: &[String]) {
+        for version in versions {
+            self.secret_info.remove(&PolicyVersion { policy: policy.into(), version: version.clone() });
+        }
+        self.last_success.remove(&PolicyLabel { policy: policy.into() });
+        self.next_rotation.remove(&PolicyLabel { policy: policy.into() });
+    }
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+pub fn unix(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` at each scrape.
+#[derive(Debug)]
+struct Process;
+
+impl prometheus_client::collector::Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(process) = ProcessStats::read() else { return Ok(()) };
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64| {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        gauge(&mut encoder, "process_resident_memory_bytes", "Resident memory size in bytes", process.resident_bytes)?;
+        gauge(&mut encoder, "process_virtual_memory_bytes", "Virtual memory size in bytes", process.virtual_bytes)?;
+        gauge(&mut encoder, "process_open_fds", "Number of open file descriptors", process.open_fds)?;
+        gauge(&mut encoder, "process_threads", "Number of threads", process.threads)?;
+        gauge(
+            &mut encoder,
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch",
+            process.start_time,
+        )?;
+        let cpu = ConstCounter::new(process.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)
+    }
+}
+
+struct ProcessStats {
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    open_fds: f64,
+    threads: f64,
+    start_time: f64,
+    cpu_seconds: f64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as f64;
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ").and_then(|t| t.trim().parse::<f64>().ok()))?;
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) / ticks,
+            threads: field(20)?,
+            start_time: boot + field(22)? / ticks,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * page,
+            open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let metrics = Metrics::new();
+        metrics.delivered("db", None, "3");
+        metrics.delivered("db", Some("3"), "4");
+        metrics.deliveries.get_or_create(&PolicyResult { policy: "db".into(), result: "ok" }).inc();
+        metrics.success_now("db");
+        let text = metrics.render();
+        assert!(text.contains("keyturn_secret_info{policy=\"db\",version=\"4\"} 1"), "{text}");
+        assert!(!text.contains("version=\"3\""), "the old version's series is gone: {text}");
+        assert!(text.contains("# TYPE keyturn_deliveries_total counter"), "{text}");
+        assert!(text.contains("keyturn_deliveries_total{policy=\"db\",result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");
+    }
+}
