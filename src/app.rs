@@ -18,6 +18,7 @@ use crate::control::socket;
 use crate::deliver::{BundleWriter, DeliverError};
 use crate::engine::{AbortOnDrop, Engine, Shared};
 use crate::error_chain;
+use crate::report::events::Reporter;
 use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
@@ -286,7 +287,7 @@ fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> 
 
 async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let config = Arc::new(load(path)?);
-    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, Arc::new(Metrics::new()));
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, Arc::new(Metrics::new()), None);
     let engine = Engine::new(
         config.clone(),
         open_stores(&config, &shared.metrics).await?,
@@ -310,7 +311,20 @@ async fn sync_once(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
 
 async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let mut config = Arc::new(load(path)?);
-    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let reporter = match &config.report {
+        Some(report) => Some(Arc::new(
+            Reporter::open(report, &config.agent.node, &config.agent.state_dir, metrics.clone()).map_err(|source| {
+                AppError::Io {
+                    what: format!("cannot open the report spool in {}", config.agent.state_dir.display()),
+                    source,
+                }
+            })?,
+        )),
+        None => None,
+    };
+    let sender = reporter.clone().map(|r| AbortOnDrop(tokio::spawn(r.send())));
+    let shared = Shared::new(writer(&config, seams)?, &config.agent.node, metrics, reporter);
     let mut stores = open_stores(&config, &shared.metrics).await?;
     let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
@@ -384,8 +398,11 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
             let answer = match reload(path, &config, seams, &shared.metrics).await {
                 Ok(Some(next)) => {
                     tracing::info!(reason, policies = next.0.policies.len(), "configuration reloaded");
-                    if next.0.admin != config.admin || next.0.control != config.control {
-                        tracing::warn!("[admin] and [control] changes take effect at the next restart");
+                    if next.0.admin != config.admin
+                        || next.0.control != config.control
+                        || next.0.report != config.report
+                    {
+                        tracing::warn!("[admin], [control] and [report] changes take effect at the next restart");
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(format!("reloaded: {} policies", next.0.policies.len())));
@@ -425,7 +442,7 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
 
     tracing::info!("shutting down");
     crate::control::systemd::stopping();
-    drop((control, systemd, admin, status_task));
+    drop((control, systemd, admin, status_task, sender));
     let _ = std::fs::remove_file(socket::path(&config.agent.runtime_dir));
     let state_dir = config.agent.state_dir.clone();
     let saved = tokio::time::timeout(config.agent.shutdown_grace, async move { shared.save_status(&state_dir) }).await;

@@ -27,6 +27,7 @@ use crate::deliver::{self, BundleWriter, Fingerprint, PolicyUpdate, Previous};
 use crate::error_chain;
 use crate::generate::PrivateKey;
 use crate::notify;
+use crate::report::events::{self, Reporter};
 use crate::report::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, unix};
 use crate::report::status::{self, PolicyStatus, Status};
 use crate::rotation::protocol::{Outcome, Rotator, Trigger};
@@ -68,10 +69,12 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// True once every required policy is on disk: what READY=1 and `/readyz` report.
     ready: tokio::sync::watch::Sender<bool>,
+    /// Central event reports, when `[report]` is configured.
+    reporter: Option<Arc<Reporter>>,
 }
 
 impl Shared {
-    pub fn new(writer: BundleWriter, node: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(writer: BundleWriter, node: &str, metrics: Arc<Metrics>, reporter: Option<Arc<Reporter>>) -> Arc<Self> {
         let status = Status { node: node.to_string(), pid: std::process::id(), ..Status::default() };
         Arc::new(Shared {
             writer: Mutex::new(writer),
@@ -80,7 +83,21 @@ impl Shared {
             known: Mutex::new(HashMap::new()),
             metrics,
             ready: tokio::sync::watch::Sender::new(false),
+            reporter,
         })
+    }
+
+    /// Records a central report event about `policy`, if reports are configured.
+    fn report(&self, kind: events::Kind, result: &str, policy: &Policy, facts: events::Facts) {
+        if let Some(reporter) = &self.reporter {
+            let facts = events::Facts {
+                policy: policy.name.clone(),
+                secret: policy.secret.to_string(),
+                store: policy.store.clone(),
+                ..facts
+            };
+            reporter.record(kind, result, facts);
+        }
     }
 
     /// Follows readiness: true once every required policy has been delivered.
@@ -480,6 +497,24 @@ impl<S: SecretStore + 'static> Engine<S> {
             self.shared.metrics.rotations.get_or_create(&PolicyResult { policy: policy.name.clone(), result }).inc();
         }
         match &result {
+            Ok(Outcome::Rotated { version, previous, disabled }) => {
+                let facts = events::Facts {
+                    version: Some(version.to_string()),
+                    previous: previous.as_ref().map(ToString::to_string),
+                    ..events::Facts::default()
+                };
+                self.shared.report(events::Kind::Rotated, "ok", policy, facts.clone());
+                if trigger == Trigger::Revoke && !disabled.is_empty() {
+                    self.shared.report(events::Kind::Revoked, "ok", policy, facts);
+                }
+            }
+            Err(e) => {
+                let facts = events::Facts { error: Some(error_chain(e)), ..events::Facts::default() };
+                self.shared.report(events::Kind::RotationFailed, "error", policy, facts);
+            }
+            Ok(_) => {}
+        }
+        match &result {
             Ok(Outcome::Rotated { version, .. }) => {
                 // The next pull reads the new current version's details afresh.
                 self.shared.known().remove(&policy.name);
@@ -575,11 +610,23 @@ impl<S: SecretStore + 'static> Engine<S> {
         summary.failed.push(policy.name.clone());
         summary.failed_required += usize::from(policy.required);
         let checked = status::now();
+        let mut first = false;
+        let error = message.clone();
         self.shared.update_status(policy, |s| {
             s.checked_at = Some(checked);
             s.last_error = Some(message);
             s.consecutive_failures += 1;
+            first = s.consecutive_failures == 1;
         });
+        // One event when a policy starts failing, not one per failed poll during an outage.
+        if first {
+            self.shared.report(
+                events::Kind::Failed,
+                "error",
+                policy,
+                events::Facts { error: Some(error), ..events::Facts::default() },
+            );
+        }
     }
 
     /// Writes every bundle that the pulled versions change, one write per bundle.
@@ -656,6 +703,12 @@ impl<S: SecretStore + 'static> Engine<S> {
                 metrics.success_now(&policy.name);
                 if *changed {
                     metrics.deliveries.get_or_create(&PolicyResult { policy: policy.name.clone(), result: "ok" }).inc();
+                    let facts = events::Facts {
+                        version: Some(version.id.to_string()),
+                        previous: old.clone(),
+                        ..events::Facts::default()
+                    };
+                    self.shared.report(events::Kind::Delivered, "ok", policy, facts);
                 }
             }
             match outcome {
@@ -715,9 +768,12 @@ fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, 
     } else {
         reqwest::Client::default()
     };
+    // For the report callbacks, which outlive this call.
+    let snapshot = Arc::new(config.clone());
     for policy in &config.policies {
         let Some(settings) = &policy.notify else { continue };
         let metrics = shared.metrics.clone();
+        let config = snapshot.clone();
         let shared = Arc::downgrade(shared);
         let report: notify::Report = Arc::new(move |change, outcomes| {
             for (kind, outcome) in outcomes {
@@ -728,6 +784,18 @@ fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, 
                 };
                 let labels = Notification { policy: change.policy.clone(), notifier: kind, result };
                 metrics.notifications.get_or_create(&labels).inc();
+            }
+            if let (Some(shared), Some(policy)) = (shared.upgrade(), config_policy(&config, &change.policy)) {
+                for (kind, outcome) in outcomes {
+                    if let Err(e) = outcome {
+                        let facts = events::Facts {
+                            version: Some(change.version.to_string()),
+                            error: Some(format!("{kind}: {e}")),
+                            ..events::Facts::default()
+                        };
+                        shared.report(events::Kind::NotifyFailed, "error", &policy, facts);
+                    }
+                }
             }
             let failures: Vec<String> =
                 outcomes.iter().filter_map(|(kind, r)| r.as_ref().err().map(|e| format!("{kind}: {e}"))).collect();
@@ -757,6 +825,10 @@ fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, 
         tasks.push(AbortOnDrop(task));
     }
     (handles, tasks)
+}
+
+fn config_policy(config: &Config, name: &str) -> Option<Policy> {
+    config.policy(name).cloned()
 }
 
 /// The public half of the version aliased `previous`, if it is enabled and is a key.

@@ -1,0 +1,313 @@
+//! Central reports: every delivery, rotation, failure and revoke becomes an event that one
+//! place can collect for the whole fleet.
+//!
+//! Events are CloudEvents 1.0 in structured mode (`application/cloudevents+json`), one per
+//! HTTP POST to `[report] url`. They carry node, policy, secret, store, versions, result and
+//! timing, never a value. Each event is appended to `STATE_DIR/events.jsonl` (fsync'd) before
+//! anything is sent, and removed only after the collector answered 2xx, so neither a collector
+//! outage nor an agent restart loses one. Delivery is **at least once**: an event acknowledged
+//! just before a crash is sent again after the restart with the same `id`, which collectors use
+//! to drop duplicates. The spool is bounded (`spool_max_events`); when full, the oldest event
+//! is dropped, counted in `keyturn_report_events_total{result="dropped"}` and logged.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
+
+use super::metrics::{Metrics, ResultLabel};
+use crate::config::Report;
+use crate::rotation::timing::{retry_delay_from, unit_random};
+
+pub const SPOOL: &str = "events.jsonl";
+/// Acknowledged events are removed from the spool file in batches, not one rewrite each.
+const REWRITE_EVERY: usize = 100;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What happened, as the event's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Delivered,
+    Failed,
+    Rotated,
+    RotationFailed,
+    Revoked,
+    NotifyFailed,
+}
+
+impl Kind {
+    fn as_type(self) -> &'static str {
+        match self {
+            Kind::Delivered => "dev.keyturn.secret.delivered",
+            Kind::Failed => "dev.keyturn.secret.failed",
+            Kind::Rotated => "dev.keyturn.secret.rotated",
+            Kind::RotationFailed => "dev.keyturn.secret.rotation_failed",
+            Kind::Revoked => "dev.keyturn.secret.revoked",
+            Kind::NotifyFailed => "dev.keyturn.secret.notify_failed",
+        }
+    }
+}
+
+/// The facts of one event: names, versions, outcome, timing; never a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub policy: String,
+    pub secret: String,
+    pub store: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub subject: String,
+    pub datacontenttype: String,
+    pub data: EventData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventData {
+    pub node: String,
+    pub result: String,
+    #[serde(flatten)]
+    pub facts: Facts,
+}
+
+#[derive(Debug)]
+pub struct Reporter {
+    config: Report,
+    node: String,
+    spool: Mutex<Spool>,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+    client: reqwest::Client,
+    /// `NODE-STARTNANOS-SEQ`: unique across restarts of this node without any stored counter.
+    id_prefix: String,
+    sequence: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Spool {
+    path: PathBuf,
+    /// Unsent events, oldest first, as the JSON lines the file holds.
+    events: VecDeque<String>,
+    /// Acknowledged since the file was last rewritten.
+    acknowledged: usize,
+}
+
+impl Reporter {
+    /// Opens the spool under `state_dir`, with whatever an earlier run left unsent.
+    pub fn open(config: &Report, node: &str, state_dir: &Path, metrics: Arc<Metrics>) -> std::io::Result<Reporter> {
+        crate::sys::create_dir(state_dir, 0o700)?;
+        let path = state_dir.join(SPOOL);
+        let events: VecDeque<String> = match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().filter(|l| serde_json::from_str::<Event>(l).is_ok()).map(String::from).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
+            Err(e) => return Err(e),
+        };
+        if !events.is_empty() {
+            tracing::info!(events = events.len(), spool = %path.display(), "unsent report events from an earlier run");
+        }
+        metrics.report_spool.set(events.len() as i64);
+        let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.timeout)
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Reporter {
+            config: config.clone(),
+            node: node.to_string(),
+            spool: Mutex::new(Spool { path, events, acknowledged: 0 }),
+            wake: Notify::new(),
+            metrics,
+            client,
+            id_prefix: format!("{node}-{started}"),
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    fn spool(&self) -> MutexGuard<'_, Spool> {
+        self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records an event: into the spool file first, then it is sent when it can be.
+    pub fn record(&self, kind: Kind, result: &str, facts: Facts) {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let event = Event {
+            specversion: "1.0".into(),
+            id: format!("{}-{sequence}", self.id_prefix),
+            source: format!("keyturn://{}", self.node),
+            kind: kind.as_type().into(),
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            subject: facts.policy.clone(),
+            datacontenttype: "application/json".into(),
+            data: EventData { node: self.node.clone(), result: result.into(), facts },
+        };
+        let line = serde_json::to_string(&event).expect("an event serializes");
+        let mut spool = self.spool();
+        spool.events.push_back(line.clone());
+        let mut dropped = 0;
+        while spool.events.len() > self.config.spool_max_events {
+            spool.events.pop_front();
+            dropped += 1;
+        }
+        let written = if dropped > 0 { spool.rewrite() } else { spool.append(&line) };
+        let pending = spool.events.len();
+        drop(spool);
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write the report spool; the event is kept in memory only");
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, max = self.config.spool_max_events, "report spool full: oldest events dropped");
+            self.metrics.report_events.get_or_create(&ResultLabel { result: "dropped" }).inc_by(dropped);
+        }
+        self.metrics.report_events.get_or_create(&ResultLabel { result: "spooled" }).inc();
+        self.metrics.report_spool.set(pending as i64);
+        self.wake.notify_one();
+    }
+
+    /// Sends spooled events until dropped, oldest first, backing off while the collector fails.
+    pub async fn send(self: Arc<Self>) {
+        let mut failures = 0u32;
+        loop {
+            let next = self.spool().events.front().cloned();
+            let Some(line) = next else {
+                self.spool().flush_acknowledged();
+                self.wake.notified().await;
+                continue;
+            };
+            match self.post(&line).await {
+                Ok(()) => {
+                    failures = 0;
+                    let mut spool = self.spool();
+                    if spool.events.front() == Some(&line) {
+                        spool.events.pop_front();
+                        spool.acknowledged += 1;
+                        if spool.acknowledged >= REWRITE_EVERY {
+                            spool.flush_acknowledged();
+                        }
+                    }
+                    self.metrics.report_spool.set(spool.events.len() as i64);
+                    drop(spool);
+                    self.metrics.report_events.get_or_create(&ResultLabel { result: "sent" }).inc();
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = retry_delay_from(Duration::from_secs(1), failures, MAX_BACKOFF, unit_random());
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, pending = self.spool().events.len(), retry_in_s = wait.as_secs_f64(), "cannot send report events; they stay spooled");
+                    }
+                    // A new event wakes the sender early: the collector may be back.
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn post(&self, line: &str) -> Result<(), String> {
+        let mut request = self
+            .client
+            .post(&self.config.url)
+            .header("content-type", "application/cloudevents+json; charset=utf-8")
+            .body(line.to_string());
+        if let Some(path) = &self.config.bearer_token_file {
+            let token = Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            );
+            request = request.bearer_auth(token.trim());
+        }
+        let response = request.send().await.map_err(|e| crate::error_chain(&e))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the collector answered {}", response.status()))
+        }
+    }
+}
+
+impl Spool {
+    fn append(&self, line: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        file.write_all(format!("{line}\n").as_bytes())?;
+        file.sync_data()
+    }
+
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let mut text = String::new();
+        for line in &self.events {
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.acknowledged = 0;
+        crate::sys::replace_file(&self.path, text.as_bytes(), 0o600)
+    }
+
+    /// Removes acknowledged events from the file, if any are waiting to be.
+    fn flush_acknowledged(&mut self) {
+        if self.acknowledged > 0
+            && let Err(e) = self.rewrite()
+        {
+            tracing::warn!(error = %e, "cannot rewrite the report spool; acknowledged events may be sent again");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max: usize) -> Report {
+        Report {
+            url: "http://127.0.0.1:9/events".into(),
+            bearer_token_file: None,
+            timeout: Duration::from_secs(1),
+            spool_max_events: max,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_spooled_bounded_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let reporter = Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone()).unwrap();
+        for i in 0..12 {
+            let facts = Facts { policy: "db".into(), version: Some(i.to_string()), ..Facts::default() };
+            reporter.record(Kind::Delivered, "ok", facts);
+        }
+        let reopened = Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone()).unwrap();
+        let events: Vec<Event> = reopened.spool().events.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(events.len(), 10, "bounded");
+        assert_eq!(events[0].data.facts.version.as_deref(), Some("2"), "the two oldest were dropped");
+        assert_eq!(events[0].specversion, "1.0");
+        assert_eq!(events[0].kind, "dev.keyturn.secret.delivered");
+        assert_eq!(events[0].source, "keyturn://edge-17");
+        assert!(events[0].id.starts_with("edge-17-"));
+        assert!(metrics.render().contains("keyturn_report_events_total{result=\"dropped\"} 2"));
+        let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 10, "ids are unique");
+    }
+}

@@ -1,0 +1,350 @@
+//! Operations: what a platform team watches and talks to. The real `/metrics` output checked
+//! by Prometheus' own `promtool`; `/healthz` and `/readyz`; systemd's notification socket
+//! played by the test; the control socket refusing a caller outside its allow-list; and
+//! central event reports surviving a collector outage and an agent restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Agent, World, read, text, wait_for};
+
+const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
+
+/// The admin listener's address, from the status file the agent writes at start.
+fn admin(world: &World) -> String {
+    let mut address = String::new();
+    wait_for("the admin address in status.json", Duration::from_secs(10), || {
+        let status = std::fs::read_to_string(world.state().join("status.json")).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+        address = value["admin"].as_str().unwrap_or_default().to_string();
+        !address.is_empty()
+    });
+    address
+}
+
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+fn promtool(exposition: &str) -> std::process::Output {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed: scripts/test.sh installs it (Debian package prometheus)");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[test]
+fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
+    let world = World::new(POLL);
+    world.policy(
+        "signing",
+        "[secret]\nstore = \"dev\"\nid = \"signing\"\n[rotate]\nevery = \"30d\"\ngenerate = \"ed25519\"\n[[deliver]]\npath = \"api/key.pem\"\nformat = \"pem\"\n",
+    );
+    let _agent = world.agent(&[]);
+    let address = admin(&world);
+    wait_for("the first key", Duration::from_secs(15), || world.bundle("api/key.pem").exists());
+    wait_for("the first delivery in metrics", Duration::from_secs(5), || {
+        sample(&get(&address, "/metrics").1, "keyturn_secret_info{policy=\"signing\",version=\"1\"}") == Some(1.0)
+    });
+
+    let (status, before) = get(&address, "/metrics");
+    assert_eq!(status, 200);
+    let checked = promtool(&before);
+    assert!(checked.status.success(), "promtool check metrics: {}\n{before}", text(&checked));
+    for series in [
+        "keyturn_deliveries_total{policy=\"signing\",result=\"ok\"}",
+        "keyturn_rotations_total{policy=\"signing\",result=\"ok\"}",
+        "keyturn_store_requests_total{store=\"dev\",method=\"access\",result=\"ok\"}",
+        "keyturn_last_success_timestamp_seconds{policy=\"signing\"}",
+        "keyturn_next_rotation_timestamp_seconds{policy=\"signing\"}",
+        "keyturn_ready",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(sample(&before, series).is_some(), "{series} missing:\n{before}");
+    }
+
+    let out = world.keyturn(&["rotate", "signing", "--now"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the rotation in metrics", Duration::from_secs(5), || {
+        sample(&get(&address, "/metrics").1, "keyturn_secret_info{policy=\"signing\",version=\"2\"}") == Some(1.0)
+    });
+    let after = get(&address, "/metrics").1;
+    assert!(promtool(&after).status.success());
+    assert!(
+        !after.contains("keyturn_secret_info{policy=\"signing\",version=\"1\"}"),
+        "the old version's series is gone"
+    );
+    let count = |text: &str, series| sample(text, series).unwrap_or(0.0);
+    let rotations = "keyturn_rotations_total{policy=\"signing\",result=\"ok\"}";
+    let deliveries = "keyturn_deliveries_total{policy=\"signing\",result=\"ok\"}";
+    assert_eq!(count(&after, rotations), count(&before, rotations) + 1.0);
+    assert_eq!(count(&after, deliveries), count(&before, deliveries) + 1.0);
+    assert!(!after.contains("BEGIN PRIVATE KEY"));
+}
+
+#[test]
+fn healthz_answers_at_once_and_readyz_waits_for_every_required_policy() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.policy(
+        "optional",
+        "[secret]\nstore = \"dev\"\nid = \"nowhere\"\nrequired = false\n[[deliver]]\npath = \"opt/x\"\n",
+    );
+    let _agent = world.agent(&[]);
+    let address = admin(&world);
+    assert_eq!(get(&address, "/healthz"), (200, "ok\n".into()));
+    let (status, body) = get(&address, "/readyz");
+    assert_eq!((status, body.as_str()), (503, "not ready: waiting for db\n"));
+
+    world.put("db-password", "v1");
+    wait_for("readiness", Duration::from_secs(10), || get(&address, "/readyz").0 == 200);
+    assert!(world.bundle("app/db").exists(), "ready means the files exist");
+    assert_eq!(get(&address, "/nope").0, 404);
+}
+
+#[test]
+fn systemd_hears_ready_only_once_the_files_exist_then_watchdog_and_stopping() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    let socket_path = world.disk.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut agent = world.agent_with(&[("WATCHDOG_USEC", "400000")], &[("NOTIFY_SOCKET", &socket_path)]);
+
+    let mut heard: Vec<String> = Vec::new();
+    let listen = |heard: &mut Vec<String>, until: Duration| {
+        let deadline = Instant::now() + until;
+        let mut buffer = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buffer) {
+                heard.extend(String::from_utf8_lossy(&buffer[..n]).lines().map(String::from));
+            }
+        }
+    };
+    // The secret does not exist yet: status lines and watchdog pings, but no READY.
+    listen(&mut heard, Duration::from_secs(2));
+    assert!(!heard.iter().any(|l| l == "READY=1"), "READY before the files exist: {heard:?}");
+    assert!(heard.iter().filter(|l| *l == "WATCHDOG=1").count() >= 3, "watchdog every 200ms: {heard:?}");
+    assert!(heard.iter().any(|l| l.starts_with("STATUS=")), "{heard:?}");
+
+    world.put("db-password", "v1");
+    let mut ready_at = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready_at.is_none() && Instant::now() < deadline {
+        let mut more = Vec::new();
+        listen(&mut more, Duration::from_millis(200));
+        if more.iter().any(|l| l == "READY=1") {
+            ready_at = Some(world.bundle("app/db").exists());
+        }
+        heard.extend(more);
+    }
+    assert_eq!(ready_at, Some(true), "READY=1 arrives, and the file exists when it does: {heard:?}");
+    assert!(heard.iter().any(|l| l == "STATUS=1 of 1 policies delivered, 0 failing"), "{heard:?}");
+
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0));
+    let mut last = Vec::new();
+    listen(&mut last, Duration::from_millis(500));
+    assert!(last.iter().any(|l| l == "STOPPING=1"), "{last:?}");
+}
+
+/// Makes the test's directories reachable by another user, as /etc/keyturn and /run/keyturn
+/// are on a real node.
+fn open_up(world: &World) {
+    for dir in [world.disk.path(), world.runtime.path(), &world.policies()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for file in common::walk(&world.policies()).into_iter().chain([world.config()]) {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+fn as_nobody(world: &World, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", common::BIN])
+        .args(args)
+        .arg("--config")
+        .arg(world.config())
+        .env_remove("KEYTURN_CONFIG")
+        .output()
+        .expect("setpriv (util-linux) runs a command as another user")
+}
+
+#[test]
+fn the_control_socket_refuses_a_caller_outside_its_allow_list() {
+    assert!(
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false),
+        "runs as root to switch users"
+    );
+    let world =
+        World::new(&format!("{POLL}\n\n[control]\nmode = \"0660\"\ngroup = \"nogroup\"\nallow_users = [\"root\"]"));
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    open_up(&world);
+    let agent = world.agent(&[]);
+    let socket = world.run_dir().join(".keyturn.sock");
+    wait_for("the control socket", Duration::from_secs(10), || socket.exists());
+    assert_eq!(common::mode(&socket), 0o660);
+
+    // nobody's group may open the socket file, but nobody is not on the allow-list.
+    let out = as_nobody(&world, &["status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uid 65534 (pid")
+            && String::from_utf8_lossy(&out.stderr).contains("is not allowed to use the control socket"),
+        "{}",
+        text(&out)
+    );
+    let out = as_nobody(&world, &["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    agent.wait_log("control socket: caller refused", 2);
+
+    // root is on the list: status comes live from the agent, reload and resync work.
+    let status = world.status_json();
+    assert_eq!(status["agent_running"], true);
+    let reload = world.keyturn(&["reload"]);
+    assert!(
+        reload.status.success() && String::from_utf8_lossy(&reload.stdout).contains("configuration unchanged"),
+        "{}",
+        text(&reload)
+    );
+    world.policy("broken", "[secret]\nstore = \"nowhere\"\nid = \"x\"\n[[deliver]]\npath = \"b/x\"\n");
+    let reload = world.keyturn(&["reload"]);
+    assert_eq!(reload.status.code(), Some(1), "{}", text(&reload));
+    assert!(String::from_utf8_lossy(&reload.stderr).contains("store \"nowhere\" is not defined"), "{}", text(&reload));
+    let resync = world.keyturn(&["resync"]);
+    assert!(resync.status.success(), "{}", text(&resync));
+}
+
+#[test]
+fn a_caller_in_an_allowed_group_is_served() {
+    let world =
+        World::new(&format!("{POLL}\n\n[control]\nmode = \"0660\"\ngroup = \"nogroup\"\nallow_groups = [\"nogroup\"]"));
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    open_up(&world);
+    let _agent = world.agent(&[]);
+    wait_for("the control socket", Duration::from_secs(10), || world.run_dir().join(".keyturn.sock").exists());
+    let out = as_nobody(&world, &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["agent_running"], true);
+}
+
+/// A collector on a fixed port that can be started after the agent: it records each event's
+/// id and type and answers 200.
+struct Collector {
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Collector {
+    fn start(listener: TcpListener) -> Collector {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                let mut content_type = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if let Some(v) = lower.strip_prefix("content-type:") {
+                        content_type = v.trim().to_string();
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    event["_content_type"] = content_type.clone().into();
+                    seen.lock().unwrap().push(event);
+                }
+                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Collector { events }
+    }
+}
+
+#[test]
+fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
+    // Reserve a port and keep nothing listening on it: the collector is down.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let world = World::new(&format!("{POLL}\n\n[report]\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"1s\""));
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "FIXTURE-report-1");
+
+    let agent = world.agent(&[]);
+    wait_for("v1", Duration::from_secs(10), || world.bundle("app/db").exists());
+    world.put("db-password", "FIXTURE-report-2");
+    wait_for("v2", Duration::from_secs(10), || read(world.bundle("app/db")) == "FIXTURE-report-2");
+    agent.wait_log("cannot send report events; they stay spooled", 1);
+    let mut agent = agent;
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0));
+    let spooled = read(world.state().join("events.jsonl"));
+    assert_eq!(spooled.lines().count(), 2, "{spooled}");
+
+    // Restarted, still without a collector: the spool carries over and grows.
+    let agent: Agent = world.agent(&[]);
+    world.put("db-password", "FIXTURE-report-3");
+    wait_for("v3", Duration::from_secs(10), || read(world.bundle("app/db")) == "FIXTURE-report-3");
+    agent.wait_log("unsent report events from an earlier run", 1);
+
+    // The collector comes up; the next event wakes the sender, which empties the spool.
+    let collector = Collector::start(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    world.put("db-password", "FIXTURE-report-4");
+    wait_for("every event at the collector", Duration::from_secs(20), || {
+        collector.events.lock().unwrap().iter().filter(|e| e["type"] == "dev.keyturn.secret.delivered").count() >= 4
+    });
+    wait_for("an empty spool", Duration::from_secs(5), || read(world.state().join("events.jsonl")).trim().is_empty());
+
+    let events = collector.events.lock().unwrap().clone();
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let versions: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "dev.keyturn.secret.delivered")
+        .map(|e| e["data"]["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, BTreeSet::from(["1", "2", "3", "4"]), "nothing lost across the outage and the restart");
+    assert_eq!(ids.len(), events.len(), "each event once here; a repeat would carry the same id");
+    let first = &events[0];
+    assert_eq!(first["specversion"], "1.0");
+    assert_eq!(first["source"], "keyturn://test-node");
+    assert_eq!(first["subject"], "db");
+    assert_eq!(first["data"]["node"], "test-node");
+    assert_eq!(first["data"]["policy"], "db");
+    assert_eq!(first["_content_type"], "application/cloudevents+json; charset=utf-8");
+    let all = serde_json::to_string(&events).unwrap() + &spooled;
+    assert!(!all.contains("FIXTURE-report"), "no value in any event or in the spool");
+}
