@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,21 +63,8 @@ impl App {
         app
     }
 
-    /// One HTTP/1.1 request; the status and the body.
     fn request(&self, method: &str, path: &str, bearer: Option<&str>) -> Result<(u16, String), String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let auth = bearer.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-        let status =
-            response.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("no status in {response:?}"))?;
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        Ok((status, body))
+        common::http::request(&format!("127.0.0.1:{}", self.port), method, path, bearer)
     }
 
     fn json(&self, method: &str, path: &str, bearer: Option<&str>) -> Result<serde_json::Value, String> {

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http::Recorder;
 use common::{World, read, text, wait_for};
 
 const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
@@ -125,62 +124,18 @@ fn an_exec_notifier_gets_policy_version_and_bundle_but_never_the_value() {
     assert!(!env.contains("FIXTURE-exec"), "the value is never in the environment");
 }
 
-/// A one-thread HTTP server on 127.0.0.1 that records each request and answers with the next
-/// status from `answers` (200 once they run out).
-struct Recorder {
-    url: String,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Recorder {
-    fn start(answers: Vec<u16>) -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/-/reload", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = requests.clone();
-        std::thread::spawn(move || {
-            let mut answers = answers.into_iter();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut head = String::new();
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap_or(0);
-                    }
-                    head.push_str(&line);
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                seen.lock().unwrap().push(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
-                let status = answers.next().unwrap_or(200);
-                let _ = write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            }
-        });
-        Recorder { url, requests }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn an_http_notifier_posts_with_the_bearer_token_and_retries_a_failure() {
     let world = World::new("");
-    let server = Recorder::start(vec![503]);
+    let server = Recorder::start(TcpListener::bind("127.0.0.1:0").unwrap(), vec![503]);
+    let url = format!("http://{}/-/reload", server.address);
     let token = world.disk.path().join("reload-token");
     common::write(&token, "reload-token-value\n");
     world.policy(
         "db",
         &format!(
             "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nhttp = {{ url = \"{}\", bearer_token_file = \"{}\", timeout = \"2s\" }}\n",
-            server.url,
+            url,
             token.display()
         ),
     );
@@ -189,14 +144,15 @@ fn an_http_notifier_posts_with_the_bearer_token_and_retries_a_failure() {
     assert!(out.status.success(), "{}", text(&out));
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "the 503 was retried: {requests:#?}");
-    let last = requests[1].to_ascii_lowercase();
-    assert!(last.starts_with("post /-/reload http/1.1"), "{last}");
-    assert!(last.contains("authorization: bearer reload-token-value\r\n"), "{last}");
-    let body = requests[1].split("\r\n\r\n").nth(1).unwrap();
-    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    let last = &requests[1];
+    assert!(last.head.starts_with("post /-/reload http/1.1"), "{}", last.head);
+    assert_eq!(last.header("authorization").as_deref(), Some("bearer reload-token-value"));
+    let body = last.json();
     assert_eq!(body["policy"], "db");
     assert_eq!(body["version"], "1");
-    assert!(!requests.concat().contains("FIXTURE-http"), "the value is never sent");
+    let everything: String =
+        requests.iter().map(|r| format!("{}{}", r.head, String::from_utf8_lossy(&r.body))).collect();
+    assert!(!everything.to_ascii_lowercase().contains("fixture-http"), "the value is never sent");
     assert!(String::from_utf8_lossy(&out.stderr).contains("notification failed; retrying"), "{}", text(&out));
 }
 

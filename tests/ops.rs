@@ -6,14 +6,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http::Recorder;
 use common::{Agent, World, read, text, wait_for};
 
 const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
@@ -31,12 +31,7 @@ fn admin(world: &World) -> String {
 }
 
 fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, response.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    common::http::request(address, "GET", path, None).unwrap()
 }
 
 fn promtool(exposition: &str) -> std::process::Output {
@@ -254,48 +249,6 @@ fn a_caller_in_an_allowed_group_is_served() {
     assert_eq!(status["agent_running"], true);
 }
 
-/// A collector on a fixed port that can be started after the agent: it records each event's
-/// id and type and answers 200.
-struct Collector {
-    events: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Collector {
-    fn start(listener: TcpListener) -> Collector {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let seen = events.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0;
-                let mut content_type = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if let Some(v) = lower.strip_prefix("content-type:") {
-                        content_type = v.trim().to_string();
-                    }
-                }
-                let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
-                if let Ok(mut event) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    event["_content_type"] = content_type.clone().into();
-                    seen.lock().unwrap().push(event);
-                }
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            }
-        });
-        Collector { events }
-    }
-}
-
 #[test]
 fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
     // Reserve a port and keep nothing listening on it: the collector is down.
@@ -322,14 +275,16 @@ fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
     agent.wait_log("unsent report events from an earlier run", 1);
 
     // The collector comes up; the next event wakes the sender, which empties the spool.
-    let collector = Collector::start(TcpListener::bind(("127.0.0.1", port)).unwrap());
+    let collector = Recorder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), Vec::new());
+    let events = || -> Vec<serde_json::Value> { collector.requests().iter().map(|r| r.json()).collect() };
     world.put("db-password", "FIXTURE-report-4");
     wait_for("every event at the collector", Duration::from_secs(20), || {
-        collector.events.lock().unwrap().iter().filter(|e| e["type"] == "dev.keyturn.secret.delivered").count() >= 4
+        events().iter().filter(|e| e["type"] == "dev.keyturn.secret.delivered").count() >= 4
     });
     wait_for("an empty spool", Duration::from_secs(5), || read(world.state().join("events.jsonl")).trim().is_empty());
 
-    let events = collector.events.lock().unwrap().clone();
+    let content_type = collector.requests()[0].header("content-type");
+    let events = events();
     let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     let versions: BTreeSet<&str> = events
         .iter()
@@ -344,7 +299,7 @@ fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
     assert_eq!(first["subject"], "db");
     assert_eq!(first["data"]["node"], "test-node");
     assert_eq!(first["data"]["policy"], "db");
-    assert_eq!(first["_content_type"], "application/cloudevents+json; charset=utf-8");
+    assert_eq!(content_type.as_deref(), Some("application/cloudevents+json; charset=utf-8"));
     let all = serde_json::to_string(&events).unwrap() + &spooled;
     assert!(!all.contains("FIXTURE-report"), "no value in any event or in the spool");
 }

@@ -270,15 +270,7 @@ impl SecretStore for FileStore {
 
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
-            let entry = self.version_entry(id, meta, version)?;
-            if entry.state == VersionState::Destroyed {
-                return Err(StoreError::NotEnabled {
-                    id: id.clone(),
-                    version: version.clone(),
-                    state: "destroyed".into(),
-                });
-            }
-            entry.state = VersionState::Disabled;
+            self.changeable(id, meta, version)?.state = VersionState::Disabled;
             Ok(())
         })
         .await
@@ -286,15 +278,7 @@ impl SecretStore for FileStore {
 
     async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
-            let entry = self.version_entry(id, meta, version)?;
-            if entry.state == VersionState::Destroyed {
-                return Err(StoreError::NotEnabled {
-                    id: id.clone(),
-                    version: version.clone(),
-                    state: "destroyed".into(),
-                });
-            }
-            entry.state = VersionState::Destroyed;
+            self.changeable(id, meta, version)?.state = VersionState::Destroyed;
             meta.aliases.retain(|_, v| v != version);
             let path = self.version_path(id, version.number().unwrap_or_default())?;
             match fs::remove_file(&path) {
@@ -307,6 +291,20 @@ impl SecretStore for FileStore {
 }
 
 impl FileStore {
+    /// A version whose state may still change: it exists and is not destroyed, which is final.
+    fn changeable<'m>(
+        &self,
+        id: &SecretId,
+        meta: &'m mut Meta,
+        version: &VersionId,
+    ) -> Result<&'m mut VersionMeta, StoreError> {
+        let entry = self.version_entry(id, meta, version)?;
+        if entry.state == VersionState::Destroyed {
+            return Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state: "destroyed".into() });
+        }
+        Ok(entry)
+    }
+
     fn version_entry<'m>(
         &self,
         id: &SecretId,

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod http;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyturn");
 
 /// One test's world. Runtime files live on /dev/shm (tmpfs), the rest in a disk temp dir.
