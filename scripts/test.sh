@@ -23,6 +23,12 @@ if ! "$venv/bin/python" -c 'import fastapi, uvicorn, jwt, cryptography' 2>/dev/n
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r examples/fastapi/requirements.txt
 fi
+# kubernetes-validate, for the Kubernetes manifests in examples/kubernetes (tests/packaging.rs),
+# in the same venv. Pinned: its version decides which Kubernetes schemas it knows.
+if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing kubernetes-validate into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
 export KEYTURN_TEST_VENV="$venv"
 
 cargo test --workspace --all-targets "$@"
