@@ -31,4 +31,19 @@ if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
 fi
 export KEYTURN_TEST_VENV="$venv"
 
+# Prometheus' own promtool checks the /metrics output (tests/ops.rs), and systemd-analyze the
+# unit (tests/packaging.rs): both from Debian, installed when missing.
+apt_install() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: $1 is missing; install the Debian package $2 (as root) and run again" >&2
+        exit 1
+    fi
+    echo "scripts/test.sh: installing $2" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null ||
+        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null; }
+}
+command -v promtool >/dev/null 2>&1 || apt_install promtool prometheus
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd-analyze systemd
+command -v setpriv >/dev/null 2>&1 || apt_install setpriv util-linux
+
 cargo test --workspace --all-targets "$@"

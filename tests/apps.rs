@@ -126,3 +126,62 @@ fn gid_of(name: &str) -> u32 {
     let out = std::process::Command::new("getent").args(["group", name]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().parse().unwrap()
 }
+
+/// As the unprivileged unit runs it: an agent with no capability gives files to a group it
+/// belongs to, and says which capability it lacks for one it does not.
+#[test]
+fn without_capabilities_files_go_to_the_agents_own_groups_and_the_rest_is_explained() {
+    assert!(rustix_uid() == 0, "runs as root to drop to nobody with setpriv");
+    let world = World::new("");
+    world.policy(
+        "grouped",
+        "[secret]\nstore = \"dev\"\nid = \"grouped\"\n[[deliver]]\npath = \"app/key\"\nmode = \"0440\"\ngroup = \"nogroup\"\n",
+    );
+    world.put("grouped", "g1");
+    // The whole world belongs to nobody, as /var/lib/keyturn and /run/keyturn belong to keyturn.
+    for dir in [world.disk.path(), world.runtime.path()] {
+        let status = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(dir).status().unwrap();
+        assert!(status.success());
+    }
+    let as_nobody = || {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                common::BIN,
+                "sync",
+                "--once",
+                "--config",
+            ])
+            .arg(world.config())
+            .env_remove("KEYTURN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody();
+    assert!(out.status.success(), "{}", text(&out));
+    let meta = std::fs::metadata(world.bundle("app").join("..data/key")).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (65534, gid_of("nogroup"), 0o440));
+
+    // A group nobody is not in: refused, with the capability and where it comes from.
+    world.policy(
+        "foreign",
+        "[secret]\nstore = \"dev\"\nid = \"foreign\"\n[[deliver]]\npath = \"other/key\"\ngroup = \"root\"\n",
+    );
+    let status = std::process::Command::new("chown")
+        .args(["65534:65534"])
+        .arg(world.policies().join("foreign.toml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    world.put("foreign", "f1");
+    let _ = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(world.store()).status();
+    let out = as_nobody();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the agent needs CAP_CHOWN (systemd: add owners.conf"), "{stderr}");
+    assert!(!world.bundle("other/key").exists(), "nothing half-delivered");
+    assert_eq!(read(world.bundle("app/key")), "g1", "the other bundle is untouched");
+}

@@ -18,11 +18,11 @@ use serde_json::Value;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Exposure ceilings in tenths, as `--threshold` takes them. The unit runs as root with
-/// CAP_CHOWN, CAP_FOWNER and CAP_KILL and needs the network: that alone scores 2.2
-/// (systemd/README.md itemizes it). Without root and capabilities (unprivileged.conf) it is 1.2.
-const UNIT_THRESHOLD: u32 = 22;
-const UNPRIVILEGED_THRESHOLD: u32 = 15;
+/// Exposure ceilings in tenths, as `--threshold` takes them. The unit runs as its own user with
+/// no capability: 1.4 (systemd/README.md itemizes it). owners.conf adds CAP_CHOWN, CAP_FOWNER
+/// and CAP_KILL for deployments that hand files to other users: 1.9.
+const UNIT_THRESHOLD: u32 = 15;
+const OWNERS_THRESHOLD: u32 = 19;
 
 /// The oldest Kubernetes minor the manifests claim, and the newest kubernetes-validate knows.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
@@ -33,7 +33,7 @@ const CRD_KINDS: [&str; 1] = ["PodMonitor"];
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
-    for variant in [Variant::Root, Variant::Unprivileged] {
+    for variant in [Variant::Plain, Variant::Owners] {
         let dir = tempfile::tempdir().unwrap();
         let unit = install_unit(dir.path(), variant);
         let out = systemd_analyze(&["verify", "--man=no"], &unit);
@@ -47,17 +47,17 @@ fn the_unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
-fn the_unit_scores_2_2_or_better_in_systemd_analyze_security() {
+fn the_unit_scores_1_5_or_better_in_systemd_analyze_security() {
     let dir = tempfile::tempdir().unwrap();
-    let score = security_score(&install_unit(dir.path(), Variant::Root), UNIT_THRESHOLD);
+    let score = security_score(&install_unit(dir.path(), Variant::Plain), UNIT_THRESHOLD);
     println!("systemd/keyturn.service: exposure {score}");
 }
 
 #[test]
-fn the_unprivileged_variant_scores_1_5_or_better_in_systemd_analyze_security() {
+fn the_unit_with_owners_conf_scores_1_9_or_better_in_systemd_analyze_security() {
     let dir = tempfile::tempdir().unwrap();
-    let score = security_score(&install_unit(dir.path(), Variant::Unprivileged), UNPRIVILEGED_THRESHOLD);
-    println!("systemd/keyturn.service + unprivileged.conf: exposure {score}");
+    let score = security_score(&install_unit(dir.path(), Variant::Owners), OWNERS_THRESHOLD);
+    println!("systemd/keyturn.service + owners.conf: exposure {score}");
 }
 
 #[test]
@@ -172,9 +172,9 @@ fn the_configmap_holds_a_valid_keyturn_configuration() {
 #[derive(Debug, Clone, Copy)]
 enum Variant {
     /// `systemd/keyturn.service` as shipped.
-    Root,
-    /// With `systemd/unprivileged.conf` as a drop-in.
-    Unprivileged,
+    Plain,
+    /// With `systemd/owners.conf` as a drop-in.
+    Owners,
 }
 
 /// Copies the unit into `dir`, running the binary under test instead of
@@ -185,9 +185,9 @@ fn install_unit(dir: &Path, variant: Variant) -> PathBuf {
     assert!(unit.contains("/usr/local/bin/keyturn "), "the unit no longer runs /usr/local/bin/keyturn");
     let path = dir.join("keyturn.service");
     common::write(&path, &unit.replace("/usr/local/bin/keyturn", common::BIN));
-    if let Variant::Unprivileged = variant {
-        let drop_in = common::read(Path::new(REPO).join("systemd/unprivileged.conf"));
-        common::write(&dir.join("keyturn.service.d/unprivileged.conf"), &drop_in);
+    if let Variant::Owners = variant {
+        let drop_in = common::read(Path::new(REPO).join("systemd/owners.conf"));
+        common::write(&dir.join("keyturn.service.d/owners.conf"), &drop_in);
     }
     path
 }

@@ -283,7 +283,9 @@ impl BundleWriter {
                 let carried = delivered.files.iter().try_for_each(|file| {
                     let target = version_dir.join(file);
                     create_parents(version_dir, access, &target)?;
-                    fs::hard_link(live_dir.join(file), &target)
+                    fs::hard_link(live_dir.join(file), &target).map_err(|e| {
+                        needs_capability(e, "CAP_FOWNER", "carry another user's file into the new version")
+                    })
                 });
                 match carried {
                     Ok(()) => {
@@ -432,10 +434,22 @@ fn create_parents(version_dir: &Path, access: DirAccess, path: &Path) -> io::Res
     Ok(())
 }
 
+/// Says which capability an EPERM means, and where it comes from.
+fn needs_capability(error: io::Error, capability: &str, to: &str) -> io::Error {
+    if error.raw_os_error() != Some(rustix::io::Errno::PERM.raw_os_error()) {
+        return error;
+    }
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!("{error}: to {to} the agent needs {capability} (systemd: add owners.conf; see systemd/README.md)"),
+    )
+}
+
 /// Gives a directory the bundle's group and mode.
 fn set_access(dir: &Path, access: DirAccess) -> io::Result<()> {
     let handle = fs::File::open(dir)?;
-    sys::chown(&handle, None, access.group)?;
+    sys::chown(&handle, None, access.group)
+        .map_err(|e| needs_capability(e, "CAP_CHOWN", "give a directory to a group the agent is not in"))?;
     sys::chmod(&handle, access.mode)
 }
 
@@ -449,7 +463,9 @@ fn write_file(version_dir: &Path, access: DirAccess, path: &Path, file: &Rendere
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)?;
     sys::chmod(&out, file.mode)?;
-    sys::chown(&out, file.owner, file.group)?;
+    sys::chown(&out, file.owner, file.group).map_err(|e| {
+        needs_capability(e, "CAP_CHOWN", "give a file to another user or to a group the agent is not in")
+    })?;
     out.write_all(file.contents.expose())?;
     out.sync_all()
 }

@@ -56,6 +56,11 @@ impl Signal {
             Err(rustix::io::Errno::SRCH) => {
                 Ok(Sent::Skipped(format!("process {} named by the pidfile is gone", pid.as_raw_nonzero())))
             }
+            Err(rustix::io::Errno::PERM) => Err(NotifyError::Failed(format!(
+                "cannot send SIG{} to process {}: it runs as another user, and signalling it needs CAP_KILL (systemd: add owners.conf)",
+                self.name,
+                pid.as_raw_nonzero()
+            ))),
             Err(e) => Err(NotifyError::Failed(format!(
                 "cannot send SIG{} to process {}: {e}",
                 self.name,

@@ -139,7 +139,7 @@ impl Metrics {
             metrics.report_spool.clone(),
         );
         registry.register("keyturn_ready", "1 once every required policy has been delivered", metrics.ready.clone());
-        registry.register_collector(Box::new(Process));
+        registry.register_collector(Box::new(Process { started: unix_now() }));
         Metrics { registry, ..metrics }
     }
 
@@ -182,11 +182,16 @@ pub fn unix(time: std::time::SystemTime) -> f64 {
 
 /// The standard `process_*` metrics, read from `/proc/self` at each scrape.
 #[derive(Debug)]
-struct Process;
+struct Process {
+    /// When the metrics were set up, at the agent's start: read once here, because the boot
+    /// time in `/proc/stat` is hidden under systemd's `ProcSubset=pid`.
+    started: f64,
+}
 
 impl prometheus_client::collector::Collector for Process {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(process) = ProcessStats::read() else { return Ok(()) };
+        let start_time = self.started;
         let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64| {
             let metric = ConstGauge::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
@@ -199,7 +204,7 @@ impl prometheus_client::collector::Collector for Process {
             &mut encoder,
             "process_start_time_seconds",
             "Start time of the process since the Unix epoch",
-            process.start_time,
+            start_time,
         )?;
         let cpu = ConstCounter::new(process.cpu_seconds);
         cpu.encode(encoder.encode_descriptor(
@@ -216,7 +221,6 @@ struct ProcessStats {
     virtual_bytes: f64,
     open_fds: f64,
     threads: f64,
-    start_time: f64,
     cpu_seconds: f64,
 }
 
@@ -228,14 +232,9 @@ impl ProcessStats {
         let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
         let ticks = rustix::param::clock_ticks_per_second() as f64;
         let page = rustix::param::page_size() as f64;
-        let boot = std::fs::read_to_string("/proc/stat")
-            .ok()?
-            .lines()
-            .find_map(|l| l.strip_prefix("btime ").and_then(|t| t.trim().parse::<f64>().ok()))?;
         Some(ProcessStats {
             cpu_seconds: (field(14)? + field(15)?) / ticks,
             threads: field(20)?,
-            start_time: boot + field(22)? / ticks,
             virtual_bytes: field(23)?,
             resident_bytes: field(24)? * page,
             open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
