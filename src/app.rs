@@ -115,6 +115,9 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<ExitCode, AppError> {
         Command::Agent => agent(&config_path, &seams).await,
         Command::Rotate { policy, now, revoke } => rotate(&config_path, &policy, now, revoke, &seams).await,
         Command::Reload => ask_agent(&config_path, socket::Request::Reload).await,
+        Command::Probe { store, requests, location, secret, json } => {
+            probe(&config_path, &store, requests, &location, secret.as_deref(), json).await
+        }
         Command::Resync => ask_agent(&config_path, socket::Request::Resync).await,
     }
 }
@@ -133,6 +136,31 @@ fn validate(path: &Path) -> Result<ExitCode, AppError> {
         count(config.bundles().len(), "bundle"),
         count(config.stores.len(), "store")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keyturn probe`: a store's latencies from this node.
+async fn probe(
+    path: &Path,
+    name: &str,
+    requests: usize,
+    locations: &[String],
+    secret: Option<&str>,
+    json: bool,
+) -> Result<ExitCode, AppError> {
+    let config = load(path)?;
+    let store_config = config.stores.get(name).ok_or_else(|| {
+        let names: Vec<&str> = config.stores.keys().map(String::as_str).collect();
+        AppError::Usage(format!("no store named \"{name}\" in {}; stores: {}", path.display(), names.join(", ")))
+    })?;
+    let secret = secret.map(SecretId::parse).transpose().map_err(AppError::Usage)?;
+    let store = open_store(name, store_config).await?;
+    let report = crate::probe::run(&config, name, store, secret, requests, locations).await.map_err(AppError::Usage)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("json serializes"));
+    } else {
+        print!("{}", report.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

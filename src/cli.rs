@@ -71,6 +71,25 @@ pub enum Command {
     Reload,
     /// Ask the running agent to pull every policy now instead of at its next poll.
     Resync,
+    /// Measure a store from this node: token, first access, p50/p99 of more accesses, and a
+    /// cold read of every policy on it. Prints times and counts, never a value.
+    Probe {
+        /// A store name from the agent file's [stores.NAME] sections.
+        #[arg(long)]
+        store: String,
+        /// Accesses per endpoint for the percentiles.
+        #[arg(long, value_name = "K", default_value_t = 20)]
+        requests: usize,
+        /// Also probe this region's endpoint (Google; repeatable), e.g. --location europe-west3.
+        #[arg(long, value_name = "LOCATION")]
+        location: Vec<String>,
+        /// The secret to access (default: the first policy's secret on that store).
+        #[arg(long, value_name = "ID")]
+        secret: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read or write a configured store directly.
     Store {
         #[command(subcommand)]
@@ -131,6 +150,23 @@ mod tests {
     #[test]
     fn status_json() {
         assert_eq!(parse(&["status", "--json"]).unwrap().command, Command::Status { json: true });
+    }
+
+    #[test]
+    fn probe() {
+        assert_eq!(
+            parse(&["probe", "--store", "edge", "--requests", "50", "--location", "us", "--location", "eu", "--json"])
+                .unwrap()
+                .command,
+            Command::Probe {
+                store: "edge".into(),
+                requests: 50,
+                location: vec!["us".into(), "eu".into()],
+                secret: None,
+                json: true
+            }
+        );
+        assert!(parse(&["probe"]).is_err(), "--store is required");
     }
 
     #[test]

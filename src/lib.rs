@@ -17,6 +17,7 @@
 //!   atomically on tmpfs.
 //! - [`notify`]: telling applications their files changed: signal, systemd, exec, HTTP;
 //!   coalesced, retried, and never blocking another policy.
+//! - [`probe`]: `keyturn probe`, a store's latencies from this node.
 //! - [`process`]: child processes with a deadline (check commands, notifiers).
 //! - [`control`]: the admin HTTP listener, the control socket, systemd notifications.
 //! - [`report`]: the status model persisted under `state_dir` and shown by `keyturn status`.
@@ -36,6 +37,7 @@ pub mod deliver;
 pub mod engine;
 pub mod generate;
 pub mod notify;
+pub mod probe;
 pub mod process;
 pub mod report;
 pub mod rotation;

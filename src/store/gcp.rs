@@ -128,6 +128,12 @@ impl GcpStore {
         Ok(format!("{}/versions/{segment}", self.secret_url(id)?))
     }
 
+    /// Finds credentials and gets a token now, rather than at the first request: what
+    /// `keyturn probe` times.
+    pub async fn token_ready(&self) -> Result<(), StoreError> {
+        self.token().await.map(|_| ())
+    }
+
     async fn token(&self) -> Result<Arc<gcp_auth::Token>, StoreError> {
         let auth = |message: String| StoreError::Auth { store: self.name.clone(), message };
         let provider = self

@@ -1,0 +1,93 @@
+//! `keyturn probe` against the Secret Manager emulator with added latency, and against the
+//! file store: the figures it reports are there, plausible, and never carry a value.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{World, text};
+use gcp_emulator::{Emulator, Role, blocking};
+
+const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+
+#[test]
+fn probe_measures_token_first_access_percentiles_and_a_cold_sync_on_the_emulator() {
+    let world = World::new("");
+    let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge")).unwrap();
+    let admin = world.disk.path().join("admin.json");
+    common::write(&admin, &emu.service_account_key("operator@acme-edge.iam.gserviceaccount.com", Role::Admin));
+    world.add_stores(&format!(
+        "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n",
+        emu.base_url()
+    ));
+    for name in ["a", "b", "c"] {
+        world.policy(name, &format!("[secret]\nstore = \"edge\"\nid = \"{name}\"\n[[deliver]]\npath = \"{name}/v\"\n"));
+        let out = world.put_into("edge", name, &format!("FIXTURE-probe-{name}"), &[(CREDENTIALS, &admin)]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    emu.faults().set_latency(Duration::from_millis(30));
+
+    let out = world
+        .command(&["probe", "--store", "edge", "--requests", "10", "--location", "europe-west3", "--json"])
+        .env(CREDENTIALS, &admin)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("FIXTURE-probe"), "no value in the report");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (report["store"].as_str(), report["kind"].as_str(), report["secret"].as_str()),
+        (Some("edge"), Some("gcp"), Some("a"))
+    );
+    let global = &report["endpoints"][0];
+    assert_eq!(global["location"], "global");
+    assert!(global["token_ms"].as_f64().unwrap() >= 30.0, "the token exchange is one round trip: {global}");
+    for field in ["first_access_ms", "p50_ms", "p99_ms"] {
+        assert!(global[field].as_f64().unwrap() >= 30.0, "{field} includes the 30ms latency: {global}");
+    }
+    assert!(global["p99_ms"].as_f64() >= global["p50_ms"].as_f64());
+    assert_eq!(global["errors"], 0, "{global}");
+    assert_eq!(global["sync_policies"], 3);
+    // Three reads at once: the cold pass takes about one round trip, not three.
+    assert!(global["sync_ms"].as_f64().unwrap() < 3.0 * 30.0 + 60.0, "{global}");
+
+    // The regional endpoint: the secret does not exist there, and the round trips are measured.
+    let regional = &report["endpoints"][1];
+    assert_eq!(regional["location"], "europe-west3");
+    assert!(regional["p50_ms"].as_f64().unwrap() >= 30.0, "{regional}");
+    assert!(regional["errors"].as_u64().unwrap() > 0);
+    assert!(regional["first_error"].as_str().unwrap().contains("does not exist"), "{regional}");
+
+    let table =
+        world.command(&["probe", "--store", "edge", "--requests", "3"]).env(CREDENTIALS, &admin).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("ENDPOINT") && table.contains("global") && table.contains("3 pol"), "{table}");
+}
+
+#[test]
+fn probe_works_on_the_file_store_and_says_what_it_needs() {
+    let world = World::new("");
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "FIXTURE-probe-file");
+    let out = world.keyturn(&["probe", "--store", "dev", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["endpoints"][0]["location"], "local");
+    assert!(report["endpoints"][0]["token_ms"].is_null());
+    assert_eq!(report["endpoints"][0]["errors"], 0);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("FIXTURE"));
+    assert!(!world.bundle("app").exists(), "probe delivers nothing");
+
+    let out = world.keyturn(&["probe", "--store", "dev", "--location", "us"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--location applies to Google Secret Manager stores only"));
+    let empty = World::new("");
+    let out = empty.keyturn(&["probe", "--store", "dev"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("name a secret to access with --secret ID"),
+        "{}",
+        text(&out)
+    );
+}
