@@ -759,15 +759,15 @@ impl<S: SecretStore + 'static> Engine<S> {
 fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, notify::Handle>, Vec<AbortOnDrop<()>>) {
     let mut handles = HashMap::new();
     let mut tasks = Vec::new();
+    // An HTTP client (and its TLS roots) only when a policy has an http notifier: memory on
+    // every node of the fleet is not spent on what a node does not use.
     let needs_http = config.policies.iter().any(|p| p.notify.as_ref().is_some_and(|n| n.http.is_some()));
-    let http = if needs_http {
+    let http = needs_http.then(|| {
         reqwest::Client::builder()
             .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default()
-    } else {
-        reqwest::Client::default()
-    };
+    });
     // For the report callbacks, which outlive this call.
     let snapshot = Arc::new(config.clone());
     for policy in &config.policies {
@@ -820,7 +820,7 @@ fn start_dispatchers(config: &Config, shared: &Arc<Shared>) -> (HashMap<String, 
                 });
             }
         });
-        let (handle, task) = notify::spawn(settings, notify::Notifier::from_config(settings, &http), report);
+        let (handle, task) = notify::spawn(settings, notify::Notifier::from_config(settings, http.as_ref()), report);
         handles.insert(policy.name.clone(), handle);
         tasks.push(AbortOnDrop(task));
     }

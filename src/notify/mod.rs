@@ -85,8 +85,9 @@ impl Notifier {
         }
     }
 
-    /// The notifiers a `[notify]` section configures, in a fixed order.
-    pub fn from_config(notify: &Notify, http: &reqwest::Client) -> Vec<Notifier> {
+    /// The notifiers a `[notify]` section configures, in a fixed order. `http` is the shared
+    /// client, present whenever a policy has an http notifier.
+    pub fn from_config(notify: &Notify, http: Option<&reqwest::Client>) -> Vec<Notifier> {
         let mut all = Vec::new();
         if let Some(config) = &notify.signal {
             all.push(Notifier::Signal(signal::Signal::new(config)));
@@ -97,8 +98,8 @@ impl Notifier {
         if let Some(config) = &notify.exec {
             all.push(Notifier::Exec(exec::Exec::new(config)));
         }
-        if let Some(config) = &notify.http {
-            all.push(Notifier::Http(http::Http::new(config, http.clone())));
+        if let (Some(config), Some(client)) = (&notify.http, http) {
+            all.push(Notifier::Http(http::Http::new(config, client.clone())));
         }
         all
     }
