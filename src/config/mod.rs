@@ -222,8 +222,8 @@ pub struct ExtraSecret {
 }
 
 /// A policy's `[notify]`: how applications learn that their files changed. Every notifier set
-/// runs, after the whole bundle is in place, once per change (changes closer together than
-/// `coalesce` make one notification).
+/// runs, after the whole bundle is in place, once per change; changes closer together than
+/// `coalesce` (default 0: none) make one notification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notify {
     pub signal: Option<SignalNotify>,

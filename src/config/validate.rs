@@ -866,11 +866,13 @@ fn notify_section(file: &File<'_>, raw: raw::Notify, problems: &mut Vec<Problem>
         let timeout = timeout(&raw.timeout, Duration::from_secs(5), "http.timeout", problems);
         Some(HttpNotify { url: url.map(|()| raw.url.get_ref().clone())?, timeout: timeout?, bearer_token_file: token? })
     });
+    // By default a change is told at once: the budget from change seen to application told is
+    // a millisecond. A window is for stores that change a secret several times in a burst.
     let coalesce = match &raw.coalesce {
         Some(value) => {
             optional_duration(value.get_ref()).map_err(|m| problems.push(at(value.span(), "coalesce", m))).ok()
         }
-        None => Some(Duration::from_secs(1)),
+        None => Some(Duration::ZERO),
     };
     let attempts = match &raw.attempts {
         None => Some(3),

@@ -1,8 +1,8 @@
 //! Telling applications that their files changed.
 //!
 //! Each policy with a `[notify]` section gets a dispatcher task of its own. The engine hands
-//! it a [`Change`] after a bundle is in place; the dispatcher waits `coalesce` for more changes
-//! (a rotation that touches several bundles, a burst of store updates), then runs every
+//! it a [`Change`] after a bundle is in place; the dispatcher waits `coalesce` (by default not
+//! at all) for more changes (a burst of store updates), then runs every
 //! configured notifier once for the latest change, each with its own attempts and backoff. A
 //! slow or hung notifier holds up only its own policy's notifications, never delivery or
 //! another policy. Outcomes are reported back through a callback (status file, logs).
