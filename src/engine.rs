@@ -404,11 +404,14 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
             tokio::time::sleep(wake.duration_since(now).unwrap_or_default()).await;
 
+            // Boxed: a task's future holds room for everything it may await, and a rotation and
+            // a store read are large. Inline, every idle policy would carry them (about 10 KiB
+            // each); boxed, they take memory only while they run.
             if rotation_due.is_some_and(|due| due <= SystemTime::now()) {
-                rotation_not_before = self.rotate_scheduled(policy).await;
+                rotation_not_before = Box::pin(self.rotate_scheduled(policy)).await;
             }
             let mut summary = SyncSummary::default();
-            match self.pull(policy).await {
+            match Box::pin(self.pull(policy)).await {
                 Ok(fetched) => self.deliver(vec![Pulled { policy, fetched }], &mut summary),
                 Err(e) => {
                     let next = retry_delay(failures + 1, agent.poll, 0.5);
