@@ -32,7 +32,7 @@ use crate::report::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, u
 use crate::report::status::{self, PolicyStatus, Status};
 use crate::rotation::protocol::{Outcome, Rotator, Trigger};
 use crate::rotation::schedule::{in_grace, next_rotation, node_unit};
-use crate::rotation::timing::{poll_delay, retry_delay, unit_random};
+use crate::rotation::timing::{first_poll_delay, poll_delay, retry_delay, unit_random};
 use crate::secret::{PREVIOUS, VersionId};
 use crate::store::{SecretStore, Selector, StoreError, Version};
 
@@ -381,13 +381,20 @@ impl<S: SecretStore + 'static> Engine<S> {
         // Not before this time, whatever the schedule says: set after a busy lease or a failed
         // rotation, so a due secret is not retried in a tight loop.
         let mut rotation_not_before: Option<SystemTime> = None;
+        // The first wait is anywhere in one poll interval: a fleet that starts together (a
+        // rollout, a power cut) is spread over the interval at once, not over many polls by the
+        // jitter's small drift.
+        let mut first = true;
         loop {
             let now = SystemTime::now();
-            let wait = if failures == 0 {
+            let wait = if first {
+                first_poll_delay(agent.poll, unit_random())
+            } else if failures == 0 {
                 poll_delay(agent.poll, agent.jitter, unit_random())
             } else {
                 retry_delay(failures, agent.poll, unit_random())
             };
+            first = false;
             let mut wake = now + wait;
             let rotation_due = self.rotation_due(policy).map(|due| due.max(rotation_not_before.unwrap_or(due)));
             if let Some(due) = rotation_due {
@@ -455,6 +462,18 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
             Err(_) => Some(now + self.config.agent.poll.max(BUSY_BACKOFF)),
         }
+    }
+
+    /// Pulls one policy and delivers it if it changed: after a rotation through the control
+    /// socket, only the rotated policy needs reading.
+    pub async fn refresh(&self, name: &str) -> SyncSummary {
+        let mut summary = SyncSummary::default();
+        let Some(policy) = self.config.policy(name) else { return summary };
+        match Box::pin(self.pull(policy)).await {
+            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched }], &mut summary),
+            Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
+        }
+        summary
     }
 
     /// The configuration this engine runs.

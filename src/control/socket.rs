@@ -187,8 +187,8 @@ async fn rotate<S: SecretStore + 'static>(
     }
     match outcome {
         Ok(Outcome::Rotated { version, previous, disabled }) => {
-            // Deliver at once, not at the next poll.
-            engine.sync_all().await;
+            // Deliver it at once, not at the next poll; only this policy changed.
+            engine.refresh(&policy.name).await;
             Line::Ok(serde_json::json!({ "version": version, "previous": previous, "disabled": disabled }))
         }
         Ok(Outcome::Busy { holder }) => Line::Error(format!("another rotation holds the lease ({holder})")),

@@ -160,7 +160,8 @@ async fn dispatch(
         };
         let mut flushed = Vec::new();
         let deadline = tokio::time::Instant::now() + coalesce;
-        loop {
+        // No window, no wait: even a zero sleep would go through the timer, a millisecond late.
+        while !coalesce.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 message = inbox.recv() => match message {

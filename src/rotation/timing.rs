@@ -12,6 +12,12 @@ pub fn poll_delay(poll: Duration, jitter: f64, unit: f64) -> Duration {
     poll.mul_f64(1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0))
 }
 
+/// The first wait of a policy after the agent starts: anywhere in one poll interval, so that a
+/// fleet that started together is spread over the interval at once.
+pub fn first_poll_delay(poll: Duration, unit: f64) -> Duration {
+    poll.mul_f64(unit.clamp(0.0, 1.0))
+}
+
 /// The wait after `failures` consecutive failures (1 or more): exponential from
 /// [`FIRST_RETRY`], never longer than `cap`, with "equal jitter" (half fixed, half random) so
 /// that retries spread out but never collapse to zero.
@@ -50,6 +56,13 @@ mod tests {
         for (jitter, unit, want) in cases {
             assert_eq!(poll_delay(MIN, jitter, unit).as_secs_f64(), want, "jitter {jitter} unit {unit}");
         }
+    }
+
+    #[test]
+    fn first_poll_delays_spread_over_the_whole_interval() {
+        assert_eq!(first_poll_delay(MIN, 0.0), Duration::ZERO);
+        assert_eq!(first_poll_delay(MIN, 0.25).as_secs_f64(), 15.0);
+        assert_eq!(first_poll_delay(MIN, 1.0), MIN);
     }
 
     #[test]
