@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The benchmark suite: builds keyturn, the Secret Manager emulator and the baselines (release
+# profile), runs every benchmark in bench/ and writes BENCHMARKS.md at the top of the
+# repository. Progress goes to stderr. About 4 to 5 minutes of benchmarks plus the build
+# (3 to 4 minutes from scratch on 2 cores).
+#
+# Needs: the Rust toolchain pinned in rust-toolchain.toml, gcc, binutils (strip), git, and
+# /dev/shm (tmpfs). Everything listens on 127.0.0.1 and is stopped and removed at the end.
+#
+#   scripts/bench.sh                      # everything
+#   scripts/bench.sh --only cold,memory   # a subset: cold,memory,latency,rotation,traffic,fleet
+#   CARGO_TARGET_DIR=/elsewhere scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || { echo "scripts/bench.sh: $1 is required: $2" >&2; exit 1; }
+}
+need cargo "install Rust with rustup"
+need gcc "apt-get install gcc"
+need git "apt-get install git"
+
+started=$(date +%s)
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TARGET_DIR="$target"
+
+echo "scripts/bench.sh: building keyturn, gcp-emulator and keyturn-bench (release) into $target" >&2
+cargo build --release -p keyturn -p gcp-emulator -p keyturn-bench >&2
+baseline="$target/bench-baseline"
+mkdir -p "$baseline"
+gcc -O2 -Wall -Wextra -o "$baseline/io" bench/baseline/io.c
+gcc -O2 -Wall -Wextra -o "$baseline/stamp" bench/baseline/stamp.c
+built=$(date +%s)
+
+"$target/release/keyturn-bench" --bin-dir "$target/release" --c-dir "$baseline" \
+    --out BENCHMARKS.md --build-seconds "$((built - started))" "$@"
+echo "scripts/bench.sh: done in $(($(date +%s) - started)) s (build $((built - started)) s)" >&2
