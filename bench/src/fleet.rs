@@ -129,7 +129,7 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
         let log = std::fs::read_to_string(node.config.with_file_name("agent.log")).unwrap_or_default();
         exhausted += log
             .lines()
-            .filter(|l| l.contains("RESOURCE_EXHAUSTED") || l.contains("Quota exceeded") || l.contains("status=429"))
+            .filter(|l| l.contains("RESOURCE_EXHAUSTED") || l.contains("Quota exceeded") || l.contains("HTTP 429"))
             .count();
         retried += log.lines().filter(|l| l.contains("access retried")).count();
         unwatched += usize::from(log.contains("cannot watch configuration files"));
