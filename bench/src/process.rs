@@ -104,6 +104,26 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, Error> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// CPU seconds used so far by the whole machine, and by this process with its waited-for
+/// children; the difference over a run is what other work took from the benchmarks.
+pub fn machine_and_own_cpu() -> Result<(f64, f64), Error> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .ok_or("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy is all but idle and iowait.
+    let busy: f64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4 && *i < 8).map(|(_, v)| v).sum();
+    let own = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = &own[own.rfind(')').ok_or("bad /proc stat")? + 2..];
+    let own: f64 = rest.split(' ').skip(11).take(4).map(|f| f.parse::<f64>().unwrap_or(0.0)).sum();
+    Ok((busy / 100.0, own / 100.0))
+}
+
 /// A datagram socket standing in for systemd's `NOTIFY_SOCKET`.
 ///
 /// A thread reads it all the time, as systemd does: agents send more than READY=1 (STATUS=,

@@ -86,7 +86,7 @@ pub fn finish(bench: &Bench, mut running: Running, figures: &mut Figures) -> Res
         let (expected_text, ratio) = match expected {
             Some(e) if e > 0.0 => (format!("{e:.0} (N × 3600 / P)"), format!("{:.3}×", per_hour(counted) / e)),
             Some(_) => ("0".into(), if counted == 0 { "–".into() } else { "**not 0**".into() }),
-            None => ("~1 (token lifetime 1 h)".into(), "see below".into()),
+            None => ("~1 (tokens live 1 h: none expected in the window)".into(), "–".into()),
         };
         table.push_str(&format!(
             "| {method} | {first} | {counted} | {:.0} | {expected_text} | {ratio} |\n",
