@@ -16,6 +16,7 @@
 //! JWK sets), both kept in memory per policy. Public keys and times only; never a value.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +65,10 @@ enum Known {
 pub struct Shared {
     writer: Mutex<BundleWriter>,
     status: Mutex<Status>,
+    /// How many required policies have no delivered version yet; changed only under the status
+    /// lock, so that readiness costs one comparison per update instead of a walk over every
+    /// policy.
+    waiting: AtomicUsize,
     status_changed: Notify,
     known: Mutex<HashMap<String, Known>>,
     pub metrics: Arc<Metrics>,
@@ -79,6 +84,7 @@ impl Shared {
         Arc::new(Shared {
             writer: Mutex::new(writer),
             status: Mutex::new(status),
+            waiting: AtomicUsize::new(0),
             status_changed: Notify::new(),
             known: Mutex::new(HashMap::new()),
             metrics,
@@ -132,10 +138,17 @@ impl Shared {
 
     fn update_status_named(&self, policy: &str, change: impl FnOnce(&mut PolicyStatus)) {
         let mut status = self.status();
-        change(status.policies.entry(policy.to_string()).or_default());
+        let entry = status.policies.entry(policy.to_string()).or_default();
+        let was_waiting = entry.waiting();
+        change(entry);
+        let waiting = match (was_waiting, entry.waiting()) {
+            (false, true) => self.waiting.fetch_add(1, Ordering::Relaxed) + 1,
+            (true, false) => self.waiting.fetch_sub(1, Ordering::Relaxed) - 1,
+            _ => self.waiting.load(Ordering::Relaxed),
+        };
         status.updated_at = status::now();
-        let ready = status.ready();
         drop(status);
+        let ready = waiting == 0;
         self.set_ready(ready);
         self.status_changed.notify_one();
     }
@@ -262,9 +275,10 @@ impl<S: SecretStore + 'static> Engine<S> {
                 entry.secret = policy.secret.to_string();
                 entry.required = policy.required;
             }
-            let ready = status.ready();
+            let waiting = status.policies.values().filter(|p| p.waiting()).count();
+            shared.waiting.store(waiting, Ordering::Relaxed);
             drop(status);
-            shared.set_ready(ready);
+            shared.set_ready(waiting == 0);
         }
         shared.known().retain(|name, _| config.policy(name).is_some());
         let (notify, dispatchers) = start_dispatchers(&config, &shared);
@@ -684,14 +698,15 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
         for (bundle, entries) in updates {
-            let members: BTreeSet<&str> = bundles[bundle].iter().map(|p| p.name.as_str()).collect();
+            let plan = &bundles[bundle];
+            let members: BTreeSet<&str> = plan.members.iter().map(|p| p.name.as_str()).collect();
             let (policies, entries): (Vec<&Policy>, Vec<PolicyUpdate>) =
                 entries.into_iter().filter(|(p, _)| outcome.get(p.name.as_str()).is_some_and(Result::is_ok)).unzip();
             if entries.is_empty() {
                 continue;
             }
             let started = Instant::now();
-            match writer.write(bundle, &members, self.config.bundle_access(bundle), entries) {
+            match writer.write(bundle, &members, plan.access, entries) {
                 Ok(()) => {
                     for policy in &policies {
                         outcome.entry(&policy.name).and_modify(|o| *o = o.clone().map(|_| true));

@@ -47,41 +47,41 @@ pub struct Config {
 
 impl Config {
     pub fn policy(&self, name: &str) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.name == name)
+        // `policies` is sorted by name.
+        let index = self.policies.binary_search_by(|p| p.name.as_str().cmp(name)).ok()?;
+        Some(&self.policies[index])
     }
 
-    /// Owner group and mode of a bundle's directories: when every file in the bundle names the
-    /// same group, the directories belong to it with mode 0750, so other users cannot even
-    /// list the names; otherwise 0755, and each file's own owner and mode guard its contents.
-    pub fn bundle_access(&self, bundle: &str) -> DirAccess {
-        let groups: Vec<Option<u32>> = self
-            .policies
-            .iter()
-            .flat_map(|p| p.deliver.iter())
-            .filter(|d| d.bundle == bundle)
-            .map(|d| d.group)
-            .collect();
-        match groups.first() {
-            Some(Some(group)) if groups.iter().all(|g| *g == Some(*group)) => {
-                DirAccess { group: Some(*group), mode: 0o750 }
-            }
-            _ => DirAccess { group: None, mode: 0o755 },
-        }
-    }
-
-    /// Policies grouped by the bundle directories they deliver into.
-    pub fn bundles(&self) -> BTreeMap<&str, Vec<&Policy>> {
-        let mut bundles: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+    /// The bundle directories, each with the policies that deliver into it and who may enter
+    /// it: when every file in the bundle names the same group, the directories belong to that
+    /// group with mode 0750, so other users cannot even list the names; otherwise 0755, and
+    /// each file's own owner and mode guard its contents.
+    pub fn bundles(&self) -> BTreeMap<&str, Bundle<'_>> {
+        let mut bundles: BTreeMap<&str, Bundle<'_>> = BTreeMap::new();
         for policy in &self.policies {
-            for bundle in policy.bundles() {
-                let members = bundles.entry(bundle).or_default();
-                if !members.iter().any(|p| p.name == policy.name) {
-                    members.push(policy);
+            for delivery in &policy.deliver {
+                let bundle = bundles.entry(&delivery.bundle).or_insert_with(|| Bundle {
+                    members: Vec::new(),
+                    access: DirAccess { group: delivery.group, mode: 0o750 },
+                });
+                if bundle.members.last().is_none_or(|p| p.name != policy.name) {
+                    bundle.members.push(policy);
+                }
+                if bundle.access.group.is_none() || bundle.access.group != delivery.group {
+                    bundle.access = DirAccess { group: None, mode: 0o755 };
                 }
             }
         }
         bundles
     }
+}
+
+/// One bundle directory of a [`Config`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle<'a> {
+    /// The policies that deliver into it, in name order.
+    pub members: Vec<&'a Policy>,
+    pub access: DirAccess,
 }
 
 /// The agent file alone: what `keyturn status` and `keyturn store` need.

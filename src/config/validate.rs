@@ -9,7 +9,7 @@
 //! `[[deliver]]`, and a bad policy file does not hide another.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::ops::{Bound, Range};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -1351,30 +1351,40 @@ fn check_delivery_path(path: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// Two deliveries may not write the same path, nor a file where another needs a directory.
+///
+/// Paths are kept in a map ordered component by component, where every path under `a/b`
+/// follows `a/b` directly: each delivery is checked against its own ancestors and its first
+/// successor, so a thousand policies cost a thousand lookups, not a million comparisons.
 fn check_paths(placed: &[Placed], problems: &mut Vec<Problem>) {
-    for (i, later) in placed.iter().enumerate() {
-        for earlier in &placed[..i] {
-            let message = if later.path == earlier.path {
-                "is also delivered"
-            } else if later.path.starts_with(&earlier.path) || earlier.path.starts_with(&later.path) {
-                "overlaps the file delivered"
-            } else {
-                continue;
+    let mut seen: BTreeMap<&Path, &Placed> = BTreeMap::new();
+    for later in placed {
+        let path = later.path.as_path();
+        let clash = if let Some(earlier) = seen.get(path) {
+            Some(("is also delivered", *earlier))
+        } else {
+            let above = path.ancestors().skip(1).find_map(|dir| seen.get(dir));
+            let below = || {
+                seen.range::<Path, _>((Bound::Excluded(path), Bound::Unbounded))
+                    .next()
+                    .filter(|(other, _)| other.starts_with(path))
+                    .map(|(_, earlier)| earlier)
             };
-            problems.push(Problem {
-                file: later.file.clone(),
-                line: Some(later.line),
-                key: "deliver.path".into(),
-                message: format!(
-                    "\"{}\" {message} by policy \"{}\" ({}:{})",
-                    later.path.display(),
-                    earlier.policy,
-                    earlier.file.display(),
-                    earlier.line
-                ),
-            });
-            break;
-        }
+            above.or_else(below).map(|earlier| ("overlaps the file delivered", *earlier))
+        };
+        seen.entry(path).or_insert(later);
+        let Some((message, earlier)) = clash else { continue };
+        problems.push(Problem {
+            file: later.file.clone(),
+            line: Some(later.line),
+            key: "deliver.path".into(),
+            message: format!(
+                "\"{}\" {message} by policy \"{}\" ({}:{})",
+                later.path.display(),
+                earlier.policy,
+                earlier.file.display(),
+                earlier.line
+            ),
+        });
     }
 }
 
@@ -1393,6 +1403,7 @@ fn is_env_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DirAccess;
 
     struct Fake;
 
@@ -1494,6 +1505,39 @@ path = "api/raw/db-password"
     }
 
     #[test]
+    fn bundles_list_their_policies_and_close_to_one_shared_group() {
+        let policy = |id: &str, deliveries: &[(&str, Option<u32>)]| {
+            let mut text = format!("[secret]\nstore = \"dev\"\nid = \"{id}\"\n");
+            for (path, group) in deliveries {
+                text += &format!("[[deliver]]\npath = \"{path}\"\n");
+                if let Some(group) = group {
+                    text += &format!("group = {group}\n");
+                }
+            }
+            text
+        };
+        let a = policy("a", &[("shared/a", Some(1001)), ("own/a", Some(1001)), ("shared/a.env", Some(1001))]);
+        let b = policy("b", &[("shared/b", Some(1001)), ("mixed/b", Some(1001))]);
+        let c = policy("c", &[("mixed/c", Some(1002)), ("open/c", None)]);
+        let config = validate(&sources(AGENT, &[("a", &a), ("b", &b), ("c", &c)]), &Fake, &Fake).unwrap();
+        let got: Vec<(&str, Vec<&str>, DirAccess)> = config
+            .bundles()
+            .into_iter()
+            .map(|(name, bundle)| (name, bundle.members.iter().map(|p| p.name.as_str()).collect(), bundle.access))
+            .collect();
+        let (closed, open) = (DirAccess { group: Some(1001), mode: 0o750 }, DirAccess { group: None, mode: 0o755 });
+        assert_eq!(
+            got,
+            [
+                ("mixed", vec!["b", "c"], open),
+                ("open", vec!["c"], open),
+                ("own", vec!["a"], closed),
+                ("shared", vec!["a", "b"], closed),
+            ]
+        );
+    }
+
+    #[test]
     fn every_mistake_is_reported_with_file_line_and_key() {
         let agent = "[agent]\npoll = \"soon\"\ncolour = \"blue\"\n[stores.dev]\nkind = \"file\"\ndir = \"/s\"\n";
         let unknown_key = "[secret]\nstore = \"dev\"\nid = \"a\"\nversion = 3\n[[deliver]]\npath = \"x/a\"\n";
@@ -1530,6 +1574,25 @@ path = "api/raw/db-password"
             [
                 "/etc/keyturn/policies/b.toml:6: deliver.path: \"x/shared\" is also delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
                 "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/shared/inner\" overlaps the file delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_where_another_needs_a_directory_is_refused_whichever_comes_first() {
+        let policy = |id: &str, path: &str| {
+            format!("[secret]\nstore = \"dev\"\nid = \"{id}\"\n[[deliver]]\npath = \"{path}\"\n")
+        };
+        // b's file sits where a needs a directory; c's file needs b's path as a directory,
+        // and d is clear of all of them (a sibling, and a name that merely shares a prefix).
+        let (a, b, c, d) =
+            (policy("a", "x/dir/inner"), policy("b", "x/dir"), policy("c", "x/dir/other"), policy("d", "x/dir-2/f"));
+        let got = problems(AGENT, &[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+        assert_eq!(
+            got,
+            [
+                "/etc/keyturn/policies/b.toml:5: deliver.path: \"x/dir\" overlaps the file delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
+                "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/dir/other\" overlaps the file delivered by policy \"b\" (/etc/keyturn/policies/b.toml:5)",
             ]
         );
     }

@@ -111,11 +111,16 @@ pub struct BundleWriter {
     /// can SIGKILL the agent there.
     pause_at: Option<String>,
     manifests: HashMap<String, Manifest>,
+    /// Bundles known to hold nothing but `..data`, the live version, the version before it
+    /// (the value here) and the links the manifest names: created by this process, or
+    /// scanned clean after an update. Their next cleanup removes what that update made
+    /// obsolete instead of reading the whole directory again.
+    tidy: HashMap<String, Option<PathBuf>>,
 }
 
 impl BundleWriter {
     pub fn new(root: PathBuf, pause_at: Option<String>) -> Self {
-        BundleWriter { root, pause_at, manifests: HashMap::new() }
+        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new() }
     }
 
     pub fn root(&self) -> &Path {
@@ -178,7 +183,13 @@ impl BundleWriter {
             let path = path.to_path_buf();
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
-        sys::create_dir(&dir, access.mode).map_err(io("create", &dir))?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                self.tidy.insert(bundle.to_string(), None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create", &dir)(e)),
+        }
         set_access(&dir, access).map_err(io("set the owner and mode of", &dir))?;
         let old = self.manifest(bundle).clone();
         let live = fs::read_link(dir.join(DATA)).ok();
@@ -200,6 +211,8 @@ impl BundleWriter {
                 for link in linked {
                     let _ = fs::remove_file(link);
                 }
+                // Whatever could not be removed is found by the next update's full scan.
+                self.tidy.remove(bundle);
                 return Err(e);
             }
         };
@@ -214,19 +227,37 @@ impl BundleWriter {
 
         // Cleanup. Failures here leave garbage, never a wrong bundle; the next update retries.
         let visible = top_level_names(&manifest);
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let entry_name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if entry_name.starts_with("..") {
-                let keep = entry_name == DATA || entry_name == name || live.as_deref() == Some(Path::new(&entry_name));
-                if !keep {
-                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        let removed = if let Some(before_live) = self.tidy.get(bundle) {
+            // Only what this update made obsolete: the version before the one it swapped
+            // out, and links to names the new version no longer has.
+            let stale_version =
+                before_live.as_deref().filter(|v| Some(*v) != live.as_deref() && *v != Path::new(&name));
+            let stale_names = top_level_names(&old).into_iter().filter(|n| !visible.contains(n));
+            let garbage: Vec<PathBuf> =
+                stale_version.into_iter().map(|v| dir.join(v)).chain(stale_names.map(|n| dir.join(n))).collect();
+            garbage.iter().filter(|path| remove_ours(path)).count()
+        } else {
+            // Anything else keyturn may have left: versions and temporary links of updates
+            // cut short by a crash, links to names no version has any more.
+            let mut removed = 0;
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let entry_name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let ours = if entry_name.starts_with("..") {
+                    entry_name != DATA && entry_name != name && live.as_deref() != Some(Path::new(&entry_name))
+                } else {
+                    !visible.contains(&entry_name)
+                };
+                if ours && remove_ours(&path) {
+                    removed += 1;
                 }
-            } else if !visible.contains(&entry_name) && is_our_link(&path) {
-                let _ = fs::remove_file(&path);
             }
+            removed
+        };
+        if removed > 0 {
+            let _ = sys::sync_dir(&dir);
         }
-        let _ = sys::sync_dir(&dir);
+        self.tidy.insert(bundle.to_string(), live);
         self.pause("cleaned");
         Ok(())
     }
@@ -316,11 +347,12 @@ impl BundleWriter {
             group: None,
         };
         write_file(version_dir, access, &manifest_path, &own).map_err(io("write", &manifest_path))?;
-        sync_tree(version_dir).map_err(io("sync", version_dir))?;
+        sync_version(version_dir, &manifest).map_err(io("sync", version_dir))?;
         self.pause("manifest-written");
 
         // New visible names, created before the swap: they dangle until `..data` points at a
         // version that has them, which readers see as the same "no such file" as before.
+        let mut relinked = false;
         for name in top_level_names(&manifest) {
             let link = dir.join(&name);
             let target = Path::new(DATA).join(&name);
@@ -331,10 +363,12 @@ impl BundleWriter {
                     remove_if_exists(&tmp).map_err(io("remove", &tmp))?;
                     symlink(&target, &tmp).map_err(io("link", &tmp))?;
                     fs::rename(&tmp, &link).map_err(io("rename", &tmp))?;
+                    relinked = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     symlink(&target, &link).map_err(io("link", &link))?;
                     linked.push(link);
+                    relinked = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
                     return Err(DeliverError::Foreign { bundle: bundle.to_string(), path: link });
@@ -342,7 +376,11 @@ impl BundleWriter {
                 Err(e) => return Err(io("read", &link)(e)),
             }
         }
-        sys::sync_dir(dir).map_err(io("sync", dir))?;
+        if relinked {
+            // Durable before the swap, so that no crash leaves a new version live without the
+            // names that lead to it.
+            sys::sync_dir(dir).map_err(io("sync", dir))?;
+        }
         self.pause("linked");
         Ok(manifest)
     }
@@ -397,6 +435,17 @@ fn is_our_link(path: &Path) -> bool {
     fs::read_link(path).is_ok_and(|target| target.starts_with(DATA))
 }
 
+/// Removes a hidden version directory or temporary link, or a visible link into `..data`;
+/// anything else under a visible name is not keyturn's and stays. True when it was removed.
+fn remove_ours(path: &Path) -> bool {
+    let hidden = path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
+    if hidden {
+        fs::remove_dir_all(path).or_else(|_| fs::remove_file(path)).is_ok()
+    } else {
+        is_our_link(path) && fs::remove_file(path).is_ok()
+    }
+}
+
 fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -447,7 +496,10 @@ fn needs_capability(error: io::Error, capability: &str, to: &str) -> io::Error {
 
 /// Gives a directory the bundle's group and mode.
 fn set_access(dir: &Path, access: DirAccess) -> io::Result<()> {
-    let handle = fs::File::open(dir)?;
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(dir)?;
     sys::chown(&handle, None, access.group)
         .map_err(|e| needs_capability(e, "CAP_CHOWN", "give a directory to a group the agent is not in"))?;
     sys::chmod(&handle, access.mode)
@@ -470,15 +522,20 @@ fn write_file(version_dir: &Path, access: DirAccess, path: &Path, file: &Rendere
     out.sync_all()
 }
 
-/// Syncs a version directory and the directories inside it, so their entries are durable
-/// before the swap makes them live.
-fn sync_tree(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)?.flatten() {
-        if entry.file_type()?.is_dir() {
-            sync_tree(&entry.path())?;
-        }
+/// Syncs a version directory and the directories inside it (the parents of the files its
+/// manifest lists), so their entries are durable before the swap makes them live.
+fn sync_version(version_dir: &Path, manifest: &Manifest) -> io::Result<()> {
+    let inside: BTreeSet<&Path> = manifest
+        .policies
+        .values()
+        .flat_map(|d| d.files.iter())
+        .flat_map(|file| file.ancestors().skip(1))
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .collect();
+    for dir in inside.iter().rev() {
+        sys::sync_dir(&version_dir.join(dir))?;
     }
-    sys::sync_dir(dir)
+    sys::sync_dir(version_dir)
 }
 
 #[cfg(test)]
@@ -573,6 +630,31 @@ mod tests {
         assert_eq!(fs::read_to_string(api.join("db.env")).unwrap(), "A=1\n");
         assert!(api.join("new-name").symlink_metadata().is_err(), "no dangling new link");
         assert_eq!(version_dirs(&api), 1);
+    }
+
+    #[test]
+    fn a_restarted_writer_clears_what_a_crash_left_and_nothing_foreign() {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        let members = BTreeSet::from(["db"]);
+        let api = root.path().join("api");
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
+        writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
+        // What an update cut short leaves: a half-written version, a temporary link, a link
+        // to a name no version has; and a file someone else put there.
+        fs::create_dir(api.join("..2020_01_01_00_00_00.000000001")).unwrap();
+        symlink("..2020_01_01_00_00_00.000000001", api.join(DATA_TMP)).unwrap();
+        symlink("..data/gone", api.join("gone")).unwrap();
+        fs::File::create(api.join("notes.txt")).unwrap();
+
+        let mut restarted = BundleWriter::new(root.path().to_path_buf(), None);
+        restarted.write("api", &members, OPEN, vec![update("db", 2, &[("db.env", "A=2\n")])]).unwrap();
+        let mut names: Vec<String> =
+            fs::read_dir(&api).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.retain(|n| !n.starts_with("..2"));
+        names.sort();
+        assert_eq!(names, ["..data", "db.env", "notes.txt"]);
+        assert_eq!(version_dirs(&api), 2, "the live version and the one before it");
+        assert_eq!(fs::read_to_string(api.join("db.env")).unwrap(), "A=2\n");
     }
 
     #[test]

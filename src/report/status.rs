@@ -57,6 +57,13 @@ pub struct PolicyStatus {
     pub notify_error: Option<String>,
 }
 
+impl PolicyStatus {
+    /// Required and not on disk yet: what keeps the agent from being ready.
+    pub fn waiting(&self) -> bool {
+        self.required && self.version.is_none()
+    }
+}
+
 impl Status {
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join(FILE_NAME)
@@ -75,7 +82,7 @@ impl Status {
 
     /// Whether every required policy has a version on disk.
     pub fn ready(&self) -> bool {
-        self.policies.values().all(|p| !p.required || p.version.is_some())
+        !self.policies.values().any(PolicyStatus::waiting)
     }
 
     /// A table for people: one line per policy.
