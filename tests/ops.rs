@@ -166,6 +166,48 @@ fn systemd_hears_ready_only_once_the_files_exist_then_watchdog_and_stopping() {
     assert!(last.iter().any(|l| l == "STOPPING=1"), "{last:?}");
 }
 
+#[test]
+fn a_service_manager_that_stops_reading_never_blocks_the_agent() {
+    let world = World::new(POLL);
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    let socket_path = world.disk.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    // Fill the socket's queue from another sender, as a service manager that hangs would let
+    // it fill: the next blocking send anyone makes would wait for good.
+    let filler = UnixDatagram::unbound().unwrap();
+    filler.set_nonblocking(true).unwrap();
+    let mut queued = 0;
+    while filler.send_to(b"STATUS=filler\n", &socket_path).is_ok() {
+        queued += 1;
+    }
+    assert!(queued > 0);
+
+    let mut agent = world.agent_with(&[("WATCHDOG_USEC", "400000")], &[("NOTIFY_SOCKET", &socket_path)]);
+    wait_for("db delivered", Duration::from_secs(10), || world.bundle("app/db").exists());
+    agent.wait_log("not reading its notify socket", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.log_text().matches("not reading its notify socket").count(), 1, "warned once");
+
+    // Once the queue drains, READY=1 still arrives: it is retried, not dropped.
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut heard = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !heard.iter().any(|l| l == "READY=1") && Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buffer) {
+            heard.extend(String::from_utf8_lossy(&buffer[..n]).lines().map(String::from));
+        }
+    }
+    assert!(heard.iter().any(|l| l == "READY=1"), "{} lines, no READY=1", heard.len());
+    agent.wait_log("reads its notify socket again", 1);
+
+    // And a full queue again does not keep SIGTERM from stopping it.
+    while filler.send_to(b"STATUS=filler\n", &socket_path).is_ok() {}
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
 /// Makes the test's directories reachable by another user, as /etc/keyturn and /run/keyturn
 /// are on a real node.
 fn open_up(world: &World) {
