@@ -308,7 +308,7 @@ async fn promote(store: &AnyStore, id: &SecretId, version: &VersionId) -> Result
 }
 
 fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> {
-    let writer = BundleWriter::new(config.agent.runtime_dir.clone(), seams.bundle_pause());
+    let mut writer = BundleWriter::new(config.agent.runtime_dir.clone(), seams.bundle_pause());
     writer.prepare_root(config.agent.allow_persistent)?;
     Ok(writer)
 }

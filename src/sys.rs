@@ -148,6 +148,14 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// The process umask, read from `/proc/self/status` (setting it to read it back would race
+/// with other threads creating files). None when the kernel does not say.
+pub fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let value = status.lines().find_map(|line| line.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
+}
+
 /// Creates `path` and its missing parents; the last component gets exactly `mode`.
 pub fn create_dir(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -169,6 +177,14 @@ mod tests {
         assert_eq!(shm.name(), "tmpfs");
         let here = filesystem(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
         assert!(!here.is_volatile(), "{}", here.name());
+    }
+
+    #[test]
+    fn the_umask_is_read_without_changing_it() {
+        let read = umask().expect("Linux reports the umask");
+        // Setting it to what was read changes nothing for other tests, and returns the truth.
+        let actual = rustix::process::umask(rustix::fs::Mode::from_raw_mode(read));
+        assert_eq!(actual.bits(), read);
     }
 
     #[test]

@@ -113,6 +113,34 @@ fn files_and_directories_get_the_owner_group_and_mode_of_their_policy() {
     assert_eq!(stat(&plain), (0, 0, 0o755));
 }
 
+#[test]
+fn modes_are_exact_whatever_the_umask() {
+    let world = World::new("");
+    world.policy(
+        "db",
+        "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/nested/db\"\nmode = \"0440\"\n",
+    );
+    world.put("db", "v1");
+    let stat = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o7777;
+    // 0277 takes away every bit keyturn asks for but the owner's read; 0 takes none.
+    for umask in ["0277", "0000"] {
+        let _ = std::fs::remove_dir_all(world.bundle("app"));
+        let keyturn = world.command_for(&world.config(), &["sync", "--once"]);
+        let mut command = std::process::Command::new("sh");
+        command.arg("-c").arg(format!("umask {umask}; exec \"$0\" \"$@\"")).arg(keyturn.get_program());
+        command.args(keyturn.get_args()).env("HOME", world.disk.path()).env_remove("KEYTURN_CONFIG");
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "umask {umask}: {}", text(&out));
+        let app = world.bundle("app");
+        let version = app.join(std::fs::read_link(app.join("..data")).unwrap());
+        assert_eq!(stat(&app.join("nested/db")), 0o440, "umask {umask}");
+        assert_eq!(stat(&version.join("..keyturn.json")), 0o400, "umask {umask}");
+        for dir in [app.clone(), version.clone(), version.join("nested")] {
+            assert_eq!(stat(&dir), 0o755, "umask {umask}: {}", dir.display());
+        }
+    }
+}
+
 fn rustix_uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }

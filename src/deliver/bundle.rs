@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -116,11 +116,40 @@ pub struct BundleWriter {
     /// scanned clean after an update. Their next cleanup removes what that update made
     /// obsolete instead of reading the whole directory again.
     tidy: HashMap<String, Option<PathBuf>>,
+    disk: Disk,
+}
+
+/// What the runtime directory's filesystem and the process need from a writer.
+#[derive(Debug, Clone, Copy)]
+struct Disk {
+    /// Whether fsync does anything: not on tmpfs and ramfs, where the page cache is the
+    /// storage (every finished call is visible to every reader) and a machine crash loses
+    /// everything anyway. Until the root is checked, assume it does.
+    durable: bool,
+    /// The process umask: a mode it leaves whole needs no chmod after creation.
+    umask: u32,
+}
+
+impl Disk {
+    fn sync_dir(self, dir: &Path) -> io::Result<()> {
+        if self.durable { sys::sync_dir(dir) } else { Ok(()) }
+    }
+
+    fn sync_file(self, file: &fs::File) -> io::Result<()> {
+        if self.durable { file.sync_all() } else { Ok(()) }
+    }
+
+    /// Whether creating something with `mode` may leave bits out.
+    fn masks(self, mode: u32) -> bool {
+        mode & self.umask != 0
+    }
 }
 
 impl BundleWriter {
     pub fn new(root: PathBuf, pause_at: Option<String>) -> Self {
-        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new() }
+        // Unknown umask: chmod everything.
+        let disk = Disk { durable: true, umask: sys::umask().unwrap_or(0o777) };
+        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk }
     }
 
     pub fn root(&self) -> &Path {
@@ -128,7 +157,7 @@ impl BundleWriter {
     }
 
     /// Creates the runtime directory if needed and refuses it unless it is memory-backed.
-    pub fn prepare_root(&self, allow_persistent: bool) -> Result<(), DeliverError> {
+    pub fn prepare_root(&mut self, allow_persistent: bool) -> Result<(), DeliverError> {
         sys::create_dir(&self.root, DIR_MODE).map_err(|source| DeliverError::Io {
             bundle: String::new(),
             action: "create",
@@ -141,6 +170,7 @@ impl BundleWriter {
             path: self.root.clone(),
             source,
         })?;
+        self.disk.durable = !filesystem.is_volatile();
         if !filesystem.is_volatile() && !allow_persistent {
             return Err(DeliverError::NotVolatile { path: self.root.clone(), filesystem: filesystem.name() });
         }
@@ -183,20 +213,26 @@ impl BundleWriter {
             let path = path.to_path_buf();
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
-        match fs::create_dir(&dir) {
+        let disk = self.disk;
+        let created = match fs::DirBuilder::new().mode(access.mode).create(&dir) {
             Ok(()) => {
                 self.tidy.insert(bundle.to_string(), None);
+                true
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io("create", &dir)(e)),
-        }
-        set_access(&dir, access).map_err(io("set the owner and mode of", &dir))?;
+        };
+        // An existing directory may have the access an older configuration gave it.
+        set_access(disk, &dir, access, created).map_err(io("set the owner and mode of", &dir))?;
         let old = self.manifest(bundle).clone();
-        let live = fs::read_link(dir.join(DATA)).ok();
-        remove_if_exists(&dir.join(DATA_TMP)).map_err(io("remove", &dir.join(DATA_TMP)))?;
+        // A directory made just now holds nothing to read or clear.
+        let live = if created { None } else { fs::read_link(dir.join(DATA)).ok() };
+        if !created {
+            remove_if_exists(&dir.join(DATA_TMP)).map_err(io("remove", &dir.join(DATA_TMP)))?;
+        }
 
         let (name, version_dir) =
-            create_version_dir(&dir, access).map_err(io("create a version directory in", &dir))?;
+            create_version_dir(disk, &dir, access).map_err(io("create a version directory in", &dir))?;
         self.pause("created");
         let mut linked = Vec::new();
         let staged =
@@ -221,7 +257,7 @@ impl BundleWriter {
         let tmp = dir.join(DATA_TMP);
         symlink(&name, &tmp).map_err(io("link", &tmp))?;
         fs::rename(&tmp, dir.join(DATA)).map_err(io("rename", &tmp))?;
-        sys::sync_dir(&dir).map_err(io("sync", &dir))?;
+        disk.sync_dir(&dir).map_err(io("sync", &dir))?;
         self.manifests.insert(bundle.to_string(), manifest.clone());
         self.pause("swapped");
 
@@ -255,7 +291,7 @@ impl BundleWriter {
             removed
         };
         if removed > 0 {
-            let _ = sys::sync_dir(&dir);
+            let _ = disk.sync_dir(&dir);
         }
         self.tidy.insert(bundle.to_string(), live);
         self.pause("cleaned");
@@ -288,7 +324,7 @@ impl BundleWriter {
         for update in updates {
             for file in &update.files {
                 let path = version_dir.join(&file.path);
-                write_file(version_dir, access, &path, file).map_err(io("write", &path))?;
+                write_file(self.disk, version_dir, access, &path, file).map_err(io("write", &path))?;
             }
             manifest.policies.insert(
                 update.policy,
@@ -313,7 +349,7 @@ impl BundleWriter {
                 }
                 let carried = delivered.files.iter().try_for_each(|file| {
                     let target = version_dir.join(file);
-                    create_parents(version_dir, access, &target)?;
+                    create_parents(self.disk, version_dir, access, &target)?;
                     fs::hard_link(live_dir.join(file), &target).map_err(|e| {
                         needs_capability(e, "CAP_FOWNER", "carry another user's file into the new version")
                     })
@@ -346,8 +382,8 @@ impl BundleWriter {
             owner: None,
             group: None,
         };
-        write_file(version_dir, access, &manifest_path, &own).map_err(io("write", &manifest_path))?;
-        sync_version(version_dir, &manifest).map_err(io("sync", version_dir))?;
+        write_file(self.disk, version_dir, access, &manifest_path, &own).map_err(io("write", &manifest_path))?;
+        sync_version(self.disk, version_dir, &manifest).map_err(io("sync", version_dir))?;
         self.pause("manifest-written");
 
         // New visible names, created before the swap: they dangle until `..data` points at a
@@ -379,7 +415,7 @@ impl BundleWriter {
         if relinked {
             // Durable before the swap, so that no crash leaves a new version live without the
             // names that lead to it.
-            sys::sync_dir(dir).map_err(io("sync", dir))?;
+            self.disk.sync_dir(dir).map_err(io("sync", dir))?;
         }
         self.pause("linked");
         Ok(manifest)
@@ -455,15 +491,15 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// `..YYYY_MM_DD_hh_mm_ss.nnnnnnnnn`, made unique with a counter if two updates share a
 /// nanosecond.
-fn create_version_dir(bundle_dir: &Path, access: DirAccess) -> io::Result<(String, PathBuf)> {
+fn create_version_dir(disk: Disk, bundle_dir: &Path, access: DirAccess) -> io::Result<(String, PathBuf)> {
     let stamp = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
     let stamp = stamp.trim_end_matches('Z').replace(['-', 'T', ':'], "_");
     for attempt in 0..100 {
         let name = if attempt == 0 { format!("..{stamp}") } else { format!("..{stamp}-{attempt}") };
         let path = bundle_dir.join(&name);
-        match fs::DirBuilder::new().create(&path) {
+        match fs::DirBuilder::new().mode(access.mode).create(&path) {
             Ok(()) => {
-                set_access(&path, access)?;
+                set_access(disk, &path, access, true)?;
                 return Ok((name, path));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -473,12 +509,12 @@ fn create_version_dir(bundle_dir: &Path, access: DirAccess) -> io::Result<(Strin
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free version directory name"))
 }
 
-fn create_parents(version_dir: &Path, access: DirAccess, path: &Path) -> io::Result<()> {
+fn create_parents(disk: Disk, version_dir: &Path, access: DirAccess, path: &Path) -> io::Result<()> {
     let parent = path.parent().unwrap_or(version_dir);
     if parent != version_dir && !parent.is_dir() {
-        create_parents(version_dir, access, parent)?;
-        fs::create_dir(parent)?;
-        set_access(parent, access)?;
+        create_parents(disk, version_dir, access, parent)?;
+        fs::DirBuilder::new().mode(access.mode).create(parent)?;
+        set_access(disk, parent, access, true)?;
     }
     Ok(())
 }
@@ -494,8 +530,12 @@ fn needs_capability(error: io::Error, capability: &str, to: &str) -> io::Error {
     )
 }
 
-/// Gives a directory the bundle's group and mode.
-fn set_access(dir: &Path, access: DirAccess) -> io::Result<()> {
+/// Gives a directory the bundle's group and mode. One just `created` with that mode already
+/// has it unless it needs a group or the umask took bits away.
+fn set_access(disk: Disk, dir: &Path, access: DirAccess, created: bool) -> io::Result<()> {
+    if created && access.group.is_none() && !disk.masks(access.mode) {
+        return Ok(());
+    }
     let handle = fs::OpenOptions::new()
         .read(true)
         .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
@@ -506,25 +546,27 @@ fn set_access(dir: &Path, access: DirAccess) -> io::Result<()> {
 }
 
 /// Creates one file with its final mode and owner, then writes and syncs it.
-fn write_file(version_dir: &Path, access: DirAccess, path: &Path, file: &RenderedFile) -> io::Result<()> {
-    create_parents(version_dir, access, path)?;
+fn write_file(disk: Disk, version_dir: &Path, access: DirAccess, path: &Path, file: &RenderedFile) -> io::Result<()> {
+    create_parents(disk, version_dir, access, path)?;
     let mut out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(file.mode)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)?;
-    sys::chmod(&out, file.mode)?;
+    if disk.masks(file.mode) {
+        sys::chmod(&out, file.mode)?;
+    }
     sys::chown(&out, file.owner, file.group).map_err(|e| {
         needs_capability(e, "CAP_CHOWN", "give a file to another user or to a group the agent is not in")
     })?;
     out.write_all(file.contents.expose())?;
-    out.sync_all()
+    disk.sync_file(&out)
 }
 
 /// Syncs a version directory and the directories inside it (the parents of the files its
 /// manifest lists), so their entries are durable before the swap makes them live.
-fn sync_version(version_dir: &Path, manifest: &Manifest) -> io::Result<()> {
+fn sync_version(disk: Disk, version_dir: &Path, manifest: &Manifest) -> io::Result<()> {
     let inside: BTreeSet<&Path> = manifest
         .policies
         .values()
@@ -533,9 +575,9 @@ fn sync_version(version_dir: &Path, manifest: &Manifest) -> io::Result<()> {
         .filter(|dir| !dir.as_os_str().is_empty())
         .collect();
     for dir in inside.iter().rev() {
-        sys::sync_dir(&version_dir.join(dir))?;
+        disk.sync_dir(&version_dir.join(dir))?;
     }
-    sys::sync_dir(version_dir)
+    disk.sync_dir(version_dir)
 }
 
 #[cfg(test)]
@@ -672,7 +714,7 @@ mod tests {
     #[test]
     fn persistent_filesystems_are_refused_unless_allowed() {
         let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let writer = BundleWriter::new(root.path().join("run"), None);
+        let mut writer = BundleWriter::new(root.path().join("run"), None);
         let err = writer.prepare_root(false).unwrap_err().to_string();
         assert!(err.contains("not tmpfs or ramfs") && err.contains("allow_persistent"), "{err}");
         writer.prepare_root(true).unwrap();
