@@ -560,7 +560,9 @@ async fn rotate(path: &Path, name: &str, now: bool, revoke: bool, seams: &Seams)
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Busy { holder } => Err(AppError::Busy { policy: name.to_string(), holder }),
-        Outcome::NotDue { .. } => unreachable!("an immediate rotation is always due"),
+        Outcome::NotDue { .. } | Outcome::Present { .. } => {
+            unreachable!("an immediate rotation is always due and never waits for a missing version")
+        }
     }
 }
 

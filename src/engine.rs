@@ -368,7 +368,7 @@ impl<S: SecretStore + 'static> Engine<S> {
     /// A rotating secret with no current version: make its first one, then pull it.
     async fn bootstrap(&self, policy: &Policy) -> PullResult {
         tracing::info!(policy = %policy.name, secret = %policy.secret, "no current version yet: rotating to create the first");
-        match self.rotate(policy, Trigger::Now).await {
+        match self.rotate(policy, Trigger::Missing).await {
             Ok(Outcome::Rotated { .. }) => {}
             Ok(outcome) => tracing::info!(policy = %policy.name, ?outcome, "first version not made here"),
             Err(e) => {
@@ -468,7 +468,8 @@ impl<S: SecretStore + 'static> Engine<S> {
     async fn rotate_scheduled(&self, policy: &Policy) -> Option<SystemTime> {
         let now = SystemTime::now();
         match self.rotate(policy, Trigger::Scheduled).await {
-            Ok(Outcome::Rotated { .. }) => None,
+            // Present is the answer to a missing version only; the schedule takes over from it.
+            Ok(Outcome::Rotated { .. } | Outcome::Present { .. }) => None,
             Ok(Outcome::NotDue { due }) => Some(due),
             Ok(Outcome::Busy { holder }) => {
                 tracing::info!(policy = %policy.name, %holder, "another node is rotating; pulling only");
@@ -526,7 +527,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         let counted = match &result {
             Ok(Outcome::Rotated { .. }) => Some("ok"),
             Ok(Outcome::Busy { .. }) => Some("busy"),
-            Ok(Outcome::NotDue { .. }) => None,
+            Ok(Outcome::NotDue { .. } | Outcome::Present { .. }) => None,
             Err(_) => Some("error"),
         };
         if let Some(result) = counted {

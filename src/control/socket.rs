@@ -193,6 +193,7 @@ async fn rotate<S: SecretStore + 'static>(
         }
         Ok(Outcome::Busy { holder }) => Line::Error(format!("another rotation holds the lease ({holder})")),
         Ok(Outcome::NotDue { .. }) => Line::Error("not due".into()),
+        Ok(Outcome::Present { current }) => Line::Error(format!("version {current} is current already")),
         Err(e) => Line::Error(crate::error_chain(&e)),
     }
 }

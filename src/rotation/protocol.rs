@@ -37,6 +37,10 @@ pub enum Trigger {
     Now,
     /// `keyturn rotate --now --revoke`: and disables the old value at once, skipping its grace.
     Revoke,
+    /// A node found no version to deliver: makes the first one, unless another node made it
+    /// while this one waited for the lease. Checked under the lease, so a fleet that starts
+    /// together on a new secret makes exactly one first version.
+    Missing,
 }
 
 /// The five steps, for progress lines.
@@ -70,6 +74,10 @@ pub enum Outcome {
     /// Another node holds the lease (its annotation, for the message).
     Busy {
         holder: String,
+    },
+    /// [`Trigger::Missing`], but the secret has an enabled current version by now.
+    Present {
+        current: VersionId,
     },
 }
 
@@ -212,6 +220,15 @@ impl<S: SecretStore> Rotator<'_, S> {
     async fn rotate_leased(&self, mut meta: SecretMeta, trigger: Trigger) -> Result<Outcome, RotationError> {
         let id = self.id();
         let current = meta.aliases.get(CURRENT).cloned();
+        if trigger == Trigger::Missing
+            && let Some(current) = &current
+        {
+            // A current alias on a disabled or destroyed version is as good as none.
+            let info = self.store.version_info(id, current).await.map_err(Self::err(Step::Lease))?;
+            if info.state == VersionState::Enabled {
+                return Ok(Outcome::Present { current: current.clone() });
+            }
+        }
         if trigger == Trigger::Scheduled
             && let Some(current) = &current
         {
@@ -415,5 +432,88 @@ impl<S: SecretStore> Rotator<'_, S> {
             (self.progress)(Step::Cleanup, "nothing to disable");
         }
         Ok(disabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileStoreConfig;
+    use crate::generate::Generator;
+    use crate::rotation::schedule::Schedule;
+    use crate::store::file::FileStore;
+
+    fn rotate() -> Rotate {
+        Rotate {
+            schedule: Schedule::Every(Duration::from_secs(3600)),
+            generator: Generator::Random { bytes: 32 },
+            owner: Owner::Fleet,
+            grace: Duration::from_secs(60),
+            keep: 2,
+            lease: Duration::from_secs(30),
+            jitter: Duration::ZERO,
+            check: None,
+            check_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn policy(rotate: &Rotate) -> Policy {
+        Policy {
+            name: "signing".into(),
+            store: "dev".into(),
+            secret: SecretId::new("signing-key"),
+            required: true,
+            deliver: Vec::new(),
+            rotate: Some(rotate.clone()),
+            notify: None,
+            extras: BTreeMap::new(),
+        }
+    }
+
+    async fn run(store: &FileStore, node: &str, trigger: Trigger) -> Outcome {
+        let rotate = rotate();
+        let policy = policy(&rotate);
+        let rotator = Rotator {
+            store,
+            policy: &policy,
+            rotate: &rotate,
+            node,
+            pid: std::process::id(),
+            pause_at: None,
+            progress: &|_, _| {},
+            now: SystemTime::now,
+        };
+        rotator.run(trigger).await.unwrap()
+    }
+
+    /// Nodes that all found the secret missing (a fleet starting on a new secret) ask one
+    /// after another, as the lease lets them: the first makes version 1, the rest find it.
+    /// Only a current version that cannot be delivered (disabled) is replaced.
+    #[tokio::test]
+    async fn a_missing_version_is_made_once_however_many_nodes_found_it_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store =
+            FileStore::open("dev", &FileStoreConfig { dir: tmp.path().join("store"), seed: None }).await.unwrap();
+        let id = SecretId::new("signing-key");
+
+        let first = run(&store, "node-a", Trigger::Missing).await;
+        assert!(
+            matches!(&first, Outcome::Rotated { version, previous: None, .. } if version.as_str() == "1"),
+            "{first:?}"
+        );
+        for node in ["node-b", "node-c"] {
+            let late = run(&store, node, Trigger::Missing).await;
+            assert_eq!(late, Outcome::Present { current: VersionId::new("1") });
+        }
+        assert_eq!(store.versions(&id).await.unwrap().len(), 1);
+        let meta = store.describe(&id).await.unwrap();
+        assert!(!meta.annotations.contains_key(lease::ANNOTATION), "the lease is released: {meta:?}");
+
+        store.disable(&id, &VersionId::new("1")).await.unwrap();
+        let replaced = run(&store, "node-b", Trigger::Missing).await;
+        assert!(matches!(&replaced, Outcome::Rotated { version, .. } if version.as_str() == "2"), "{replaced:?}");
+        // `--now` is not a missing version: it always rotates.
+        let now = run(&store, "node-c", Trigger::Now).await;
+        assert!(matches!(&now, Outcome::Rotated { version, .. } if version.as_str() == "3"), "{now:?}");
     }
 }
