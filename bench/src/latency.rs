@@ -1,13 +1,15 @@
 //! Benchmark 3, change latency: a new version is promoted in the store; how long until the
-//! application's notifier runs.
+//! application is told.
 //!
-//! One agent on the emulator (poll 1 s, jitter 10%) delivers one policy whose notifier is
-//! `exec` = `stamp FILE` (bench/baseline/stamp.c: appends its wall-clock time and
-//! KEYTURN_VERSION). The suite promotes a new version through the emulator's REST API (add a
-//! version, move `current`), notes the wall-clock time when the promotion's response arrived,
-//! and waits for the stamp. The agent's JSON debug log gives, per change, when the bundle write
-//! started (`bundle swapped` timestamp − its `micros`), which splits the wait for the next poll
-//! from the part after the store read.
+//! One agent on the emulator (poll 1 s, jitter 10%) delivers one policy, told to the
+//! application in two ways, one after the other: `signal` (SIGHUP to `stamp --signal`, a
+//! running process that stamps the time it got the signal and the version in the bundle's
+//! manifest) and `exec` (`stamp FILE`, spawned per change, stamping its start and
+//! KEYTURN_VERSION); bench/baseline/stamp.c is both. The suite promotes a new version through
+//! the emulator's REST API (add a version, move `current`), notes the wall-clock time when the
+//! promotion's response arrived, and waits for the stamp. The agent's JSON debug log gives, per
+//! change, when the bundle write started (`bundle swapped` timestamp − its `micros`), which
+//! splits the wait for the next poll from the part after the store read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -145,39 +147,118 @@ struct Change {
     stamp: f64,
 }
 
-/// Spawning `stamp` directly: the floor of any exec notifier (fork, exec, its clock reading).
-fn exec_floor(bench: &Bench, file: &Path) -> Result<Summary, Error> {
-    let mut samples = Vec::new();
-    for run in 0..20 {
-        let tag = format!("floor-{run}");
-        let started = now();
-        let status = Command::new(&bench.stamp).arg(file).env("KEYTURN_VERSION", &tag).stdin(Stdio::null()).status()?;
-        if !status.success() {
-            return Err("stamp failed".into());
+/// How the application is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Notifier {
+    Signal,
+    Exec,
+}
+
+impl Notifier {
+    fn name(self) -> &'static str {
+        match self {
+            Notifier::Signal => "signal",
+            Notifier::Exec => "exec",
         }
-        let at = stamps(file).get(&tag).copied().ok_or("stamp wrote nothing")?;
+    }
+}
+
+/// The floor of telling the application, measured from the suite: spawning `stamp` (fork,
+/// exec, its clock reading), or signalling the running `stamp --signal` (delivery, wake-up,
+/// its clock reading and manifest read).
+/// Each after the same random idle pause as the changes.
+fn floor(bench: &Bench, notifier: Notifier, file: &Path, listener: Option<&Process>) -> Result<Summary, Error> {
+    let mut samples = Vec::new();
+    let mut random = XorShift(0x2545_F491_4F6C_DD1D);
+    for run in 0..20 {
+        // The same idle pause as before each change: on an idle machine, waking up to spawn a
+        // process takes about twice as long as spawning one in a tight loop.
+        std::thread::sleep(Duration::from_millis(random.next_millis(1100)));
+        // Lines, not versions: every signal stamps the same delivered version.
+        let before = std::fs::read_to_string(file).unwrap_or_default().lines().count();
+        let started = now();
+        let at = match (notifier, listener) {
+            (Notifier::Signal, Some(listener)) => {
+                let pid = rustix::process::Pid::from_raw(listener.pid() as i32).ok_or("no pid")?;
+                rustix::process::kill_process(pid, rustix::process::Signal::HUP)?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let lines = std::fs::read_to_string(file).unwrap_or_default();
+                    if lines.lines().count() > before {
+                        let last = lines.lines().last().unwrap_or_default();
+                        break last.split_once(' ').and_then(|(t, _)| t.parse::<f64>().ok()).ok_or("bad stamp")?;
+                    }
+                    if Instant::now() > deadline {
+                        return Err("stamp --signal did not answer within 5 s".into());
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            _ => {
+                let tag = format!("floor-{run}");
+                let status =
+                    Command::new(&bench.stamp).arg(file).env("KEYTURN_VERSION", &tag).stdin(Stdio::null()).status()?;
+                if !status.success() {
+                    return Err("stamp failed".into());
+                }
+                stamps(file).get(&tag).copied().ok_or("stamp wrote nothing")?
+            }
+        };
         samples.push((at - started) * 1000.0);
     }
     Ok(Summary::of(&samples))
 }
 
-pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
-    let dir = fixture::fresh_dir(&bench.work.join("latency"))?;
-    bench.progress(&format!("change latency: {CHANGES} changes, poll 1s"));
+/// One notifier's figures, ms.
+#[derive(Debug)]
+pub struct Measured {
+    changes: usize,
+    matched: usize,
+    round_trip: Summary,
+    raw: Summary,
+    /// Bundle write start → application told: the part after the store read.
+    pub after: Summary,
+    swap_micros: Summary,
+    handed: Summary,
+    pub floor: Summary,
+}
+
+fn measure(bench: &Bench, dir: &Path, notifier: Notifier) -> Result<Measured, Error> {
+    let dir = fixture::fresh_dir(&dir.join(notifier.name()))?;
+    bench.progress(&format!("change latency ({} notifier): {CHANGES} changes, poll 1s", notifier.name()));
     let emulator = Emulator::start(&bench.emulator, &dir.join("emulator"), false)?;
     let policies = fixture::fresh_dir(&dir.join("policies"))?;
     emulator.create_secret(POLICY, &fixture::value(0, 1))?;
     let stamp_file = dir.join("notifier.stamps");
+    let agent_dir = dir.join("agent");
+    let (notify, listener) = match notifier {
+        Notifier::Exec => {
+            (format!("exec = {{ command = [\"{}\", \"{}\"] }}", bench.stamp.display(), stamp_file.display()), None)
+        }
+        Notifier::Signal => {
+            let pidfile = dir.join("app.pid");
+            // The agent's runtime directory is `agent/run` (fixture::agent).
+            let manifest = agent_dir.join(format!("run/{POLICY}/..data/..keyturn.json"));
+            let mut command = Command::new(&bench.stamp);
+            command.arg("--signal").args([&stamp_file, &pidfile, &manifest]).stdin(Stdio::null());
+            let listener = Process::spawn("stamp --signal", &mut command)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !pidfile.exists() {
+                if Instant::now() > deadline {
+                    return Err("stamp --signal wrote no pidfile".into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (format!("signal = {{ pidfile = \"{}\", signal = \"HUP\" }}", pidfile.display()), Some(listener))
+        }
+    };
     let text = format!(
-        "[secret]\nstore = \"edge\"\nid = \"{POLICY}\"\n\n[[deliver]]\npath = \"{POLICY}/value\"\n\n\
-         [notify]\nexec = {{ command = [\"{}\", \"{}\"] }}\n",
-        bench.stamp.display(),
-        stamp_file.display()
+        "[secret]\nstore = \"edge\"\nid = \"{POLICY}\"\n\n[[deliver]]\npath = \"{POLICY}/value\"\n\n[notify]\n{notify}\n"
     );
     fixture::write_file(&policies.join(format!("{POLICY}.toml")), text.as_bytes(), 0o644)?;
     let stores = fixture::gcp_store_toml(emulator.port);
     let agent = fixture::agent(
-        &dir.join("agent"),
+        &agent_dir,
         &fixture::AgentSpec { node: "bench", policies: &policies, poll: "1s", stores: &stores },
     )?;
     let socket = NotifySocket::bind(&dir.join("notify.sock"))?;
@@ -206,85 +287,111 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
         changes.push(Change { version, promoted, round_trip_ms: round_trip.as_secs_f64() * 1000.0, stamp });
     }
     process.stop(Duration::from_secs(10));
-    let floor = exec_floor(bench, &dir.join("floor.stamps"))?;
+    // The running `stamp --signal` appends to the file it was started with.
+    let floor_file = if listener.is_some() { stamp_file.clone() } else { dir.join("floor.stamps") };
+    let floor = floor(bench, notifier, &floor_file, listener.as_ref())?;
+    drop(listener);
     let logged = parse_log(&log)?;
-
-    let round_trip = Summary::of(&changes.iter().map(|c| c.round_trip_ms).collect::<Vec<_>>());
-    let raw = Summary::of(&changes.iter().map(|c| (c.stamp - c.promoted) * 1000.0).collect::<Vec<_>>());
+    let of = |field: fn(&Logged) -> Option<f64>, change: &Change| {
+        logged.get(&(POLICY.to_owned(), change.version.clone())).and_then(field).map(|at| (change.stamp - at) * 1000.0)
+    };
     let records: Vec<Logged> =
         changes.iter().filter_map(|c| logged.get(&(POLICY.to_owned(), c.version.clone())).copied()).collect();
-    let after = Summary::of(
-        &changes
-            .iter()
-            .filter_map(|c| Some((c.stamp - logged.get(&(POLICY.to_owned(), c.version.clone()))?.swap_start?) * 1000.0))
-            .collect::<Vec<_>>(),
-    );
-    let swap = Summary::of(&records.iter().filter_map(|r| r.swap_micros).collect::<Vec<_>>());
-    let handed = Summary::of(
-        &changes
-            .iter()
-            .filter_map(|c| Some((c.stamp - logged.get(&(POLICY.to_owned(), c.version.clone()))?.delivered?) * 1000.0))
-            .collect::<Vec<_>>(),
-    );
-    let table = format!(
-        "| changes | promotion round trip (baseline), ms | promotion → notifier ran, ms | **bundle write start → notifier ran**, ms | of which the bundle swap, µs | of which `delivered` line → notifier ran, ms | floor: spawning the notifier, ms |\n\
-         |---:|---:|---:|---:|---:|---:|---:|\n\
-         | {} | p50 {:.2}, p99 {:.2} | p50 {:.0}, p99 {:.0}, max {:.0} | **p50 {:.2}, p99 {:.2}, max {:.2}** | p50 {:.0}, p99 {:.0} | p50 {:.2}, p99 {:.2} | p50 {:.2}, max {:.2} |\n",
-        changes.len(),
-        round_trip.median,
-        round_trip.p99,
-        raw.median,
-        raw.p99,
-        raw.max,
-        after.median,
-        after.p99,
-        after.max,
-        swap.median,
-        swap.p99,
-        handed.median,
-        handed.p99,
-        floor.median,
-        floor.max,
-    );
-    figures.change_latency = Some((after, floor));
-    figures.notes.push(format!(
-        "Change latency after the store read: p50 {:.2} ms, p99 {:.2} ms (budget 1 ms). The bundle swap is \
-         {:.2} ms of it; from the `delivered` log line (swap done) to the notifier running takes p50 {:.2} ms, \
-         where the suite spawns the same program in {:.2} ms: the hand-over to the notification task and \
-         the agent's own spawning of the notifier cost about {:.1} ms more than a plain fork and exec.",
-        after.median,
-        after.p99,
-        swap.median / 1000.0,
-        handed.median,
-        floor.median,
-        handed.median - floor.median
-    ));
+    let measured = Measured {
+        changes: changes.len(),
+        matched: records.len(),
+        round_trip: Summary::of(&changes.iter().map(|c| c.round_trip_ms).collect::<Vec<_>>()),
+        raw: Summary::of(&changes.iter().map(|c| (c.stamp - c.promoted) * 1000.0).collect::<Vec<_>>()),
+        after: Summary::of(&changes.iter().filter_map(|c| of(|l| l.swap_start, c)).collect::<Vec<_>>()),
+        swap_micros: Summary::of(&records.iter().filter_map(|r| r.swap_micros).collect::<Vec<_>>()),
+        handed: Summary::of(&changes.iter().filter_map(|c| of(|l| l.delivered, c)).collect::<Vec<_>>()),
+        floor,
+    };
     fixture::remove(&dir)?;
-    Ok(format!(
+    Ok(measured)
+}
+
+pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
+    let dir = fixture::fresh_dir(&bench.work.join("latency"))?;
+    let signal = measure(bench, &dir, Notifier::Signal)?;
+    let exec = measure(bench, &dir, Notifier::Exec)?;
+    fixture::remove(&dir)?;
+
+    let mut table = String::from(
+        "| notifier | changes | promotion round trip (baseline), ms | promotion → app told, ms | **bundle write start → app told**, ms | of which the bundle swap, µs | of which `delivered` line → app told, ms | floor: the suite telling the app directly, ms |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (notifier, m) in [(Notifier::Signal, &signal), (Notifier::Exec, &exec)] {
+        table.push_str(&format!(
+            "| `{}` | {} | p50 {:.2}, p99 {:.2} | p50 {:.0}, p99 {:.0}, max {:.0} | **p50 {:.2}, p99 {:.2}, max {:.2}** | p50 {:.0}, p99 {:.0} | p50 {:.2}, p99 {:.2} | p50 {:.2}, max {:.2} |\n",
+            notifier.name(),
+            m.changes,
+            m.round_trip.median,
+            m.round_trip.p99,
+            m.raw.median,
+            m.raw.p99,
+            m.raw.max,
+            m.after.median,
+            m.after.p99,
+            m.after.max,
+            m.swap_micros.median,
+            m.swap_micros.p99,
+            m.handed.median,
+            m.handed.p99,
+            m.floor.median,
+            m.floor.max,
+        ));
+    }
+    figures.notes.push(format!(
+        "Change latency after the store read: p50 {:.2} ms, p99 {:.2} ms with a `signal` notifier; p50 {:.2} ms, \
+         p99 {:.2} ms with `exec` (budget 1 ms). The bundle swap is {:.2} ms of it; from the `delivered` log line \
+         (swap done) to the `exec` notifier running takes p50 {:.2} ms, where the suite spawns the same program in \
+         {:.2} ms, and to the signalled application waking p50 {:.2} ms, where the suite's own signal takes {:.2} ms.",
+        signal.after.median,
+        signal.after.p99,
+        exec.after.median,
+        exec.after.p99,
+        signal.swap_micros.median / 1000.0,
+        exec.handed.median,
+        exec.floor.median,
+        signal.handed.median,
+        signal.floor.median,
+    ));
+    let text = format!(
         "## 3. Change latency\n\n\
          **How measured.** One agent on the emulator, poll 1 s (jitter 10%), `--log debug \
-         --log-format json`, delivering one policy whose notifier is `exec` = \
-         `bench/baseline/stamp` (a C program that appends its wall-clock time and \
-         `KEYTURN_VERSION` to a file; `coalesce` left at its default). {CHANGES} times, after a \
-         pause of 0–1.1 s from the previous notification (so promotions land at every phase of \
-         the poll cycle), the suite promotes a new version through the emulator's REST API: \
-         `addVersion`, then a `PATCH` moving `current` — the *promotion round trip* is those two \
-         requests. *Promotion → notifier ran* is the stamp's time minus the wall-clock time at \
-         which the promotion's response arrived: mostly the wait for the next poll (uniform over \
-         0–1.1 s). **The part after the store read** comes from the agent's log: the `bundle \
-         swapped` line's timestamp minus its `micros` is when the bundle write started, which \
-         follows the store's response only by the comparison and rendering (microseconds, not \
-         logged separately); the figure is the stamp's time minus that ({} of {} changes matched \
-         to their log lines by policy and version). It includes the swap, the hand-over to the \
-         notification task, any coalescing, and spawning the notifier; the `delivered` line, \
-         logged once the swap is done, splits the swap from the rest. The budget: ≤ 1 ms beyond \
-         the store round trip.\n\n\
+         --log-format json`, delivering one policy, once with each notifier: `signal` (SIGHUP, \
+         through a pidfile, to `bench/baseline/stamp --signal`, a running C program that on each \
+         signal reads the clock, then the version from the bundle's manifest, as an application \
+         reloading its files would) and `exec` (`bench/baseline/stamp` spawned per change, \
+         stamping its start time and `KEYTURN_VERSION`); `coalesce` at its default (none). \
+         {CHANGES} times per notifier, after a pause of 0–1.1 s from the previous notification (so \
+         promotions land at every phase of the poll cycle), the suite promotes a new version \
+         through the emulator's REST API: `addVersion`, then a `PATCH` moving `current` — the \
+         *promotion round trip* is those two requests. *Promotion → app told* is the stamp's time \
+         minus the wall-clock time at which the promotion's response arrived: mostly the wait for \
+         the next poll (uniform over 0–1.1 s). **The part after the store read** comes from the \
+         agent's log: the `bundle swapped` line's timestamp minus its `micros` is when the bundle \
+         write started, which follows the store's response only by the comparison and rendering \
+         (microseconds, not logged separately); the figure is the stamp's time minus that \
+         ({}/{} and {}/{} changes matched to their log lines by policy and version). It includes \
+         the swap, the hand-over to the notification task, any coalescing, and telling the \
+         application; the `delivered` line, logged once the swap is done, splits the swap from \
+         the rest. The budget: ≤ 1 ms beyond the store round trip.\n\n\
          **Baselines.** The store round trip itself (the promotion's two requests to the same \
-         loopback emulator the agent polls), and the floor of any `exec` notifier: spawning \
-         `stamp` directly from the suite (fork + exec + its clock reading), 20 runs. The \
-         after-read part is {} that floor.\n\n{table}",
-        records.len(),
-        changes.len(),
-        ratio(after.median, floor.median),
-    ))
+         loopback emulator the agent polls), and the floor of telling the application without \
+         keyturn, from the suite, 20 runs, each after the same random pause of 0–1.1 s as the \
+         changes (woken from idle, this machine spawns a process in about twice the time it \
+         takes in a tight loop): spawning `stamp` directly (fork + exec + its clock \
+         reading), and sending SIGHUP to the running `stamp --signal` (delivery + its wake-up). \
+         The after-read part is {} the floor with `signal`, {} with `exec`.\n\n{table}",
+        signal.matched,
+        signal.changes,
+        exec.matched,
+        exec.changes,
+        ratio(signal.after.median, signal.floor.median),
+        ratio(exec.after.median, exec.floor.median),
+    );
+    figures.change_latency = Some((signal, exec));
+    Ok(text)
 }

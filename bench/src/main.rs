@@ -93,8 +93,8 @@ pub struct Figures {
     pub binary: Option<(f64, f64)>,
     /// `sync --once` with 100 policies on the file store, and the C baseline, ms.
     pub cold_start_local_100: Option<(Summary, Summary)>,
-    /// The part after the store read (coalesce 0s), ms, and the exec floor.
-    pub change_latency: Option<(Summary, Summary)>,
+    /// The part after the store read (coalesce 0s), with a `signal` and with an `exec` notifier.
+    pub change_latency: Option<(latency::Measured, latency::Measured)>,
     pub traffic: Option<String>,
     pub fleet: Option<String>,
     /// Observations worth the agent developer's attention, derived from the measurements.
@@ -190,12 +190,21 @@ fn summary_table(figures: &Figures) -> String {
         figures.traffic.as_deref().unwrap_or("not measured")
     ));
     match &figures.change_latency {
-        Some((after, floor)) => table.push_str(&format!(
-            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | p50 {:.2} ms, p99 {:.2} ms after the store read (`exec` notifier; spawning it alone: {:.2} ms) | {} |\n",
-            after.median,
-            after.p99,
-            floor.median,
-            verdict(after.p99 <= 1.0, format!("p50 {:.2} ms, p99 {:.2} ms", after.median, after.p99))
+        Some((signal, exec)) => table.push_str(&format!(
+            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | `signal` notifier: p50 {:.2} ms, p99 {:.2} ms after the store read; `exec`: p50 {:.2} ms, p99 {:.2} ms (spawning the program alone: {:.2} ms) | {} |\n",
+            signal.after.median,
+            signal.after.p99,
+            exec.after.median,
+            exec.after.p99,
+            exec.floor.median,
+            if signal.after.p99 <= 1.0 {
+                format!(
+                    "within budget with `signal`; `exec` adds the program's own start ({:.2} ms beyond its floor at p50)",
+                    exec.after.median - exec.floor.median
+                )
+            } else {
+                verdict(false, format!("`signal` p50 {:.2} ms, p99 {:.2} ms", signal.after.median, signal.after.p99))
+            }
         )),
         None => table.push_str(
             "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | not measured | |\n",
