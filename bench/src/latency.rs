@@ -318,12 +318,12 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
     fixture::remove(&dir)?;
 
     let mut table = String::from(
-        "| notifier | changes | promotion round trip (baseline), ms | promotion → app told, ms | **bundle write start → app told**, ms | of which the bundle swap, µs | of which `delivered` line → app told, ms | floor: the suite telling the app directly, ms |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| notifier | changes | promotion round trip (baseline), ms | promotion → app told, ms | **bundle write start → app told**, ms | of which the bundle swap, µs | of which `delivered` line → app told, ms | floor: the suite telling the app directly, ms | ratio: hand-over / floor (p50) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (notifier, m) in [(Notifier::Signal, &signal), (Notifier::Exec, &exec)] {
         table.push_str(&format!(
-            "| `{}` | {} | p50 {:.2}, p99 {:.2} | p50 {:.0}, p99 {:.0}, max {:.0} | **p50 {:.2}, p99 {:.2}, max {:.2}** | p50 {:.0}, p99 {:.0} | p50 {:.2}, p99 {:.2} | p50 {:.2}, max {:.2} |\n",
+            "| `{}` | {} | p50 {:.2}, p99 {:.2} | p50 {:.0}, p99 {:.0}, max {:.0} | **p50 {:.2}, p99 {:.2}, max {:.2}** | p50 {:.0}, p99 {:.0} | p50 {:.2}, p99 {:.2} | p50 {:.2}, max {:.2} | {} |\n",
             notifier.name(),
             m.changes,
             m.round_trip.median,
@@ -340,6 +340,7 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
             m.handed.p99,
             m.floor.median,
             m.floor.max,
+            ratio(m.handed.median, m.floor.median),
         ));
     }
     figures.notes.push(format!(
