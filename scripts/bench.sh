@@ -32,6 +32,22 @@ gcc -O2 -Wall -Wextra -o "$baseline/io" bench/baseline/io.c
 gcc -O2 -Wall -Wextra -o "$baseline/stamp" bench/baseline/stamp.c
 built=$(date +%s)
 
-"$target/release/keyturn-bench" --bin-dir "$target/release" --c-dir "$baseline" \
-    --out BENCHMARKS.md --build-seconds "$((built - started))" "$@"
+# The suite stops what it starts as it goes; run in a process group of its own so that an
+# interrupted run (Ctrl-C, a timeout, a killed suite) leaves no agent, emulator or work
+# directory behind either (the suite names them after its pid).
+setsid "$target/release/keyturn-bench" --bin-dir "$target/release" --c-dir "$baseline" \
+    --out BENCHMARKS.md --build-seconds "$((built - started))" "$@" &
+suite=$!
+stop_suite() {
+    kill -TERM -- "-$suite" 2>/dev/null || true
+    rm -rf "/dev/shm/keyturn-bench-$suite" "/var/tmp/keyturn-bench-$suite"
+}
+trap 'stop_suite; exit 130' INT TERM
+trap stop_suite EXIT
+status=0
+wait "$suite" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "scripts/bench.sh: the suite failed (exit $status)" >&2
+    exit "$status"
+fi
 echo "scripts/bench.sh: done in $(($(date +%s) - started)) s (build $((built - started)) s)" >&2

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::emulator::Emulator;
-use crate::process::{NotifySocket, Process};
+use crate::process::{NotifySocket, Process, agent_command};
 use crate::setup::{SIZES, Setup};
 use crate::stats::{Summary, ratio};
 use crate::{Bench, Error, Figures, fixture};
@@ -52,12 +52,7 @@ pub fn sync_once(bench: &Bench, agent: &fixture::Agent, credentials: Option<&Pat
 pub fn agent_ready(bench: &Bench, agent: &fixture::Agent, credentials: Option<&Path>) -> Result<f64, Error> {
     agent.clear()?;
     let socket = NotifySocket::bind(&agent.config.with_file_name("notify.sock"))?;
-    let mut command = Command::new(&bench.keyturn);
-    command.args(["agent", "--config"]).arg(&agent.config).env("NOTIFY_SOCKET", &socket.path);
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    if let Some(key) = credentials {
-        command.env("GOOGLE_APPLICATION_CREDENTIALS", key);
-    }
+    let mut command = agent_command(&bench.keyturn, &agent.config, &socket, credentials);
     let mut process = Process::spawn("keyturn agent", &mut command)?;
     let ready = socket.wait_ready(Duration::from_secs(60), || process.check_running())?;
     let elapsed = ready.duration_since(process.spawned).as_secs_f64() * 1000.0;

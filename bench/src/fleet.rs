@@ -6,7 +6,6 @@
 //! machine's cores are shared. (a) the request rate per second at steady state; (b) how long
 //! until every node delivers a newly promoted version.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::emulator::{self, Emulator};
@@ -46,17 +45,9 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
     let mut agents = Vec::new();
     for (index, node) in nodes.iter().enumerate() {
         let log = std::fs::File::create(node.config.with_file_name("agent.log"))?;
-        agents.push(Process::spawn(
-            format!("agent node-{index:03}"),
-            Command::new(&bench.keyturn)
-                .args(["agent", "--log", "info,keyturn::store::gcp=debug", "--config"])
-                .arg(&node.config)
-                .env("NOTIFY_SOCKET", &notify.path)
-                .env("GOOGLE_APPLICATION_CREDENTIALS", &emulator.key_file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log),
-        )?);
+        let mut command = process::agent_command(&bench.keyturn, &node.config, &notify, Some(&emulator.key_file));
+        command.args(["--log", "info,keyturn::store::gcp=debug"]).stderr(log);
+        agents.push(Process::spawn(format!("agent node-{index:03}"), &mut command)?);
     }
     let spawned = started.elapsed();
     for _ in 0..NODES {

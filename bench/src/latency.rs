@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::emulator::Emulator;
-use crate::process::{NotifySocket, Process};
+use crate::process::{NotifySocket, Process, agent_command};
 use crate::stats::{Summary, ratio};
 use crate::{Bench, Error, Figures, fixture};
 
@@ -263,15 +263,8 @@ fn measure(bench: &Bench, dir: &Path, notifier: Notifier) -> Result<Measured, Er
     )?;
     let socket = NotifySocket::bind(&dir.join("notify.sock"))?;
     let log = dir.join("agent.log");
-    let mut command = Command::new(&bench.keyturn);
-    command
-        .args(["agent", "--log", "debug", "--log-format", "json", "--config"])
-        .arg(&agent.config)
-        .env("NOTIFY_SOCKET", &socket.path)
-        .env("GOOGLE_APPLICATION_CREDENTIALS", &emulator.key_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?);
+    let mut command = agent_command(&bench.keyturn, &agent.config, &socket, Some(&emulator.key_file));
+    command.args(["--log", "debug", "--log-format", "json"]).stderr(std::fs::File::create(&log)?);
     let mut process = Process::spawn("keyturn agent", &mut command)?;
     socket.wait_ready(Duration::from_secs(30), || process.check_running())?;
     wait_stamp(&stamp_file, "1", &mut process)?;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{Memory, NotifySocket, Process, memory};
+use crate::process::{Memory, NotifySocket, Process, agent_command, memory};
 use crate::setup::{SIZES, Setup};
 use crate::stats::{Summary, ratio};
 use crate::{Bench, Error, Figures, cold_start, fixture};
@@ -46,12 +46,7 @@ fn idle_agents(bench: &Bench, dir: &Path, spec: &fixture::AgentSpec, key: Option
     for instance in 0..INSTANCES {
         let files = fixture::agent(&dir.join(format!("agent-{instance}")), spec)?;
         let socket = NotifySocket::bind(&files.config.with_file_name("notify.sock"))?;
-        let mut command = Command::new(&bench.keyturn);
-        command.args(["agent", "--config"]).arg(&files.config).env("NOTIFY_SOCKET", &socket.path);
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        if let Some(key) = key {
-            command.env("GOOGLE_APPLICATION_CREDENTIALS", key);
-        }
+        let mut command = agent_command(&bench.keyturn, &files.config, &socket, key);
         agents.push((Process::spawn("keyturn agent", &mut command)?, socket));
     }
     let mut samples = Vec::new();

@@ -6,7 +6,7 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -187,4 +187,16 @@ impl Drop for NotifySocket {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// `keyturn agent --config CONFIG`, telling `notify` its READY=1, with Google credentials from
+/// `key` if given, and no standard streams; callers add arguments or a log file.
+pub fn agent_command(keyturn: &Path, config: &Path, notify: &NotifySocket, key: Option<&Path>) -> Command {
+    let mut command = Command::new(keyturn);
+    command.args(["agent", "--config"]).arg(config).env("NOTIFY_SOCKET", &notify.path);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(key) = key {
+        command.env("GOOGLE_APPLICATION_CREDENTIALS", key);
+    }
+    command
 }

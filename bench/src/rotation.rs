@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use keyturn::generate::Generator;
 
 use crate::emulator::{self, Counts, Emulator, METHODS};
-use crate::process::{NotifySocket, Process};
+use crate::process::{NotifySocket, Process, agent_command};
 use crate::stats::{Summary, ratio};
 use crate::{Bench, Error, Figures, fixture};
 
@@ -156,17 +156,8 @@ pub fn run(bench: &Bench, figures: &mut Figures) -> Result<String, Error> {
 
     bench.progress("rotation: through a running agent's control socket");
     let notify = NotifySocket::bind(&dir.join("notify.sock"))?;
-    let mut process = Process::spawn(
-        "keyturn agent",
-        Command::new(&bench.keyturn)
-            .args(["agent", "--config"])
-            .arg(&agent.config)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("GOOGLE_APPLICATION_CREDENTIALS", &key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )?;
+    let mut process =
+        Process::spawn("keyturn agent", &mut agent_command(&bench.keyturn, &agent.config, &notify, Some(&key)))?;
     notify.wait_ready(Duration::from_secs(30), || process.check_running())?;
     let control = agent.runtime_dir.join(".keyturn.sock");
     let mut socket = Vec::new();

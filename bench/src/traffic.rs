@@ -5,11 +5,10 @@
 //! window runs while the rotation benchmark does (it uses a different emulator), which does
 //! not change what is counted: the agent's requests are paced by its own timers.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::emulator::{self, Counts, Emulator, METHODS};
-use crate::process::{NotifySocket, Process};
+use crate::process::{NotifySocket, Process, agent_command};
 use crate::{Bench, Error, Figures, fixture};
 
 const POLICIES: usize = 20;
@@ -43,14 +42,7 @@ pub fn start(bench: &Bench) -> Result<Running, Error> {
     let seeded = emulator.counts()?;
     let mut process = Process::spawn(
         "keyturn agent",
-        Command::new(&bench.keyturn)
-            .args(["agent", "--config"])
-            .arg(&agent.config)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env("GOOGLE_APPLICATION_CREDENTIALS", &emulator.key_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+        &mut agent_command(&bench.keyturn, &agent.config, &notify, Some(&emulator.key_file)),
     )?;
     notify.wait_ready(Duration::from_secs(30), || process.check_running())?;
     let start = emulator.counts()?;
