@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use common::{World, wait_for};
 
 const PERIOD: Duration = Duration::from_secs(6);
-const GRACE: Duration = Duration::from_secs(3);
-/// How long before a key's grace ends the test stops insisting its tokens verify: the test
-/// sees a rotation up to a poll (1s) plus a notification after the store made it.
+const GRACE: Duration = Duration::from_secs(5);
+/// How long before a key's grace ends the test stops insisting its tokens verify: the grace
+/// counts from the version's creation, and the test sees the new key only after the rotation's
+/// steps, the coalescing window, the app's reload and one pass of its own loop.
 const MARGIN: Duration = Duration::from_millis(1500);
 
 fn venv() -> PathBuf {
@@ -101,8 +102,10 @@ fn the_fastapi_app_serves_through_rotations_without_a_failed_request() {
     );
     let agent = world.agent(&[]);
     wait_for("the first key", Duration::from_secs(15), || world.bundle("api/jwks.json").exists());
-    let app = App::start(&world, &world.bundle("api"), &pidfile);
+    // Counted before the app exists: until it writes its pidfile a change notifies nobody, and
+    // every signal after that is one the app handles.
     let notified_before = agent.log_text().matches("notified policy=api-signing").count();
+    let app = App::start(&world, &world.bundle("api"), &pidfile);
 
     let started = Instant::now();
     let mut requests = 0;
@@ -147,7 +150,8 @@ fn the_fastapi_app_serves_through_rotations_without_a_failed_request() {
     }
 
     assert!(failures.is_empty(), "{} of {requests} requests failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(requests > 300, "a steady stream: {requests} requests");
+    // Throughput is not the point (a loaded machine serves fewer), only that requests kept coming.
+    assert!(requests > 100, "a steady stream: {requests} requests");
     let rotations = kids_in_order.len() - 1;
     assert!(rotations >= 2, "several rotations during the run: {kids_in_order:?}");
 
@@ -158,11 +162,14 @@ fn the_fastapi_app_serves_through_rotations_without_a_failed_request() {
 
     // One reload per change the agent announced (a rotation, and the end of each grace), and
     // never a set the app had to refuse as partial or mismatched.
-    std::thread::sleep(Duration::from_millis(500));
-    let state = app.json("GET", "/-/state", None).unwrap();
-    let notified = agent.log_text().matches("notified policy=api-signing").count() - notified_before;
+    // The agent keeps rotating: read both sides until they agree on the same moment.
+    let (mut state, mut notified) = (serde_json::Value::Null, 0);
+    wait_for("the app to have handled every notification", Duration::from_secs(5), || {
+        notified = agent.log_text().matches("notified policy=api-signing").count() - notified_before;
+        state = app.json("GET", "/-/state", None).unwrap();
+        state["reloads"].as_u64() == Some(notified as u64)
+    });
     assert_eq!(state["inconsistent"], 0, "{state}\n{}", std::fs::read_to_string(&app.log).unwrap_or_default());
-    assert_eq!(state["reloads"].as_u64().unwrap() as usize, notified, "{state}");
     assert!(notified >= rotations, "at least one reload per rotation: {notified} for {rotations}");
     eprintln!("{requests} requests, 0 failed; {rotations} rotations; {notified} reloads, 0 inconsistent");
 }

@@ -293,9 +293,14 @@ fn a_caller_in_an_allowed_group_is_served() {
 
 #[test]
 fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
-    // Reserve a port and keep nothing listening on it: the collector is down.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let world = World::new(&format!("{POLL}\n\n[report]\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"1s\""));
+    // A port bound but not listening: the collector is down (connections are refused), and no
+    // other socket can take the port before the collector comes up on it.
+    let reserved =
+        rustix::net::socket(rustix::net::AddressFamily::INET, rustix::net::SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&reserved, &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = std::net::SocketAddrV4::try_from(rustix::net::getsockname(&reserved).unwrap()).unwrap().port();
+    // A generous timeout: an answer that is slow under load must not make the sender resend.
+    let world = World::new(&format!("{POLL}\n\n[report]\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"10s\""));
     world.simple_policy("db", "db-password", &[("app/db", "raw")]);
     world.put("db-password", "FIXTURE-report-1");
 
@@ -317,7 +322,8 @@ fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
     agent.wait_log("unsent report events from an earlier run", 1);
 
     // The collector comes up; the next event wakes the sender, which empties the spool.
-    let collector = Recorder::start(TcpListener::bind(("127.0.0.1", port)).unwrap(), Vec::new());
+    rustix::net::listen(&reserved, 128).unwrap();
+    let collector = Recorder::start(TcpListener::from(reserved), Vec::new());
     let events = || -> Vec<serde_json::Value> { collector.requests().iter().map(|r| r.json()).collect() };
     world.put("db-password", "FIXTURE-report-4");
     wait_for("every event at the collector", Duration::from_secs(20), || {

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{Agent, World, read, text, wait_for};
 use gcp_emulator::{Emulator, Role, blocking};
@@ -148,6 +148,15 @@ fn one_rotation_per_period(fleet: Fleet, agents: usize) {
             std::fs::read_to_string(&pem).is_ok_and(|p| p == current || fleet.get("current").is_some_and(|c| c == p))
         });
     }
+    // Stop them just after a rotation has finished, not in the middle of the next one (a
+    // kill between the pending and promoted steps rightly leaves a pending alias behind).
+    let made = versions(&fleet).len();
+    let deadline = Instant::now() + PERIOD * 2;
+    while versions(&fleet).len() <= made {
+        assert!(Instant::now() < deadline, "no rotation within two periods");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    wait_for("no rotation in flight", Duration::from_secs(2), || fleet.get("pending").is_none());
     drop(running);
     // Nothing was left half-done: no pending alias, no lease, no version that never became current.
     let after = versions(&fleet);
