@@ -201,6 +201,9 @@ type PullResult = Result<Fetched, StoreError>;
 struct Pulled<'a> {
     policy: &'a Policy,
     fetched: Fetched,
+    /// When its store read began: a delivery event's `duration_ms` counts from here to the
+    /// bundle in place.
+    started: Instant,
 }
 
 pub struct Engine<S> {
@@ -323,27 +326,28 @@ impl<S: SecretStore + 'static> Engine<S> {
             fetches.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let policy = &engine.config.policies[index];
-                (index, engine.pull(policy).await)
+                let started = Instant::now();
+                (index, started, engine.pull(policy).await)
             });
         }
-        let mut results: Vec<(usize, PullResult)> = Vec::new();
+        let mut results: Vec<(usize, Instant, PullResult)> = Vec::new();
         while let Some(joined) = fetches.join_next().await {
             if let Ok(result) = joined {
                 results.push(result);
             }
         }
-        results.sort_by_key(|(index, _)| *index);
+        results.sort_by_key(|(index, ..)| *index);
 
         let mut summary = SyncSummary::default();
         let mut pulled = Vec::new();
-        for (index, result) in results {
+        for (index, started, result) in results {
             let policy = &self.config.policies[index];
             let result = match result {
                 Err(e) if self.rotates(policy) && is_missing(&e) => self.bootstrap(policy).await,
                 other => other,
             };
             match result {
-                Ok(fetched) => pulled.push(Pulled { policy, fetched }),
+                Ok(fetched) => pulled.push(Pulled { policy, fetched, started }),
                 Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
             }
         }
@@ -432,8 +436,9 @@ impl<S: SecretStore + 'static> Engine<S> {
                 rotation_not_before = Box::pin(self.rotate_scheduled(policy)).await;
             }
             let mut summary = SyncSummary::default();
+            let started = Instant::now();
             match Box::pin(self.pull(policy)).await {
-                Ok(fetched) => self.deliver(vec![Pulled { policy, fetched }], &mut summary),
+                Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
                 Err(e) => {
                     let next = retry_delay(failures + 1, agent.poll, 0.5);
                     self.fetch_failed(policy, &e, Some(next), &mut summary);
@@ -484,8 +489,9 @@ impl<S: SecretStore + 'static> Engine<S> {
     pub async fn refresh(&self, name: &str) -> SyncSummary {
         let mut summary = SyncSummary::default();
         let Some(policy) = self.config.policy(name) else { return summary };
+        let started = Instant::now();
         match Box::pin(self.pull(policy)).await {
-            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched }], &mut summary),
+            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
             Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
         }
         summary
@@ -523,7 +529,9 @@ impl<S: SecretStore + 'static> Engine<S> {
             progress,
             now: SystemTime::now,
         };
+        let started = Instant::now();
         let result = rotator.run(trigger).await;
+        let duration_ms = Some(millis(started.elapsed()));
         let counted = match &result {
             Ok(Outcome::Rotated { .. }) => Some("ok"),
             Ok(Outcome::Busy { .. }) => Some("busy"),
@@ -538,6 +546,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                 let facts = events::Facts {
                     version: Some(version.to_string()),
                     previous: previous.as_ref().map(ToString::to_string),
+                    duration_ms,
                     ..events::Facts::default()
                 };
                 self.shared.report(events::Kind::Rotated, "ok", policy, facts.clone());
@@ -546,7 +555,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                 }
             }
             Err(e) => {
-                let facts = events::Facts { error: Some(error_chain(e)), ..events::Facts::default() };
+                let facts = events::Facts { error: Some(error_chain(e)), duration_ms, ..events::Facts::default() };
                 self.shared.report(events::Kind::RotationFailed, "error", policy, facts);
             }
             Ok(_) => {}
@@ -672,7 +681,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         let mut writer = self.shared.writer();
         let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
         let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
-        for Pulled { policy, fetched } in &pulled {
+        for Pulled { policy, fetched, .. } in &pulled {
             outcome.insert(&policy.name, Ok(false));
             let inputs = deliver::Inputs {
                 version: &fetched.version,
@@ -726,7 +735,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         drop(writer);
 
         let now = status::now();
-        for Pulled { policy, fetched } in &pulled {
+        for Pulled { policy, fetched, started } in &pulled {
             let (version, previous) = (&fetched.version, &fetched.previous);
             let outcome = outcome.remove(policy.name.as_str());
             if let Some(Ok(changed)) = &outcome {
@@ -744,6 +753,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                     let facts = events::Facts {
                         version: Some(version.id.to_string()),
                         previous: old.clone(),
+                        duration_ms: Some(millis(started.elapsed())),
                         ..events::Facts::default()
                     };
                     self.shared.report(events::Kind::Delivered, "ok", policy, facts);
@@ -882,6 +892,11 @@ async fn previous_public<S: SecretStore>(store: &S, policy: &Policy, current: &V
 }
 
 /// Whether the store says there is no current version to read (yet).
+/// Whole milliseconds, for event timings.
+fn millis(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn is_missing(error: &StoreError) -> bool {
     matches!(error, StoreError::NotFound { .. } | StoreError::NoSuchVersion { .. })
 }

@@ -348,6 +348,38 @@ fn events_reach_the_collector_after_an_outage_and_an_agent_restart() {
     assert_eq!(first["data"]["node"], "test-node");
     assert_eq!(first["data"]["policy"], "db");
     assert_eq!(content_type.as_deref(), Some("application/cloudevents+json; charset=utf-8"));
+    for event in events.iter().filter(|e| e["type"] == "dev.keyturn.secret.delivered") {
+        assert!(event["data"]["duration_ms"].is_u64(), "a delivery says how long it took: {event}");
+    }
     let all = serde_json::to_string(&events).unwrap() + &spooled;
     assert!(!all.contains("FIXTURE-report"), "no value in any event or in the spool");
+}
+
+#[test]
+fn rotations_are_reported_with_their_versions_and_timing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let collector = Recorder::start(listener, Vec::new());
+    let world = World::new(&format!("{POLL}\n\n[report]\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"10s\""));
+    world.policy(
+        "signing",
+        "[secret]\nstore = \"dev\"\nid = \"signing\"\n[rotate]\nevery = \"30d\"\ngenerate = \"ed25519\"\n[[deliver]]\npath = \"api/key.pem\"\nformat = \"pem\"\n",
+    );
+    let _agent = world.agent(&[]);
+    wait_for("the first key", Duration::from_secs(15), || world.bundle("api/key.pem").exists());
+    let out = world.keyturn(&["rotate", "signing", "--now"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let rotated = || -> Vec<serde_json::Value> {
+        collector.requests().iter().map(|r| r.json()).filter(|e| e["type"] == "dev.keyturn.secret.rotated").collect()
+    };
+    // The first version (made by the agent at start-up) and the one made on request.
+    wait_for("two rotation events", Duration::from_secs(10), || rotated().len() == 2);
+    let events = rotated();
+    let second = &events[1]["data"];
+    assert_eq!((second["version"].as_str(), second["previous"].as_str()), (Some("2"), Some("1")), "{second}");
+    assert_eq!(second["result"], "ok");
+    for event in &events {
+        assert!(event["data"]["duration_ms"].is_u64(), "a rotation says how long it took: {event}");
+    }
 }
