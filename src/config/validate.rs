@@ -1145,6 +1145,21 @@ fn rotate_section(
     };
     let check_timeout =
         file.duration(raw.check_timeout.as_ref(), DEFAULT_CHECK_TIMEOUT, "rotate.check_timeout", problems);
+    // A rotator still running its check when its lease ends could be overtaken by another node.
+    if let (Some(lease), Some(timeout), Some(_)) = (lease, check_timeout, &raw.check)
+        && timeout >= lease
+    {
+        let message = format!(
+            "the lease ({}) must outlast the check command's timeout ({}): a rotator still checking when its lease ends could be overtaken by another node",
+            humantime::format_duration(lease),
+            humantime::format_duration(timeout)
+        );
+        match (&raw.check_timeout, &raw.lease) {
+            (Some(value), _) => problems.push(at(value.span(), "check_timeout", message)),
+            (None, Some(value)) => problems.push(at(value.span(), "lease", message)),
+            (None, None) => {}
+        }
+    }
     let rotate = (|| {
         Some(Rotate {
             schedule: schedule?,
@@ -1713,6 +1728,20 @@ format = "jwks"
         let unknown = "[secret]\nstore = \"dev\"\nid = \"z\"\n[rotate]\nevery = \"1d\"\ngenerate = \"dsa-1024\"\n[[deliver]]\npath = \"z/key\"\n";
         let got = problems(AGENT, &[("unknown", unknown)]);
         assert!(got.iter().any(|p| p.contains("rotate.generate:") && p.contains("dsa-1024")), "{got:#?}");
+        let short_lease = "[secret]\nstore = \"dev\"\nid = \"l\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\nlease = \"20s\"\ncheck = [\"true\"]\n[[deliver]]\npath = \"l/key\"\n";
+        let got = problems(AGENT, &[("short-lease", short_lease)]);
+        assert!(
+            got.iter().any(|p| p.contains(
+                "short-lease.toml:7: rotate.lease: the lease (20s) must outlast the check command's timeout (30s)"
+            )),
+            "{got:#?}"
+        );
+        // Without a check command the timeout never runs: a short lease is fine.
+        let no_check = short_lease.replace("check = [\"true\"]\n", "");
+        assert!(validate(&sources(AGENT, &[("no-check", &no_check)]), &Fake, &Fake).is_ok());
+        let slow_check = "[secret]\nstore = \"dev\"\nid = \"c\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\ncheck = [\"true\"]\ncheck_timeout = \"1h\"\n[[deliver]]\npath = \"c/key\"\n";
+        let got = problems(AGENT, &[("slow-check", slow_check)]);
+        assert!(got.iter().any(|p| p.contains("slow-check.toml:8: rotate.check_timeout: the lease (10m)")), "{got:#?}");
     }
 
     #[test]

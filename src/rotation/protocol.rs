@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
 use crate::config::{Owner, Policy, Rotate};
-use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, VersionId};
+use crate::secret::{CURRENT, PENDING, PREVIOUS, SecretBytes, SecretId, VersionId};
 use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
 
 /// What started a rotation.
@@ -93,7 +93,9 @@ pub enum RotationError {
     Generate(String),
     #[error("version {version} failed its check and was discarded: {reason}")]
     Check { version: VersionId, reason: String },
-    #[error("the secret changed under the lease (another node took it over?); version {version} stays pending")]
+    #[error(
+        "the rotation lease was lost (it ran out and another node took it over?); version {version} was not promoted"
+    )]
     LostLease { version: VersionId },
 }
 
@@ -159,7 +161,15 @@ impl<S: SecretStore> Rotator<'_, S> {
             Err(e) => return Err(Self::err(Step::Lease)(e)),
         };
         if !self.fleet() {
-            return self.rotate_leased(meta, trigger).await;
+            return self.rotate_leased(meta, trigger, None).await;
+        }
+        // Not due by what the first read says: no lease taken, no write. Under the lease the
+        // due time is checked again (another node may have rotated in between).
+        if trigger == Trigger::Scheduled
+            && let Some(due) = self.due(&meta).await?
+            && (self.now)() < due
+        {
+            return Ok(Outcome::NotDue { due });
         }
 
         let now = (self.now)();
@@ -192,7 +202,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         self.pause("leased");
 
         let meta = self.describe(Step::Lease).await?;
-        let result = self.rotate_leased(meta, trigger).await;
+        let result = self.rotate_leased(meta, trigger, Some(&lease)).await;
         // Promotion releases the lease with the same swap; any other ending releases it here.
         if !matches!(result, Ok(Outcome::Rotated { .. })) {
             self.release(&lease).await;
@@ -217,7 +227,35 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
     }
 
-    async fn rotate_leased(&self, mut meta: SecretMeta, trigger: Trigger) -> Result<Outcome, RotationError> {
+    /// When the current version is due for rotation; `None` if there is none, or the store
+    /// does not say when it was made.
+    async fn due(&self, meta: &SecretMeta) -> Result<Option<SystemTime>, RotationError> {
+        let Some(current) = meta.aliases.get(CURRENT) else { return Ok(None) };
+        let info = self.store.version_info(self.id(), current).await.map_err(Self::err(Step::Lease))?;
+        Ok(info.created.map(|created| {
+            let unit = node_unit(self.node, self.id().as_str(), current.as_str());
+            next_rotation(&self.rotate.schedule, created, self.rotate.jitter, unit)
+        }))
+    }
+
+    /// The fence: every write after the lease is a compare-and-swap against a read that must
+    /// still carry our lease. A rotator whose lease ran out (a frozen VM, a slow check) and was
+    /// taken over stops here instead of promoting over the new holder.
+    fn still_ours(meta: &SecretMeta, lease: Option<&Lease>, version: &VersionId) -> Result<(), RotationError> {
+        match lease {
+            Some(lease) if meta.annotations.get(lease::ANNOTATION) != Some(&lease.encode()) => {
+                Err(RotationError::LostLease { version: version.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn rotate_leased(
+        &self,
+        mut meta: SecretMeta,
+        trigger: Trigger,
+        lease: Option<&Lease>,
+    ) -> Result<Outcome, RotationError> {
         let id = self.id();
         let current = meta.aliases.get(CURRENT).cloned();
         if trigger == Trigger::Missing
@@ -230,16 +268,10 @@ impl<S: SecretStore> Rotator<'_, S> {
             }
         }
         if trigger == Trigger::Scheduled
-            && let Some(current) = &current
+            && let Some(due) = self.due(&meta).await?
+            && (self.now)() < due
         {
-            let info = self.store.version_info(id, current).await.map_err(Self::err(Step::Lease))?;
-            if let Some(created) = info.created {
-                let unit = node_unit(self.node, id.as_str(), current.as_str());
-                let due = next_rotation(&self.rotate.schedule, created, self.rotate.jitter, unit);
-                if (self.now)() < due {
-                    return Ok(Outcome::NotDue { due });
-                }
-            }
+            return Ok(Outcome::NotDue { due });
         }
 
         let resumed = match meta.aliases.get(PENDING).cloned() {
@@ -254,13 +286,21 @@ impl<S: SecretStore> Rotator<'_, S> {
         };
         let version = match resumed {
             Some(version) => version,
-            None => self.add_pending(&mut meta).await?,
+            None => self.add_pending(&mut meta, lease).await?,
         };
 
         // 4. Promote, and release the lease in the same swap.
         let meta = self.describe(Step::Promote).await?;
+        Self::still_ours(&meta, lease, &version)?;
         let old = meta.aliases.get(CURRENT).cloned();
         let mut promote = SecretUpdate::aliases(AliasMove::promote(&version, old.as_ref()));
+        if trigger == Trigger::Revoke {
+            // A leaked value must not stay `previous` even for a moment: a node reading the
+            // secret between this swap and the disable below would keep it in its
+            // verification set for the whole grace.
+            promote.aliases.set.remove(PREVIOUS);
+            promote.aliases.remove.push(PREVIOUS.to_string());
+        }
         if self.fleet() {
             promote.remove_annotations.push(lease::ANNOTATION.into());
         }
@@ -313,13 +353,18 @@ impl<S: SecretStore> Rotator<'_, S> {
     }
 
     /// Steps 2 and 3: a new version, made pending and checked.
-    async fn add_pending(&self, meta: &mut SecretMeta) -> Result<VersionId, RotationError> {
+    async fn add_pending(&self, meta: &mut SecretMeta, lease: Option<&Lease>) -> Result<VersionId, RotationError> {
         let id = self.id();
         let value = self.rotate.generator.generate().map_err(|e| RotationError::Generate(e.to_string()))?;
         let version = self.store.add_version(id, &value).await.map_err(Self::err(Step::Add))?;
         tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, %version, generator = %self.rotate.generator.name(), "rotation added a version");
         self.pause("added");
         *meta = self.describe(Step::Add).await?;
+        if let Err(lost) = Self::still_ours(meta, lease, &version) {
+            // Never made pending: nobody would finish it, so it is not left enabled.
+            self.discard(&version).await;
+            return Err(lost);
+        }
         let pending = AliasMove { set: BTreeMap::from([(PENDING.to_string(), version.clone())]), remove: Vec::new() };
         match self.store.update(id, meta, &SecretUpdate::aliases(pending)).await {
             Ok(_) => {}
@@ -471,6 +516,10 @@ mod tests {
     }
 
     async fn run(store: &FileStore, node: &str, trigger: Trigger) -> Outcome {
+        attempt(store, node, trigger).await.unwrap()
+    }
+
+    async fn attempt<S: SecretStore>(store: &S, node: &str, trigger: Trigger) -> Result<Outcome, RotationError> {
         let rotate = rotate();
         let policy = policy(&rotate);
         let rotator = Rotator {
@@ -483,7 +532,11 @@ mod tests {
             progress: &|_, _| {},
             now: SystemTime::now,
         };
-        rotator.run(trigger).await.unwrap()
+        rotator.run(trigger).await
+    }
+
+    async fn open(dir: &std::path::Path) -> FileStore {
+        FileStore::open("dev", &FileStoreConfig { dir: dir.join("store"), seed: None }).await.unwrap()
     }
 
     /// Nodes that all found the secret missing (a fleet starting on a new secret) ask one
@@ -515,5 +568,111 @@ mod tests {
         // `--now` is not a missing version: it always rotates.
         let now = run(&store, "node-c", Trigger::Now).await;
         assert!(matches!(&now, Outcome::Rotated { version, .. } if version.as_str() == "3"), "{now:?}");
+    }
+
+    /// A scheduled rotation that is not due writes nothing: no lease taken and released.
+    #[tokio::test]
+    async fn a_rotation_that_is_not_due_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        run(&store, "node-a", Trigger::Now).await;
+        let before = store.describe(&id).await.unwrap();
+        assert!(matches!(run(&store, "node-b", Trigger::Scheduled).await, Outcome::NotDue { .. }));
+        assert_eq!(store.describe(&id).await.unwrap().etag, before.etag, "not a single write");
+    }
+
+    /// `--revoke` drops `previous` in the promoting swap: no node can read the leaked version
+    /// as the one still inside its grace.
+    #[tokio::test]
+    async fn a_revoke_leaves_no_previous_alias_and_disables_the_old_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        run(&store, "node-a", Trigger::Now).await;
+        let revoked = run(&store, "node-a", Trigger::Revoke).await;
+        assert!(
+            matches!(&revoked, Outcome::Rotated { version, previous: Some(old), disabled } if version.as_str() == "2" && old.as_str() == "1" && disabled == &[VersionId::new("1")]),
+            "{revoked:?}"
+        );
+        let aliases = store.describe(&id).await.unwrap().aliases;
+        assert_eq!(aliases.get(CURRENT), Some(&VersionId::new("2")));
+        assert_eq!(aliases.get(PREVIOUS), None, "{aliases:?}");
+        // The next ordinary rotation names a previous version again.
+        run(&store, "node-a", Trigger::Now).await;
+        assert_eq!(store.describe(&id).await.unwrap().aliases.get(PREVIOUS), Some(&VersionId::new("2")));
+    }
+
+    /// A store on which another node takes the lease over as soon as a version is added, as
+    /// if this rotator had been frozen past its lease.
+    struct Overtaken(FileStore);
+
+    impl SecretStore for Overtaken {
+        async fn access(
+            &self,
+            id: &SecretId,
+            selector: &crate::store::Selector,
+        ) -> Result<crate::store::Version, StoreError> {
+            self.0.access(id, selector).await
+        }
+        async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
+            self.0.describe(id).await
+        }
+        async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
+            self.0.create(id).await
+        }
+        async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
+            let version = self.0.add_version(id, value).await?;
+            let meta = self.0.describe(id).await?;
+            let theirs = Lease::new("node-z", 1, SystemTime::now(), Duration::from_secs(60));
+            let take = SecretUpdate {
+                set_annotations: BTreeMap::from([(lease::ANNOTATION.to_string(), theirs.encode())]),
+                ..SecretUpdate::default()
+            };
+            self.0.update(id, &meta, &take).await?;
+            Ok(version)
+        }
+        async fn update(
+            &self,
+            id: &SecretId,
+            base: &SecretMeta,
+            update: &SecretUpdate,
+        ) -> Result<crate::store::Etag, StoreError> {
+            self.0.update(id, base, update).await
+        }
+        async fn version_info(
+            &self,
+            id: &SecretId,
+            version: &VersionId,
+        ) -> Result<crate::store::VersionInfo, StoreError> {
+            self.0.version_info(id, version).await
+        }
+        async fn versions(&self, id: &SecretId) -> Result<Vec<crate::store::VersionInfo>, StoreError> {
+            self.0.versions(id).await
+        }
+        async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+            self.0.disable(id, version).await
+        }
+        async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
+            self.0.destroy(id, version).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotator_that_lost_its_lease_promotes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        run(&store, "node-a", Trigger::Now).await;
+        let overtaken = Overtaken(store);
+        let lost = attempt(&overtaken, "node-a", Trigger::Now).await;
+        assert!(matches!(&lost, Err(RotationError::LostLease { version }) if version.as_str() == "2"), "{lost:?}");
+        let store = overtaken.0;
+        let meta = store.describe(&id).await.unwrap();
+        assert_eq!(meta.aliases.get(CURRENT), Some(&VersionId::new("1")), "nothing promoted");
+        assert_eq!(meta.aliases.get(PENDING), None, "never made pending");
+        assert!(meta.annotations[lease::ANNOTATION].starts_with("node-z "), "the new holder's lease stands: {meta:?}");
+        let added = store.version_info(&id, &VersionId::new("2")).await.unwrap();
+        assert_eq!(added.state, VersionState::Disabled, "the orphan is not left enabled");
     }
 }
