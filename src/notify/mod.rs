@@ -2,8 +2,9 @@
 //!
 //! Each policy with a `[notify]` section gets a dispatcher task of its own. The engine hands
 //! it a [`Change`] after a bundle is in place; the dispatcher waits `coalesce` (by default not
-//! at all) for more changes (a burst of store updates), then runs every
-//! configured notifier once for the latest change, each with its own attempts and backoff. A
+//! at all) for more changes (a burst of store updates), then runs every configured notifier
+//! once for the latest change, each with its own attempts and backoff; changes that queued up
+//! while a notification ran fold into the next one, which names the newest version. A
 //! slow or hung notifier holds up only its own policy's notifications, never delivery or
 //! another policy. Outcomes are reported back through a callback (status file, logs).
 //!
@@ -165,22 +166,21 @@ async fn dispatch(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 message = inbox.recv() => match message {
-                    Some(Message::Changed(later)) => {
-                        tracing::debug!(policy = %later.policy, version = %later.version, "changes coalesced into one notification");
-                        for bundle in std::mem::take(&mut change.bundles) {
-                            if !later.bundles.contains(&bundle) {
-                                change.bundles.push(bundle);
-                            }
-                        }
-                        change.bundles.extend(later.bundles);
-                        change.version = later.version;
-                    }
+                    Some(Message::Changed(later)) => merge(&mut change, later),
                     Some(Message::Flush(done)) => {
                         flushed.push(done);
                         break;
                     }
                     None => break,
                 },
+            }
+        }
+        // Changes that queued up while the previous notification ran are on disk already: this
+        // one covers them, rather than telling the application about versions it has passed.
+        while let Ok(message) = inbox.try_recv() {
+            match message {
+                Message::Changed(later) => merge(&mut change, later),
+                Message::Flush(done) => flushed.push(done),
             }
         }
         let mut outcomes = Vec::with_capacity(notifiers.len());
@@ -192,6 +192,17 @@ async fn dispatch(
             let _ = done.send(());
         }
     }
+}
+
+/// Folds a later change into one not yet sent: the newest version, every bundle touched.
+fn merge(change: &mut Change, later: Change) {
+    tracing::debug!(policy = %later.policy, version = %later.version, "changes coalesced into one notification");
+    for bundle in later.bundles {
+        if !change.bundles.contains(&bundle) {
+            change.bundles.push(bundle);
+        }
+    }
+    change.version = later.version;
 }
 
 /// One notifier, up to `attempts` times with backoff.
@@ -220,4 +231,48 @@ pub fn change_env(change: &Change) -> Vec<(&'static str, String)> {
         ("KEYTURN_BUNDLE", bundles.first().cloned().unwrap_or_default()),
         ("KEYTURN_BUNDLES", bundles.join(":")),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::ExecNotify;
+
+    fn change(version: &str) -> Change {
+        Change {
+            policy: "api".into(),
+            version: VersionId::new(version),
+            bundles: vec![PathBuf::from("/run/keyturn/api")],
+        }
+    }
+
+    /// With no coalescing window, changes that arrive while a slow notifier runs are not
+    /// announced one by one, oldest last: the next notification names the newest version.
+    #[tokio::test]
+    async fn changes_queued_behind_a_slow_notifier_make_one_notification_for_the_newest() {
+        let notify = Notify {
+            signal: None,
+            systemd: None,
+            exec: Some(ExecNotify { command: vec!["sleep".into(), "0.3".into()], timeout: Duration::from_secs(10) }),
+            http: None,
+            coalesce: Duration::ZERO,
+            attempts: 1,
+        };
+        let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = sent.clone();
+        let report: Report = Arc::new(move |change, _| seen.lock().unwrap().push(change.version.to_string()));
+        let (handle, task) = spawn(&notify, Notifier::from_config(&notify, None), report);
+        handle.changed(change("1"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for version in ["2", "3", "4"] {
+            handle.changed(change(version));
+        }
+        handle.flush().await;
+        handle.flush().await;
+        assert_eq!(*sent.lock().unwrap(), ["1", "4"]);
+        drop(handle);
+        task.await.unwrap();
+    }
 }
