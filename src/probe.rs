@@ -1,21 +1,34 @@
 //! `keyturn probe`: how fast a store answers from this node, before a fleet depends on it.
 //!
 //! For one configured store (and, for Google, each regional endpoint named with `--location`)
-//! it measures: getting credentials and a token, the first access of a secret (connection
-//! and TLS set-up included), the p50/p99 of K more accesses, and a cold pass over every policy
-//! of that store — the reads of `sync --once` without writing any file. It prints names,
-//! versions, counts and times, never a value: each value is dropped as soon as it is read.
+//! it measures two things, each on an instance of the store of its own:
+//!
+//! - First, a cold sync: what a node pays at boot. A store instance nothing has used yet (its
+//!   own HTTP client, so new connections, and its own credentials and token exchange) reads
+//!   the `current` version of every policy on that store, as many at once as the agent's first
+//!   sync. Its time counts everything between the first read starting and the last one ending.
+//! - Then, on another fresh instance: getting credentials and a token, the first access of a
+//!   secret (connection set-up included), and the p50/p99 of K more accesses over the warm
+//!   connection.
+//!
+//! The cold sync is not the whole of `sync --once`: it reads each policy's own secret once,
+//! and leaves out the reads only some policies make (template secrets, a rotating secret's
+//! creation time, a JWKS's previous key) and every write. It prints names, versions, counts
+//! and times, never a value: each value is dropped as soon as it is read.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, StoreConfig};
 use crate::secret::SecretId;
+use crate::store::file::FileStore;
 use crate::store::gcp::GcpStore;
 use crate::store::{AnyStore, SecretStore, Selector};
 
-/// How many policies the cold pass reads at once, as the agent's first sync does.
+/// How many policies the cold sync reads at once: the agent's first sync keeps this many
+/// reads in flight (`SYNC_CONCURRENCY` in `engine.rs`), starting the next as one ends.
 const SYNC_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -31,22 +44,28 @@ pub struct Report {
 pub struct Endpoint {
     /// The location probed, or "global" / "local".
     pub location: String,
-    /// Finding credentials and getting a token (Google only).
+    /// Finding credentials and getting a token (Google only), on a store instance of its own.
     pub token_ms: Option<f64>,
+    /// The first access after the token: connection set-up and one round trip.
     pub first_access_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Accesses that failed (an error answer still measures the round trip).
+    /// Reads that failed, in the cold sync and after it (an error answer still measures the
+    /// round trip).
     pub errors: usize,
     pub first_error: Option<String>,
-    /// Reading every policy of this store once, 32 at a time.
+    /// How many policies the cold sync read.
     pub sync_policies: usize,
+    /// The cold sync, measured first: a store instance nothing has used yet reads every policy,
+    /// 32 at a time, so this includes finding credentials, the token exchange and opening
+    /// connections, as at a node's boot.
     pub sync_ms: f64,
 }
 
 /// Probes `store_name` of `config`, accessing `secret` (default: the first policy's secret on
-/// that store) `requests` times per endpoint.
+/// that store) `requests` times per endpoint. `store` must be fresh, as opened: its first use
+/// is the cold sync.
 pub async fn run(
     config: &Config,
     store_name: &str,
@@ -60,41 +79,72 @@ pub async fn run(
     let secret = secret
         .or_else(|| policies.first().cloned())
         .ok_or_else(|| format!("no policy uses store \"{store_name}\": name a secret to access with --secret ID"))?;
-    let mut endpoints = vec![measure(&store, &secret, &policies, requests, None).await];
-    if !locations.is_empty() {
-        let StoreConfig::Gcp(gcp) = &config.stores[store_name] else {
-            return Err("--location applies to Google Secret Manager stores only".into());
-        };
-        for location in locations {
-            let regional = crate::config::GcpStoreConfig { location: Some(location.clone()), ..gcp.clone() };
-            let store = AnyStore::Gcp(GcpStore::new(store_name, &regional).map_err(|e| e.to_string())?);
-            endpoints.push(measure(&store, &secret, &policies, requests, Some(location)).await);
-        }
+    let store_config = &config.stores[store_name];
+    let regional: Vec<crate::config::GcpStoreConfig> = match (store_config, locations) {
+        (_, []) => Vec::new(),
+        (StoreConfig::Gcp(gcp), _) => locations
+            .iter()
+            .map(|location| crate::config::GcpStoreConfig { location: Some(location.clone()), ..gcp.clone() })
+            .collect(),
+        (StoreConfig::File(_), _) => return Err("--location applies to Google Secret Manager stores only".into()),
+    };
+
+    let label = match store_config {
+        StoreConfig::Gcp(_) => "global",
+        StoreConfig::File(_) => "local",
+    };
+    let warm = open(store_name, store_config).await?;
+    let mut endpoints = vec![measure(label, store, warm, &secret, &policies, requests).await];
+    for (location, regional) in locations.iter().zip(&regional) {
+        let cold = AnyStore::Gcp(GcpStore::new(store_name, regional).map_err(|e| e.to_string())?);
+        let warm = AnyStore::Gcp(GcpStore::new(store_name, regional).map_err(|e| e.to_string())?);
+        endpoints.push(measure(location, cold, warm, &secret, &policies, requests).await);
     }
-    let kind = config.stores[store_name].kind().to_string();
+    let kind = store_config.kind().to_string();
     Ok(Report { store: store_name.to_string(), kind, secret: secret.to_string(), requests, endpoints })
 }
 
+/// Another instance of a configured store: its own HTTP client, connections and token.
+async fn open(name: &str, config: &StoreConfig) -> Result<AnyStore, String> {
+    let store = match config {
+        StoreConfig::File(file) => FileStore::open(name, file).await.map(AnyStore::File),
+        StoreConfig::Gcp(gcp) => GcpStore::new(name, gcp).map(AnyStore::Gcp),
+    };
+    store.map_err(|e| e.to_string())
+}
+
+/// Measures one endpoint: the cold sync on `cold`, then token, first access and `requests`
+/// more accesses of `secret` on `warm`. Both must be unused.
 async fn measure(
-    store: &AnyStore,
+    label: &str,
+    cold: AnyStore,
+    warm: AnyStore,
     secret: &SecretId,
     policies: &[SecretId],
     requests: usize,
-    location: Option<&String>,
 ) -> Endpoint {
-    let label = match (store, location) {
-        (_, Some(location)) => location.clone(),
-        (AnyStore::Gcp(_), None) => "global".into(),
-        (AnyStore::File(_), None) => "local".into(),
-    };
     let mut errors = 0;
     let mut first_error = None;
-    let token_ms = match store {
+    let mut failed = |e: &crate::store::StoreError| {
+        errors += 1;
+        first_error.get_or_insert_with(|| crate::error_chain(e));
+    };
+
+    let started = Instant::now();
+    for result in cold_sync(&cold, policies).await {
+        if let Err(e) = result {
+            failed(&e);
+        }
+    }
+    let sync_ms = ms(started.elapsed());
+    // Its connections close before the measurements below open their own.
+    drop(cold);
+
+    let token_ms = match &warm {
         AnyStore::Gcp(gcp) => {
             let started = Instant::now();
             if let Err(e) = gcp.token_ready().await {
-                errors += 1;
-                first_error = Some(crate::error_chain(&e));
+                failed(&e);
             }
             Some(ms(started.elapsed()))
         }
@@ -102,9 +152,8 @@ async fn measure(
     };
     let mut access = async || {
         let started = Instant::now();
-        if let Err(e) = store.access(secret, &Selector::current()).await {
-            errors += 1;
-            first_error.get_or_insert_with(|| crate::error_chain(&e));
+        if let Err(e) = warm.access(secret, &Selector::current()).await {
+            failed(&e);
         }
         started.elapsed()
     };
@@ -116,21 +165,8 @@ async fn measure(
     samples.sort();
     let quantile = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| ms(*d));
 
-    // The cold pass: every policy of the store, as the agent's first sync reads them.
-    let started = Instant::now();
-    let current = Selector::current();
-    for chunk in policies.chunks(SYNC_CONCURRENCY) {
-        let reads = chunk.iter().map(|id| store.access(id, &current));
-        for result in join_all(reads).await {
-            if result.is_err() {
-                errors += 1;
-            }
-        }
-    }
-    let sync_ms = ms(started.elapsed());
-
     Endpoint {
-        location: label,
+        location: label.to_string(),
         token_ms,
         first_access_ms,
         p50_ms: quantile(0.5),
@@ -141,6 +177,21 @@ async fn measure(
         sync_policies: policies.len(),
         sync_ms,
     }
+}
+
+/// Reads the `current` version of every policy, [`SYNC_CONCURRENCY`] in flight and the next
+/// starting as soon as one ends, as the agent's first sync does. Values are dropped at once.
+async fn cold_sync(store: &AnyStore, policies: &[SecretId]) -> Vec<Result<(), crate::store::StoreError>> {
+    let limit = Semaphore::new(SYNC_CONCURRENCY);
+    let current = Selector::current();
+    let reads = policies.iter().map(|id| {
+        let (limit, current) = (&limit, &current);
+        async move {
+            let _permit = limit.acquire().await.expect("the semaphore is never closed");
+            store.access(id, current).await.map(drop)
+        }
+    });
+    join_all(reads).await
 }
 
 /// Runs futures concurrently on the current task and returns their outputs in order.
@@ -192,6 +243,9 @@ impl Report {
                 format!("{:.1}ms/{} pol", e.sync_ms, e.sync_policies)
             ));
         }
+        out.push_str(&format!(
+            "COLD SYNC, measured first: a new client's credentials, token, connections and one read per policy, {SYNC_CONCURRENCY} at a time\n"
+        ));
         for e in self.endpoints.iter().filter(|e| e.first_error.is_some()) {
             out.push_str(&format!("{}: first error: {}\n", e.location, e.first_error.as_deref().unwrap_or("")));
         }
