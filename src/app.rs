@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
@@ -355,8 +355,10 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     let shared = Shared::new(writer(&config, seams)?, &config.agent.node, metrics, reporter);
     let mut stores = open_stores(&config, &shared.metrics).await?;
     let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
-    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut stop = Stop {
+        terminate: signal(SignalKind::terminate()).map_err(signal_error)?,
+        interrupt: signal(SignalKind::interrupt()).map_err(signal_error)?,
+    };
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut resync = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
@@ -401,20 +403,28 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
         let (changes_tx, mut changes) = mpsc::channel(16);
         let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
         let engine = Engine::new(config.clone(), stores.clone(), shared.clone(), seams.pause_at.clone());
-        let summary = engine.sync_all().await;
+        let summary = match stop.unless_stopped(engine.sync_all()).await {
+            Ok(summary) => summary,
+            Err(signal) => {
+                tracing::info!(signal, "stop signal during a sync: abandoning it");
+                break;
+            }
+        };
         let watchers = engine.spawn_watchers(&summary.failed);
         engine_tx.send_replace(Some(engine.clone()));
 
         let next = loop {
             let (reason, reply) = tokio::select! {
-                _ = terminate.recv() => break None,
-                _ = interrupt.recv() => break None,
+                _ = stop.recv() => break None,
                 _ = hangup.recv() => ("SIGHUP", None),
                 Some(request) = reload_requests.recv() => ("keyturn reload", Some(request.reply)),
                 _ = resync.recv() => {
                     // `keyturn rotate` made a new version: pull everything now, not at the next poll.
                     tracing::info!("SIGUSR1: pulling every policy now");
-                    engine.sync_all().await;
+                    if let Err(signal) = stop.unless_stopped(engine.sync_all()).await {
+                        tracing::info!(signal, "stop signal during a sync: abandoning it");
+                        break None;
+                    }
                     continue;
                 }
                 Some(()) = changes.recv() => {
@@ -478,6 +488,42 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
         tracing::warn!("status not saved within the shutdown grace");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and SIGINT, which stop the agent whatever it is doing.
+///
+/// A sync can take as long as its slowest store or check command (a store retrying through
+/// an outage, a rotation's `check`), longer than `[agent] shutdown_grace` and systemd's stop
+/// timeout; so every sync races these signals, and a signal that wins drops the sync where
+/// it stands. That is safe at any await point: a bundle is written by synchronous code, whole
+/// or not at all; the file store's lock is held only across synchronous code; a `check`
+/// command still running is killed with the future that owns it; and a rotation
+/// stopped between steps is one the protocol recovers from, as after a crash: the lease it
+/// held is free at once to this node's next agent and to other nodes when it expires, and the
+/// next rotator finishes or discards the version it left pending.
+struct Stop {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Stop {
+    /// Waits for either signal; returns its name, for the log.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
+
+    /// Runs `work` to the end, unless a stop signal comes first: then `work` is dropped
+    /// unfinished and the signal's name returned. A signal that arrived before the call wins.
+    async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> Result<T, &'static str> {
+        tokio::select! {
+            biased;
+            signal = self.recv() => Err(signal),
+            done = work => Ok(done),
+        }
+    }
 }
 
 /// `keyturn rotate POLICY --now [--revoke]`: the protocol, run by this process, with a

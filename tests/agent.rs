@@ -152,6 +152,109 @@ fn sigterm_and_sigint_stop_the_agent_promptly_and_cleanly() {
     }
 }
 
+/// Regression: SIGTERM during the start-up sync waited for the sync to end (an agent whose
+/// first sync ran a 20 s check command took 19.6 s to stop), past `shutdown_grace` and past
+/// systemd's stop timeout. The signal now abandons the sync, and the rotation it interrupted
+/// is finished by the next start.
+#[test]
+fn sigterm_during_a_slow_first_sync_stops_at_once_and_the_next_start_finishes_the_rotation() {
+    let world = World::new(POLL);
+    let signing_policy = |check: &str| {
+        world.policy(
+            "signing",
+            &format!(
+                "[secret]\nstore = \"dev\"\nid = \"signing-key\"\n\n\
+                 [rotate]\nevery = \"30d\"\ngenerate = \"ed25519\"\ncheck = {check}\ncheck_timeout = \"60s\"\n\n\
+                 [[deliver]]\npath = \"api/signing.pem\"\nformat = \"pem\"\n"
+            ),
+        );
+    };
+    let store_get = |version: &str| {
+        let out = world.keyturn(&["store", "get", "dev", "signing-key", "--version", version]);
+        out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+    };
+    // The empty store makes the first sync create the first version; its check says when it
+    // started (the new version is pending by then) and takes 30 s.
+    let started = world.disk.path().join("check-started");
+    signing_policy(&format!(
+        "[\"sh\", \"-c\", 'echo $$ > {0}.tmp && mv {0}.tmp {0} && exec sleep 30']",
+        started.display()
+    ));
+    let mut agent = world.agent(&[]);
+    wait_for("the check command to start", Duration::from_secs(15), || started.exists());
+    let check_pid = read(&started).trim().to_string();
+
+    let sent = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(40)), Some(0), "{}", agent.log_text());
+    assert!(sent.elapsed() < Duration::from_secs(5), "SIGTERM during the first sync took {:?}", sent.elapsed());
+    let log = agent.log_text();
+    assert!(log.contains("stop signal during a sync: abandoning it"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    // The check command did not outlive the agent (a zombie waiting for init is gone too).
+    wait_for("the check command to be killed", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{check_pid}/stat"))
+            .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+    });
+    assert_eq!(world.status_json()["agent_running"], false);
+    // What the interrupted rotation left: a pending version, nothing current yet.
+    let pending = store_get("pending").expect("the new version stays pending");
+    assert_eq!(store_get("current"), None);
+
+    // The next start takes over its own node's lease and finishes the pending version.
+    signing_policy("[\"sh\", \"-c\", \"grep -q 'BEGIN PRIVATE KEY'\"]");
+    let agent = world.agent(&[]);
+    agent.wait_log("sync finished", 1);
+    let log = agent.log_text();
+    assert!(log.contains("resuming a pending version left by an interrupted rotation"), "{log}");
+    assert_eq!(store_get("current").as_deref(), Some(pending.as_str()));
+    assert_eq!(store_get("pending"), None);
+    assert!(!read(world.store().join("signing-key/secret.json")).contains("keyturn.lease"));
+    assert_eq!(read(world.bundle("api/signing.pem")), pending);
+}
+
+/// The other syncs race the stop signals too: SIGUSR1's, and the one after a reload, here
+/// held up by a store that answers each request after 20 s.
+#[test]
+fn sigterm_or_sigint_during_a_resync_or_a_post_reload_sync_stops_at_once() {
+    use gcp_emulator::{Emulator, Role, blocking};
+
+    let world = World::new(POLL);
+    let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge")).unwrap();
+    let key = world.disk.path().join("node.json");
+    common::write(&key, &emu.service_account_key("node@acme-edge.iam.gserviceaccount.com", Role::Admin));
+    let credentials = [("GOOGLE_APPLICATION_CREDENTIALS", key.as_path())];
+    world.add_stores(&format!(
+        "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n",
+        emu.base_url()
+    ));
+    for id in ["db-password", "api-key"] {
+        let out = world.put_into("edge", id, "v", &credentials);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    world.policy("db", "[secret]\nstore = \"edge\"\nid = \"db-password\"\n[[deliver]]\npath = \"app/db\"\n");
+
+    for (signal, sync) in [("TERM", "resync"), ("INT", "reload")] {
+        emu.faults().set_latency(Duration::ZERO);
+        let mut agent = world.agent_with(&[], &credentials);
+        agent.wait_log("sync finished", 1);
+        emu.faults().set_latency(Duration::from_secs(20));
+        if sync == "resync" {
+            agent.signal("USR1");
+            agent.wait_log("SIGUSR1: pulling every policy now", 1);
+        } else {
+            world.policy("api", "[secret]\nstore = \"edge\"\nid = \"api-key\"\n[[deliver]]\npath = \"api/key\"\n");
+            agent.wait_log("configuration reloaded", 1);
+        }
+        let sent = Instant::now();
+        agent.signal(signal);
+        assert_eq!(agent.wait_exit(Duration::from_secs(40)), Some(0), "{}", agent.log_text());
+        assert!(sent.elapsed() < Duration::from_secs(5), "SIG{signal} during the {sync} took {:?}", sent.elapsed());
+        assert!(agent.log_text().contains("stop signal during a sync: abandoning it"), "{}", agent.log_text());
+        assert_eq!(read(world.bundle("app/db")), "v");
+    }
+}
+
 #[test]
 fn sync_once_exits_1_when_a_required_policy_fails_and_0_when_only_an_optional_one_does() {
     let world = World::new("");
