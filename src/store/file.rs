@@ -223,8 +223,16 @@ impl SecretStore for FileStore {
             return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
         }
         self.locked(id, true, |meta| {
-            let number = meta.next_version.max(1);
-            let path = self.version_path(id, number)?;
+            let mut number = meta.next_version.max(1);
+            let mut path = self.version_path(id, number)?;
+            // A version file the metadata does not know was left by an add that crashed before
+            // recording it: never published, so it is removed, and its number is not reused.
+            while fs::symlink_metadata(&path).is_ok() {
+                tracing::warn!(store = %self.name, secret = %id, version = number, "removing a version left unrecorded by an interrupted add");
+                fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))?;
+                number += 1;
+                path = self.version_path(id, number)?;
+            }
             write_new(&path, value.expose()).map_err(|e| self.io("write", &path, e))?;
             let created = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
             meta.versions.insert(number, VersionMeta { state: VersionState::Enabled, created, crc32c: value.crc32c() });
@@ -349,6 +357,26 @@ mod tests {
 
     fn value(text: &str) -> SecretBytes {
         SecretBytes::copy_from(text.as_bytes())
+    }
+
+    /// A crash between writing a version file and recording it leaves the file behind; the
+    /// next add must not be stuck on it (nor publish it).
+    #[tokio::test]
+    async fn an_add_interrupted_before_it_was_recorded_does_not_block_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = store(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        store.add_version(&id, &value("one")).await.unwrap();
+        let orphan = store.version_path(&id, 2).unwrap();
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&orphan).unwrap();
+        file.write_all(b"never published").unwrap();
+        drop(file);
+
+        let added = store.add_version(&id, &value("two")).await.unwrap();
+        assert_eq!(added.as_str(), "3", "the orphan's number is not reused");
+        assert!(!orphan.exists(), "the unpublished value is removed");
+        assert_eq!(store.access(&id, &Selector::Latest).await.unwrap().value.expose(), b"two");
+        assert!(store.versions(&id).await.unwrap().iter().all(|v| v.id.as_str() != "2"));
     }
 
     #[tokio::test]
