@@ -34,14 +34,21 @@ fn main() -> ExitCode {
         }
     };
     let seams = Seams::from_process();
-    match runtime.block_on(app::run(cli, seams)) {
+    let code = match runtime.block_on(app::run(cli, seams)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keyturn: {}", error_chain(&e));
             ExitCode::from(e.exit_code())
         }
-    }
+    };
+    // Dropping the runtime would wait, without limit, for blocking work still running (a DNS
+    // lookup of an HTTP client, say); the agent's own shutdown is done by now.
+    runtime.shutdown_timeout(SHUTDOWN_LEFTOVERS);
+    code
 }
+
+/// How long an exiting process waits for blocking work it no longer needs.
+const SHUTDOWN_LEFTOVERS: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `--log` as tracing targets. A bare level (`debug`) applies to keyturn; other crates stay at
 /// `info` or quieter unless named (`debug,h2=trace`): their debug output is noise to an
