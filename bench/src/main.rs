@@ -95,8 +95,9 @@ pub struct Figures {
     pub cold_start_local_100: Option<(Summary, Summary)>,
     /// The part after the store read (coalesce 0s), with a `signal` and with an `exec` notifier.
     pub change_latency: Option<(latency::Measured, latency::Measured)>,
-    pub traffic: Option<String>,
-    pub fleet: Option<String>,
+    /// What was measured, the baseline it is compared with, and their ratio.
+    pub traffic: Option<Compared>,
+    pub fleet: Option<Compared>,
     /// Observations worth the agent developer's attention, derived from the measurements.
     pub notes: Vec<String>,
 }
@@ -136,6 +137,14 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         build_seconds,
         only,
     })
+}
+
+/// A figure beside its baseline.
+#[derive(Debug)]
+pub struct Compared {
+    pub measured: String,
+    pub baseline: String,
+    pub ratio: f64,
 }
 
 fn verdict(within: bool, miss: String) -> String {
@@ -183,20 +192,28 @@ fn summary_table(figures: &Figures) -> String {
     }
     table.push_str(
         "\nThe other two budgets of ARCHITECTURE.md, measured below:\n\n\
-         | budget | target | measured | verdict |\n|---|---|---|---|\n",
+         | budget | target | measured | baseline, same run | ratio | verdict |\n|---|---|---|---|---:|---|\n",
     );
-    table.push_str(&format!(
-        "| store traffic at steady state | one access per policy per poll; no metadata reads | {} | see §5 |\n",
-        figures.traffic.as_deref().unwrap_or("not measured")
-    ));
+    match &figures.traffic {
+        Some(traffic) => table.push_str(&format!(
+            "| store traffic at steady state | one access per policy per poll; no metadata reads | {} | {} | {:.3}× | see §5 |\n",
+            traffic.measured, traffic.baseline, traffic.ratio
+        )),
+        None => table.push_str(
+            "| store traffic at steady state | one access per policy per poll; no metadata reads | not measured | | | |\n",
+        ),
+    }
     match &figures.change_latency {
         Some((signal, exec)) => table.push_str(&format!(
-            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | `signal` notifier: p50 {:.2} ms, p99 {:.2} ms after the store read; `exec`: p50 {:.2} ms, p99 {:.2} ms (spawning the program alone: {:.2} ms) | {} |\n",
+            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | `signal` notifier: p50 {:.2} ms, p99 {:.2} ms after the store read; `exec`: p50 {:.2} ms, p99 {:.2} ms | the suite telling the app itself: `signal` {:.2} ms, `exec` (spawning the program) {:.2} ms | `signal` {}, `exec` {} (p50) | {} |\n",
             signal.after.median,
             signal.after.p99,
             exec.after.median,
             exec.after.p99,
+            signal.floor.median,
             exec.floor.median,
+            ratio(signal.after.median, signal.floor.median),
+            ratio(exec.after.median, exec.floor.median),
             if signal.after.p99 <= 1.0 {
                 format!(
                     "within budget with `signal`; `exec` adds the program's own start ({:.2} ms beyond its floor at p50)",
@@ -207,11 +224,14 @@ fn summary_table(figures: &Figures) -> String {
             }
         )),
         None => table.push_str(
-            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | not measured | |\n",
+            "| change seen → bundle swapped → app notified | ≤ 1 ms beyond the store round trip | not measured | | | |\n",
         ),
     }
     if let Some(fleet) = &figures.fleet {
-        table.push_str(&format!("| fleet of 200 (not budgeted) | – | {fleet} | see §6 |\n"));
+        table.push_str(&format!(
+            "| fleet of 200 (not budgeted) | – | {} | {} | {:.3}× | see §6 |\n",
+            fleet.measured, fleet.baseline, fleet.ratio
+        ));
     }
     table
 }

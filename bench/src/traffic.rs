@@ -97,10 +97,11 @@ pub fn finish(bench: &Bench, mut running: Running, figures: &mut Figures) -> Res
     ));
     let others: u64 = steady.iter().filter(|(m, _)| *m != "access" && *m != "token").map(|(_, n)| n).sum();
     let access = per_hour(*steady.get("access").unwrap_or(&0));
-    figures.traffic = Some(format!(
-        "{access:.0} access/h vs {expected_access:.0} expected ({:.3}×); {others} other Secret Manager requests in {window:.0} s",
-        access / expected_access
-    ));
+    figures.traffic = Some(crate::Compared {
+        measured: format!("{access:.0} access/h; {others} other Secret Manager requests in {window:.0} s"),
+        baseline: format!("the README's arithmetic: {expected_access:.0} access/h, nothing else"),
+        ratio: access / expected_access,
+    });
     drop(running);
     fixture::remove(&bench.work.join("traffic"))?;
     Ok(format!(
