@@ -1,11 +1,12 @@
 //! Notifications, against real processes: a shell that counts the signals it gets and reads
-//! the bundle when it does, a command that records its environment, a local HTTP server that
-//! records what it is sent; coalescing; retries; and a hung notifier that times out without
-//! delaying another policy.
+//! the bundle when it does, a stand-in `systemctl` first on the agent's PATH, a command that
+//! records its environment, a local HTTP server that records what it is sent; coalescing;
+//! retries; and a hung notifier that times out without delaying another policy.
 
 mod common;
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +46,31 @@ impl Drop for Counter {
 
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+/// Writes `script` as an executable `systemctl` in a directory of its own, and returns the
+/// PATH that finds it before the real one.
+fn fake_systemctl(world: &World, script: &str) -> String {
+    let bin = world.disk.path().join("bin");
+    let program = bin.join("systemctl");
+    common::write(&program, &format!("#!/bin/sh\n{script}"));
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+/// Waits until the agent, having delivered `version` of `policy`, has asked the store again: a
+/// poll that found nothing new, and would have notified twice if notifying were not once per
+/// change. Status times have whole seconds, and RFC 3339 times in UTC order as strings.
+fn wait_for_an_unchanged_poll(world: &World, policy: &str, version: &str) {
+    wait_for(&format!("a poll after delivering version {version}"), Duration::from_secs(10), || {
+        let status = &world.status_json()["policies"][policy];
+        match (status["version"].as_str(), status["checked_at"].as_str(), status["delivered_at"].as_str()) {
+            (Some(delivered_version), Some(checked), Some(delivered)) => {
+                delivered_version == version && checked > delivered
+            }
+            _ => false,
+        }
+    });
 }
 
 #[test]
@@ -92,6 +118,102 @@ fn a_missing_pidfile_is_not_a_failure() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to notify"), "{}", text(&out));
     assert!(world.status_json()["policies"]["db"]["notify_error"].is_null());
+}
+
+#[test]
+fn a_signal_to_a_unit_reaches_its_main_process_once_per_change_and_a_stopped_unit_is_skipped() {
+    let world = World::new(POLL);
+    let pidfile = world.disk.path().join("api.pid");
+    let seen = world.disk.path().join("seen");
+    let main_pid = world.disk.path().join("main-pid");
+    let calls = world.disk.path().join("systemctl-calls");
+    world.policy(
+        "api",
+        "[secret]\nstore = \"dev\"\nid = \"api\"\n[[deliver]]\npath = \"app/api\"\n[notify]\nsignal = { unit = \"api.service\", signal = \"HUP\" }\n",
+    );
+    world.put("api", "one");
+    let _counter = Counter::start(&world, &pidfile, &seen, &world.bundle("app/api"));
+    common::write(&main_pid, &read(&pidfile));
+    // Answers only the question the notifier should ask, with whatever `main-pid` holds.
+    let path = fake_systemctl(
+        &world,
+        &format!(
+            "printf '%s\\n' \"$*\" >> {calls}\n\
+             [ \"$*\" = 'show --property=MainPID --value api.service' ] || {{ echo \"unexpected: $*\" >&2; exit 1; }}\n\
+             cat {main_pid}\n",
+            calls = calls.display(),
+            main_pid = main_pid.display()
+        ),
+    );
+    let agent = world.agent(&[("PATH", &path)]);
+    wait_for("the first signal", Duration::from_secs(10), || !lines(&seen).is_empty());
+    assert_eq!(lines(&seen), ["one"], "the process was signalled after the bundle was whole");
+
+    world.put("api", "two");
+    wait_for("the second signal", Duration::from_secs(10), || lines(&seen).len() >= 2);
+    wait_for_an_unchanged_poll(&world, "api", "2");
+
+    // The unit stops: systemd says MainPID 0. Nothing to signal, and nothing wrong.
+    common::write(&main_pid, "0\n");
+    world.put("api", "three");
+    agent.wait_log("unit api.service has no main process: it is not running", 1);
+    assert_eq!(lines(&seen), ["one", "two"], "one signal per change, none once the unit stopped");
+    assert_eq!(lines(&calls), ["show --property=MainPID --value api.service"; 3], "one question per change");
+    let log = agent.log_text();
+    assert!(log.contains("nothing to notify policy=api notifier=\"signal\""), "{log}");
+    assert!(!log.contains("notification failed"), "{log}");
+    // The status took the notifier's outcome just after that log line, a poll before this.
+    wait_for_an_unchanged_poll(&world, "api", "3");
+    let status = world.status_json();
+    assert!(status["policies"]["api"]["notified_at"].is_string(), "{status}");
+    assert!(status["policies"]["api"]["notify_error"].is_null(), "a stopped unit is not a failure: {status}");
+}
+
+#[test]
+fn a_systemd_notifier_reloads_the_unit_once_per_change_and_reports_a_failed_reload() {
+    let world = World::new(POLL);
+    let calls = world.disk.path().join("systemctl-calls");
+    let fail = world.disk.path().join("fail");
+    world.policy(
+        "api",
+        "[secret]\nstore = \"dev\"\nid = \"api\"\n[[deliver]]\npath = \"app/api\"\n[notify]\nsystemd = { unit = \"api.service\", action = \"reload\" }\nattempts = 1\n",
+    );
+    world.put("api", "one");
+    // Records its arguments and what the bundle holds when it runs; fails while `fail` exists.
+    let path = fake_systemctl(
+        &world,
+        &format!(
+            "printf '%s: %s\\n' \"$*\" \"$(cat {file})\" >> {calls}\n\
+             if [ -e {fail} ]; then echo 'Job for api.service failed.' >&2; exit 1; fi\n",
+            file = world.bundle("app/api").display(),
+            calls = calls.display(),
+            fail = fail.display()
+        ),
+    );
+    let agent = world.agent(&[("PATH", &path)]);
+    wait_for("the first reload", Duration::from_secs(10), || !lines(&calls).is_empty());
+    assert_eq!(lines(&calls), ["reload api.service: one"], "reloaded after the bundle was whole");
+    agent.wait_log("notified policy=api version=1 notifier=\"systemd\"", 1);
+
+    world.put("api", "two");
+    wait_for("the second reload", Duration::from_secs(10), || lines(&calls).len() >= 2);
+    wait_for_an_unchanged_poll(&world, "api", "2");
+
+    // The reload fails: reported in the log and the status, and not retried (attempts = 1).
+    common::write(&fail, "");
+    world.put("api", "three");
+    agent.wait_log("notification failed after every attempt", 1);
+    assert_eq!(
+        lines(&calls),
+        ["reload api.service: one", "reload api.service: two", "reload api.service: three"],
+        "one reload per change, each after its bundle was whole"
+    );
+    let error = "systemctl reload api.service exited with exit status: 1: Job for api.service failed.";
+    let log = agent.log_text();
+    assert!(log.contains(error), "{log}");
+    wait_for("the error in status", Duration::from_secs(5), || {
+        world.status_json()["policies"]["api"]["notify_error"].as_str() == Some(&format!("systemd: {error}"))
+    });
 }
 
 #[test]
