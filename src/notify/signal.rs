@@ -54,7 +54,11 @@ impl Signal {
         match rustix::process::kill_process(pid, self.signal) {
             Ok(()) => Ok(Sent::Done),
             Err(rustix::io::Errno::SRCH) => {
-                Ok(Sent::Skipped(format!("process {} named by the pidfile is gone", pid.as_raw_nonzero())))
+                let named_by = match &self.target {
+                    SignalTarget::Pidfile(path) => format!("the pidfile {}", path.display()),
+                    SignalTarget::Unit(unit) => format!("unit {unit}"),
+                };
+                Ok(Sent::Skipped(format!("process {} named by {named_by} is gone", pid.as_raw_nonzero())))
             }
             Err(rustix::io::Errno::PERM) => Err(NotifyError::Failed(format!(
                 "cannot send SIG{} to process {}: it runs as another user, and signalling it needs CAP_KILL (systemd: add owners.conf)",
