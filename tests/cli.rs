@@ -193,3 +193,58 @@ fn the_examples_validate() {
         assert_eq!(out.status.code(), Some(0), "{example}: {}", text(&out));
     }
 }
+
+/// The README's first command, end to end: the quickstart's own files (agent file, seed and
+/// policies), with only its fixed directories moved into this test's temp dirs, deliver every
+/// bundle the README shows, and a second run writes nothing.
+#[test]
+fn the_quickstart_delivers_what_the_readme_shows() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
+    let disk = tempfile::tempdir().unwrap();
+    let shm = tempfile::Builder::new().prefix("keyturn-test-").tempdir_in("/dev/shm").unwrap();
+    let runtime = shm.path().join("keyturn-quickstart");
+    let agent = read(repo.join("keyturn.toml"));
+    let moved = agent
+        .replace("/dev/shm/keyturn-quickstart", &runtime.display().to_string())
+        .replace("/var/tmp/keyturn-quickstart", &disk.path().join("var").display().to_string());
+    assert_ne!(moved, agent, "the quickstart no longer uses the directories this test moves");
+    let config = disk.path().join("keyturn.toml");
+    common::write(&config, &moved);
+    common::write(&disk.path().join("seed.toml"), &read(repo.join("seed.toml")));
+    std::fs::create_dir(disk.path().join("policies")).unwrap();
+    for policy in std::fs::read_dir(repo.join("policies")).unwrap() {
+        let policy = policy.unwrap().path();
+        common::write(&disk.path().join("policies").join(policy.file_name().unwrap()), &read(&policy));
+    }
+
+    let sync = || {
+        std::process::Command::new(common::BIN)
+            .args(["sync", "--once", "--config"])
+            .arg(&config)
+            .env_remove("KEYTURN_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let first = sync();
+    assert!(first.status.success(), "{}", text(&first));
+    for file in [
+        "app/api.env",
+        "app/api.json",
+        "app/db-password",
+        "app/db.env",
+        "web/jwks.json",
+        "web/session.key",
+        "web/signing.pem",
+    ] {
+        let path = runtime.join(file);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{file}: {e}\n{}", text(&first)));
+        assert!(meta.len() > 0, "{file} is empty");
+    }
+    assert!(read(runtime.join("web/signing.pem")).starts_with("-----BEGIN PRIVATE KEY-----"));
+    let jwks: serde_json::Value = serde_json::from_str(&read(runtime.join("web/jwks.json"))).unwrap();
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1), "one key before the first rotation: {jwks}");
+
+    let again = sync();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("delivered=0"), "a second run writes nothing: {}", text(&again));
+}
