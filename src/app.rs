@@ -466,6 +466,12 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
             }
         };
         drop(watchers);
+        // This engine's dispatchers go with it: what they still have to tell applications
+        // (a change in its coalescing window, a notifier running) goes out first, so a change
+        // delivered just before a stop or a reload is never left unannounced.
+        if tokio::time::timeout(config.agent.shutdown_grace, engine.flush_notifications()).await.is_err() {
+            tracing::warn!(grace = ?config.agent.shutdown_grace, "notifications still running after the shutdown grace were abandoned");
+        }
         match next {
             None => break,
             Some((next_config, next_stores, next_writer)) => {
@@ -483,10 +489,7 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
     drop((control, systemd, admin, status_task, sender));
     let _ = std::fs::remove_file(socket::path(&config.agent.runtime_dir));
     let state_dir = config.agent.state_dir.clone();
-    let saved = tokio::time::timeout(config.agent.shutdown_grace, async move { shared.save_status(&state_dir) }).await;
-    if saved.is_err() {
-        tracing::warn!("status not saved within the shutdown grace");
-    }
+    shared.save_status(&state_dir);
     Ok(ExitCode::SUCCESS)
 }
 

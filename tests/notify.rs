@@ -346,3 +346,27 @@ fn notify_settings_are_validated() {
         assert!(stderr.contains(want), "missing {want:?} in\n{stderr}");
     }
 }
+
+/// A change delivered just before a stop is told before the agent exits: the notification
+/// waiting out its coalescing window goes out at once, not with the agent.
+#[test]
+fn a_stop_sends_the_notification_still_waiting_for_its_window() {
+    let world = World::new(POLL);
+    let record = world.disk.path().join("notified");
+    world.policy(
+        "db",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nexec = {{ command = [\"sh\", \"-c\", \"echo $KEYTURN_VERSION >> {}\"] }}\ncoalesce = \"30s\"\n",
+            record.display()
+        ),
+    );
+    world.put("db", "one");
+    let mut agent = world.agent(&[]);
+    wait_for("the first delivery", Duration::from_secs(10), || world.bundle("app/db").exists());
+    assert!(lines(&record).is_empty(), "still inside its 30 s window");
+    let stopping = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(5), "the window is cut short, not waited out");
+    assert_eq!(lines(&record), ["1"], "told before the agent exited");
+}

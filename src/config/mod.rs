@@ -150,7 +150,8 @@ pub struct Agent {
     /// Whether this node rotates secrets on schedule. A node whose credentials only read
     /// (`roles/secretmanager.secretAccessor`) sets it to false and only pulls.
     pub rotate: bool,
-    /// How long shutdown waits for work in flight before it gives up.
+    /// How long a stop or a reload waits for notifications still to be sent (a change in its
+    /// coalescing window, a notifier running) before it abandons them.
     pub shutdown_grace: Duration,
 }
 
