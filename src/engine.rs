@@ -76,6 +76,9 @@ pub struct Shared {
     ready: tokio::sync::watch::Sender<bool>,
     /// Central event reports, when `[report]` is configured.
     reporter: Option<Arc<Reporter>>,
+    /// One rotation at a time per policy in this process: a scheduled rotation and one asked
+    /// for on the control socket share a pid, so the lease alone cannot tell them apart.
+    rotating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shared {
@@ -90,6 +93,7 @@ impl Shared {
             metrics,
             ready: tokio::sync::watch::Sender::new(false),
             reporter,
+            rotating: Mutex::new(HashMap::new()),
         })
     }
 
@@ -298,8 +302,11 @@ impl<S: SecretStore + 'static> Engine<S> {
     /// Sends every notification still waiting out its coalescing window, and waits for them:
     /// `sync --once` calls it before it exits.
     pub async fn flush_notifications(&self) {
-        for handle in self.notify.values() {
-            handle.flush().await;
+        // Every dispatcher is asked first: a hung notifier of one policy must not keep another's
+        // flush from being asked for before a shutdown grace runs out.
+        let sent: Vec<_> = self.notify.values().filter_map(notify::Handle::flush_soon).collect();
+        for sent in sent {
+            let _ = sent.await;
         }
     }
 
@@ -519,6 +526,11 @@ impl<S: SecretStore + 'static> Engine<S> {
         progress: &(dyn Fn(crate::rotation::protocol::Step, &str) + Send + Sync),
     ) -> Result<Outcome, crate::rotation::protocol::RotationError> {
         let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
+        let turn = {
+            let mut rotating = self.shared.rotating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rotating.entry(policy.name.clone()).or_default().clone()
+        };
+        let _turn = turn.lock().await;
         let rotator = Rotator {
             store: self.store(policy).as_ref(),
             policy,

@@ -370,3 +370,39 @@ fn a_stop_sends_the_notification_still_waiting_for_its_window() {
     assert!(stopping.elapsed() < Duration::from_secs(5), "the window is cut short, not waited out");
     assert_eq!(lines(&record), ["1"], "told before the agent exited");
 }
+
+/// The stop asks every policy's dispatcher at once: a hung notifier of one policy uses up the
+/// shutdown grace, and still another policy's waiting notification goes out.
+#[test]
+fn a_hung_notifier_does_not_keep_another_policy_from_being_told_at_a_stop() {
+    let world = World::new(&format!("{POLL}\nshutdown_grace = \"2s\""));
+    let record = world.disk.path().join("notified");
+    let started = world.disk.path().join("hung-started");
+    world.policy(
+        "hung",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"hung\"\n[[deliver]]\npath = \"hung/x\"\n[notify]\nexec = {{ command = [\"sh\", \"-c\", \"touch {}; sleep 60\"], timeout = \"50s\" }}\nattempts = 1\n",
+            started.display()
+        ),
+    );
+    // (Dispatchers are kept in a hash map: a one-at-a-time flush would ask this one after the
+    // hung one about half the time.)
+    world.policy(
+        "waiting",
+        &format!(
+            "[secret]\nstore = \"dev\"\nid = \"waiting\"\n[[deliver]]\npath = \"waiting/x\"\n[notify]\nexec = {{ command = [\"sh\", \"-c\", \"echo $KEYTURN_VERSION >> {}\"] }}\ncoalesce = \"30s\"\n",
+            record.display()
+        ),
+    );
+    world.put("hung", "h1");
+    world.put("waiting", "w1");
+    let mut agent = world.agent(&[]);
+    wait_for("the hung notifier to start", Duration::from_secs(10), || started.exists());
+    assert!(lines(&record).is_empty(), "still inside its 30 s window");
+    let stopping = Instant::now();
+    agent.signal("TERM");
+    assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(stopping.elapsed() < Duration::from_secs(6), "bounded by the 2 s grace: {:?}", stopping.elapsed());
+    assert_eq!(lines(&record), ["1"], "the other policy was told before the agent exited");
+    assert!(agent.log_text().contains("abandoned"), "the hung one is said to be abandoned: {}", agent.log_text());
+}

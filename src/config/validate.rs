@@ -1146,7 +1146,8 @@ fn rotate_section(
     let check_timeout =
         file.duration(raw.check_timeout.as_ref(), DEFAULT_CHECK_TIMEOUT, "rotate.check_timeout", problems);
     // A rotator still running its check when its lease ends could be overtaken by another node.
-    if let (Some(lease), Some(timeout), Some(_)) = (lease, check_timeout, &raw.check)
+    // (A per-node secret is rotated without a lease.)
+    if let (Some(lease), Some(timeout), Some(_), Some(Owner::Fleet)) = (lease, check_timeout, &raw.check, owner)
         && timeout >= lease
     {
         let message = format!(
@@ -1739,6 +1740,11 @@ format = "jwks"
         // Without a check command the timeout never runs: a short lease is fine.
         let no_check = short_lease.replace("check = [\"true\"]\n", "");
         assert!(validate(&sources(AGENT, &[("no-check", &no_check)]), &Fake, &Fake).is_ok());
+        // Nor for a per-node secret, which is rotated without a lease.
+        let per_node = short_lease
+            .replace("id = \"l\"", "id = \"l-${NODE}\"")
+            .replace("lease = \"20s\"", "lease = \"20s\"\nowner = \"node\"");
+        assert!(validate(&sources(AGENT, &[("per-node", &per_node)]), &Fake, &Fake).is_ok(), "{per_node}");
         let slow_check = "[secret]\nstore = \"dev\"\nid = \"c\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\ncheck = [\"true\"]\ncheck_timeout = \"1h\"\n[[deliver]]\npath = \"c/key\"\n";
         let got = problems(AGENT, &[("slow-check", slow_check)]);
         assert!(got.iter().any(|p| p.contains("slow-check.toml:8: rotate.check_timeout: the lease (10m)")), "{got:#?}");

@@ -130,10 +130,16 @@ impl Handle {
 
     /// Sends what is waiting for its coalescing window now, and waits until it has been sent.
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.messages.send(Message::Flush(done)).is_ok() {
-            let _ = wait.await;
+        if let Some(sent) = self.flush_soon() {
+            let _ = sent.await;
         }
+    }
+
+    /// Asks for [`Handle::flush`] without waiting: the answer comes when it has been sent. Lets
+    /// a caller ask every dispatcher at once, so that one slow notifier holds up no other.
+    pub fn flush_soon(&self) -> Option<oneshot::Receiver<()>> {
+        let (done, sent) = oneshot::channel();
+        self.messages.send(Message::Flush(done)).is_ok().then_some(sent)
     }
 }
 

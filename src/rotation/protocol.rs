@@ -368,7 +368,11 @@ impl<S: SecretStore> Rotator<'_, S> {
         let pending = AliasMove { set: BTreeMap::from([(PENDING.to_string(), version.clone())]), remove: Vec::new() };
         match self.store.update(id, meta, &SecretUpdate::aliases(pending)).await {
             Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => return Err(RotationError::LostLease { version }),
+            Err(StoreError::Conflict { .. }) => {
+                // Taken over between the fence read and this write: never pending, so discarded.
+                self.discard(&version).await;
+                return Err(RotationError::LostLease { version });
+            }
             Err(e) => return Err(Self::err(Step::Add)(e)),
         }
         (self.progress)(Step::Add, &format!("added version {version} as pending"));

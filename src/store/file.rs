@@ -225,11 +225,11 @@ impl SecretStore for FileStore {
         self.locked(id, true, |meta| {
             let mut number = meta.next_version.max(1);
             let mut path = self.version_path(id, number)?;
-            // A version file the metadata does not know was left by an add that crashed before
-            // recording it: never published, so it is removed, and its number is not reused.
+            // A version file the metadata does not know: left by an add that crashed before
+            // recording it, or kept from metadata that was lost. Its number is skipped, never
+            // reused, and the file is left alone (nothing is deleted on a guess).
             while fs::symlink_metadata(&path).is_ok() {
-                tracing::warn!(store = %self.name, secret = %id, version = number, "removing a version left unrecorded by an interrupted add");
-                fs::remove_file(&path).map_err(|e| self.io("remove", &path, e))?;
+                tracing::warn!(store = %self.name, secret = %id, version = number, path = %path.display(), "skipping a version number whose file the metadata does not record");
                 number += 1;
                 path = self.version_path(id, number)?;
             }
@@ -360,7 +360,7 @@ mod tests {
     }
 
     /// A crash between writing a version file and recording it leaves the file behind; the
-    /// next add must not be stuck on it (nor publish it).
+    /// next add must not be stuck on it, publish it, or delete anything.
     #[tokio::test]
     async fn an_add_interrupted_before_it_was_recorded_does_not_block_the_next() {
         let tmp = tempfile::tempdir().unwrap();
@@ -374,7 +374,7 @@ mod tests {
 
         let added = store.add_version(&id, &value("two")).await.unwrap();
         assert_eq!(added.as_str(), "3", "the orphan's number is not reused");
-        assert!(!orphan.exists(), "the unpublished value is removed");
+        assert_eq!(fs::read(&orphan).unwrap(), b"never published", "and its file is left alone");
         assert_eq!(store.access(&id, &Selector::Latest).await.unwrap().value.expose(), b"two");
         assert!(store.versions(&id).await.unwrap().iter().all(|v| v.id.as_str() != "2"));
     }
