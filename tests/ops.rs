@@ -97,6 +97,15 @@ fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
     let deliveries = "keyturn_deliveries_total{policy=\"signing\",result=\"ok\"}";
     assert_eq!(count(&after, rotations), count(&before, rotations) + 1.0);
     assert_eq!(count(&after, deliveries), count(&before, deliveries) + 1.0);
+    // The store was read for the new version, and the timestamps moved with it.
+    let reads = "keyturn_store_requests_total{store=\"dev\",method=\"access\",result=\"ok\"}";
+    assert!(count(&after, reads) > count(&before, reads), "store reads counted");
+    let success = "keyturn_last_success_timestamp_seconds{policy=\"signing\"}";
+    assert!(count(&after, success) >= count(&before, success), "last success never goes back");
+    let next = "keyturn_next_rotation_timestamp_seconds{policy=\"signing\"}";
+    wait_for("the next rotation moved past the new version", Duration::from_secs(5), || {
+        count(&get(&address, "/metrics").1, next) > count(&before, next)
+    });
     assert!(!after.contains("BEGIN PRIVATE KEY"));
 }
 
