@@ -109,6 +109,33 @@ fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
     assert!(!after.contains("BEGIN PRIVATE KEY"));
 }
 
+/// Notifications are counted per notifier and result: one that runs, one that fails.
+#[test]
+fn notifications_are_counted_by_notifier_and_result() {
+    let world = World::new(POLL);
+    world.policy(
+        "db",
+        "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"app/db\"\n[notify]\nexec = { command = [\"true\"] }\n",
+    );
+    world.policy(
+        "broken",
+        "[secret]\nstore = \"dev\"\nid = \"broken\"\n[[deliver]]\npath = \"broken/x\"\n[notify]\nexec = { command = [\"false\"] }\nattempts = 1\n",
+    );
+    world.put("db", "FIXTURE-metrics-1");
+    world.put("broken", "FIXTURE-metrics-2");
+    let _agent = world.agent(&[]);
+    let address = admin(&world);
+    let ok = "keyturn_notifications_total{policy=\"db\",notifier=\"exec\",result=\"ok\"}";
+    let failed = "keyturn_notifications_total{policy=\"broken\",notifier=\"exec\",result=\"error\"}";
+    wait_for("both notifications counted", Duration::from_secs(10), || {
+        let metrics = get(&address, "/metrics").1;
+        sample(&metrics, ok) == Some(1.0) && sample(&metrics, failed) == Some(1.0)
+    });
+    let metrics = get(&address, "/metrics").1;
+    assert!(promtool(&metrics).status.success());
+    assert!(!metrics.contains("FIXTURE-metrics"), "no value in any label");
+}
+
 #[test]
 fn healthz_answers_at_once_and_readyz_waits_for_every_required_policy() {
     let world = World::new(POLL);
