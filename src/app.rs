@@ -403,13 +403,7 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
         let (changes_tx, mut changes) = mpsc::channel(16);
         let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
         let engine = Engine::new(config.clone(), stores.clone(), shared.clone(), seams.pause_at.clone());
-        let summary = match stop.unless_stopped(engine.sync_all()).await {
-            Ok(summary) => summary,
-            Err(signal) => {
-                tracing::info!(signal, "stop signal during a sync: abandoning it");
-                break;
-            }
-        };
+        let Ok(summary) = stop.unless_stopped(engine.sync_all()).await else { break };
         let watchers = engine.spawn_watchers(&summary.failed);
         engine_tx.send_replace(Some(engine.clone()));
 
@@ -421,8 +415,7 @@ async fn agent(path: &Path, seams: &Seams) -> Result<ExitCode, AppError> {
                 _ = resync.recv() => {
                     // `keyturn rotate` made a new version: pull everything now, not at the next poll.
                     tracing::info!("SIGUSR1: pulling every policy now");
-                    if let Err(signal) = stop.unless_stopped(engine.sync_all()).await {
-                        tracing::info!(signal, "stop signal during a sync: abandoning it");
+                    if stop.unless_stopped(engine.sync_all()).await.is_err() {
                         break None;
                     }
                     continue;
@@ -518,13 +511,16 @@ impl Stop {
         }
     }
 
-    /// Runs `work` to the end, unless a stop signal comes first: then `work` is dropped
+    /// Runs a sync to the end, unless a stop signal comes first: then the sync is dropped
     /// unfinished and the signal's name returned. A signal that arrived before the call wins.
-    async fn unless_stopped<T>(&mut self, work: impl Future<Output = T>) -> Result<T, &'static str> {
+    async fn unless_stopped<T>(&mut self, sync: impl Future<Output = T>) -> Result<T, &'static str> {
         tokio::select! {
             biased;
-            signal = self.recv() => Err(signal),
-            done = work => Ok(done),
+            signal = self.recv() => {
+                tracing::info!(signal, "stop signal during a sync: abandoning it");
+                Err(signal)
+            }
+            done = sync => Ok(done),
         }
     }
 }

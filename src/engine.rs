@@ -38,8 +38,8 @@ use crate::secret::{PREVIOUS, VersionId};
 use crate::store::{SecretStore, Selector, StoreError, Version};
 
 /// How many store requests the initial sync keeps in flight: enough to hide round trips to a
-/// remote store, few enough not to burst a project's quota.
-const SYNC_CONCURRENCY: usize = 32;
+/// remote store, few enough not to burst a project's quota. `keyturn probe` reads the same way.
+pub const SYNC_CONCURRENCY: usize = 32;
 /// How long status changes gather before one write of the status file.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
 /// After another node was found rotating, wait at least this long before trying again.
@@ -442,15 +442,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             if rotation_due.is_some_and(|due| due <= SystemTime::now()) {
                 rotation_not_before = Box::pin(self.rotate_scheduled(policy)).await;
             }
-            let mut summary = SyncSummary::default();
-            let started = Instant::now();
-            match Box::pin(self.pull(policy)).await {
-                Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
-                Err(e) => {
-                    let next = retry_delay(failures + 1, agent.poll, 0.5);
-                    self.fetch_failed(policy, &e, Some(next), &mut summary);
-                }
-            }
+            let summary = self.pull_one(policy, Some(retry_delay(failures + 1, agent.poll, 0.5))).await;
             failures = if summary.failed.is_empty() { 0 } else { failures + 1 };
         }
     }
@@ -494,12 +486,20 @@ impl<S: SecretStore + 'static> Engine<S> {
     /// Pulls one policy and delivers it if it changed: after a rotation through the control
     /// socket, only the rotated policy needs reading.
     pub async fn refresh(&self, name: &str) -> SyncSummary {
+        match self.config.policy(name) {
+            Some(policy) => self.pull_one(policy, None).await,
+            None => SyncSummary::default(),
+        }
+    }
+
+    /// Reads one policy and delivers it if it changed; `retry_in`, for the status, is when a
+    /// failed read is tried again.
+    async fn pull_one(&self, policy: &Policy, retry_in: Option<Duration>) -> SyncSummary {
         let mut summary = SyncSummary::default();
-        let Some(policy) = self.config.policy(name) else { return summary };
         let started = Instant::now();
         match Box::pin(self.pull(policy)).await {
             Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
-            Err(e) => self.fetch_failed(policy, &e, None, &mut summary),
+            Err(e) => self.fetch_failed(policy, &e, retry_in, &mut summary),
         }
         summary
     }
@@ -903,12 +903,12 @@ async fn previous_public<S: SecretStore>(store: &S, policy: &Policy, current: &V
     }
 }
 
-/// Whether the store says there is no current version to read (yet).
 /// Whole milliseconds, for event timings.
 fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Whether the store says there is no current version to read (yet).
 fn is_missing(error: &StoreError) -> bool {
     matches!(error, StoreError::NotFound { .. } | StoreError::NoSuchVersion { .. })
 }

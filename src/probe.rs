@@ -22,14 +22,11 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, StoreConfig};
+use crate::engine::SYNC_CONCURRENCY;
 use crate::secret::SecretId;
 use crate::store::file::FileStore;
 use crate::store::gcp::GcpStore;
 use crate::store::{AnyStore, SecretStore, Selector};
-
-/// How many policies the cold sync reads at once: the agent's first sync keeps this many
-/// reads in flight (`SYNC_CONCURRENCY` in `engine.rs`), starting the next as one ends.
-const SYNC_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {

@@ -60,15 +60,14 @@ impl Config {
         let mut bundles: BTreeMap<&str, Bundle<'_>> = BTreeMap::new();
         for policy in &self.policies {
             for delivery in &policy.deliver {
-                let bundle = bundles.entry(&delivery.bundle).or_insert_with(|| Bundle {
-                    members: Vec::new(),
-                    access: DirAccess { group: delivery.group, mode: 0o750 },
-                });
+                let bundle = bundles
+                    .entry(&delivery.bundle)
+                    .or_insert_with(|| Bundle { members: Vec::new(), access: DirAccess::for_group(delivery.group) });
                 if bundle.members.last().is_none_or(|p| p.name != policy.name) {
                     bundle.members.push(policy);
                 }
-                if bundle.access.group.is_none() || bundle.access.group != delivery.group {
-                    bundle.access = DirAccess { group: None, mode: 0o755 };
+                if bundle.access.group != delivery.group {
+                    bundle.access = DirAccess::for_group(None);
                 }
             }
         }
@@ -131,6 +130,17 @@ pub const CONTROL_SOCKET: &str = ".keyturn.sock";
 pub struct DirAccess {
     pub group: Option<u32>,
     pub mode: u32,
+}
+
+impl DirAccess {
+    /// Closed to all but `group` (0750) when the bundle's files share one; open to list (0755)
+    /// otherwise.
+    pub fn for_group(group: Option<u32>) -> Self {
+        match group {
+            Some(group) => DirAccess { group: Some(group), mode: 0o750 },
+            None => DirAccess { group: None, mode: 0o755 },
+        }
+    }
 }
 
 /// The `[agent]` section.

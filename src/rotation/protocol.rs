@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
 use crate::config::{Owner, Policy, Rotate};
-use crate::secret::{CURRENT, PENDING, PREVIOUS, SecretBytes, SecretId, VersionId};
+use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, VersionId};
 use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
 
 /// What started a rotation.
@@ -293,14 +293,11 @@ impl<S: SecretStore> Rotator<'_, S> {
         let meta = self.describe(Step::Promote).await?;
         Self::still_ours(&meta, lease, &version)?;
         let old = meta.aliases.get(CURRENT).cloned();
-        let mut promote = SecretUpdate::aliases(AliasMove::promote(&version, old.as_ref()));
-        if trigger == Trigger::Revoke {
-            // A leaked value must not stay `previous` even for a moment: a node reading the
-            // secret between this swap and the disable below would keep it in its
-            // verification set for the whole grace.
-            promote.aliases.set.remove(PREVIOUS);
-            promote.aliases.remove.push(PREVIOUS.to_string());
-        }
+        // A leaked value must not be `previous` even for a moment: a node reading the secret
+        // between this swap and the disable below would keep it in its verification set for
+        // the whole grace. With no old current to name, the swap drops `previous`.
+        let named_previous = if trigger == Trigger::Revoke { None } else { old.as_ref() };
+        let mut promote = SecretUpdate::aliases(AliasMove::promote(&version, named_previous));
         if self.fleet() {
             promote.remove_annotations.push(lease::ANNOTATION.into());
         }
@@ -490,6 +487,7 @@ mod tests {
     use crate::config::FileStoreConfig;
     use crate::generate::Generator;
     use crate::rotation::schedule::Schedule;
+    use crate::secret::PREVIOUS;
     use crate::store::file::FileStore;
 
     fn rotate() -> Rotate {
@@ -549,8 +547,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_version_is_made_once_however_many_nodes_found_it_missing() {
         let tmp = tempfile::tempdir().unwrap();
-        let store =
-            FileStore::open("dev", &FileStoreConfig { dir: tmp.path().join("store"), seed: None }).await.unwrap();
+        let store = open(tmp.path()).await;
         let id = SecretId::new("signing-key");
 
         let first = run(&store, "node-a", Trigger::Missing).await;
