@@ -41,8 +41,9 @@ pub enum Command {
     Agent,
     /// Deliver every policy once and exit: 0 when every required policy is delivered.
     Sync {
-        /// Run one pass and exit (the only mode; `keyturn agent` keeps running).
-        #[arg(long)]
+        /// Run one pass and exit: `keyturn sync --once`. (The only mode; `keyturn agent` keeps
+        /// running.)
+        #[arg(long, required = true)]
         once: bool,
     },
     /// Check the agent file and every policy file; list every problem, exit 64 if any.
@@ -59,8 +60,9 @@ pub enum Command {
     Rotate {
         /// The policy (its file stem).
         policy: String,
-        /// Rotate now, whatever the schedule says. (Scheduled rotation is the agent's job.)
-        #[arg(long)]
+        /// Rotate now, whatever the schedule says. Required: the agent rotates on schedule by
+        /// itself, and this command is for rotating at once.
+        #[arg(long, required = true)]
         now: bool,
         /// The old value leaked: disable it as soon as its replacement is current, skipping
         /// its grace, so it leaves every verification set at once.
@@ -145,6 +147,9 @@ mod tests {
     #[test]
     fn sync_once() {
         assert_eq!(parse(&["sync", "--once"]).unwrap().command, Command::Sync { once: true });
+        let without = parse(&["sync"]).unwrap_err();
+        assert_eq!(without.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(without.to_string().contains("keyturn sync --once"), "{without}");
     }
 
     #[test]
@@ -182,6 +187,7 @@ mod tests {
             Command::Rotate { policy: "api-signing".into(), now: true, revoke: true }
         );
         assert!(parse(&["rotate", "api-signing", "--revoke"]).is_err(), "--revoke requires --now");
+        assert!(parse(&["rotate", "api-signing"]).is_err(), "--now is required");
         assert!(parse(&["rotate"]).is_err());
     }
 

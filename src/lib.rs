@@ -6,31 +6,52 @@
 //!
 //! - [`config`]: TOML files → raw serde types → pure validation → typed [`config::Config`] and
 //!   [`config::Policy`] values. Nothing after validation sees a raw string.
-//! - [`secret`]: [`secret::SecretBytes`], the only type that holds secret material. It
-//!   zeroizes on drop and never formats.
-//! - [`store`]: the [`store::SecretStore`] trait and one file per backend (the local file store
-//!   is the default).
+//! - [`secret`]: [`secret::SecretBytes`], the only type that holds secret material (it
+//!   zeroizes on drop and never formats), and the names around it: ids, versions.
+//! - [`clock`] and [`backoff`]: the only reads of the wall clock, and retry and poll timing as
+//!   pure functions.
+//! - [`store`]: the [`store::SecretStore`] trait and one file per backend, registered in one
+//!   list (the local file store is the default).
 //! - [`generate`]: the only place that makes key material: random bytes, passwords and PKCS#8
 //!   keys, plus the public JWK Set derived from them.
-//! - [`rotation`]: timing policy (poll jitter, backoff) as small pure functions.
-//! - [`deliver`]: output formats and the bundle writer that swaps a whole directory of files
-//!   atomically on tmpfs.
-//! - [`notify`]: telling applications their files changed: signal, systemd, exec, HTTP;
-//!   coalesced, retried, and never blocking another policy.
+//! - [`rotation`]: when a secret is due, the lease, and the staged rotation protocol.
+//! - [`deliver`]: output formats (one file each, registered in one list) and the bundle writer
+//!   that swaps a whole directory of files atomically on tmpfs.
+//! - [`notify`]: telling applications their files changed: one file per notifier, registered
+//!   in one list; coalesced, retried, and never blocking another policy.
+//! - [`report`]: the recorder (the one place outcomes become logs, metrics, status and
+//!   events), the status model, metrics, and central events.
+//! - [`engine`]: the loop that ties them together — pull, compare, deliver, rotate, record.
+//!   It is generic over the store trait and never names a backend, notifier or format.
+//! - [`control`]: the admin HTTP listener, the control socket, systemd notifications; it sees
+//!   the recorder and a narrow engine handle, nothing more.
 //! - [`probe`]: `keyturn probe`, a store's latencies from this node.
-//! - [`process`]: child processes with a deadline (check commands, notifiers).
-//! - [`control`]: the admin HTTP listener, the control socket, systemd notifications.
-//! - [`report`]: the status model persisted under `state_dir` and shown by `keyturn status`.
-//! - [`engine`]: the loop that ties them together — pull, compare, deliver, report. It is
-//!   generic over the store trait and never names a concrete backend.
-//! - [`app`]: the only place that turns configuration into concrete stores and tasks.
-//! - [`sys`]: the few operating-system calls (statfs, fchown, flock), all through `rustix`.
+//! - [`app`]: commands and the agent's lifetime; the only place that builds stores and tasks
+//!   from configuration.
+//! - [`sys`], [`process`], [`task`]: the few operating-system calls (through `rustix`), child
+//!   processes with deadlines, and task ownership.
 //!
 //! The binary (`main.rs`) parses the command line, starts tracing, calls into [`app`] and maps
 //! errors to exit codes: 0 ok, 1 runtime failure, 64 bad usage or configuration.
+//!
+//! # Adding a kind
+//!
+//! A store backend, a notifier or an output format is one new file (or folder) holding its
+//! settings, their validation, its construction and its tests, plus one line in its list:
+//!
+//! - a store: `store/NAME.rs` implementing [`store::SecretStore`] and
+//!   [`store::registry::Backend`]; one line in the `stores!` list in `store/mod.rs`;
+//! - a notifier: `notify/NAME.rs` implementing [`notify::Kind`]; one line in the
+//!   `notifiers!` list in `notify/mod.rs`;
+//! - a format: `deliver/format/NAME.rs` implementing [`deliver::format::Kind`]; one line in
+//!   the `formats!` list in `deliver/format/mod.rs`.
+//!
+//! Nothing else changes: not the engine, the CLI, the configuration code or the other kinds.
 
 pub mod app;
+pub mod backoff;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod deliver;
@@ -44,6 +65,7 @@ pub mod rotation;
 pub mod secret;
 pub mod store;
 pub mod sys;
+pub mod task;
 
 /// An error and its sources, joined: "bundle api: cannot write ...: No space left on device".
 pub fn error_chain(error: &dyn std::error::Error) -> String {

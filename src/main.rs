@@ -1,16 +1,34 @@
-//! The `keyturn` binary: parse the command line, start tracing, run, map errors to exit codes
-//! (0 ok, 1 runtime failure, 64 bad usage or configuration).
+//! The `keyturn` binary: parse the command line, start tracing, run, map errors to exit codes.
+//! This file is the only place that knows about the process's exit: 0 ok, 1 a runtime failure
+//! (something that may pass: a store down, a policy that failed), 64 bad usage or
+//! configuration (something the operator must fix).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use keyturn::app::{self, Seams};
+use keyturn::app::{self, AppError, Seams};
 use keyturn::cli::{Cli, LogFormat};
+use keyturn::deliver::DeliverError;
 use keyturn::error_chain;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
+const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
+
+/// The one map from errors to exit codes.
+fn exit_code(error: &AppError) -> u8 {
+    match error {
+        AppError::Config(_) | AppError::Usage(_) | AppError::Deliver(DeliverError::NotVolatile { .. }) => EXIT_USAGE,
+        AppError::Rotation { .. }
+        | AppError::Busy { .. }
+        | AppError::Agent(_)
+        | AppError::Store(_)
+        | AppError::Deliver(_)
+        | AppError::PoliciesFailed { .. }
+        | AppError::Io { .. } => EXIT_FAILURE,
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -30,15 +48,15 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("keyturn: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     let seams = Seams::from_process();
     let code = match runtime.block_on(app::run(cli, seams)) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyturn: {}", error_chain(&e));
-            ExitCode::from(e.exit_code())
+            ExitCode::from(exit_code(&e))
         }
     };
     // Dropping the runtime would wait, without limit, for blocking work still running (a DNS

@@ -16,17 +16,17 @@
 //! creation time, a JWKS's previous key) and every write. It prints names, versions, counts
 //! and times, never a value: each value is dropped as soon as it is read.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, StoreConfig};
+use crate::config::Config;
 use crate::engine::SYNC_CONCURRENCY;
 use crate::secret::SecretId;
-use crate::store::file::FileStore;
-use crate::store::gcp::GcpStore;
-use crate::store::{AnyStore, SecretStore, Selector};
+use crate::store::{AnyStore, OpenContext, SecretStore, Selector};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -61,12 +61,12 @@ pub struct Endpoint {
 }
 
 /// Probes `store_name` of `config`, accessing `secret` (default: the first policy's secret on
-/// that store) `requests` times per endpoint. `store` must be fresh, as opened: its first use
-/// is the cold sync.
+/// that store) `requests` times per endpoint: the configured endpoint, then each of
+/// `locations` where the backend has regional endpoints. Every measurement opens instances of
+/// the store of its own.
 pub async fn run(
     config: &Config,
     store_name: &str,
-    store: AnyStore,
     secret: Option<SecretId>,
     requests: usize,
     locations: &[String],
@@ -77,37 +77,16 @@ pub async fn run(
         .or_else(|| policies.first().cloned())
         .ok_or_else(|| format!("no policy uses store \"{store_name}\": name a secret to access with --secret ID"))?;
     let store_config = &config.stores[store_name];
-    let regional: Vec<crate::config::GcpStoreConfig> = match (store_config, locations) {
-        (_, []) => Vec::new(),
-        (StoreConfig::Gcp(gcp), _) => locations
-            .iter()
-            .map(|location| crate::config::GcpStoreConfig { location: Some(location.clone()), ..gcp.clone() })
-            .collect(),
-        (StoreConfig::File(_), _) => return Err("--location applies to Google Secret Manager stores only".into()),
-    };
-
-    let label = match store_config {
-        StoreConfig::Gcp(_) => "global",
-        StoreConfig::File(_) => "local",
-    };
-    let warm = open(store_name, store_config).await?;
-    let mut endpoints = vec![measure(label, store, warm, &secret, &policies, requests).await];
-    for (location, regional) in locations.iter().zip(&regional) {
-        let cold = AnyStore::Gcp(GcpStore::new(store_name, regional).map_err(|e| e.to_string())?);
-        let warm = AnyStore::Gcp(GcpStore::new(store_name, regional).map_err(|e| e.to_string())?);
-        endpoints.push(measure(location, cold, warm, &secret, &policies, requests).await);
+    let endpoints = store_config.probe_endpoints(locations)?;
+    let context = OpenContext::default();
+    let mut measured = Vec::with_capacity(endpoints.len());
+    for (label, endpoint) in &endpoints {
+        let open = || AnyStore::open(store_name, endpoint, &context);
+        let (cold, warm) = (open().await.map_err(|e| e.to_string())?, open().await.map_err(|e| e.to_string())?);
+        measured.push(measure(label, cold, warm, &secret, &policies, requests).await);
     }
     let kind = store_config.kind().to_string();
-    Ok(Report { store: store_name.to_string(), kind, secret: secret.to_string(), requests, endpoints })
-}
-
-/// Another instance of a configured store: its own HTTP client, connections and token.
-async fn open(name: &str, config: &StoreConfig) -> Result<AnyStore, String> {
-    let store = match config {
-        StoreConfig::File(file) => FileStore::open(name, file).await.map(AnyStore::File),
-        StoreConfig::Gcp(gcp) => GcpStore::new(name, gcp).map(AnyStore::Gcp),
-    };
-    store.map_err(|e| e.to_string())
+    Ok(Report { store: store_name.to_string(), kind, secret: secret.to_string(), requests, endpoints: measured })
 }
 
 /// Measures one endpoint: the cold sync on `cold`, then token, first access and `requests`
@@ -137,15 +116,14 @@ async fn measure(
     // Its connections close before the measurements below open their own.
     drop(cold);
 
-    let token_ms = match &warm {
-        AnyStore::Gcp(gcp) => {
-            let started = Instant::now();
-            if let Err(e) = gcp.token_ready().await {
-                failed(&e);
-            }
+    let started = Instant::now();
+    let token_ms = match warm.authenticate().await {
+        Some(Err(e)) => {
+            failed(&e);
             Some(ms(started.elapsed()))
         }
-        AnyStore::File(_) => None,
+        Some(Ok(())) => Some(ms(started.elapsed())),
+        None => None,
     };
     let mut access = async || {
         let started = Instant::now();

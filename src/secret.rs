@@ -6,6 +6,7 @@
 //! the store clients that send it and the bundle writer that puts it on tmpfs.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -68,27 +69,15 @@ impl Zeroize for SecretBytes {
     }
 }
 
-/// A secret's id inside its store (`api-signing-key`). Not secret; validated by the store that
-/// owns it, since each backend has its own alphabet.
+/// A secret's id inside its store (`api-signing-key`). Not secret; checked by the backend of
+/// the store that owns it (`store::registry::Backend::check_secret_id`), since each backend
+/// has its own alphabet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SecretId(String);
 
 impl SecretId {
     pub fn new(id: impl Into<String>) -> Self {
         Self(id.into())
-    }
-
-    /// An id checked against Google Secret Manager's rule, the strictest of the stores keyturn
-    /// speaks, so that a policy written against the file store moves to Google unchanged and
-    /// an id is always safe as a file name.
-    pub fn parse(id: &str) -> Result<Self, String> {
-        let ok =
-            !id.is_empty() && id.len() <= 255 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if ok {
-            Ok(Self(id.to_string()))
-        } else {
-            Err(format!("\"{id}\" is not a secret id: 1 to 255 letters, digits, \"-\" and \"_\""))
-        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -135,6 +124,24 @@ impl fmt::Display for VersionId {
     }
 }
 
+/// One version of a secret as read from its store: its id, its value, and the checksum the
+/// value was verified against.
+#[derive(Debug)]
+pub struct Version {
+    pub id: VersionId,
+    pub value: SecretBytes,
+    pub crc32c: u32,
+    /// When the store made it, if the read says (Google's access calls do not).
+    pub created: Option<SystemTime>,
+}
+
+impl Version {
+    /// A version of `value`, its checksum computed, its creation time unknown.
+    pub fn new(id: impl Into<VersionId>, value: SecretBytes) -> Self {
+        Version { id: id.into(), crc32c: value.crc32c(), value, created: None }
+    }
+}
+
 /// The alias every node delivers. A rotation that is half done lives under `pending` and is
 /// never delivered.
 pub const CURRENT: &str = "current";
@@ -157,7 +164,6 @@ mod tests {
     #[test]
     fn no_type_holding_a_value_shows_it_under_debug() {
         use crate::deliver::{PolicyUpdate, RenderedFile};
-        use crate::store::Version;
 
         let value = || SecretBytes::copy_from(b"debug-fixture-4411");
         let version = Version { id: VersionId::from(1), value: value(), crc32c: 7, created: None };

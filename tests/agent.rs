@@ -66,7 +66,7 @@ fn a_version_added_but_not_made_current_is_not_delivered() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         use keyturn::store::SecretStore;
-        let config = keyturn::config::FileStoreConfig { dir: world.store(), seed: None };
+        let config = keyturn::store::file::FileStoreConfig { dir: world.store(), seed: None };
         let store = keyturn::store::file::FileStore::open("dev", &config).await.unwrap();
         let value = keyturn::secret::SecretBytes::copy_from(b"pending-value");
         store.add_version(&keyturn::secret::SecretId::new("db-password"), &value).await.unwrap();

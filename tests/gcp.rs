@@ -82,7 +82,7 @@ impl Gcp {
     /// stopped after its first step would leave it.
     fn add_unpromoted(&self, id: &str, value: &str) {
         use keyturn::store::SecretStore;
-        let config = keyturn::config::GcpStoreConfig {
+        let config = keyturn::store::gcp::GcpStoreConfig {
             project: "acme-edge".into(),
             location: None,
             endpoint: Some(self.emu.base_url()),

@@ -89,12 +89,12 @@ fn versions(fleet: &Fleet) -> Vec<(u64, SystemTime, keyturn::store::VersionState
     let mut all = runtime.block_on(async {
         match &fleet.gcp {
             None => {
-                let config = keyturn::config::FileStoreConfig { dir: fleet.world.store(), seed: None };
+                let config = keyturn::store::file::FileStoreConfig { dir: fleet.world.store(), seed: None };
                 let store = keyturn::store::file::FileStore::open("dev", &config).await.unwrap();
                 store.versions(&id).await.unwrap()
             }
             Some((emu, key)) => {
-                let config = keyturn::config::GcpStoreConfig {
+                let config = keyturn::store::gcp::GcpStoreConfig {
                     project: "acme-edge".into(),
                     location: None,
                     endpoint: Some(emu.base_url()),

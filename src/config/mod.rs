@@ -9,26 +9,31 @@
 //!   and the user database only through the [`Environment`] and [`Accounts`] seams.
 //!
 //! Nothing after validation sees a raw string: durations are `Duration`s, paths are checked,
-//! formats are enums, owners are numeric ids.
+//! formats are enums, owners are numeric ids. The settings of a kind (a store backend, a
+//! notifier, a format) are typed and validated in the kind's own file, through [`Section`];
+//! this module holds the agent's own settings and the policy shape around them.
 
 mod expand;
 mod load;
 mod raw;
-mod units;
-mod validate;
+pub mod units;
+pub(crate) mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::deliver::Format;
 use crate::generate::Generator;
+use crate::notify::NotifierConfig;
 use crate::rotation::schedule::Schedule;
 use crate::secret::SecretId;
+use crate::store::StoreConfig;
 
 pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
 pub use units::{parse_duration, parse_ratio};
-pub use validate::{agent_file, validate};
+pub use validate::{Section, agent_file, validate};
 
 /// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
@@ -165,48 +170,6 @@ pub struct Agent {
     pub shutdown_grace: Duration,
 }
 
-/// One `[stores.NAME]` section. One variant per backend.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreConfig {
-    File(FileStoreConfig),
-    Gcp(GcpStoreConfig),
-}
-
-impl StoreConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreConfig::File(_) => "file",
-            StoreConfig::Gcp(_) => "gcp",
-        }
-    }
-}
-
-/// Google Cloud Secret Manager.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GcpStoreConfig {
-    /// Project id or number.
-    pub project: String,
-    /// For regional secrets: the location, whose regional endpoint is then used.
-    pub location: Option<String>,
-    /// Replaces the endpoint (private access, tests); `http://` only for loopback.
-    pub endpoint: Option<String>,
-    /// A service-account key file; absent means Application Default Credentials.
-    pub credentials: Option<PathBuf>,
-    pub request_timeout: Duration,
-    /// The whole of finding credentials or getting a token; `gcp_auth` sets none of its own.
-    pub token_timeout: Duration,
-    /// The first wait of `access` retries; Google's policy says 2 s.
-    pub retry_backoff: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileStoreConfig {
-    pub dir: PathBuf,
-    /// A directory of initial values (one file per secret id) imported when the store holds
-    /// no secret at all: how the quickstart starts from nothing.
-    pub seed: Option<PathBuf>,
-}
-
 /// One policy file: which secret to pull and where to deliver it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -232,55 +195,16 @@ pub struct ExtraSecret {
     pub secret: SecretId,
 }
 
-/// A policy's `[notify]`: how applications learn that their files changed. Every notifier set
+/// A policy's `[notify]`: how applications learn that their files changed. Every notifier
 /// runs, after the whole bundle is in place, once per change; changes closer together than
 /// `coalesce` (default 0: none) make one notification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notify {
-    pub signal: Option<SignalNotify>,
-    pub systemd: Option<SystemdNotify>,
-    pub exec: Option<ExecNotify>,
-    pub http: Option<HttpNotify>,
+    /// In the order they run (the order notifiers are registered in).
+    pub notifiers: Vec<NotifierConfig>,
     pub coalesce: Duration,
     /// Attempts per notifier and change, with exponential backoff between them.
     pub attempts: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignalNotify {
-    pub target: SignalTarget,
-    /// The signal's name without `SIG`: `HUP`, `USR1`, ...
-    pub signal: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignalTarget {
-    Pidfile(PathBuf),
-    /// The main process of a systemd unit (`systemctl show -p MainPID`).
-    Unit(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemdNotify {
-    pub unit: String,
-    /// `reload`, `restart` or `try-restart`.
-    pub action: String,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecNotify {
-    pub command: Vec<String>,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpNotify {
-    pub url: String,
-    pub timeout: Duration,
-    /// A file whose contents are sent as `Authorization: Bearer ...`; read at each attempt so
-    /// it can be rotated too.
-    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// A policy's `[rotate]`: how and when new versions are made.
@@ -342,41 +266,6 @@ impl Delivery {
     /// The path as written in the policy (`bundle/file`), for messages.
     pub fn display_path(&self) -> String {
         Path::new(&self.bundle).join(&self.file).display().to_string()
-    }
-}
-
-/// How a secret value becomes file contents. One variant per format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Format {
-    /// The bytes as stored.
-    Raw,
-    /// Standard base64, no trailing newline.
-    Base64,
-    /// `NAME=value` lines: one line named `key` for a plain value, or one line per member
-    /// of a JSON object value.
-    Env { key: Option<String> },
-    /// JSON: the value itself when it is JSON, or `{"key": "value"}` when `key` is set.
-    Json { key: Option<String> },
-    /// The private key as PKCS#8 PEM.
-    Pem,
-    /// The public key as SPKI PEM.
-    PublicPem,
-    /// The public key as a JWK.
-    Jwk,
-    /// A JWK set: the current public key, and the previous one while it is inside its grace.
-    Jwks,
-    /// A minijinja template over the policy's secrets (`secret`, `secrets.NAME`) and `node`,
-    /// `policy`, `version`.
-    Template { source: String },
-}
-
-impl Format {
-    pub const ACCEPTED: &'static str =
-        "\"raw\", \"base64\", \"env\", \"json\", \"pem\", \"public-pem\", \"jwk\", \"jwks\" or \"template\"";
-
-    /// Formats that read the value as a private key.
-    pub fn needs_key(&self) -> bool {
-        matches!(self, Format::Pem | Format::PublicPem | Format::Jwk | Format::Jwks)
     }
 }
 

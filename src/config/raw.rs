@@ -1,4 +1,6 @@
-//! The serde shapes of the configuration files: strict, and still made of strings.
+//! The serde shapes of the configuration files' own sections: strict, and still made of
+//! strings. (A kind's settings, such as a store backend's or a notifier's, are shaped in the
+//! kind's own file.)
 //!
 //! Every struct denies unknown fields, so a typo is an error rather than a silently ignored
 //! setting. Fields that validation checks further are `Spanned`, so its messages can point at
@@ -53,31 +55,6 @@ pub struct Report {
     pub spool_max_events: Option<Spanned<i64>>,
 }
 
-/// `[stores.NAME]` with `kind = "file"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileStore {
-    #[allow(dead_code, reason = "read before this struct, to pick it; present so it is not unknown")]
-    pub kind: String,
-    pub dir: Spanned<String>,
-    pub seed: Option<Spanned<String>>,
-}
-
-/// `[stores.NAME]` with `kind = "gcp"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcpStore {
-    #[allow(dead_code, reason = "read before this struct, to pick it; present so it is not unknown")]
-    pub kind: String,
-    pub project: Spanned<String>,
-    pub location: Option<Spanned<String>>,
-    pub endpoint: Option<Spanned<String>>,
-    pub credentials: Option<Spanned<String>>,
-    pub request_timeout: Option<Spanned<String>>,
-    pub token_timeout: Option<Spanned<String>>,
-    pub retry_backoff: Option<Spanned<String>>,
-}
-
 /// A policy's `[secret]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,47 +81,13 @@ pub struct Rotate {
     pub check_timeout: Option<Spanned<String>>,
 }
 
-/// A policy's `[notify]`.
+/// A policy's `[notify]`: the settings every notification has. Each notifier's own table is
+/// checked by the notifier (see `crate::notify`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
-    pub signal: Option<Spanned<SignalNotify>>,
-    pub systemd: Option<Spanned<SystemdNotify>>,
-    pub exec: Option<Spanned<ExecNotify>>,
-    pub http: Option<Spanned<HttpNotify>>,
     pub coalesce: Option<Spanned<String>>,
     pub attempts: Option<Spanned<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignalNotify {
-    pub pidfile: Option<Spanned<String>>,
-    pub unit: Option<Spanned<String>>,
-    pub signal: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SystemdNotify {
-    pub unit: Spanned<String>,
-    pub action: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecNotify {
-    pub command: Spanned<Vec<String>>,
-    pub timeout: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpNotify {
-    pub url: Spanned<String>,
-    pub timeout: Option<Spanned<String>>,
-    pub bearer_token_file: Option<Spanned<String>>,
 }
 
 /// A policy's `[secrets.NAME]`: another secret for its templates.
@@ -155,14 +98,12 @@ pub struct ExtraSecret {
     pub id: Spanned<String>,
 }
 
-/// One of a policy's `[[deliver]]`.
+/// The settings every `[[deliver]]` has; the format checks its own (`key`, `template`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deliver {
     pub path: Spanned<String>,
     pub format: Option<Spanned<String>>,
-    pub template: Option<Spanned<String>>,
-    pub key: Option<Spanned<String>>,
     pub mode: Option<Spanned<Mode>>,
     pub user: Option<Spanned<NameOrId>>,
     pub group: Option<Spanned<NameOrId>>,

@@ -1,4 +1,5 @@
-//! Small value parsers shared by validation: durations, ratios, file modes.
+//! Small value parsers shared by validation and by the kinds that check their own settings:
+//! durations, ratios, file modes, outbound URLs.
 
 use std::time::Duration;
 
@@ -14,6 +15,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("must be longer than zero, got \"{text}\""));
     }
     Ok(duration)
+}
+
+/// Durations that may be zero (`jitter = "0s"`): everything else is a period or a timeout.
+pub fn optional_duration(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s") { Ok(Duration::ZERO) } else { parse_duration(text) }
+}
+
+/// A URL keyturn sends something to (an event collector, a reload endpoint): https anywhere,
+/// plain http only to a loopback address, since the request may carry a bearer token.
+pub fn check_outbound_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    match (parsed.scheme(), is_loopback(&parsed)) {
+        ("https", _) | ("http", true) => Ok(()),
+        ("http", false) => Err(format!("\"{url}\": plain http is allowed only to a loopback address; use https")),
+        (other, _) => Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http (loopback) or https")),
+    }
+}
+
+/// Whether a URL's host is this machine: `localhost`, or a loopback address.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// `10%` or `0.1`, as a fraction in `0.0..=max`.

@@ -11,11 +11,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::engine::Shared;
+use crate::report::Recorder;
 
 /// Serves until dropped. Each connection is a task of its own, so a slow client delays no
 /// one; connections end when the server task is aborted.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, recorder: Arc<Recorder>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = match listener.accept().await {
@@ -27,24 +27,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         while connections.try_join_next().is_some() {}
-        let shared = shared.clone();
+        let recorder = recorder.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &shared)) }
+                let recorder = recorder.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &recorder)) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-fn respond<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
+fn respond<B>(request: &Request<B>, recorder: &Recorder) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
     match request.uri().path() {
         "/metrics" => {
-            let mut response = text(StatusCode::OK, shared.metrics.render());
+            let mut response = text(StatusCode::OK, recorder.metrics.render());
             response
                 .headers_mut()
                 .insert("content-type", "text/plain; version=0.0.4; charset=utf-8".parse().expect("a header value"));
@@ -52,16 +52,10 @@ fn respond<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            if shared.is_ready() {
+            if recorder.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                let waiting: Vec<String> = shared
-                    .status()
-                    .policies
-                    .iter()
-                    .filter(|(_, p)| p.required && p.version.is_none())
-                    .map(|(name, _)| name.clone())
-                    .collect();
+                let waiting = recorder.waiting_for();
                 text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {}\n", waiting.join(", ")))
             }
         }

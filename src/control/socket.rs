@@ -7,7 +7,8 @@
 //! caller gets one error line and the connection is closed.
 //!
 //! The protocol is one JSON request line, then JSON response lines: any number of
-//! `{"progress": "..."}`, then one `{"ok": ...}` or `{"error": "..."}`.
+//! `{"progress": "..."}`, then one `{"ok": ANSWER}` or `{"error": "..."}`. Both ends use the
+//! types below; each request has one kind of [`Answer`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,9 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{CONTROL_SOCKET, Control};
-use crate::engine::{Engine, Shared};
-use crate::rotation::protocol::{Outcome, Step, Trigger};
-use crate::store::SecretStore;
+use crate::engine::Handle;
+use crate::report::Recorder;
+use crate::report::status::Status;
+use crate::secret::VersionId;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -31,12 +33,35 @@ pub enum Request {
     Rotate { policy: String, revoke: bool },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Line {
     Progress(String),
-    Ok(serde_json::Value),
+    Ok(Answer),
     Error(String),
+}
+
+/// What a request gets back. The JSON of each is a plain object (no tag): `keyturn status
+/// --json` prints the status answer as it comes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Answer {
+    /// To [`Request::Status`].
+    Status(RunningStatus),
+    /// To [`Request::Rotate`]: the new current version, delivered.
+    Rotated { version: VersionId, previous: Option<VersionId>, disabled: Vec<VersionId> },
+    /// To [`Request::Resync`].
+    Synced { delivered: usize, unchanged: usize, failed: Vec<String> },
+    /// To [`Request::Reload`]: what happened, in words.
+    Reloaded { reload: String },
+}
+
+/// The status, as the running agent has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningStatus {
+    #[serde(flatten)]
+    pub status: Status,
+    pub agent_running: bool,
 }
 
 /// A reload asked for over the socket, answered by the agent loop that owns the configuration.
@@ -63,12 +88,15 @@ pub fn bind(runtime_dir: &Path, access: &Control) -> std::io::Result<UnixListene
     Ok(listener)
 }
 
+/// The running engine, as the socket sees it; `None` while the agent starts.
+pub type Engine = watch::Receiver<Option<Arc<dyn Handle>>>;
+
 /// Serves until dropped. `engine` always holds the engine of the running configuration.
-pub async fn serve<S: SecretStore + 'static>(
+pub async fn serve(
     listener: UnixListener,
     access: Control,
-    shared: Arc<Shared>,
-    engine: watch::Receiver<Option<Engine<S>>>,
+    recorder: Arc<Recorder>,
+    engine: Engine,
     reloads: mpsc::Sender<ReloadRequest>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -82,16 +110,16 @@ pub async fn serve<S: SecretStore + 'static>(
             }
         };
         while connections.try_join_next().is_some() {}
-        let (access, shared, engine, reloads) = (access.clone(), shared.clone(), engine.clone(), reloads.clone());
-        connections.spawn(async move { connection(stream, access, shared, engine, reloads).await });
+        let (access, recorder, engine, reloads) = (access.clone(), recorder.clone(), engine.clone(), reloads.clone());
+        connections.spawn(async move { connection(stream, access, recorder, engine, reloads).await });
     }
 }
 
-async fn connection<S: SecretStore + 'static>(
+async fn connection(
     stream: UnixStream,
     access: Control,
-    shared: Arc<Shared>,
-    engine: watch::Receiver<Option<Engine<S>>>,
+    recorder: Arc<Recorder>,
+    engine: Engine,
     reloads: mpsc::Sender<ReloadRequest>,
 ) {
     let (read, mut write) = stream.into_split();
@@ -130,18 +158,16 @@ async fn connection<S: SecretStore + 'static>(
     let current = engine.borrow().clone();
     let answer = match (request, current) {
         (Request::Status, _) => {
-            let mut status = serde_json::to_value(&*shared.status()).expect("status serializes");
-            status["agent_running"] = true.into();
-            Line::Ok(status)
+            Line::Ok(Answer::Status(RunningStatus { status: recorder.snapshot(), agent_running: true }))
         }
         (_, None) => Line::Error("the agent is starting; try again in a moment".into()),
         (Request::Resync, Some(engine)) => {
-            let summary = engine.sync_all().await;
-            Line::Ok(serde_json::json!({
-                "delivered": summary.delivered,
-                "unchanged": summary.unchanged,
-                "failed": summary.failed,
-            }))
+            let summary = engine.resync().await;
+            Line::Ok(Answer::Synced {
+                delivered: summary.delivered,
+                unchanged: summary.unchanged,
+                failed: summary.failed,
+            })
         }
         (Request::Reload, Some(_)) => {
             let (reply, answer) = oneshot::channel();
@@ -149,32 +175,26 @@ async fn connection<S: SecretStore + 'static>(
                 Line::Error("the agent is shutting down".into())
             } else {
                 match answer.await {
-                    Ok(Ok(message)) => Line::Ok(serde_json::json!({ "reload": message })),
+                    Ok(Ok(message)) => Line::Ok(Answer::Reloaded { reload: message }),
                     Ok(Err(problems)) => Line::Error(problems),
                     Err(_) => Line::Error("the agent is shutting down".into()),
                 }
             }
         }
-        (Request::Rotate { policy, revoke }, Some(engine)) => rotate(&engine, &policy, revoke, &mut write).await,
+        (Request::Rotate { policy, revoke }, Some(engine)) => {
+            rotate(engine.as_ref(), &policy, revoke, &mut write).await
+        }
     };
     let _ = send(&mut write, &answer).await;
 }
 
-async fn rotate<S: SecretStore + 'static>(
-    engine: &Engine<S>,
-    policy: &str,
-    revoke: bool,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-) -> Line {
-    let Some(policy) = engine.config().policy(policy).filter(|p| p.rotate.is_some()) else {
-        return Line::Error(format!("no rotating policy named \"{policy}\" in the running configuration"));
-    };
+/// Rotates through the engine, streaming its progress lines to the caller as they come.
+async fn rotate(engine: &dyn Handle, policy: &str, revoke: bool, write: &mut tokio::net::unix::OwnedWriteHalf) -> Line {
     let (progress, mut lines) = mpsc::unbounded_channel::<String>();
-    let report = move |step: Step, detail: &str| {
-        let _ = progress.send(format!("[{}/{}] {detail}", step.number(), Step::COUNT));
+    let report = move |line: &str| {
+        let _ = progress.send(line.to_string());
     };
-    let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
-    let run = engine.rotate_with(policy, trigger, &report);
+    let run = engine.rotate(policy, revoke, &report);
     tokio::pin!(run);
     let outcome = loop {
         tokio::select! {
@@ -186,15 +206,12 @@ async fn rotate<S: SecretStore + 'static>(
         let _ = send(write, &Line::Progress(line)).await;
     }
     match outcome {
-        Ok(Outcome::Rotated { version, previous, disabled }) => {
-            // Deliver it at once, not at the next poll; only this policy changed.
-            engine.refresh(&policy.name).await;
-            Line::Ok(serde_json::json!({ "version": version, "previous": previous, "disabled": disabled }))
-        }
-        Ok(Outcome::Busy { holder }) => Line::Error(format!("another rotation holds the lease ({holder})")),
-        Ok(Outcome::NotDue { .. }) => Line::Error("not due".into()),
-        Ok(Outcome::Present { current }) => Line::Error(format!("version {current} is current already")),
-        Err(e) => Line::Error(crate::error_chain(&e)),
+        Ok(rotated) => Line::Ok(Answer::Rotated {
+            version: rotated.version,
+            previous: rotated.previous,
+            disabled: rotated.disabled,
+        }),
+        Err(message) => Line::Error(message),
     }
 }
 
@@ -230,7 +247,7 @@ pub async fn call(
     runtime_dir: &Path,
     request: &Request,
     mut progress: impl FnMut(&str),
-) -> std::io::Result<Option<Result<serde_json::Value, String>>> {
+) -> std::io::Result<Option<Result<Answer, String>>> {
     let stream = match UnixStream::connect(path(runtime_dir)).await {
         Ok(stream) => stream,
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -276,5 +293,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
         assert_eq!(serde_json::to_string(&Line::Progress("x".into())).unwrap(), r#"{"progress":"x"}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"command":"status"}"#).unwrap(), Request::Status);
+        // Every answer reads back as itself, the status (the widest) included.
+        let status = Status { node: "n1".into(), pid: 7, updated_at: "t".into(), ..Status::default() };
+        let answers = [
+            Answer::Status(RunningStatus { status, agent_running: true }),
+            Answer::Rotated { version: VersionId::from(4), previous: Some(VersionId::from(3)), disabled: vec![] },
+            Answer::Synced { delivered: 1, unchanged: 2, failed: vec!["db".into()] },
+            Answer::Reloaded { reload: "configuration unchanged".into() },
+        ];
+        for answer in answers {
+            let line = serde_json::to_string(&Line::Ok(answer.clone())).unwrap();
+            assert_eq!(serde_json::from_str::<Line>(&line).unwrap(), Line::Ok(answer), "{line}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Answer::Reloaded { reload: "x".into() }).unwrap(),
+            r#"{"reload":"x"}"#,
+            "the wire form of earlier releases"
+        );
     }
 }

@@ -17,17 +17,17 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::engine::Shared;
+use crate::report::Recorder;
 
 /// Reports readiness and status until dropped.
-pub async fn report(shared: Arc<Shared>) {
-    let mut readiness = shared.readiness();
+pub async fn report(recorder: Arc<Recorder>) {
+    let mut readiness = recorder.readiness();
     let watchdog = sd_notify::watchdog_enabled();
     let mut ticks = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
     let mut announced = false;
     loop {
         if !announced && *readiness.borrow_and_update() {
-            let status = summary(&shared);
+            let status = recorder.summary();
             announced = send(&[NotifyState::Ready, NotifyState::Status(&status)]);
             if announced {
                 tracing::info!(%status, "ready: every required policy is delivered");
@@ -41,7 +41,7 @@ pub async fn report(shared: Arc<Shared>) {
                 if changed.is_err() {
                     return;
                 }
-                let status = summary(&shared);
+                let status = recorder.summary();
                 send(&[NotifyState::Status(&status)]);
             }
             _ = ticks.tick(), if watchdog.is_some() => {
@@ -102,12 +102,4 @@ fn send_to(socket: &OsStr, message: &[u8]) -> io::Result<()> {
     sender.set_nonblocking(true)?;
     let sent = sender.send_to_addr(message, &address)?;
     if sent == message.len() { Ok(()) } else { Err(io::Error::new(io::ErrorKind::WriteZero, "incomplete datagram")) }
-}
-
-fn summary(shared: &Shared) -> String {
-    let status = shared.status();
-    let total = status.policies.len();
-    let delivered = status.policies.values().filter(|p| p.version.is_some()).count();
-    let failing = status.policies.values().filter(|p| p.last_error.is_some()).count();
-    format!("{delivered} of {total} policies delivered, {failing} failing")
 }

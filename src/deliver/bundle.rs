@@ -31,11 +31,12 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::DeliverError;
+use crate::clock::{Clock, SharedClock};
 use crate::config::DirAccess;
 use crate::secret::{SecretBytes, VersionId};
 use crate::sys;
@@ -117,6 +118,8 @@ pub struct BundleWriter {
     /// obsolete instead of reading the whole directory again.
     tidy: HashMap<String, Option<PathBuf>>,
     disk: Disk,
+    /// Names version directories and stamps manifests.
+    clock: SharedClock,
 }
 
 /// What the runtime directory's filesystem and the process need from a writer.
@@ -146,10 +149,10 @@ impl Disk {
 }
 
 impl BundleWriter {
-    pub fn new(root: PathBuf, pause_at: Option<String>) -> Self {
+    pub fn new(root: PathBuf, pause_at: Option<String>, clock: SharedClock) -> Self {
         // Unknown umask: chmod everything.
         let disk = Disk { durable: true, umask: sys::umask().unwrap_or(0o777) };
-        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk }
+        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk, clock }
     }
 
     pub fn root(&self) -> &Path {
@@ -231,8 +234,8 @@ impl BundleWriter {
             remove_if_exists(&dir.join(DATA_TMP)).map_err(io("remove", &dir.join(DATA_TMP)))?;
         }
 
-        let (name, version_dir) =
-            create_version_dir(disk, &dir, access).map_err(io("create a version directory in", &dir))?;
+        let (name, version_dir) = create_version_dir(disk, self.clock.as_ref(), &dir, access)
+            .map_err(io("create a version directory in", &dir))?;
         self.pause("created");
         let mut linked = Vec::new();
         let staged =
@@ -317,7 +320,7 @@ impl BundleWriter {
             let path = path.to_path_buf();
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
-        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let at = humantime::format_rfc3339_seconds(self.clock.now()).to_string();
         let mut manifest = Manifest::default();
 
         let updated: BTreeSet<String> = updates.iter().map(|u| u.policy.clone()).collect();
@@ -491,8 +494,13 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 
 /// `..YYYY_MM_DD_hh_mm_ss.nnnnnnnnn`, made unique with a counter if two updates share a
 /// nanosecond.
-fn create_version_dir(disk: Disk, bundle_dir: &Path, access: DirAccess) -> io::Result<(String, PathBuf)> {
-    let stamp = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+fn create_version_dir(
+    disk: Disk,
+    clock: &dyn Clock,
+    bundle_dir: &Path,
+    access: DirAccess,
+) -> io::Result<(String, PathBuf)> {
+    let stamp = humantime::format_rfc3339_nanos(clock.now()).to_string();
     let stamp = stamp.trim_end_matches('Z').replace(['-', 'T', ':'], "_");
     for attempt in 0..100 {
         let name = if attempt == 0 { format!("..{stamp}") } else { format!("..{stamp}-{attempt}") };
@@ -615,7 +623,7 @@ mod tests {
     #[test]
     fn updates_swap_whole_bundles_and_carry_other_members() {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
-        let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         writer.prepare_root(false).unwrap();
         let members = BTreeSet::from(["db", "signing"]);
         let api = root.path().join("api");
@@ -649,7 +657,7 @@ mod tests {
         assert_eq!(version_dirs(&api), 2);
 
         // A fresh writer (a restarted agent) reads the same state back from disk.
-        let mut again = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut again = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         assert!(again.holds("api", "db", &want(3, 7)));
 
         // Dropping a member removes its files and its visible name.
@@ -662,7 +670,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_the_live_bundle_and_no_garbage() {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
-        let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         let members = BTreeSet::from(["db"]);
         writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
         // Two files at one path cannot both be created: the write fails after staging began.
@@ -679,7 +687,7 @@ mod tests {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
         let members = BTreeSet::from(["db"]);
         let api = root.path().join("api");
-        let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
         // What an update cut short leaves: a half-written version, a temporary link, a link
         // to a name no version has; and a file someone else put there.
@@ -688,7 +696,7 @@ mod tests {
         symlink("..data/gone", api.join("gone")).unwrap();
         fs::File::create(api.join("notes.txt")).unwrap();
 
-        let mut restarted = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut restarted = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         restarted.write("api", &members, OPEN, vec![update("db", 2, &[("db.env", "A=2\n")])]).unwrap();
         let mut names: Vec<String> =
             fs::read_dir(&api).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -702,7 +710,7 @@ mod tests {
     #[test]
     fn foreign_files_are_not_replaced() {
         let root = tempfile::tempdir_in("/dev/shm").unwrap();
-        let mut writer = BundleWriter::new(root.path().to_path_buf(), None);
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
         fs::create_dir_all(root.path().join("api")).unwrap();
         fs::File::create(root.path().join("api/db.env")).unwrap();
         let err = writer
@@ -714,7 +722,7 @@ mod tests {
     #[test]
     fn persistent_filesystems_are_refused_unless_allowed() {
         let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let mut writer = BundleWriter::new(root.path().join("run"), None);
+        let mut writer = BundleWriter::new(root.path().join("run"), None, crate::clock::system());
         let err = writer.prepare_root(false).unwrap_err().to_string();
         assert!(err.contains("not tmpfs or ramfs") && err.contains("allow_persistent"), "{err}");
         writer.prepare_root(true).unwrap();

@@ -1,21 +1,20 @@
 //! Delivery: turning a secret version into files that applications read.
 //!
-//! [`format`] renders a value into file contents; [`bundle`] swaps whole directories of files
-//! atomically on tmpfs. [`render`] is the bridge the engine calls: a policy and a version in,
-//! the update for one bundle out.
+//! [`format`] renders a value into file contents (one file per format, registered in one
+//! place); [`bundle`] swaps whole directories of files atomically on tmpfs. [`render`] is the
+//! bridge the engine calls: a policy and a version in, the update for one bundle out.
 
 pub mod bundle;
 pub mod format;
-pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use bundle::{BundleWriter, Fingerprint, PolicyUpdate, RenderedFile};
-pub use format::RenderError;
+pub use format::{Format, RenderError};
 
 use crate::config::Policy;
-use crate::store::Version;
+use crate::secret::Version;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -71,27 +70,19 @@ impl Inputs<'_> {
 
 /// Renders the files `policy` delivers into `bundle`.
 pub fn render(policy: &Policy, bundle: &str, inputs: &Inputs<'_>) -> Result<PolicyUpdate, DeliverError> {
-    let values: BTreeMap<String, crate::secret::SecretBytes> =
-        inputs.extras.iter().map(|(name, v)| (name.clone(), v.value.clone())).collect();
+    let input = format::Input {
+        version: inputs.version,
+        previous: inputs.previous.map(|p| &p.public),
+        extras: inputs.extras,
+        node: inputs.node,
+        policy: &policy.name,
+    };
     let files = policy
         .deliver
         .iter()
         .filter(|d| d.bundle == bundle)
         .map(|d| {
-            let contents = match &d.format {
-                crate::config::Format::Template { source } => {
-                    let context = template::Context {
-                        secret: &inputs.version.value,
-                        extras: &values,
-                        node: inputs.node,
-                        policy: &policy.name,
-                        version: inputs.version.id.as_str(),
-                    };
-                    template::render(source, &context)
-                }
-                other => format::render(other, &inputs.version.value, inputs.previous.map(|p| &p.public)),
-            };
-            let contents = contents.map_err(|source| DeliverError::Render {
+            let contents = d.format.render(&input).map_err(|source| DeliverError::Render {
                 policy: policy.name.clone(),
                 path: d.display_path(),
                 source,
@@ -117,9 +108,48 @@ pub struct Previous {
 }
 
 /// A fingerprint of how `policy` delivers into `bundle`: when it changes, the files are
-/// written again even if the value did not.
+/// written again even if the value did not. It is recorded in each bundle's manifest, so its
+/// form must not change between releases: a changed form rewrites (and announces) every
+/// bundle on the first start after an upgrade. The test below pins it.
 pub fn spec(policy: &Policy, bundle: &str) -> u32 {
     let described: Vec<String> =
         policy.deliver.iter().filter(|d| d.bundle == bundle).map(|d| format!("{d:?}")).collect();
     crc32c::crc32c(described.join("\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Delivery;
+    use crate::deliver::format::{env::Env, template::Template};
+
+    #[test]
+    fn the_settings_fingerprint_keeps_its_form_across_releases() {
+        let delivery = |file: &str, format: Format| Delivery {
+            bundle: "api".into(),
+            file: file.into(),
+            format,
+            mode: 0o440,
+            owner: Some(1000),
+            group: None,
+        };
+        let policy = Policy {
+            name: "db".into(),
+            store: "dev".into(),
+            secret: crate::secret::SecretId::new("db-password"),
+            required: true,
+            deliver: vec![
+                delivery("db.env", Format::Env(Env { key: Some("DB_PASSWORD".into()) })),
+                delivery("db", Format::default()),
+                delivery("db.conf", Format::Template(Template { source: "x={{ secret }}".into() })),
+            ],
+            rotate: None,
+            notify: None,
+            extras: BTreeMap::new(),
+        };
+        // Measured on the release before the formats became one file each.
+        assert_eq!(spec(&policy, "api"), SPEC_OF_THE_POLICY_ABOVE);
+    }
+
+    const SPEC_OF_THE_POLICY_ABOVE: u32 = 239_829_494;
 }

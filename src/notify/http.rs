@@ -4,10 +4,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
+use toml::Spanned;
 use zeroize::Zeroizing;
 
-use super::{Change, NotifyError, Sent};
-use crate::config::HttpNotify;
+use super::{Change, Kind, NotifyError, Resources, Sent};
+use crate::config::Section;
+use crate::config::units::check_outbound_url;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// https anywhere, plain http only to a loopback address (the request may carry a token).
+    pub url: String,
+    pub timeout: Duration,
+    /// A file whose contents are sent as `Authorization: Bearer ...`; read at each attempt so
+    /// it can be rotated too.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    url: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    bearer_token_file: Option<Spanned<String>>,
+}
 
 #[derive(Debug)]
 pub struct Http {
@@ -17,17 +38,34 @@ pub struct Http {
     client: reqwest::Client,
 }
 
-impl Http {
-    pub fn new(config: &HttpNotify, client: reqwest::Client) -> Self {
+impl Kind for Http {
+    const NAME: &'static str = "http";
+    type Config = HttpConfig;
+
+    fn configure(section: &mut Section<'_, '_>) -> Option<HttpConfig> {
+        let settings: Settings = section.parse()?;
+        let url = check_outbound_url(settings.url.get_ref())
+            .map_err(|m| section.problem(Some(settings.url.span()), "url", m))
+            .ok();
+        let token = match &settings.bearer_token_file {
+            Some(path) => section.absolute_path(path, "bearer_token_file").map(Some),
+            None => Some(None),
+        };
+        let timeout = section.duration(settings.timeout.as_ref(), Duration::from_secs(5), "timeout");
+        url?;
+        Some(HttpConfig { url: settings.url.into_inner(), timeout: timeout?, bearer_token_file: token? })
+    }
+
+    fn new(config: &HttpConfig, resources: &Resources) -> Self {
         Http {
             url: config.url.clone(),
             timeout: config.timeout,
             bearer_token_file: config.bearer_token_file.clone(),
-            client,
+            client: resources.http_client(),
         }
     }
 
-    pub async fn notify(&self, change: &Change) -> Result<Sent, NotifyError> {
+    async fn notify(&self, change: &Change) -> Result<Sent, NotifyError> {
         let body = serde_json::json!({
             "policy": change.policy,
             "version": change.version.as_str(),

@@ -8,22 +8,20 @@
 //! slow or hung notifier holds up only its own policy's notifications, never delivery or
 //! another policy. Outcomes are reported back through a callback (status file, logs).
 //!
-//! One file per notifier: [`signal`], [`systemd`], [`exec`], [`http`]. None of them ever
-//! passes a value: they get the policy, the version, and the bundle paths.
+//! One file per notifier, each a type implementing [`Kind`] that owns its settings (the key
+//! it is written under in `[notify]`, their validation), its construction and its sending;
+//! the `notifiers!` list below is the one place they are registered. None of them ever passes
+//! a value: they get the policy, the version, and the bundle paths.
 
-pub mod exec;
-pub mod http;
-pub mod signal;
-pub mod systemd;
-
+use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Notify;
-use crate::rotation::timing::{retry_delay_from, unit_random};
+use crate::backoff::{retry_delay_from, unit_random};
+use crate::config::{Notify, Section};
 use crate::secret::VersionId;
 
 /// The first wait between attempts of one notifier; it doubles, up to [`MAX_BACKOFF`].
@@ -58,51 +56,114 @@ pub enum NotifyError {
     Failed(String),
 }
 
-/// One configured notifier. One variant per kind.
-#[derive(Debug)]
-pub enum Notifier {
-    Signal(signal::Signal),
-    Systemd(systemd::Systemd),
-    Exec(exec::Exec),
-    Http(http::Http),
+/// One kind of notifier.
+pub trait Kind: Sized + fmt::Debug + Send + Sync + 'static {
+    /// Its key in a policy's `[notify]`: `signal = { ... }`.
+    const NAME: &'static str;
+    /// Its validated settings.
+    type Config: Clone + PartialEq + fmt::Debug + Send + Sync;
+
+    /// Checks its settings (the table under its key).
+    fn configure(section: &mut Section<'_, '_>) -> Option<Self::Config>;
+
+    fn new(config: &Self::Config, resources: &Resources) -> Self;
+
+    /// Tells the application once; the dispatcher retries.
+    fn notify(&self, change: &Change) -> impl Future<Output = Result<Sent, NotifyError>> + Send;
+}
+
+/// What the notifiers of one configuration share, made on first use: memory on every node of
+/// the fleet is not spent on what a node does not use.
+#[derive(Debug, Default)]
+pub struct Resources {
+    http: OnceLock<reqwest::Client>,
+}
+
+impl Resources {
+    /// One HTTP client (and one set of TLS roots) for every notifier that speaks HTTP.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+/// Declares the notifiers: one line each, `Variant => module::Type`, in the order they run.
+/// Makes [`NotifierConfig`], [`Notifier`] and their dispatch, and [`KINDS`].
+macro_rules! notifiers {
+    ($($variant:ident => $module:ident :: $kind:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// One notifier's settings. One variant per kind.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum NotifierConfig {
+            $($variant(<$module::$kind as Kind>::Config),)*
+        }
+
+        /// One configured notifier, ready to send. One variant per kind.
+        #[derive(Debug)]
+        pub enum Notifier {
+            $($variant($module::$kind),)*
+        }
+
+        /// Every notifier's key, in the order they run.
+        pub const KINDS: &[&str] = &[$(<$module::$kind as Kind>::NAME),*];
+
+        impl NotifierConfig {
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(NotifierConfig::$variant(_) => <$module::$kind as Kind>::NAME,)*
+                }
+            }
+
+            /// The settings of the notifier `name`; `None` when no notifier has that name,
+            /// `Some(None)` when its settings are wrong (the section has the problems).
+            pub fn configure(name: &str, section: &mut Section<'_, '_>) -> Option<Option<NotifierConfig>> {
+                match name {
+                    $(<$module::$kind as Kind>::NAME => Some(<$module::$kind>::configure(section).map(NotifierConfig::$variant)),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl Notifier {
+            pub fn new(config: &NotifierConfig, resources: &Resources) -> Notifier {
+                match config {
+                    $(NotifierConfig::$variant(config) => Notifier::$variant(<$module::$kind>::new(config, resources)),)*
+                }
+            }
+
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Notifier::$variant(_) => <$module::$kind as Kind>::NAME,)*
+                }
+            }
+
+            pub async fn notify(&self, change: &Change) -> Result<Sent, NotifyError> {
+                match self {
+                    $(Notifier::$variant(notifier) => notifier.notify(change).await,)*
+                }
+            }
+        }
+    };
+}
+
+notifiers! {
+    Signal => signal::Signal,
+    Systemd => systemd::Systemd,
+    Exec => exec::Exec,
+    Http => http::Http,
 }
 
 impl Notifier {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Notifier::Signal(_) => "signal",
-            Notifier::Systemd(_) => "systemd",
-            Notifier::Exec(_) => "exec",
-            Notifier::Http(_) => "http",
-        }
-    }
-
-    pub async fn notify(&self, change: &Change) -> Result<Sent, NotifyError> {
-        match self {
-            Notifier::Signal(n) => n.notify(change).await,
-            Notifier::Systemd(n) => n.notify(change).await,
-            Notifier::Exec(n) => n.notify(change).await,
-            Notifier::Http(n) => n.notify(change).await,
-        }
-    }
-
-    /// The notifiers a `[notify]` section configures, in a fixed order. `http` is the shared
-    /// client, present whenever a policy has an http notifier.
-    pub fn from_config(notify: &Notify, http: Option<&reqwest::Client>) -> Vec<Notifier> {
-        let mut all = Vec::new();
-        if let Some(config) = &notify.signal {
-            all.push(Notifier::Signal(signal::Signal::new(config)));
-        }
-        if let Some(config) = &notify.systemd {
-            all.push(Notifier::Systemd(systemd::Systemd::new(config)));
-        }
-        if let Some(config) = &notify.exec {
-            all.push(Notifier::Exec(exec::Exec::new(config)));
-        }
-        if let (Some(config), Some(client)) = (&notify.http, http) {
-            all.push(Notifier::Http(http::Http::new(config, client.clone())));
-        }
-        all
+    /// The notifiers a `[notify]` section configures, in the order they run.
+    pub fn from_config(notify: &Notify, resources: &Resources) -> Vec<Notifier> {
+        notify.notifiers.iter().map(|config| Notifier::new(config, resources)).collect()
     }
 }
 
@@ -244,7 +305,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::config::ExecNotify;
 
     fn change(version: &str) -> Change {
         Change {
@@ -258,18 +318,12 @@ mod tests {
     /// announced one by one, oldest last: the next notification names the newest version.
     #[tokio::test]
     async fn changes_queued_behind_a_slow_notifier_make_one_notification_for_the_newest() {
-        let notify = Notify {
-            signal: None,
-            systemd: None,
-            exec: Some(ExecNotify { command: vec!["sleep".into(), "0.3".into()], timeout: Duration::from_secs(10) }),
-            http: None,
-            coalesce: Duration::ZERO,
-            attempts: 1,
-        };
+        let exec = exec::ExecConfig { command: vec!["sleep".into(), "0.3".into()], timeout: Duration::from_secs(10) };
+        let notify = Notify { notifiers: vec![NotifierConfig::Exec(exec)], coalesce: Duration::ZERO, attempts: 1 };
         let sent: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = sent.clone();
         let report: Report = Arc::new(move |change, _| seen.lock().unwrap().push(change.version.to_string()));
-        let (handle, task) = spawn(&notify, Notifier::from_config(&notify, None), report);
+        let (handle, task) = spawn(&notify, Notifier::from_config(&notify, &Resources::default()), report);
         handle.changed(change("1"));
         tokio::time::sleep(Duration::from_millis(100)).await;
         for version in ["2", "3", "4"] {

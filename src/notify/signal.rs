@@ -5,12 +5,39 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal as Sig};
+use serde::Deserialize;
+use toml::Spanned;
 
-use super::{Change, NotifyError, Sent};
-use crate::config::{SignalNotify, SignalTarget};
+use super::systemd::check_unit;
+use super::{Change, Kind, NotifyError, Resources, Sent};
+use crate::config::Section;
 
 /// How long `systemctl show` may take to name a unit's main process.
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Signals a notifier may send: the ones applications use to reload or reopen, never KILL.
+const SIGNALS: &[&str] = &["HUP", "USR1", "USR2", "INT", "TERM", "QUIT", "WINCH", "CONT", "ALRM"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalConfig {
+    pub target: SignalTarget,
+    /// The signal's name without `SIG`: `HUP`, `USR1`, ...
+    pub signal: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTarget {
+    Pidfile(PathBuf),
+    /// The main process of a systemd unit (`systemctl show -p MainPID`).
+    Unit(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    pidfile: Option<Spanned<String>>,
+    unit: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+}
 
 #[derive(Debug)]
 pub struct Signal {
@@ -19,12 +46,44 @@ pub struct Signal {
     signal: Sig,
 }
 
-impl Signal {
-    pub fn new(config: &SignalNotify) -> Self {
+impl Kind for Signal {
+    const NAME: &'static str = "signal";
+    type Config = SignalConfig;
+
+    fn configure(section: &mut Section<'_, '_>) -> Option<SignalConfig> {
+        let settings: Settings = section.parse()?;
+        let target = match (&settings.pidfile, &settings.unit) {
+            (Some(pidfile), None) => section.absolute_path(pidfile, "pidfile").map(SignalTarget::Pidfile),
+            (None, Some(unit)) => check_unit(unit.get_ref())
+                .map(|()| SignalTarget::Unit(unit.get_ref().clone()))
+                .map_err(|m| section.problem(Some(unit.span()), "unit", m))
+                .ok(),
+            _ => {
+                section.problem(Some(section.span()), "", "set exactly one of pidfile or unit");
+                None
+            }
+        };
+        let name = settings.signal.as_ref().map_or("HUP".to_string(), |s| s.get_ref().trim().to_ascii_uppercase());
+        let name = name.strip_prefix("SIG").unwrap_or(&name).to_string();
+        let name = if SIGNALS.contains(&name.as_str()) {
+            Some(name)
+        } else {
+            let span = settings.signal.as_ref().map_or(section.span(), Spanned::span);
+            section.problem(
+                Some(span),
+                "signal",
+                format!("\"{name}\" is not a signal keyturn sends; expected one of {}", SIGNALS.join(", ")),
+            );
+            None
+        };
+        Some(SignalConfig { target: target?, signal: name? })
+    }
+
+    fn new(config: &SignalConfig, _: &Resources) -> Self {
         Signal { target: config.target.clone(), name: config.signal.clone(), signal: by_name(&config.signal) }
     }
 
-    pub async fn notify(&self, _change: &Change) -> Result<Sent, NotifyError> {
+    async fn notify(&self, _change: &Change) -> Result<Sent, NotifyError> {
         let pid = match &self.target {
             SignalTarget::Pidfile(path) => match read_pidfile(path)? {
                 Some(pid) => pid,

@@ -22,8 +22,9 @@ use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use super::metrics::{Metrics, ResultLabel};
+use crate::backoff::{retry_delay_from, unit_random};
+use crate::clock::SharedClock;
 use crate::config::Report;
-use crate::rotation::timing::{retry_delay_from, unit_random};
 
 pub const SPOOL: &str = "events.jsonl";
 /// Acknowledged events are removed from the spool file in batches, not one rewrite each.
@@ -99,6 +100,8 @@ pub struct Reporter {
     wake: Notify,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
+    /// Each event's time.
+    clock: SharedClock,
     /// `NODE-STARTNANOS-SEQ`: unique across restarts of this node without any stored counter.
     id_prefix: String,
     sequence: AtomicU64,
@@ -115,7 +118,13 @@ struct Spool {
 
 impl Reporter {
     /// Opens the spool under `state_dir`, with whatever an earlier run left unsent.
-    pub fn open(config: &Report, node: &str, state_dir: &Path, metrics: Arc<Metrics>) -> std::io::Result<Reporter> {
+    pub fn open(
+        config: &Report,
+        node: &str,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> std::io::Result<Reporter> {
         crate::sys::create_dir(state_dir, 0o700)?;
         let path = state_dir.join(SPOOL);
         let events: VecDeque<String> = match std::fs::read_to_string(&path) {
@@ -127,7 +136,7 @@ impl Reporter {
             tracing::info!(events = events.len(), spool = %path.display(), "unsent report events from an earlier run");
         }
         metrics.report_spool.set(events.len() as i64);
-        let started = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let started = clock.now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let client = reqwest::Client::builder()
             .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
             .timeout(config.timeout)
@@ -140,6 +149,7 @@ impl Reporter {
             wake: Notify::new(),
             metrics,
             client,
+            clock,
             id_prefix: format!("{node}-{started}"),
             sequence: AtomicU64::new(0),
         })
@@ -157,7 +167,7 @@ impl Reporter {
             id: format!("{}-{sequence}", self.id_prefix),
             source: format!("keyturn://{}", self.node),
             kind: kind.as_type().into(),
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: humantime::format_rfc3339_millis(self.clock.now()).to_string(),
             subject: facts.policy.clone(),
             datacontenttype: "application/json".into(),
             data: EventData { node: self.node.clone(), result: result.into(), facts },
@@ -292,12 +302,14 @@ mod tests {
     async fn events_are_spooled_bounded_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let reporter = Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone()).unwrap();
+        let reporter =
+            Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone(), crate::clock::system()).unwrap();
         for i in 0..12 {
             let facts = Facts { policy: "db".into(), version: Some(i.to_string()), ..Facts::default() };
             reporter.record(Kind::Delivered, "ok", facts);
         }
-        let reopened = Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone()).unwrap();
+        let reopened =
+            Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone(), crate::clock::system()).unwrap();
         let events: Vec<Event> = reopened.spool().events.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(events.len(), 10, "bounded");
         assert_eq!(events[0].data.facts.version.as_deref(), Some("2"), "the two oldest were dropped");

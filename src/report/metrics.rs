@@ -139,7 +139,8 @@ impl Metrics {
             metrics.report_spool.clone(),
         );
         registry.register("keyturn_ready", "1 once every required policy has been delivered", metrics.ready.clone());
-        registry.register_collector(Box::new(Process { started: unix_now() }));
+        let started = crate::clock::unix_seconds(crate::clock::Clock::now(&crate::clock::SystemClock));
+        registry.register_collector(Box::new(Process { started }));
         Metrics { registry, ..metrics }
     }
 
@@ -158,8 +159,9 @@ impl Metrics {
         self.secret_info.get_or_create(&PolicyVersion { policy: policy.into(), version: new.into() }).set(1);
     }
 
-    pub fn success_now(&self, policy: &str) {
-        self.last_success.get_or_create(&PolicyLabel { policy: policy.into() }).set(unix_now());
+    /// Records that `policy` was read and is on disk, at `at`.
+    pub fn success_at(&self, policy: &str, at: std::time::SystemTime) {
+        self.last_success.get_or_create(&PolicyLabel { policy: policy.into() }).set(crate::clock::unix_seconds(at));
     }
 
     /// Forgets every series of a policy that is no longer configured.
@@ -170,14 +172,6 @@ impl Metrics {
         self.last_success.remove(&PolicyLabel { policy: policy.into() });
         self.next_rotation.remove(&PolicyLabel { policy: policy.into() });
     }
-}
-
-pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-}
-
-pub fn unix(time: std::time::SystemTime) -> f64 {
-    time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` at each scrape.
@@ -252,7 +246,7 @@ mod tests {
         metrics.delivered("db", None, "3");
         metrics.delivered("db", Some("3"), "4");
         metrics.deliveries.get_or_create(&PolicyResult { policy: "db".into(), result: "ok" }).inc();
-        metrics.success_now("db");
+        metrics.success_at("db", std::time::SystemTime::UNIX_EPOCH);
         let text = metrics.render();
         assert!(text.contains("keyturn_secret_info{policy=\"db\",version=\"4\"} 1"), "{text}");
         assert!(!text.contains("version=\"3\""), "the old version's series is gone: {text}");

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -127,14 +126,6 @@ impl Status {
         }
         out
     }
-}
-
-pub fn now() -> String {
-    format_time(SystemTime::now())
-}
-
-pub fn format_time(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
-//! Rotation and its timing.
+//! Rotation: making new versions and promoting them through the staged aliases.
 //!
-//! - [`timing`]: when to poll next and how to back off after a failure.
 //! - [`schedule`]: when a secret is due, derived from the store so every node agrees.
 //! - [`lease`]: the annotation that lets one node rotate a shared secret at a time.
 //! - [`protocol`]: the staged rotation itself — lease, add as `pending`, check, promote,
@@ -9,4 +8,3 @@
 pub mod lease;
 pub mod protocol;
 pub mod schedule;
-pub mod timing;

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
+use crate::clock::Clock;
 use crate::config::{Owner, Policy, Rotate};
 use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, VersionId};
 use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
@@ -110,7 +111,8 @@ pub struct Rotator<'a, S> {
     pub pause_at: Option<&'a str>,
     /// Told each step as it completes: the agent logs it, `keyturn rotate` prints it.
     pub progress: &'a (dyn Fn(Step, &str) + Send + Sync),
-    pub now: fn() -> SystemTime,
+    /// Where "now" comes from: due times and lease expiry are decided by it.
+    pub clock: &'a dyn Clock,
 }
 
 impl<S> std::fmt::Debug for Rotator<'_, S> {
@@ -167,12 +169,12 @@ impl<S: SecretStore> Rotator<'_, S> {
         // due time is checked again (another node may have rotated in between).
         if trigger == Trigger::Scheduled
             && let Some(due) = self.due(&meta).await?
-            && (self.now)() < due
+            && self.clock.now() < due
         {
             return Ok(Outcome::NotDue { due });
         }
 
-        let now = (self.now)();
+        let now = self.clock.now();
         if let Err(holder) = lease::may_take(
             meta.annotations.get(lease::ANNOTATION).map(String::as_str),
             self.node,
@@ -269,7 +271,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
         if trigger == Trigger::Scheduled
             && let Some(due) = self.due(&meta).await?
-            && (self.now)() < due
+            && self.clock.now() < due
         {
             return Ok(Outcome::NotDue { due });
         }
@@ -447,7 +449,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         let mut versions = self.store.versions(id).await?;
         // Newest first: by creation time, then by number for stores that number versions.
         versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.number().cmp(&a.id.number())));
-        let now = (self.now)();
+        let now = self.clock.now();
         let mut disabled = Vec::new();
         let mut enabled_seen = 0;
         for (index, version) in versions.iter().enumerate() {
@@ -484,11 +486,11 @@ impl<S: SecretStore> Rotator<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::FileStoreConfig;
     use crate::generate::Generator;
     use crate::rotation::schedule::Schedule;
     use crate::secret::PREVIOUS;
     use crate::store::file::FileStore;
+    use crate::store::file::FileStoreConfig;
 
     fn rotate() -> Rotate {
         Rotate {
@@ -532,7 +534,7 @@ mod tests {
             pid: std::process::id(),
             pause_at: None,
             progress: &|_, _| {},
-            now: SystemTime::now,
+            clock: &crate::clock::SystemClock,
         };
         rotator.run(trigger).await
     }
@@ -613,7 +615,7 @@ mod tests {
             &self,
             id: &SecretId,
             selector: &crate::store::Selector,
-        ) -> Result<crate::store::Version, StoreError> {
+        ) -> Result<crate::secret::Version, StoreError> {
             self.0.access(id, selector).await
         }
         async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
@@ -625,7 +627,8 @@ mod tests {
         async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
             let version = self.0.add_version(id, value).await?;
             let meta = self.0.describe(id).await?;
-            let theirs = Lease::new("node-z", 1, SystemTime::now(), Duration::from_secs(60));
+            let theirs =
+                Lease::new("node-z", 1, crate::clock::Clock::now(&crate::clock::SystemClock), Duration::from_secs(60));
             let take = SecretUpdate {
                 set_annotations: BTreeMap::from([(lease::ANNOTATION.to_string(), theirs.encode())]),
                 ..SecretUpdate::default()

@@ -24,15 +24,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
-use super::{
-    AliasMove, Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, Version, VersionInfo, VersionState,
-};
-use crate::config::FileStoreConfig;
-use crate::secret::{SecretBytes, SecretId, VersionId};
+use super::registry::{Backend, OpenContext};
+use super::{AliasMove, Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo, VersionState};
+use crate::clock::SharedClock;
+use crate::config::Section;
+use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 use crate::sys;
 
 const META: &str = "secret.json";
@@ -41,11 +42,53 @@ const VERSIONS: &str = "versions";
 /// How long a writer waits for another writer (another agent, `keyturn store put`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `[stores.NAME]` with `kind = "file"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStoreConfig {
+    pub dir: PathBuf,
+    /// A TOML file of initial values (`secret-id = "value"` lines) imported when the store
+    /// holds no secret at all: how the quickstart starts from nothing.
+    pub seed: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    dir: Spanned<String>,
+    seed: Option<Spanned<String>>,
+}
+
 #[derive(Debug)]
 pub struct FileStore {
     /// The store's name in configuration, for messages.
     name: String,
     dir: PathBuf,
+    /// Stamps each version's creation time, which rotation schedules count from.
+    clock: SharedClock,
+}
+
+impl Backend for FileStore {
+    const KIND: &'static str = "file";
+    type Config = FileStoreConfig;
+
+    fn configure(section: &mut Section<'_, '_>) -> Option<FileStoreConfig> {
+        let settings: Settings = section.parse()?;
+        let dir = section.path(&settings.dir, "dir");
+        let seed = match &settings.seed {
+            Some(seed) => Some(section.path(seed, "seed")?),
+            None => None,
+        };
+        Some(FileStoreConfig { dir: dir?, seed })
+    }
+
+    async fn open(name: &str, config: &FileStoreConfig, context: &OpenContext) -> Result<Self, StoreError> {
+        FileStore::open_with_clock(name, config, context.clock.clone()).await
+    }
+
+    /// Ids portable to every store, and always safe as directory names.
+    fn check_secret_id(id: &str) -> Result<(), String> {
+        super::check_portable_secret_id(id)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,9 +114,14 @@ struct VersionMeta {
 
 impl FileStore {
     /// Opens (creating if needed) the store at `config.dir`, and imports `config.seed` if the
-    /// store holds no secret yet.
+    /// store holds no secret yet. Versions are stamped with the system clock.
     pub async fn open(name: &str, config: &FileStoreConfig) -> Result<Self, StoreError> {
-        let store = FileStore { name: name.to_string(), dir: config.dir.clone() };
+        FileStore::open_with_clock(name, config, crate::clock::system()).await
+    }
+
+    /// [`FileStore::open`], with versions stamped by `clock`.
+    pub async fn open_with_clock(name: &str, config: &FileStoreConfig, clock: SharedClock) -> Result<Self, StoreError> {
+        let store = FileStore { name: name.to_string(), dir: config.dir.clone(), clock };
         sys::create_dir(&store.dir, 0o700).map_err(|e| store.io("create", &store.dir, e))?;
         if let Some(seed) = &config.seed {
             store.seed(seed).await?;
@@ -112,7 +160,7 @@ impl FileStore {
     fn secret_dir(&self, id: &SecretId) -> Result<PathBuf, StoreError> {
         // Ids are validated by configuration, but `store put` and `get` take them from the
         // command line: check again before an id becomes a path.
-        SecretId::parse(id.as_str()).map_err(StoreError::Invalid)?;
+        Self::check_secret_id(id.as_str()).map_err(StoreError::Invalid)?;
         Ok(self.dir.join(id.as_str()))
     }
 
@@ -234,7 +282,7 @@ impl SecretStore for FileStore {
                 path = self.version_path(id, number)?;
             }
             write_new(&path, value.expose()).map_err(|e| self.io("write", &path, e))?;
-            let created = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+            let created = humantime::format_rfc3339_micros(self.clock.now()).to_string();
             meta.versions.insert(number, VersionMeta { state: VersionState::Enabled, created, crc32c: value.crc32c() });
             meta.next_version = number + 1;
             Ok(VersionId::from(number))

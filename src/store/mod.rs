@@ -1,18 +1,29 @@
 //! Secret stores: where values come from and where rotations are recorded.
 //!
-//! [`SecretStore`] is what the engine sees; one file per backend implements it, and
-//! [`AnyStore`] is the closed set of backends that `app` builds from configuration. Stores
-//! speak in aliases: nodes deliver the version aliased `current`, never blindly `latest`, so a
-//! rotation that is half done (aliased `pending`) is never delivered.
+//! [`SecretStore`] is what the engine sees. One file (or folder) per backend implements it
+//! and [`registry::Backend`]: the backend owns its settings and their validation, how it is
+//! opened, its naming rules and the advice its errors give. The `stores!` list in
+//! [`registry`] is the one place backends are registered; [`AnyStore`] and [`StoreConfig`]
+//! are the closed sets it makes, used alike by the agent, the one-shot commands and `probe`.
+//! Stores speak in aliases: nodes deliver the version aliased `current`, never blindly
+//! `latest`, so a rotation that is half done (aliased `pending`) is never delivered.
 //!
 //! Errors are typed ([`StoreError`]) and say what to do. They name secrets and versions, never
 //! values.
 
-pub mod file;
-pub mod gcp;
+#[cfg(test)]
+pub mod memory;
 pub mod metered;
+pub mod registry;
 
 pub use metered::Metered;
+pub use registry::OpenContext;
+
+// The backends this build knows: one line each.
+registry::stores! {
+    File => file::FileStore,
+    Gcp => gcp::GcpStore,
+}
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,7 +31,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::secret::{SecretBytes, SecretId, VersionId};
+use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 
 /// Which version of a secret to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,15 +57,6 @@ impl fmt::Display for Selector {
             Selector::Id(id) => write!(f, "version {id}"),
         }
     }
-}
-
-/// One accessed version: its id, its value, and the checksum the value was verified against.
-#[derive(Debug)]
-pub struct Version {
-    pub id: VersionId,
-    pub value: SecretBytes,
-    pub crc32c: u32,
-    pub created: Option<SystemTime>,
 }
 
 /// An opaque compare-and-swap token for a secret's metadata.
@@ -200,76 +202,13 @@ pub trait SecretStore: Send + Sync {
     fn destroy(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
-/// Every backend this build knows, as one type the engine can be instantiated with.
-#[derive(Debug)]
-pub enum AnyStore {
-    File(file::FileStore),
-    Gcp(gcp::GcpStore),
-}
-
-impl SecretStore for AnyStore {
-    async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
-        match self {
-            AnyStore::File(store) => store.access(id, selector).await,
-            AnyStore::Gcp(store) => store.access(id, selector).await,
-        }
-    }
-
-    async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
-        match self {
-            AnyStore::File(store) => store.describe(id).await,
-            AnyStore::Gcp(store) => store.describe(id).await,
-        }
-    }
-
-    async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
-        match self {
-            AnyStore::File(store) => store.create(id).await,
-            AnyStore::Gcp(store) => store.create(id).await,
-        }
-    }
-
-    async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
-        match self {
-            AnyStore::File(store) => store.add_version(id, value).await,
-            AnyStore::Gcp(store) => store.add_version(id, value).await,
-        }
-    }
-
-    async fn update(&self, id: &SecretId, base: &SecretMeta, update: &SecretUpdate) -> Result<Etag, StoreError> {
-        match self {
-            AnyStore::File(store) => store.update(id, base, update).await,
-            AnyStore::Gcp(store) => store.update(id, base, update).await,
-        }
-    }
-
-    async fn version_info(&self, id: &SecretId, version: &VersionId) -> Result<VersionInfo, StoreError> {
-        match self {
-            AnyStore::File(store) => store.version_info(id, version).await,
-            AnyStore::Gcp(store) => store.version_info(id, version).await,
-        }
-    }
-
-    async fn versions(&self, id: &SecretId) -> Result<Vec<VersionInfo>, StoreError> {
-        match self {
-            AnyStore::File(store) => store.versions(id).await,
-            AnyStore::Gcp(store) => store.versions(id).await,
-        }
-    }
-
-    async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
-        match self {
-            AnyStore::File(store) => store.disable(id, version).await,
-            AnyStore::Gcp(store) => store.disable(id, version).await,
-        }
-    }
-
-    async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
-        match self {
-            AnyStore::File(store) => store.destroy(id, version).await,
-            AnyStore::Gcp(store) => store.destroy(id, version).await,
-        }
-    }
+/// Google Secret Manager's rule for secret ids, the strictest of the stores keyturn speaks:
+/// 1 to 255 letters, digits, `-` and `_`. The Google backend holds to it, and the file store
+/// too, so that a policy written against the file store moves to Google unchanged (and an id
+/// is always safe as a file name).
+pub fn check_portable_secret_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty() && id.len() <= 255 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(format!("\"{id}\" is not a secret id: 1 to 255 letters, digits, \"-\" and \"_\"")) }
 }
 
 /// Why a store operation failed. Messages name the store, secret and version, never a value.
@@ -292,12 +231,12 @@ pub enum StoreError {
     Empty { id: SecretId, version: VersionId },
     #[error("{0}")]
     Invalid(String),
-    #[error("store \"{store}\": permission denied: {message}{}", role_hint(permission.as_deref()))]
-    PermissionDenied { store: String, permission: Option<String>, message: String },
-    #[error(
-        "store \"{store}\": {message}; check the node's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, or `credentials` in the store's configuration)"
-    )]
-    Auth { store: String, message: String },
+    /// `advice` is the backend's: which role or policy grants `permission`.
+    #[error("store \"{store}\": permission denied: {message}{advice}")]
+    PermissionDenied { store: String, permission: Option<String>, message: String, advice: String },
+    /// `advice` is the backend's: where it looks for credentials.
+    #[error("store \"{store}\": {message}{advice}")]
+    Auth { store: String, message: String, advice: String },
     #[error("store \"{store}\": quota exceeded, will retry: {message}")]
     Quota { store: String, message: String },
     #[error("store \"{store}\": unavailable, will retry: {message}")]
@@ -326,23 +265,4 @@ impl StoreError {
                 | StoreError::Auth { .. }
         )
     }
-}
-
-/// Which predefined Google role grants a permission, so a denial says what to ask for.
-fn role_hint(permission: Option<&str>) -> String {
-    let role = match permission {
-        Some("secretmanager.versions.access") => "roles/secretmanager.secretAccessor",
-        Some("secretmanager.versions.add") => "roles/secretmanager.secretVersionAdder",
-        Some(
-            "secretmanager.versions.enable"
-            | "secretmanager.versions.disable"
-            | "secretmanager.versions.destroy"
-            | "secretmanager.versions.get"
-            | "secretmanager.versions.list",
-        ) => "roles/secretmanager.secretVersionManager",
-        Some("secretmanager.secrets.get" | "secretmanager.secrets.list") => "roles/secretmanager.viewer",
-        Some(_) => "the keyturn rotator role in policies/iam/",
-        None => return String::new(),
-    };
-    format!(" (grant {role} on the secret, or see policies/iam/)")
 }

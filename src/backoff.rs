@@ -1,5 +1,7 @@
-//! When to act next, as small pure functions. Randomness comes in as a number in `[0, 1)` so
-//! the functions can be tested as tables; [`unit_random`] supplies it in the agent.
+//! Retry and poll timing, as small pure functions: when to poll next, and how long to back off
+//! after a failure. Used by the engine, the Google store's retries, the notifiers and the
+//! event reporter. Randomness comes in as a number in `[0, 1)` so the functions can be tested
+//! as tables; [`unit_random`] supplies it in the agent.
 
 use std::time::Duration;
 

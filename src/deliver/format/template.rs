@@ -1,4 +1,4 @@
-//! The `template` format: one file rendered from a policy's secrets and literal text, with
+//! `format = "template"`: one file rendered from a policy's secrets and literal text, with
 //! minijinja, strict about undefined names.
 //!
 //! A template sees `secret` (the policy's secret, as text), `secrets.NAME` (each
@@ -15,8 +15,63 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 
-use super::format::RenderError;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Context as Policy, Input, Kind, RenderError};
+use crate::config::Section;
 use crate::secret::SecretBytes;
+
+/// `template = """..."""`: the text to render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub source: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    template: Option<Spanned<String>>,
+}
+
+impl Kind for Template {
+    const NAME: &'static str = "template";
+    const SETTINGS: &'static [&'static str] = &["template"];
+
+    /// Checks the template now (syntax, undefined names), each problem placed on the policy
+    /// file's line.
+    fn configure(section: &mut Section<'_, '_>, policy: &Policy<'_>) -> Option<Self> {
+        let settings: Settings = section.parse()?;
+        let Some(template) = settings.template else {
+            section.problem(
+                policy.format_span.clone(),
+                "format",
+                "\"template\" needs template = \"\"\"...\"\"\" with the text to render",
+            );
+            return None;
+        };
+        let found = check(template.get_ref(), policy.extras);
+        // A multi-line string's text starts on the line after its opening quotes.
+        let quoted = section.text(template.span());
+        let opening_newline = quoted.starts_with("\"\"\"\n") || quoted.starts_with("'''\n");
+        let first = section.line(template.span().start) + usize::from(opening_newline);
+        for problem in &found {
+            section.problem_at_line(problem.line.map_or(first, |l| first + l - 1), "template", problem.message.clone());
+        }
+        found.is_empty().then(|| Template { source: template.into_inner() })
+    }
+
+    fn render(&self, input: &Input<'_>) -> Result<SecretBytes, RenderError> {
+        let context = Context {
+            secret: input.value(),
+            extras: input.extras.iter().map(|(name, version)| (name.as_str(), &version.value)).collect(),
+            node: input.node,
+            policy: input.policy,
+            version: input.version.id.as_str(),
+        };
+        render(&self.source, &context)
+    }
+}
 
 /// The names every template may use besides `secrets.NAME`.
 pub const NAMES: &[&str] = &["secret", "secrets", "node", "policy", "version"];
@@ -83,7 +138,7 @@ pub fn check(source: &str, extras: &[&str]) -> Vec<TemplateProblem> {
 #[derive(Debug)]
 pub struct Context<'a> {
     pub secret: &'a SecretBytes,
-    pub extras: &'a BTreeMap<String, SecretBytes>,
+    pub extras: BTreeMap<&'a str, &'a SecretBytes>,
     pub node: &'a str,
     pub policy: &'a str,
     pub version: &'a str,
@@ -94,8 +149,8 @@ pub fn render(source: &str, context: &Context<'_>) -> Result<SecretBytes, Render
         std::str::from_utf8(value.expose()).map(str::to_string).map_err(|_| RenderError::NotUtf8 { format: "template" })
     };
     let mut secrets = BTreeMap::new();
-    for (name, value) in context.extras {
-        secrets.insert(name.as_str(), text(value)?);
+    for (name, value) in &context.extras {
+        secrets.insert(*name, text(value)?);
     }
     let values = minijinja::context! {
         secret => text(context.secret)?,
@@ -117,6 +172,7 @@ mod tests {
     use super::*;
 
     fn context<'a>(secret: &'a SecretBytes, extras: &'a BTreeMap<String, SecretBytes>) -> Context<'a> {
+        let extras = extras.iter().map(|(name, value)| (name.as_str(), value)).collect();
         Context { secret, extras, node: "edge-17", policy: "app", version: "4" }
     }
 

@@ -36,10 +36,15 @@ use serde_json::json;
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, Version, VersionInfo, VersionState};
-use crate::config::GcpStoreConfig;
-use crate::rotation::timing::{retry_delay_from, unit_random};
-use crate::secret::{SecretBytes, SecretId, VersionId};
+mod config;
+
+pub use config::GcpStoreConfig;
+
+use super::registry::{Backend, OpenContext};
+use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo, VersionState};
+use crate::backoff::{retry_delay_from, unit_random};
+use crate::config::Section;
+use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
@@ -50,6 +55,61 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// An error body is quoted into messages only this far: enough for Google's envelope, not for
 /// a proxy's whole HTML page.
 const MAX_QUOTED: usize = 300;
+/// Where credentials come from, for errors that say to check them.
+const CREDENTIALS_ADVICE: &str = "; check the node's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, or `credentials` in the store's configuration)";
+
+impl Backend for GcpStore {
+    const KIND: &'static str = "gcp";
+    type Config = GcpStoreConfig;
+
+    fn configure(section: &mut Section<'_, '_>) -> Option<GcpStoreConfig> {
+        config::configure(section)
+    }
+
+    async fn open(name: &str, config: &GcpStoreConfig, _: &OpenContext) -> Result<Self, StoreError> {
+        GcpStore::new(name, config)
+    }
+
+    fn check_secret_id(id: &str) -> Result<(), String> {
+        super::check_portable_secret_id(id)
+    }
+
+    /// The configured endpoint, then the regional endpoint of each `--location`.
+    fn probe_endpoints(
+        config: &GcpStoreConfig,
+        locations: &[String],
+    ) -> Result<Vec<(String, GcpStoreConfig)>, String> {
+        let mut endpoints = vec![("global".to_string(), config.clone())];
+        for location in locations {
+            config::check_location(location).map_err(|m| format!("--location {m}"))?;
+            endpoints.push((location.clone(), GcpStoreConfig { location: Some(location.clone()), ..config.clone() }));
+        }
+        Ok(endpoints)
+    }
+
+    async fn authenticate(&self) -> Option<Result<(), StoreError>> {
+        Some(self.token_ready().await)
+    }
+}
+
+/// Which predefined Google role grants a permission, so a denial says what to ask for.
+fn role_hint(permission: Option<&str>) -> String {
+    let role = match permission {
+        Some("secretmanager.versions.access") => "roles/secretmanager.secretAccessor",
+        Some("secretmanager.versions.add") => "roles/secretmanager.secretVersionAdder",
+        Some(
+            "secretmanager.versions.enable"
+            | "secretmanager.versions.disable"
+            | "secretmanager.versions.destroy"
+            | "secretmanager.versions.get"
+            | "secretmanager.versions.list",
+        ) => "roles/secretmanager.secretVersionManager",
+        Some("secretmanager.secrets.get" | "secretmanager.secrets.list") => "roles/secretmanager.viewer",
+        Some(_) => "the keyturn rotator role in policies/iam/",
+        None => return String::new(),
+    };
+    format!(" (grant {role} on the secret, or see policies/iam/)")
+}
 
 pub struct GcpStore {
     /// The store's name in configuration, for messages.
@@ -111,7 +171,7 @@ impl GcpStore {
     }
 
     fn secret_url(&self, id: &SecretId) -> Result<String, StoreError> {
-        SecretId::parse(id.as_str()).map_err(StoreError::Invalid)?;
+        super::check_portable_secret_id(id.as_str()).map_err(StoreError::Invalid)?;
         Ok(format!("{}/secrets/{id}", self.parent_url))
     }
 
@@ -135,7 +195,8 @@ impl GcpStore {
     }
 
     async fn token(&self) -> Result<Arc<gcp_auth::Token>, StoreError> {
-        let auth = |message: String| StoreError::Auth { store: self.name.clone(), message };
+        let auth =
+            |message: String| StoreError::Auth { store: self.name.clone(), message, advice: CREDENTIALS_ADVICE.into() };
         let provider = self
             .tokens
             .get_or_try_init(|| async {
@@ -220,9 +281,14 @@ impl GcpStore {
                     .details
                     .iter()
                     .find_map(|d| d.pointer("/metadata/permission").and_then(|p| p.as_str()).map(String::from));
-                StoreError::PermissionDenied { store, permission, message }
+                let advice = role_hint(permission.as_deref());
+                StoreError::PermissionDenied { store, permission, message, advice }
             }
-            "UNAUTHENTICATED" => StoreError::Auth { store, message: format!("credentials refused: {message}") },
+            "UNAUTHENTICATED" => StoreError::Auth {
+                store,
+                message: format!("credentials refused: {message}"),
+                advice: CREDENTIALS_ADVICE.into(),
+            },
             "RESOURCE_EXHAUSTED" => StoreError::Quota { store, message },
             "UNAVAILABLE" | "INTERNAL" | "UNKNOWN" | "DEADLINE_EXCEEDED" => StoreError::Unavailable { store, message },
             status => StoreError::Api { store, status: status.to_string(), message },

@@ -1,0 +1,93 @@
+//! Configuration → the real parts: stores (through the store registry, each counted in the
+//! metrics), the bundle writer, the event reporter, the recorder. The agent, `sync --once`,
+//! `rotate` and `store` all build through here, so each part is built one way.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{AppError, Seams};
+use crate::config::{self, AgentFile, Config, System};
+use crate::deliver::{BundleWriter, DeliverError};
+use crate::report::Recorder;
+use crate::report::events::Reporter;
+use crate::report::metrics::Metrics;
+use crate::store::{AnyStore, Metered, OpenContext, StoreConfig, StoreError};
+
+/// The stores the engine uses, each counted in the metrics.
+pub type Stores = BTreeMap<String, Arc<Metered<AnyStore>>>;
+
+pub fn load(path: &Path) -> Result<Config, config::ConfigErrors> {
+    config::load(path, &System, &System)
+}
+
+/// The agent file alone: a broken policy must not lock an operator out of `status` or `store`.
+pub fn load_agent_file(path: &Path) -> Result<AgentFile, config::ConfigErrors> {
+    config::load_agent_file(path, &System, &System)
+}
+
+fn context(seams: &Seams) -> OpenContext {
+    OpenContext { clock: seams.clock.clone() }
+}
+
+/// The store named `name` among `stores` (of the agent file at `path`), opened.
+pub async fn store(
+    path: &Path,
+    stores: &BTreeMap<String, StoreConfig>,
+    name: &str,
+    seams: &Seams,
+) -> Result<AnyStore, AppError> {
+    let config = named(path, stores, name)?;
+    Ok(AnyStore::open(name, config, &context(seams)).await?)
+}
+
+/// The settings of the store named `name`, or a usage error listing the stores there are.
+pub fn named<'a>(
+    path: &Path,
+    stores: &'a BTreeMap<String, StoreConfig>,
+    name: &str,
+) -> Result<&'a StoreConfig, AppError> {
+    stores.get(name).ok_or_else(|| {
+        let names: Vec<&str> = stores.keys().map(String::as_str).collect();
+        AppError::Usage(format!("no store named \"{name}\" in {}; stores: {}", path.display(), names.join(", ")))
+    })
+}
+
+/// Every configured store, opened and counted.
+pub async fn stores(config: &Config, metrics: &Arc<Metrics>, seams: &Seams) -> Result<Stores, StoreError> {
+    let context = context(seams);
+    let mut stores = BTreeMap::new();
+    for (name, store) in &config.stores {
+        let store = Metered::new(name, AnyStore::open(name, store, &context).await?, metrics.clone());
+        stores.insert(name.clone(), Arc::new(store));
+    }
+    Ok(stores)
+}
+
+/// The bundle writer for the runtime directory, which it checks (tmpfs, unless allowed).
+pub fn writer(config: &Config, seams: &Seams) -> Result<BundleWriter, DeliverError> {
+    let mut writer = BundleWriter::new(config.agent.runtime_dir.clone(), seams.bundle_pause(), seams.clock.clone());
+    writer.prepare_root(config.agent.allow_persistent)?;
+    Ok(writer)
+}
+
+/// The central event reporter with its spool, when `[report]` is configured.
+pub fn reporter(config: &Config, metrics: &Arc<Metrics>, seams: &Seams) -> Result<Option<Arc<Reporter>>, AppError> {
+    let Some(report) = &config.report else { return Ok(None) };
+    let state_dir = &config.agent.state_dir;
+    let reporter =
+        Reporter::open(report, &config.agent.node, state_dir, metrics.clone(), seams.clock.clone()).map_err(
+            |source| AppError::Io { what: format!("cannot open the report spool in {}", state_dir.display()), source },
+        )?;
+    Ok(Some(Arc::new(reporter)))
+}
+
+/// The recorder every outcome goes to.
+pub fn recorder(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    reporter: Option<Arc<Reporter>>,
+    seams: &Seams,
+) -> Arc<Recorder> {
+    Arc::new(Recorder::new(&config.agent.node, seams.clock.clone(), metrics, reporter))
+}

@@ -1,0 +1,114 @@
+//! Turns a command line into work: builds stores and tasks from a validated configuration,
+//! runs one command or the long-running agent, and owns every task it starts.
+//!
+//! - [`commands`]: the one-shot commands (`validate`, `status`, `sync --once`, `rotate`,
+//!   `probe`, `store`, and the requests to a running agent);
+//! - [`agent`]: the long-running agent's lifetime: start, signals, reloads, stop;
+//! - [`build`]: configuration → stores (through the store registry), the bundle writer, the
+//!   event reporter. The only place that opens stores.
+//!
+//! Errors are typed ([`AppError`]); `main.rs` alone maps them to exit codes.
+
+mod agent;
+mod build;
+mod commands;
+
+use std::path::Path;
+
+use crate::cli::{Cli, Command};
+use crate::clock::SharedClock;
+use crate::config::ConfigErrors;
+use crate::control::socket;
+use crate::deliver::DeliverError;
+use crate::store::StoreError;
+
+/// Side effects the process decides once, at its edge, and hands in.
+#[derive(Debug, Clone)]
+pub struct Seams {
+    /// `KEYTURN_TEST_PAUSE_AT`: a named step (`bundle:swapped`) at which the agent stops
+    /// forever, so that crash tests can SIGKILL it at exactly that point.
+    pub pause_at: Option<String>,
+    /// Where every "now" comes from.
+    pub clock: SharedClock,
+}
+
+impl Seams {
+    pub fn from_process() -> Self {
+        Seams { pause_at: std::env::var("KEYTURN_TEST_PAUSE_AT").ok(), clock: crate::clock::system() }
+    }
+
+    fn bundle_pause(&self) -> Option<String> {
+        self.pause_at.as_deref().and_then(|p| p.strip_prefix("bundle:")).map(String::from)
+    }
+
+    fn engine(&self) -> crate::engine::Seams {
+        crate::engine::Seams {
+            clock: self.clock.clone(),
+            random: crate::backoff::unit_random,
+            pause_at: self.pause_at.as_deref().map(Into::into),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("policy {policy}: {source}")]
+    Rotation {
+        policy: String,
+        #[source]
+        source: Box<crate::rotation::protocol::RotationError>,
+    },
+    #[error(
+        "policy {policy}: another rotation holds the lease ({holder}); it ends when that rotation finishes or the lease expires"
+    )]
+    Busy { policy: String, holder: String },
+    /// A running agent refused or failed what it was asked.
+    #[error("{0}")]
+    Agent(String),
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// The command line asks for something that cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Store(Box<StoreError>),
+    #[error(transparent)]
+    Deliver(#[from] DeliverError),
+    #[error("{failed} of {total} policies failed ({}); see `keyturn status` or the log above", names.join(", "))]
+    PoliciesFailed { failed: usize, total: usize, names: Vec<String> },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        AppError::Store(Box::new(error))
+    }
+}
+
+pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
+    // Values pass through every command except `validate`; none of them may end up in a core
+    // dump. Failure here (an unusual kernel) is worth a warning, not a refusal.
+    if let Err(e) = crate::sys::forbid_core_dumps() {
+        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+    }
+    let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
+    let path: &Path = &config_path;
+    match cli.command {
+        Command::Validate => commands::validate(path),
+        Command::Status { json } => commands::status(path, json).await,
+        Command::Store { command } => commands::store(path, command, &seams).await,
+        Command::Sync { once: _ } => commands::sync_once(path, &seams).await,
+        Command::Agent => agent::run(path, &seams).await,
+        Command::Rotate { policy, now: _, revoke } => commands::rotate(path, &policy, revoke, &seams).await,
+        Command::Reload => commands::ask_agent(path, socket::Request::Reload).await,
+        Command::Resync => commands::ask_agent(path, socket::Request::Resync).await,
+        Command::Probe { store, requests, location, secret, json } => {
+            commands::probe(path, &store, requests, &location, secret.as_deref(), json).await
+        }
+    }
+}

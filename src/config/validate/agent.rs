@@ -1,0 +1,259 @@
+//! The agent file's own sections: `[agent]`, `[admin]`, `[control]` and `[report]`, plus the
+//! dispatch of `[stores.NAME]` to [`super::stores`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::source::{Account, Section, Source};
+use super::{DEFAULT_POLICIES_DIR, stores};
+use crate::config::raw;
+use crate::config::units::{check_outbound_url, parse_mode, parse_ratio};
+use crate::config::{Accounts, Admin, Agent, AgentFile, Control, Environment, Problem, Report};
+use crate::store::StoreConfig;
+
+const DEFAULT_RUNTIME_DIR: &str = "/run/keyturn";
+const DEFAULT_STATE_DIR: &str = "/var/lib/keyturn";
+const DEFAULT_POLL: Duration = Duration::from_secs(60);
+const DEFAULT_JITTER: f64 = 0.1;
+const MAX_JITTER: f64 = 0.5;
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Shortest poll accepted. Faster polling buys nothing a notification would not, and costs
+/// store quota across the whole fleet.
+const MIN_POLL: Duration = Duration::from_secs(1);
+/// The admin listener serves metrics and health, never values; by default on loopback only.
+const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report"];
+
+/// The sections of an agent file, each `None` if it was wrong (problems say why).
+#[derive(Default)]
+pub(super) struct Parts {
+    pub agent: Option<Agent>,
+    pub admin: Option<Admin>,
+    pub control: Option<Control>,
+    pub report: Option<Option<Report>>,
+    pub stores: BTreeMap<String, StoreConfig>,
+}
+
+impl Parts {
+    pub fn complete(self) -> Option<AgentFile> {
+        Some(AgentFile {
+            agent: self.agent?,
+            admin: self.admin?,
+            control: self.control?,
+            report: self.report?,
+            stores: self.stores,
+        })
+    }
+}
+
+pub(super) fn sections(
+    source: &Source<'_>,
+    table: &Spanned<DeTable<'_>>,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+    problems: &mut Vec<Problem>,
+) -> Parts {
+    let table = table.get_ref();
+    source.known_sections(table, SECTIONS, problems);
+    // An absent section is checked as an empty one: its defaults must hold too.
+    let value =
+        |name: &str| table.get(name).cloned().unwrap_or_else(|| Spanned::new(0..0, DeValue::Table(DeTable::new())));
+    let agent = agent_section(&mut Section::new(source, "agent", value("agent"), env, accounts, problems));
+    let admin = admin_section(&mut Section::new(source, "admin", value("admin"), env, accounts, problems));
+    let control = control_section(&mut Section::new(source, "control", value("control"), env, accounts, problems));
+    let report = match table.get("report") {
+        Some(_) => {
+            report_section(&mut Section::new(source, "report", value("report"), env, accounts, problems)).map(Some)
+        }
+        None => Some(None),
+    };
+    let stores = match table.get("stores") {
+        Some(value) => stores::sections(source, value, env, accounts, problems),
+        None => BTreeMap::new(),
+    };
+    Parts { agent, admin, control, report, stores }
+}
+
+fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
+    let raw: raw::Agent = section.parse()?;
+    let node = match &raw.node {
+        Some(node) => section.expand(node, "node"),
+        None => section.env().hostname().or_else(|| {
+            section.problem(None, "node", "cannot read the host name; set node = \"NAME\"");
+            None
+        }),
+    };
+    let node = node.and_then(|node| {
+        let ok = !node.is_empty()
+            && node.len() <= 253
+            && node.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        ok.then_some(node.clone()).or_else(|| {
+            section.problem(
+                raw.node.as_ref().map(Spanned::span),
+                "node",
+                format!("\"{node}\" is not a node name: 1 to 253 letters, digits, \".\", \"-\" or \"_\""),
+            );
+            None
+        })
+    });
+    let mut directory = |value: Option<&Spanned<String>>, default: &str, field: &str| -> Option<PathBuf> {
+        match value {
+            Some(value) => section.path(value, field),
+            None => Some(PathBuf::from(default)),
+        }
+    };
+    let runtime_dir = directory(raw.runtime_dir.as_ref(), DEFAULT_RUNTIME_DIR, "runtime_dir");
+    let state_dir = directory(raw.state_dir.as_ref(), DEFAULT_STATE_DIR, "state_dir");
+    let policies_dir = directory(raw.policies.as_ref(), DEFAULT_POLICIES_DIR, "policies");
+    let poll = section.duration(raw.poll.as_ref(), DEFAULT_POLL, "poll").and_then(|poll| {
+        (poll >= MIN_POLL).then_some(poll).or_else(|| {
+            section.problem(raw.poll.as_ref().map(Spanned::span), "poll", "must be at least 1s");
+            None
+        })
+    });
+    let jitter = match &raw.jitter {
+        None => Some(DEFAULT_JITTER),
+        Some(value) => {
+            parse_ratio(value.get_ref(), MAX_JITTER).map_err(|m| section.problem(Some(value.span()), "jitter", m)).ok()
+        }
+    };
+    let shutdown_grace = section.duration(raw.shutdown_grace.as_ref(), DEFAULT_SHUTDOWN_GRACE, "shutdown_grace");
+    Some(Agent {
+        node: node?,
+        runtime_dir: runtime_dir?,
+        state_dir: state_dir?,
+        policies_dir: policies_dir?,
+        poll: poll?,
+        jitter: jitter?,
+        allow_persistent: raw.allow_persistent.unwrap_or(false),
+        rotate: raw.rotate.unwrap_or(true),
+        shutdown_grace: shutdown_grace?,
+    })
+}
+
+fn admin_section(section: &mut Section<'_, '_>) -> Option<Admin> {
+    let raw: raw::Admin = section.parse()?;
+    let Some(listen) = &raw.listen else {
+        return Some(Admin { listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("a socket address")) });
+    };
+    if listen.get_ref() == "off" {
+        return Some(Admin { listen: None });
+    }
+    match listen.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(address) => Some(Admin { listen: Some(address) }),
+        Err(_) => {
+            section.problem(
+                Some(listen.span()),
+                "listen",
+                format!("\"{}\" is not an address and port such as \"127.0.0.1:9464\" (or \"off\")", listen.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn control_section(section: &mut Section<'_, '_>) -> Option<Control> {
+    let raw: raw::Control = section.parse()?;
+    let before = section.problem_count();
+    let mode = match &raw.mode {
+        None => 0o600,
+        Some(mode) => {
+            let parsed = match mode.get_ref() {
+                raw::Mode::Text(text) => parse_mode(text).ok(),
+                raw::Mode::Bits(bits) => u32::try_from(*bits).ok(),
+            };
+            match parsed {
+                Some(m @ (0o600 | 0o660)) => m,
+                _ => {
+                    section.problem(Some(mode.span()), "mode", "expected \"0600\", or \"0660\" with a group");
+                    0o600
+                }
+            }
+        }
+    };
+    let group = section.account(raw.group.as_ref(), "group", Account::Group).flatten();
+    if mode == 0o660 && group.is_none() {
+        section.problem(None, "mode", "\"0660\" needs group = \"NAME\": the group that may use the socket");
+    }
+    let mut allow_users = Vec::new();
+    for user in raw.allow_users.iter().flatten() {
+        if let Some(Some(id)) = section.account(Some(user), "allow_users", Account::User) {
+            allow_users.push(id);
+        }
+    }
+    if raw.allow_users.is_none() {
+        // By default, the user the agent runs as (in practice root).
+        allow_users.push(rustix::process::geteuid().as_raw());
+    }
+    let mut allow_groups = Vec::new();
+    for group in raw.allow_groups.iter().flatten() {
+        if let Some(Some(id)) = section.account(Some(group), "allow_groups", Account::Group) {
+            allow_groups.push(id);
+        }
+    }
+    (section.problem_count() == before).then_some(Control { mode, group, allow_users, allow_groups })
+}
+
+fn report_section(section: &mut Section<'_, '_>) -> Option<Report> {
+    let raw: raw::Report = section.parse()?;
+    let url = section.checked(&raw.url, "url", |url| check_outbound_url(url).map(|()| url.to_string()));
+    let token = match &raw.bearer_token_file {
+        Some(path) => section.path(path, "bearer_token_file").map(Some),
+        None => Some(None),
+    };
+    let timeout = section.duration(raw.timeout.as_ref(), Duration::from_secs(10), "timeout");
+    let spool_max_events = match &raw.spool_max_events {
+        None => Some(10_000),
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(n) if (10..=1_000_000).contains(&n) => Some(n),
+            _ => {
+                section.problem(
+                    Some(n.span()),
+                    "spool_max_events",
+                    format!("{} is out of range: 10 to 1000000", n.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    Some(Report { url: url?, bearer_token_file: token?, timeout: timeout?, spool_max_events: spool_max_events? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+
+    #[test]
+    fn agent_sections_are_checked_and_defaulted() {
+        let got = problems(
+            "[agent]\nnode = \"bad node\"\npoll = \"500ms\"\njitter = \"80%\"\n[admin]\nlisten = \"everywhere\"\n\
+             [control]\nmode = \"0660\"\nallow_users = [\"nobody-here\"]\n[report]\nurl = \"http://10.0.0.1/events\"\n\
+             spool_max_events = 5\n",
+            &[],
+        );
+        let want = [
+            "keyturn.toml:2: agent.node: \"bad node\" is not a node name",
+            "keyturn.toml:3: agent.poll: must be at least 1s",
+            "keyturn.toml:4: agent.jitter: expected a percentage from 0% to 50%",
+            "keyturn.toml:6: admin.listen: \"everywhere\" is not an address",
+            "keyturn.toml: control.mode: \"0660\" needs group",
+            "keyturn.toml:9: control.allow_users: user \"nobody-here\" does not exist",
+            "keyturn.toml:11: report.url: \"http://10.0.0.1/events\": plain http is allowed only to a loopback address",
+            "keyturn.toml:12: report.spool_max_events: 5 is out of range: 10 to 1000000",
+        ];
+        for want in want {
+            assert!(got.iter().any(|p| p.contains(want)), "missing {want:?} in {got:#?}");
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+
+        let defaults = config("", &[]);
+        assert_eq!(defaults.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!((defaults.control.mode, defaults.report), (0o600, None));
+        assert_eq!(defaults.agent.poll, std::time::Duration::from_secs(60));
+        assert!(defaults.agent.rotate && !defaults.agent.allow_persistent);
+    }
+}

@@ -1,0 +1,292 @@
+//! A policy file: `[secret]`, `[secrets.NAME]`, and the hand-off of `[rotate]`, `[[deliver]]`
+//! and `[notify]` to their own files; then the checks that span policies (two policies may
+//! not write one path).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use super::source::{Section, Source};
+use super::{deliver, is_simple_name, notify, rotate};
+use crate::config::{Accounts, Environment, ExtraSecret, Owner, Policy, Problem, raw};
+use crate::secret::SecretId;
+use crate::store::StoreConfig;
+
+const SECTIONS: &[&str] = &["secret", "secrets", "rotate", "deliver", "notify"];
+
+/// The policies checked so far, and what the checks that span them need.
+pub(super) struct Policies<'a> {
+    agent: &'a Source<'a>,
+    stores: &'a BTreeMap<String, StoreConfig>,
+    node: Option<&'a str>,
+    policies: Vec<Policy>,
+    placed: Vec<Placed>,
+}
+
+/// A delivered path, remembered for the checks that span policies.
+struct Placed {
+    file: PathBuf,
+    line: usize,
+    policy: String,
+    path: PathBuf,
+}
+
+impl<'a> Policies<'a> {
+    pub fn new(agent: &'a Source<'a>, stores: &'a BTreeMap<String, StoreConfig>, node: Option<&'a str>) -> Self {
+        Policies { agent, stores, node, policies: Vec::new(), placed: Vec::new() }
+    }
+
+    /// Checks one policy file, keeping it if it is valid.
+    pub fn check(
+        &mut self,
+        file: &Source<'_>,
+        env: &dyn Environment,
+        accounts: &dyn Accounts,
+        problems: &mut Vec<Problem>,
+    ) {
+        if let Some(policy) = self.policy(file, env, accounts, problems) {
+            self.policies.push(policy);
+        }
+    }
+
+    /// The valid policies, sorted by name, after the checks that span them.
+    pub fn finish(mut self, problems: &mut Vec<Problem>) -> Vec<Policy> {
+        check_paths(&self.placed, problems);
+        self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.policies
+    }
+
+    fn policy(
+        &mut self,
+        file: &Source<'_>,
+        env: &dyn Environment,
+        accounts: &dyn Accounts,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Policy> {
+        let name = file.path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
+        let before = problems.len();
+        if !is_simple_name(&name) || name.len() > 63 {
+            problems.push(file.problem(
+                None,
+                "",
+                "a policy is named by its file stem, which must be 1 to 63 lowercase letters, digits, \
+                 \"-\" and \"_\", starting with a letter or digit",
+            ));
+        }
+        let table = file.parse(problems)?;
+        let table = table.get_ref();
+        file.known_sections(table, SECTIONS, problems);
+        let env = NodeEnvironment { env, node: self.node };
+        let env: &dyn Environment = &env;
+
+        // The generator is kept apart from the rest of [rotate]: when it is valid, the formats
+        // are checked against it even if another rotate setting is wrong.
+        let (rotate, generator) = match table.get("rotate") {
+            Some(value) => {
+                let (rotate, generator) =
+                    rotate::section(&mut Section::new(file, "rotate", value.clone(), env, accounts, problems));
+                (Some(rotate), generator)
+            }
+            None => (None, None),
+        };
+        let per_node = matches!(&rotate, Some(Some(r)) if r.owner == Owner::Node);
+        let secret = match table.get("secret") {
+            Some(value) => {
+                self.secret(&mut Section::new(file, "secret", value.clone(), env, accounts, problems), per_node)
+            }
+            None => {
+                problems.push(file.problem(None, "secret", "missing; every policy needs [secret] with store and id"));
+                None
+            }
+        };
+        let extras = match table.get("secrets") {
+            Some(value) => {
+                self.extra_secrets(&mut Section::new(file, "secrets", value.clone(), env, accounts, problems))
+            }
+            None => BTreeMap::new(),
+        };
+        let extra_names: Vec<&str> = extras.keys().map(String::as_str).collect();
+
+        let mut deliveries = Vec::new();
+        match table.get("deliver") {
+            Some(value) => match value.get_ref().as_array() {
+                Some(items) if !items.is_empty() => {
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("deliver[{i}]");
+                        let mut section = Section::new(file, key, item.clone(), env, accounts, problems);
+                        let context = deliver::Context { extras: &extra_names, generator: generator.as_ref() };
+                        if let Some((delivery, line)) = deliver::section(&mut section, &context) {
+                            self.placed.push(Placed {
+                                file: file.path.to_path_buf(),
+                                line,
+                                policy: name.clone(),
+                                path: Path::new(&delivery.bundle).join(&delivery.file),
+                            });
+                            deliveries.push(delivery);
+                        }
+                    }
+                }
+                _ => {
+                    problems.push(file.problem(Some(value.span()), "deliver", "must be one or more [[deliver]] tables"))
+                }
+            },
+            None => problems.push(file.problem(
+                None,
+                "deliver",
+                "missing; add at least one [[deliver]] with a path such as \"app/secret\"",
+            )),
+        }
+
+        let notify = table
+            .get("notify")
+            .map(|value| notify::section(&mut Section::new(file, "notify", value.clone(), env, accounts, problems)));
+
+        let (store, secret, required) = secret?;
+        let rotate = match rotate {
+            Some(rotate) => Some(rotate?),
+            None => None,
+        };
+        let notify = match notify {
+            Some(notify) => Some(notify?),
+            None => None,
+        };
+        (problems.len() == before).then_some(Policy {
+            name,
+            store,
+            secret,
+            required,
+            deliver: deliveries,
+            rotate,
+            notify,
+            extras,
+        })
+    }
+
+    /// `[secret]`: the store and id of the policy's secret; the id is checked by the store's
+    /// backend, which knows its own naming rules.
+    fn secret(&self, section: &mut Section<'_, '_>, per_node: bool) -> Option<(String, SecretId, bool)> {
+        let raw: raw::Secret = section.parse()?;
+        if per_node && !raw.id.get_ref().contains("${NODE}") {
+            section.problem(
+                Some(raw.id.span()),
+                "id",
+                "a per-node secret (owner = \"node\") needs ${NODE} in its id, such as \"api-${NODE}\", so that nodes do not share it",
+            );
+        }
+        let store = self.store(section, &raw.store);
+        let id = section.expand(&raw.id, "id")?;
+        let store = store?;
+        let id = store.check_secret_id(&id).map_err(|m| section.problem(Some(raw.id.span()), "id", m)).ok()?;
+        Some((raw.store.get_ref().clone(), id, raw.required.unwrap_or(true)))
+    }
+
+    /// The store a policy names, or a problem listing the stores there are.
+    fn store(&self, section: &mut Section<'_, '_>, name: &Spanned<String>) -> Option<&'a StoreConfig> {
+        let store = self.stores.get(name.get_ref());
+        if store.is_none() {
+            let defined = if self.stores.is_empty() {
+                format!("no stores are defined in {}", self.agent.path.display())
+            } else {
+                let names = self.stores.keys().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+                format!("defined stores: {names}")
+            };
+            section.problem(
+                Some(name.span()),
+                "store",
+                format!("store \"{}\" is not defined; {defined}", name.get_ref()),
+            );
+        }
+        store
+    }
+
+    /// A policy's `[secrets.NAME]` sections: more secrets its templates use.
+    fn extra_secrets(&self, section: &mut Section<'_, '_>) -> BTreeMap<String, ExtraSecret> {
+        let mut extras = BTreeMap::new();
+        if !section.is_table() {
+            section.problem(Some(section.span()), "", "must be [secrets.NAME] sections with store and id");
+            return extras;
+        }
+        for (name, span) in section.keys() {
+            let identifier = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !identifier {
+                section.problem(
+                    Some(span),
+                    &name,
+                    "a template secret is used as {{ secrets.NAME }}: its name is lowercase letters, digits and \"_\"",
+                );
+                continue;
+            }
+            let Some(mut extra) = section.child(&name) else { continue };
+            let Some(raw) = extra.parse::<raw::ExtraSecret>() else { continue };
+            let Some(store) = self.store(&mut extra, &raw.store) else { continue };
+            let Some(id) = extra.expand(&raw.id, "id") else { continue };
+            match store.check_secret_id(&id) {
+                Ok(secret) => {
+                    extras.insert(name, ExtraSecret { store: raw.store.get_ref().clone(), secret });
+                }
+                Err(m) => extra.problem(Some(raw.id.span()), "id", m),
+            }
+        }
+        extras
+    }
+}
+
+/// The environment with `${NODE}` bound to the agent's node name, for per-node secret ids.
+struct NodeEnvironment<'a> {
+    env: &'a dyn Environment,
+    node: Option<&'a str>,
+}
+
+impl Environment for NodeEnvironment<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "NODE" => self.node.map(String::from).or_else(|| self.env.hostname()),
+            _ => self.env.var(name),
+        }
+    }
+
+    fn hostname(&self) -> Option<String> {
+        self.env.hostname()
+    }
+}
+
+/// Two deliveries may not write the same path, nor a file where another needs a directory.
+///
+/// Paths are kept in a map ordered component by component, where every path under `a/b`
+/// follows `a/b` directly: each delivery is checked against its own ancestors and its first
+/// successor, so a thousand policies cost a thousand lookups, not a million comparisons.
+fn check_paths(placed: &[Placed], problems: &mut Vec<Problem>) {
+    let mut seen: BTreeMap<&Path, &Placed> = BTreeMap::new();
+    for later in placed {
+        let path = later.path.as_path();
+        let clash = if let Some(earlier) = seen.get(path) {
+            Some(("is also delivered", *earlier))
+        } else {
+            let above = path.ancestors().skip(1).find_map(|dir| seen.get(dir));
+            let below = || {
+                seen.range::<Path, _>((Bound::Excluded(path), Bound::Unbounded))
+                    .next()
+                    .filter(|(other, _)| other.starts_with(path))
+                    .map(|(_, earlier)| earlier)
+            };
+            above.or_else(below).map(|earlier| ("overlaps the file delivered", *earlier))
+        };
+        seen.entry(path).or_insert(later);
+        let Some((message, earlier)) = clash else { continue };
+        problems.push(Problem {
+            file: later.file.clone(),
+            line: Some(later.line),
+            key: "deliver.path".into(),
+            message: format!(
+                "\"{}\" {message} by policy \"{}\" ({}:{})",
+                later.path.display(),
+                earlier.policy,
+                earlier.file.display(),
+                earlier.line
+            ),
+        });
+    }
+}

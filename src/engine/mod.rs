@@ -1,0 +1,567 @@
+//! The agent's work loop: pull each policy's `current` version, deliver it if it changed,
+//! rotate it when it is due, and record what happened.
+//!
+//! The engine is generic over [`SecretStore`] and never names a backend, a notifier or a
+//! format; `app` builds the stores and hands them in. Its entry points are
+//! [`Engine::sync_all`], one pass over every policy with the bundle writes batched (start-up,
+//! `sync --once`, a reload, SIGUSR1), and [`Engine::spawn_watchers`], one task per policy that
+//! wakes for the earliest of its next poll (with jitter, or backoff after a failure), its
+//! rotation due time, and the end of a grace period that changes what its JWK set lists (see
+//! [`watch`]). Every failure keeps the last good files: a bundle is only ever replaced whole,
+//! by a complete new version. Every outcome goes to the [`Recorder`], which alone writes log
+//! lines, metrics, status and events about a policy; time comes from the clock in [`Seams`].
+//!
+//! Steady state costs one `access` per policy per poll and no metadata reads: a change is a
+//! new `(version, crc32c)` for the alias, compared in memory against what the bundle holds.
+//! Only when the current version changes does the engine read more: its creation time (for
+//! the rotation schedule and the grace period) and the previous version's public key (for
+//! JWK sets), both kept in memory per policy. Public keys and times only; never a value.
+
+mod state;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use state::Known;
+pub use state::{Seams, State};
+
+use crate::config::{Config, Policy};
+use crate::deliver::{self, Fingerprint, PolicyUpdate, Previous};
+use crate::error_chain;
+use crate::generate::PrivateKey;
+use crate::notify;
+use crate::report::recorder::{Notice, Outcome as Recorded, Recorder, Subject};
+use crate::rotation::protocol::{Outcome, RotationError, Rotator, Step, Trigger};
+use crate::rotation::schedule::in_grace;
+use crate::secret::{PREVIOUS, Version, VersionId};
+use crate::store::{SecretStore, Selector, StoreError};
+use crate::task::AbortOnDrop;
+
+/// How many store requests the initial sync keeps in flight: enough to hide round trips to a
+/// remote store, few enough not to burst a project's quota. `keyturn probe` reads the same way.
+pub const SYNC_CONCURRENCY: usize = 32;
+
+/// What one pass did, for `sync --once` and start-up logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncSummary {
+    pub delivered: usize,
+    pub unchanged: usize,
+    /// Names of the policies that failed, required or not.
+    pub failed: Vec<String>,
+    pub failed_required: usize,
+}
+
+/// A rotation asked for through [`Handle::rotate`], done and delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    pub version: VersionId,
+    pub previous: Option<VersionId>,
+    pub disabled: Vec<VersionId>,
+}
+
+/// A future the control socket can hold without knowing the engine's store type.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the control socket may ask of the running engine, and nothing more.
+pub trait Handle: Send + Sync {
+    /// Pulls every policy now.
+    fn resync(&self) -> BoxFuture<'_, SyncSummary>;
+
+    /// Rotates `policy` now (and, with `revoke`, disables the old value at once), telling
+    /// `progress` each step, then delivers the new version. The error says why not.
+    fn rotate<'a>(
+        &'a self,
+        policy: &'a str,
+        revoke: bool,
+        progress: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<Rotated, String>>;
+}
+
+/// Everything one policy's files are made from, as read from its stores.
+#[derive(Debug)]
+struct Fetched {
+    version: Version,
+    /// Listed in JWK sets beside the current key: the previous key, inside its grace.
+    previous: Option<Previous>,
+    /// The current versions of the policy's `[secrets.NAME]`.
+    extras: BTreeMap<String, Version>,
+}
+
+type PullResult = Result<Fetched, StoreError>;
+
+/// A policy's current version and what delivering it needs.
+struct Pulled<'a> {
+    policy: &'a Policy,
+    fetched: Fetched,
+    /// When its store read began: a delivery event's `duration_ms` counts from here to the
+    /// bundle in place.
+    started: Instant,
+}
+
+pub struct Engine<S> {
+    config: Arc<Config>,
+    stores: Arc<BTreeMap<String, Arc<S>>>,
+    state: Arc<State>,
+    seams: Seams,
+    /// The notification dispatcher of each policy that has `[notify]`.
+    notify: Arc<HashMap<String, notify::Handle>>,
+    /// The dispatcher tasks: they stop when the last clone of this engine is dropped.
+    _dispatchers: Arc<Vec<AbortOnDrop<()>>>,
+}
+
+impl<S> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("policies", &self.config.policies.len()).finish_non_exhaustive()
+    }
+}
+
+impl<S> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine {
+            config: self.config.clone(),
+            stores: self.stores.clone(),
+            state: self.state.clone(),
+            seams: self.seams.clone(),
+            notify: self.notify.clone(),
+            _dispatchers: self._dispatchers.clone(),
+        }
+    }
+}
+
+/// Which policy an outcome is about, for the recorder.
+fn subject(policy: &Policy) -> Subject<'_> {
+    Subject { policy: &policy.name, store: &policy.store, secret: policy.secret.as_str(), required: policy.required }
+}
+
+/// Whether one of the policy's formats lists the previous key (a JWK set does).
+fn lists_previous(policy: &Policy) -> bool {
+    policy.deliver.iter().any(|d| d.format.lists_previous())
+}
+
+impl<S: SecretStore + 'static> Engine<S> {
+    pub fn new(config: Arc<Config>, stores: BTreeMap<String, Arc<S>>, state: Arc<State>, seams: Seams) -> Self {
+        state.recorder.plan(config.policies.iter().map(subject));
+        state.known().retain(|name, _| config.policy(name).is_some());
+        let (notify, dispatchers) = start_dispatchers(&config, &state.recorder);
+        Engine {
+            config,
+            stores: Arc::new(stores),
+            state,
+            seams,
+            notify: Arc::new(notify),
+            _dispatchers: Arc::new(dispatchers),
+        }
+    }
+
+    fn recorder(&self) -> &Recorder {
+        &self.state.recorder
+    }
+
+    /// Sends every notification still waiting out its coalescing window, and waits for them:
+    /// `sync --once` calls it before it exits.
+    pub async fn flush_notifications(&self) {
+        // Every dispatcher is asked first: a hung notifier of one policy must not keep another's
+        // flush from being asked for before a shutdown grace runs out.
+        let sent: Vec<_> = self.notify.values().filter_map(notify::Handle::flush_soon).collect();
+        for sent in sent {
+            let _ = sent.await;
+        }
+    }
+
+    fn store(&self, policy: &Policy) -> &Arc<S> {
+        // Validation guarantees every policy names a configured store.
+        &self.stores[&policy.store]
+    }
+
+    /// Whether this node rotates `policy` on schedule: it has `[rotate]`, and this agent takes
+    /// part in rotation (`[agent] rotate`).
+    fn rotates(&self, policy: &Policy) -> bool {
+        policy.rotate.is_some() && self.config.agent.rotate
+    }
+
+    /// The configuration this engine runs.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One pass over every policy: fetch all (a few at a time), bootstrap rotating secrets
+    /// that have no current version yet, then write each bundle that changed once. Removes
+    /// bundles that no policy delivers any more.
+    pub async fn sync_all(&self) -> SyncSummary {
+        let started = Instant::now();
+        let limit = Arc::new(Semaphore::new(SYNC_CONCURRENCY));
+        let mut fetches = JoinSet::new();
+        for index in 0..self.config.policies.len() {
+            let (engine, limit) = (self.clone(), limit.clone());
+            fetches.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let policy = &engine.config.policies[index];
+                let started = Instant::now();
+                (index, started, engine.pull(policy).await)
+            });
+        }
+        let mut results: Vec<(usize, Instant, PullResult)> = Vec::new();
+        while let Some(joined) = fetches.join_next().await {
+            if let Ok(result) = joined {
+                results.push(result);
+            }
+        }
+        results.sort_by_key(|(index, ..)| *index);
+
+        let mut summary = SyncSummary::default();
+        let mut pulled = Vec::new();
+        for (index, started, result) in results {
+            let policy = &self.config.policies[index];
+            let result = match result {
+                Err(e) if self.rotates(policy) && is_missing(&e) => self.bootstrap(policy).await,
+                other => other,
+            };
+            match result {
+                Ok(fetched) => pulled.push(Pulled { policy, fetched, started }),
+                Err(e) => self.read_failed(policy, &e, None, &mut summary),
+            }
+        }
+        self.deliver(pulled, &mut summary);
+
+        let bundles = self.config.bundles();
+        let keep: BTreeSet<&str> = bundles.keys().copied().collect();
+        for removed in self.state.writer().remove_stale(&keep) {
+            tracing::warn!(bundle = %removed, "removed a bundle that no policy delivers any more");
+        }
+        tracing::info!(
+            policies = self.config.policies.len(),
+            delivered = summary.delivered,
+            unchanged = summary.unchanged,
+            failed = summary.failed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "sync finished"
+        );
+        summary
+    }
+
+    /// A rotating secret with no current version: make its first one, then pull it.
+    async fn bootstrap(&self, policy: &Policy) -> PullResult {
+        tracing::info!(policy = %policy.name, secret = %policy.secret, "no current version yet: rotating to create the first");
+        match self.rotate(policy, Trigger::Missing).await {
+            Ok(Outcome::Rotated { .. }) => {}
+            Ok(outcome) => tracing::info!(policy = %policy.name, ?outcome, "first version not made here"),
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %error_chain(&e), "cannot create the first version")
+            }
+        }
+        self.pull(policy).await
+    }
+
+    /// Pulls one policy and delivers it if it changed: after a rotation through the control
+    /// socket, only the rotated policy needs reading.
+    pub async fn refresh(&self, name: &str) -> SyncSummary {
+        match self.config.policy(name) {
+            Some(policy) => self.pull_one(policy, None).await,
+            None => SyncSummary::default(),
+        }
+    }
+
+    /// Reads one policy and delivers it if it changed; `retry_in`, for the log, is when a
+    /// failed read is tried again.
+    async fn pull_one(&self, policy: &Policy, retry_in: Option<Duration>) -> SyncSummary {
+        let mut summary = SyncSummary::default();
+        let started = Instant::now();
+        match Box::pin(self.pull(policy)).await {
+            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
+            Err(e) => self.read_failed(policy, &e, retry_in, &mut summary),
+        }
+        summary
+    }
+
+    /// Runs the rotation protocol for `policy` and records the outcome.
+    pub async fn rotate(&self, policy: &Policy, trigger: Trigger) -> Result<Outcome, RotationError> {
+        self.rotate_with(policy, trigger, &|_, _| {}).await
+    }
+
+    /// [`Engine::rotate`], telling `progress` each step as it completes.
+    pub async fn rotate_with(
+        &self,
+        policy: &Policy,
+        trigger: Trigger,
+        progress: &(dyn Fn(Step, &str) + Send + Sync),
+    ) -> Result<Outcome, RotationError> {
+        let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
+        let turn = self.state.rotation_turn(&policy.name);
+        let _turn = turn.lock().await;
+        let rotator = Rotator {
+            store: self.store(policy).as_ref(),
+            policy,
+            rotate,
+            node: &self.config.agent.node,
+            pid: std::process::id(),
+            pause_at: self.seams.pause_at.as_deref(),
+            progress,
+            clock: self.seams.clock.as_ref(),
+        };
+        let started = Instant::now();
+        let result = rotator.run(trigger).await;
+        let took = started.elapsed();
+        match &result {
+            Ok(Outcome::Rotated { version, previous, disabled }) => {
+                // The next pull reads the new current version's details afresh.
+                self.state.known().remove(&policy.name);
+                let revoked = trigger == Trigger::Revoke;
+                let outcome = Recorded::Rotated { version, previous: previous.as_ref(), disabled, revoked, took };
+                self.recorder().record(subject(policy), outcome);
+            }
+            Ok(Outcome::Busy { holder }) => self.recorder().record(subject(policy), Recorded::RotationBusy { holder }),
+            Ok(Outcome::NotDue { .. } | Outcome::Present { .. }) => {}
+            Err(e) => {
+                let error = error_chain(e);
+                self.recorder().record(subject(policy), Recorded::RotationFailed { error: &error, took });
+            }
+        }
+        result
+    }
+
+    /// Reads the current version, and (only when it changed) its creation time and the
+    /// previous public key. Returns the version and the previous key if the JWK set lists it.
+    async fn pull(&self, policy: &Policy) -> PullResult {
+        let store = self.store(policy);
+        let version = match store.access(&policy.secret, &Selector::current()).await {
+            Ok(version) => version,
+            Err(e) => {
+                if is_missing(&e) {
+                    self.state.known().insert(policy.name.clone(), Known::Missing);
+                }
+                return Err(e);
+            }
+        };
+        let cached = match self.state.known().get(&policy.name) {
+            Some(Known::Current { version: known, created, previous }) if *known == version.id => {
+                Some((*created, previous.clone()))
+            }
+            _ => None,
+        };
+        let (created, previous) = match cached {
+            Some(cached) => cached,
+            None => {
+                let created = match version.created {
+                    Some(created) => Some(created),
+                    None if policy.rotate.is_some() || lists_previous(policy) => {
+                        store.version_info(&policy.secret, &version.id).await.ok().and_then(|info| info.created)
+                    }
+                    None => None,
+                };
+                let previous = if lists_previous(policy) {
+                    previous_public(store.as_ref(), policy, &version.id).await
+                } else {
+                    None
+                };
+                let known = Known::Current { version: version.id.clone(), created, previous: previous.clone() };
+                self.state.known().insert(policy.name.clone(), known);
+                (created, previous)
+            }
+        };
+        // The previous key stays listed during its grace; a pull-only policy lists it while
+        // the store keeps it enabled.
+        let now = self.seams.clock.now();
+        let previous = previous.filter(|_| match (&policy.rotate, created) {
+            (Some(rotate), Some(created)) => in_grace(created, rotate.grace, now),
+            _ => true,
+        });
+        // Template secrets: one access each per poll, like the policy's own secret.
+        let mut extras = BTreeMap::new();
+        for (name, extra) in &policy.extras {
+            let version = self.stores[&extra.store].access(&extra.secret, &Selector::current()).await?;
+            extras.insert(name.clone(), version);
+        }
+        Ok(Fetched { version, previous, extras })
+    }
+
+    fn read_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {
+        let error = error_chain(error);
+        self.recorder().record(subject(policy), Recorded::ReadFailed { error: &error, retry_in });
+        summary.failed.push(policy.name.clone());
+        summary.failed_required += usize::from(policy.required);
+    }
+
+    /// Writes every bundle that the pulled versions change, one write per bundle.
+    fn deliver(&self, pulled: Vec<Pulled<'_>>, summary: &mut SyncSummary) {
+        let bundles = self.config.bundles();
+        let mut writer = self.state.writer();
+        let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
+        let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
+        for Pulled { policy, fetched, .. } in &pulled {
+            outcome.insert(&policy.name, Ok(false));
+            let inputs = deliver::Inputs {
+                version: &fetched.version,
+                extras: &fetched.extras,
+                previous: fetched.previous.as_ref(),
+                node: &self.config.agent.node,
+            };
+            for bundle in policy.bundles() {
+                let want = Fingerprint {
+                    version: &fetched.version.id,
+                    crc32c: inputs.crc32c(),
+                    spec: deliver::spec(policy, bundle),
+                    previous: fetched.previous.as_ref().map(|p| &p.version),
+                };
+                if writer.holds(bundle, &policy.name, &want) {
+                    continue;
+                }
+                match deliver::render(policy, bundle, &inputs) {
+                    Ok(update) => updates.entry(bundle).or_default().push((policy, update)),
+                    Err(e) => {
+                        outcome.insert(&policy.name, Err(error_chain(&e)));
+                    }
+                }
+            }
+        }
+        for (bundle, entries) in updates {
+            let plan = &bundles[bundle];
+            let members: BTreeSet<&str> = plan.members.iter().map(|p| p.name.as_str()).collect();
+            let (policies, entries): (Vec<&Policy>, Vec<PolicyUpdate>) =
+                entries.into_iter().filter(|(p, _)| outcome.get(p.name.as_str()).is_some_and(Result::is_ok)).unzip();
+            if entries.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            match writer.write(bundle, &members, plan.access, entries) {
+                Ok(()) => {
+                    for policy in &policies {
+                        outcome.entry(&policy.name).and_modify(|o| *o = o.clone().map(|_| true));
+                    }
+                    tracing::debug!(bundle, micros = started.elapsed().as_micros() as u64, "bundle swapped");
+                }
+                Err(e) => {
+                    let message = error_chain(&e);
+                    tracing::error!(bundle, error = %message, "bundle update failed; the last good files stay in place");
+                    for policy in &policies {
+                        outcome.insert(&policy.name, Err(message.clone()));
+                    }
+                }
+            }
+        }
+        drop(writer);
+
+        for Pulled { policy, fetched, started } in &pulled {
+            let version = &fetched.version.id;
+            match outcome.remove(policy.name.as_str()) {
+                Some(Ok(true)) => {
+                    summary.delivered += 1;
+                    let previous_listed = fetched.previous.as_ref().map(|p| &p.version);
+                    let took = started.elapsed();
+                    self.recorder().record(subject(policy), Recorded::Delivered { version, previous_listed, took });
+                    if let Some(handle) = self.notify.get(&policy.name) {
+                        let root = &self.config.agent.runtime_dir;
+                        handle.changed(notify::Change {
+                            policy: policy.name.clone(),
+                            version: version.clone(),
+                            bundles: policy.bundles().map(|b| root.join(b)).collect(),
+                        });
+                    }
+                }
+                Some(Ok(false)) => {
+                    summary.unchanged += 1;
+                    self.recorder().record(subject(policy), Recorded::Unchanged { version });
+                }
+                Some(Err(error)) => {
+                    self.recorder().record(subject(policy), Recorded::DeliveryFailed { version, error: &error });
+                    summary.failed.push(policy.name.clone());
+                    summary.failed_required += usize::from(policy.required);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl<S: SecretStore + 'static> Handle for Engine<S> {
+    fn resync(&self) -> BoxFuture<'_, SyncSummary> {
+        Box::pin(self.sync_all())
+    }
+
+    fn rotate<'a>(
+        &'a self,
+        name: &'a str,
+        revoke: bool,
+        progress: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<Rotated, String>> {
+        Box::pin(async move {
+            let Some(policy) = self.config.policy(name).filter(|p| p.rotate.is_some()) else {
+                return Err(format!("no rotating policy named \"{name}\" in the running configuration"));
+            };
+            let report = |step: Step, detail: &str| progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
+            let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
+            match self.rotate_with(policy, trigger, &report).await {
+                Ok(Outcome::Rotated { version, previous, disabled }) => {
+                    // Deliver it at once, not at the next poll; only this policy changed.
+                    self.refresh(&policy.name).await;
+                    Ok(Rotated { version, previous, disabled })
+                }
+                Ok(Outcome::Busy { holder }) => Err(format!("another rotation holds the lease ({holder})")),
+                Ok(Outcome::NotDue { .. }) => Err("not due".into()),
+                Ok(Outcome::Present { current }) => Err(format!("version {current} is current already")),
+                Err(e) => Err(error_chain(&e)),
+            }
+        })
+    }
+}
+
+/// One dispatcher per policy with `[notify]`, reporting what it did to the recorder.
+fn start_dispatchers(
+    config: &Config,
+    recorder: &Arc<Recorder>,
+) -> (HashMap<String, notify::Handle>, Vec<AbortOnDrop<()>>) {
+    let mut handles = HashMap::new();
+    let mut tasks = Vec::new();
+    let resources = notify::Resources::default();
+    for policy in &config.policies {
+        let Some(settings) = &policy.notify else { continue };
+        let recorder = Arc::downgrade(recorder);
+        let (store, secret, required) = (policy.store.clone(), policy.secret.to_string(), policy.required);
+        let report: notify::Report = Arc::new(move |change, outcomes| {
+            let Some(recorder) = recorder.upgrade() else { return };
+            let results: Vec<(&'static str, Notice<'_>)> = outcomes
+                .iter()
+                .map(|(kind, outcome)| {
+                    let notice = match outcome {
+                        Ok(notify::Sent::Done) => Notice::Sent,
+                        Ok(notify::Sent::Skipped(why)) => Notice::Skipped(why),
+                        Err(e) => Notice::Failed(e),
+                    };
+                    (*kind, notice)
+                })
+                .collect();
+            let subject = Subject { policy: &change.policy, store: &store, secret: &secret, required };
+            recorder.record(subject, Recorded::Notified { version: &change.version, results: &results });
+        });
+        let (handle, task) = notify::spawn(settings, notify::Notifier::from_config(settings, &resources), report);
+        handles.insert(policy.name.clone(), handle);
+        tasks.push(AbortOnDrop(task));
+    }
+    (handles, tasks)
+}
+
+/// The public half of the version aliased `previous`, if it is enabled and is a key.
+async fn previous_public<S: SecretStore>(store: &S, policy: &Policy, current: &VersionId) -> Option<Previous> {
+    match store.access(&policy.secret, &Selector::Alias(PREVIOUS.into())).await {
+        Ok(version) if version.id != *current => {
+            let key = PrivateKey::parse(&version.value).ok()?;
+            Some(Previous { version: version.id, public: key.public_key() })
+        }
+        // Missing, or disabled by a revoke: not listed.
+        _ => None,
+    }
+}
+
+/// Whether the store says there is no current version to read (yet).
+fn is_missing(error: &StoreError) -> bool {
+    matches!(error, StoreError::NotFound { .. } | StoreError::NoSuchVersion { .. })
+}

@@ -1,0 +1,79 @@
+//! What outlives one configuration: the bundles on disk, what is known of each policy's current
+//! version, which policies are rotating, and the recorder; plus the seams the engine reads time
+//! and randomness through.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use crate::clock::SharedClock;
+use crate::deliver::{BundleWriter, Previous};
+use crate::report::Recorder;
+use crate::secret::VersionId;
+
+/// Side effects the engine does not decide itself, passed in so that tests replace them.
+#[derive(Debug, Clone)]
+pub struct Seams {
+    /// Every "now" the engine uses: due times, grace ends, status timestamps.
+    pub clock: SharedClock,
+    /// A number in `[0, 1)` for each jitter and backoff spread.
+    pub random: fn() -> f64,
+    /// Test seam: a `rotate:STEP` pause point for the rotation protocol.
+    pub pause_at: Option<Arc<str>>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Seams { clock: crate::clock::system(), random: crate::backoff::unit_random, pause_at: None }
+    }
+}
+
+/// What the store last said about a policy's `current` version, besides its value.
+#[derive(Debug, Clone)]
+pub(super) enum Known {
+    /// The secret or its `current` alias does not exist (yet).
+    Missing,
+    Current {
+        version: VersionId,
+        created: Option<SystemTime>,
+        /// The previous version's public key, for policies that deliver a JWK set; `None`
+        /// when there is none, or it is disabled (revoked) or not a key.
+        previous: Option<Previous>,
+    },
+}
+
+/// State that outlives one configuration: a reload makes a new engine over the same state.
+#[derive(Debug)]
+pub struct State {
+    writer: Mutex<BundleWriter>,
+    known: Mutex<HashMap<String, Known>>,
+    /// One rotation at a time per policy in this process: a scheduled rotation and one asked
+    /// for on the control socket share a pid, so the lease alone cannot tell them apart.
+    rotating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub recorder: Arc<Recorder>,
+}
+
+impl State {
+    pub fn new(writer: BundleWriter, recorder: Arc<Recorder>) -> Arc<Self> {
+        Arc::new(State {
+            writer: Mutex::new(writer),
+            known: Mutex::new(HashMap::new()),
+            rotating: Mutex::new(HashMap::new()),
+            recorder,
+        })
+    }
+
+    pub fn writer(&self) -> MutexGuard<'_, BundleWriter> {
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn known(&self) -> MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The lock that lets one rotation of `policy` run at a time in this process.
+    pub(super) fn rotation_turn(&self, policy: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut rotating = self.rotating.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rotating.entry(policy.to_string()).or_default().clone()
+    }
+}

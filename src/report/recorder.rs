@@ -1,0 +1,473 @@
+//! The recorder: the one place where what happened to a policy becomes a log line, metrics, a
+//! status change and (when `[report]` is configured) a central event.
+//!
+//! The engine and the notification dispatchers say what happened as an [`Outcome`] about a
+//! [`Subject`]; nothing else in keyturn writes those four outputs for a policy, so they cannot
+//! drift apart (a delivery counted but not logged, an error shown but not reported). The
+//! recorder also owns readiness: the status knows which required policies are on disk, and
+//! READY=1 and `/readyz` follow it. It reads the time from the clock it was given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+
+use super::events::{self, Reporter};
+use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult};
+use super::status::{PolicyStatus, Status};
+use crate::clock::{self, SharedClock};
+use crate::secret::VersionId;
+
+/// How long status changes gather before one write of the status file.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Which policy an outcome is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub policy: &'a str,
+    pub store: &'a str,
+    pub secret: &'a str,
+    /// Readiness waits for required policies only.
+    pub required: bool,
+}
+
+/// What happened to a policy.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// A new version is on disk. `previous_listed`: the previous version a JWK set lists beside
+    /// it; `took`: from the store read to the bundle in place.
+    Delivered {
+        version: &'a VersionId,
+        previous_listed: Option<&'a VersionId>,
+        took: Duration,
+    },
+    /// What the store calls current was on disk already.
+    Unchanged {
+        version: &'a VersionId,
+    },
+    /// The store could not be read; the last good files stay. `retry_in`: when it is tried again.
+    ReadFailed {
+        error: &'a str,
+        retry_in: Option<Duration>,
+    },
+    /// The version was read but its files could not be written; the last good files stay.
+    DeliveryFailed {
+        version: &'a VersionId,
+        error: &'a str,
+    },
+    /// This node rotated the secret. `took`: the whole protocol.
+    Rotated {
+        version: &'a VersionId,
+        previous: Option<&'a VersionId>,
+        disabled: &'a [VersionId],
+        revoked: bool,
+        took: Duration,
+    },
+    /// Another node holds the rotation lease.
+    RotationBusy {
+        holder: &'a str,
+    },
+    RotationFailed {
+        error: &'a str,
+        took: Duration,
+    },
+    /// When this node will next try to rotate the secret.
+    NextRotation {
+        due: SystemTime,
+    },
+    /// Applications were told of `version`, one result per notifier.
+    Notified {
+        version: &'a VersionId,
+        results: &'a [(&'static str, Notice<'a>)],
+    },
+}
+
+/// What one notifier did about a change.
+#[derive(Debug, Clone, Copy)]
+pub enum Notice<'a> {
+    Sent,
+    /// Nothing to tell (the application is not running), and why.
+    Skipped(&'a str),
+    /// Failed after every attempt, and why.
+    Failed(&'a str),
+}
+
+/// The status, metrics, readiness and event reporter of one agent process.
+#[derive(Debug)]
+pub struct Recorder {
+    clock: SharedClock,
+    status: Mutex<Status>,
+    /// How many required policies have no delivered version yet; changed only under the status
+    /// lock, so that readiness costs one comparison per update instead of a walk over every
+    /// policy.
+    waiting: AtomicUsize,
+    status_changed: Notify,
+    pub metrics: Arc<Metrics>,
+    /// True once every required policy is on disk: what READY=1 and `/readyz` report.
+    ready: watch::Sender<bool>,
+    /// Central event reports, when `[report]` is configured.
+    reporter: Option<Arc<Reporter>>,
+}
+
+impl Recorder {
+    pub fn new(node: &str, clock: SharedClock, metrics: Arc<Metrics>, reporter: Option<Arc<Reporter>>) -> Self {
+        let status = Status { node: node.to_string(), pid: std::process::id(), ..Status::default() };
+        Recorder {
+            clock,
+            status: Mutex::new(status),
+            waiting: AtomicUsize::new(0),
+            status_changed: Notify::new(),
+            metrics,
+            ready: watch::Sender::new(false),
+            reporter,
+        }
+    }
+
+    /// Records an outcome about `subject` in the log, the metrics, the status and the events.
+    pub fn record(&self, subject: Subject<'_>, outcome: Outcome<'_>) {
+        let now = self.clock.now();
+        let at = clock::rfc3339(now);
+        let policy = subject.policy;
+        match outcome {
+            Outcome::Delivered { version, previous_listed, took } => {
+                let old = self.on_disk(subject, version, now);
+                self.counted_delivery(policy, "ok");
+                tracing::info!(policy = %policy, secret = %subject.secret, %version, previous_listed = previous_listed.map(ToString::to_string), "delivered");
+                let facts = events::Facts {
+                    version: Some(version.to_string()),
+                    previous: old,
+                    duration_ms: Some(clock::millis(took)),
+                    ..events::Facts::default()
+                };
+                self.event(subject, events::Kind::Delivered, "ok", facts);
+                self.update(subject, |s| {
+                    s.version = Some(version.clone());
+                    s.delivered_at = Some(at.clone());
+                    s.checked_at = Some(at);
+                    s.last_error = None;
+                    s.consecutive_failures = 0;
+                });
+            }
+            Outcome::Unchanged { version } => {
+                self.on_disk(subject, version, now);
+                self.update(subject, |s| {
+                    if s.version.as_ref() != Some(version) {
+                        // Already on disk from an earlier run.
+                        s.version = Some(version.clone());
+                        s.delivered_at.get_or_insert_with(|| at.clone());
+                    }
+                    s.checked_at = Some(at);
+                    s.last_error = None;
+                    s.consecutive_failures = 0;
+                });
+            }
+            Outcome::ReadFailed { error, retry_in } => {
+                tracing::warn!(
+                    policy = %policy,
+                    store = %subject.store,
+                    error = %error,
+                    retry_in_s = retry_in.map(|d| d.as_secs_f64()),
+                    "store read failed; the last good files stay in place"
+                );
+                self.failed(subject, error, at);
+            }
+            Outcome::DeliveryFailed { version, error } => {
+                tracing::warn!(policy = %policy, %version, error = %error, "delivery failed");
+                self.failed(subject, error, at);
+            }
+            Outcome::Rotated { version, previous, disabled, revoked, took } => {
+                self.counted_rotation(policy, "ok");
+                let facts = events::Facts {
+                    version: Some(version.to_string()),
+                    previous: previous.map(ToString::to_string),
+                    duration_ms: Some(clock::millis(took)),
+                    ..events::Facts::default()
+                };
+                self.event(subject, events::Kind::Rotated, "ok", facts.clone());
+                if revoked && !disabled.is_empty() {
+                    self.event(subject, events::Kind::Revoked, "ok", facts);
+                }
+                self.update(subject, |s| {
+                    s.last_rotation = Some(format!("version {version} at {at}"));
+                    s.rotation_error = None;
+                });
+            }
+            Outcome::RotationBusy { holder } => {
+                self.counted_rotation(policy, "busy");
+                tracing::info!(policy = %policy, holder = %holder, "another node is rotating; pulling only");
+            }
+            Outcome::RotationFailed { error, took } => {
+                self.counted_rotation(policy, "error");
+                tracing::warn!(
+                    policy = %policy,
+                    secret = %subject.secret,
+                    error = %error,
+                    "rotation failed; nodes keep delivering the current version"
+                );
+                let facts = events::Facts {
+                    error: Some(error.to_string()),
+                    duration_ms: Some(clock::millis(took)),
+                    ..events::Facts::default()
+                };
+                self.event(subject, events::Kind::RotationFailed, "error", facts);
+                self.update(subject, |s| s.rotation_error = Some(error.to_string()));
+            }
+            Outcome::NextRotation { due } => {
+                self.metrics
+                    .next_rotation
+                    .get_or_create(&PolicyLabel { policy: policy.to_string() })
+                    .set(clock::unix_seconds(due));
+                let due = clock::rfc3339(due);
+                if self.status().policies.get(policy).and_then(|s| s.next_rotation.as_ref()) != Some(&due) {
+                    self.update(subject, |s| s.next_rotation = Some(due));
+                }
+            }
+            Outcome::Notified { version, results } => self.notified(subject, version, results, at),
+        }
+    }
+
+    /// A policy's version is on disk: the version metric and the last success. Returns the
+    /// version that was on disk before, if another.
+    fn on_disk(&self, subject: Subject<'_>, version: &VersionId, now: SystemTime) -> Option<String> {
+        let old = self.status().policies.get(subject.policy).and_then(|s| s.version.as_ref().map(ToString::to_string));
+        self.metrics.delivered(subject.policy, old.as_deref(), version.as_str());
+        self.metrics.success_at(subject.policy, now);
+        old.filter(|old| old != version.as_str())
+    }
+
+    fn failed(&self, subject: Subject<'_>, error: &str, at: String) {
+        self.counted_delivery(subject.policy, "error");
+        let mut first = false;
+        self.update(subject, |s| {
+            s.checked_at = Some(at);
+            s.last_error = Some(error.to_string());
+            s.consecutive_failures += 1;
+            first = s.consecutive_failures == 1;
+        });
+        // One event when a policy starts failing, not one per failed poll during an outage.
+        if first {
+            let facts = events::Facts { error: Some(error.to_string()), ..events::Facts::default() };
+            self.event(subject, events::Kind::Failed, "error", facts);
+        }
+    }
+
+    fn notified(&self, subject: Subject<'_>, version: &VersionId, results: &[(&'static str, Notice<'_>)], at: String) {
+        let policy = subject.policy;
+        let mut failures = Vec::new();
+        for (notifier, notice) in results {
+            let result = match notice {
+                Notice::Sent => {
+                    tracing::info!(policy = %policy, %version, notifier, "notified");
+                    "ok"
+                }
+                Notice::Skipped(reason) => {
+                    tracing::info!(policy = %policy, notifier, reason = %reason, "nothing to notify");
+                    "skipped"
+                }
+                Notice::Failed(error) => {
+                    tracing::error!(policy = %policy, %version, notifier, error = %error, "notification failed after every attempt");
+                    let facts = events::Facts {
+                        version: Some(version.to_string()),
+                        error: Some(format!("{notifier}: {error}")),
+                        ..events::Facts::default()
+                    };
+                    self.event(subject, events::Kind::NotifyFailed, "error", facts);
+                    failures.push(format!("{notifier}: {error}"));
+                    "error"
+                }
+            };
+            let labels = Notification { policy: policy.to_string(), notifier, result };
+            self.metrics.notifications.get_or_create(&labels).inc();
+        }
+        self.update(subject, |s| {
+            s.notified_at = Some(at);
+            s.notify_error = (!failures.is_empty()).then(|| failures.join("; "));
+        });
+    }
+
+    fn counted_delivery(&self, policy: &str, result: &'static str) {
+        self.metrics.deliveries.get_or_create(&PolicyResult { policy: policy.to_string(), result }).inc();
+    }
+
+    fn counted_rotation(&self, policy: &str, result: &'static str) {
+        self.metrics.rotations.get_or_create(&PolicyResult { policy: policy.to_string(), result }).inc();
+    }
+
+    /// Records a central report event, if reports are configured.
+    fn event(&self, subject: Subject<'_>, kind: events::Kind, result: &str, facts: events::Facts) {
+        if let Some(reporter) = &self.reporter {
+            let facts = events::Facts {
+                policy: subject.policy.to_string(),
+                secret: subject.secret.to_string(),
+                store: subject.store.to_string(),
+                ..facts
+            };
+            reporter.record(kind, result, facts);
+        }
+    }
+
+    /// Makes the status list exactly `policies`: an entry for each from the start, so readiness
+    /// waits for the required ones instead of holding vacuously over an empty list, and none
+    /// (nor any metric series) for a policy no longer configured.
+    pub fn plan<'a>(&self, policies: impl IntoIterator<Item = Subject<'a>>) {
+        let policies: BTreeMap<&str, Subject<'a>> = policies.into_iter().map(|s| (s.policy, s)).collect();
+        let mut status = self.status();
+        let gone: Vec<(String, Vec<String>)> = status
+            .policies
+            .iter()
+            .filter(|(name, _)| !policies.contains_key(name.as_str()))
+            .map(|(name, s)| (name.clone(), s.version.iter().map(ToString::to_string).collect()))
+            .collect();
+        for (name, versions) in gone {
+            status.policies.remove(&name);
+            self.metrics.forget(&name, &versions);
+        }
+        for subject in policies.values() {
+            describe(status.policies.entry(subject.policy.to_string()).or_default(), subject);
+        }
+        let waiting = status.policies.values().filter(|p| p.waiting()).count();
+        self.waiting.store(waiting, Ordering::Relaxed);
+        drop(status);
+        self.set_ready(waiting == 0);
+    }
+
+    fn update(&self, subject: Subject<'_>, change: impl FnOnce(&mut PolicyStatus)) {
+        let mut status = self.status();
+        let entry = status.policies.entry(subject.policy.to_string()).or_default();
+        let was_waiting = entry.waiting();
+        describe(entry, &subject);
+        change(entry);
+        let waiting = match (was_waiting, entry.waiting()) {
+            (false, true) => self.waiting.fetch_add(1, Ordering::Relaxed) + 1,
+            (true, false) => self.waiting.fetch_sub(1, Ordering::Relaxed) - 1,
+            _ => self.waiting.load(Ordering::Relaxed),
+        };
+        status.updated_at = clock::rfc3339(self.clock.now());
+        drop(status);
+        self.set_ready(waiting == 0);
+        self.status_changed.notify_one();
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.metrics.ready.set(i64::from(ready));
+        self.ready.send_if_modified(|now| std::mem::replace(now, ready) != ready);
+    }
+
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A copy of the status as it is now.
+    pub fn snapshot(&self) -> Status {
+        self.status().clone()
+    }
+
+    /// Where the admin listener is bound, for `keyturn status`.
+    pub fn set_admin(&self, address: String) {
+        self.status().admin = Some(address);
+    }
+
+    /// Follows readiness: true once every required policy has been delivered.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// The required policies not on disk yet.
+    pub fn waiting_for(&self) -> Vec<String> {
+        self.status().policies.iter().filter(|(_, p)| p.waiting()).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// `N of M policies delivered, K failing`, for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        let status = self.status();
+        let total = status.policies.len();
+        let delivered = status.policies.values().filter(|p| p.version.is_some()).count();
+        let failing = status.policies.values().filter(|p| p.last_error.is_some()).count();
+        format!("{delivered} of {total} policies delivered, {failing} failing")
+    }
+
+    /// The version of `policy` on disk, as last recorded.
+    pub fn version_of(&self, policy: &str) -> Option<VersionId> {
+        self.status().policies.get(policy).and_then(|p| p.version.clone())
+    }
+
+    /// Writes the status file whenever it changes, a short while after, until dropped.
+    pub async fn persist(self: Arc<Self>, state_dir: PathBuf) {
+        loop {
+            self.status_changed.notified().await;
+            tokio::time::sleep(STATUS_DEBOUNCE).await;
+            self.save(&state_dir);
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) {
+        let snapshot = self.snapshot();
+        if let Err(e) = snapshot.save(state_dir) {
+            tracing::warn!(path = %Status::path(state_dir).display(), error = %e, "cannot write the status file");
+        }
+    }
+}
+
+fn describe(entry: &mut PolicyStatus, subject: &Subject<'_>) {
+    if entry.store != subject.store {
+        entry.store = subject.store.to_string();
+    }
+    if entry.secret != subject.secret {
+        entry.secret = subject.secret.to_string();
+    }
+    entry.required = subject.required;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(policy: &str) -> Subject<'_> {
+        Subject { policy, store: "dev", secret: "db-password", required: true }
+    }
+
+    #[test]
+    fn one_outcome_moves_log_metrics_status_and_readiness_together() {
+        let clock = Arc::new(clock::TokioClock::starting_at(humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()));
+        let recorder = Recorder::new("edge-17", clock, Arc::new(Metrics::new()), None);
+        recorder.plan([subject("db"), Subject { required: false, ..subject("api") }]);
+        assert!(!recorder.is_ready());
+        assert_eq!(recorder.waiting_for(), ["db"]);
+
+        recorder.record(subject("db"), Outcome::ReadFailed { error: "store down", retry_in: None });
+        recorder.record(subject("db"), Outcome::ReadFailed { error: "store down", retry_in: None });
+        let status = recorder.snapshot();
+        assert_eq!(status.policies["db"].consecutive_failures, 2);
+        assert!(!recorder.is_ready());
+
+        let version = VersionId::from(3);
+        recorder.record(
+            subject("db"),
+            Outcome::Delivered { version: &version, previous_listed: None, took: Duration::ZERO },
+        );
+        assert!(recorder.is_ready(), "the only required policy is on disk");
+        let status = recorder.snapshot();
+        assert_eq!(status.policies["db"].version, Some(version));
+        assert_eq!(
+            (status.policies["db"].last_error.as_deref(), status.policies["db"].consecutive_failures),
+            (None, 0)
+        );
+        assert_eq!(status.updated_at, "2026-12-01T00:00:00Z");
+        let metrics = recorder.metrics.render();
+        assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"error\"} 2"), "{metrics}");
+        assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"ok\"} 1"), "{metrics}");
+        assert!(metrics.contains("keyturn_secret_info{policy=\"db\",version=\"3\"} 1"), "{metrics}");
+
+        // A policy that is no longer configured leaves the status and the metrics.
+        recorder.plan([Subject { required: false, ..subject("api") }]);
+        assert!(!recorder.snapshot().policies.contains_key("db"));
+        assert!(!recorder.metrics.render().contains("policy=\"db\",version"));
+    }
+}
