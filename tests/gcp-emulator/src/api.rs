@@ -93,11 +93,10 @@ fn authenticate(
         None => query.get("access_token").or_else(|| query.get("oauth_token")).cloned(),
     };
     let Some(token) = token else {
-        if system.api_key {
-            return Err(ApiError::api_key_not_supported(&operation.rpc_name()));
-        }
         return if app.allow_anonymous {
             Ok(Role::Admin)
+        } else if system.api_key {
+            Err(ApiError::api_key_not_supported(&operation.rpc_name()))
         } else {
             Err(ApiError::unauthenticated("CREDENTIALS_MISSING", &operation.rpc_name()))
         };
