@@ -134,9 +134,14 @@ fn google_python_client_passes_every_case() {
         .env("GCP_EMULATOR_PROJECT_ID", PROJECT_ID)
         .env("GCP_EMULATOR_PROJECT_NUMBER", PROJECT_NUMBER)
         // Nothing from the environment may redirect the client: no ambient credentials, no
-        // proxy in front of 127.0.0.1, no byte-code written into the source tree.
+        // mTLS or universe-domain switch of the endpoint, no lookup that would call Google's
+        // IAM, no proxy in front of 127.0.0.1, no byte-code written into the source tree.
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .env_remove("GOOGLE_CLOUD_PROJECT")
+        .env_remove("GOOGLE_API_USE_CLIENT_CERTIFICATE")
+        .env_remove("GOOGLE_API_USE_MTLS_ENDPOINT")
+        .env_remove("GOOGLE_CLOUD_UNIVERSE_DOMAIN")
+        .env_remove("GOOGLE_SDK_EXPERIMENTAL_PYTHON_REGIONAL_ACCESS_BOUNDARY_LOOKUP_ENABLED")
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")
         .env("PYTHONDONTWRITEBYTECODE", "1")
