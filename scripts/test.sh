@@ -29,6 +29,12 @@ if ! "$venv/bin/kubernetes-validate" --version >/dev/null 2>&1; then
     echo "scripts/test.sh: installing kubernetes-validate into $venv" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
 fi
+# Google's own Python client for Secret Manager, for the emulator's client tier
+# (tests/gcp-emulator/tests/python_client.rs), in the same venv. Pinned in its requirements file.
+if ! "$venv/bin/python" -c 'import google.cloud.secretmanager, google_crc32c' 2>/dev/null; then
+    echo "scripts/test.sh: installing Google's Secret Manager client into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/gcp-emulator/clients/python/requirements.txt
+fi
 export KEYTURN_TEST_VENV="$venv"
 
 # Prometheus' own promtool checks the /metrics output (tests/ops.rs), and systemd-analyze the

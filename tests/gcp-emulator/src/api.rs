@@ -4,6 +4,8 @@
 //! shape (unknown query parameters), permission on the requested resource (403, which also
 //! hides whether it exists), quota (429), then the method itself with its validation (400),
 //! existence (404) and state rules. Only the last step touches the store, under its lock.
+//! System parameters (`system`) were read before any of this; they shape the response, and
+//! only the API key among them matters here.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -21,25 +23,11 @@ use crate::rules;
 use crate::service::App;
 use crate::status::ApiError;
 use crate::store::{SecretRecord, Store, Transition, VersionRecord};
+use crate::system::{SystemParameters, is_system_parameter};
 use crate::wire::{self, AddVersionBody, SecretBody, StateChangeBody};
 
 /// List pages are capped at this size, and it is the size when the client asks for 0.
 const MAX_PAGE_SIZE: usize = 25_000;
-
-/// Query parameters every Google API accepts (Discovery "parameters").
-const STANDARD_PARAMETERS: &[&str] = &[
-    "$.xgafv",
-    "access_token",
-    "alt",
-    "callback",
-    "fields",
-    "key",
-    "oauth_token",
-    "prettyPrint",
-    "quotaUser",
-    "uploadType",
-    "upload_protocol",
-];
 
 pub(crate) type Query = HashMap<String, String>;
 
@@ -53,10 +41,11 @@ pub(crate) fn call(
     operation: &Operation,
     parts: &Parts,
     query: &Query,
+    system: &SystemParameters,
     body: &[u8],
 ) -> Result<Value, ApiError> {
     let now = app.clock.now();
-    let role = authenticate(app, operation, parts, query, now)?;
+    let role = authenticate(app, operation, parts, query, system, now)?;
     check_query_parameters(operation, query)?;
     let Some(permission) = operation.permission() else {
         return Err(ApiError::unimplemented(&operation.rpc_name()));
@@ -82,12 +71,15 @@ pub(crate) fn call(
     execute(app, &mut store, operation, query, body, now)
 }
 
-/// The caller's role, from `Authorization: Bearer` or the `access_token` query parameter.
+/// The caller's role, from `Authorization: Bearer` or the `access_token` (`oauth_token`) query
+/// parameter: an issued token or a self-signed JWT. An API key alone is refused as Google
+/// refuses it for APIs that need a principal.
 fn authenticate(
     app: &App,
     operation: &Operation,
     parts: &Parts,
     query: &Query,
+    system: &SystemParameters,
     now: SystemTime,
 ) -> Result<Role, ApiError> {
     let header = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -103,6 +95,8 @@ fn authenticate(
     let Some(token) = token else {
         return if app.allow_anonymous {
             Ok(Role::Admin)
+        } else if system.api_key {
+            Err(ApiError::api_key_not_supported(&operation.rpc_name()))
         } else {
             Err(ApiError::unauthenticated("CREDENTIALS_MISSING", &operation.rpc_name()))
         };
@@ -126,7 +120,7 @@ fn check_query_parameters(operation: &Operation, query: &Query) -> Result<(), Ap
         Operation::DeleteSecret(_) => &["etag"],
         _ => &[],
     };
-    match query.keys().find(|k| !own.contains(&k.as_str()) && !STANDARD_PARAMETERS.contains(&k.as_str())) {
+    match query.keys().find(|k| !own.contains(&k.as_str()) && !is_system_parameter(k)) {
         Some(unknown) => Err(ApiError::invalid_json(format!(
             "Unknown name \"{unknown}\": Cannot bind query parameter. Field '{unknown}' could \
              not be found in request message."

@@ -3,8 +3,13 @@
 //! The emulator plays both Google's OAuth token endpoint and IAM, reduced to what keyturn's
 //! tests need: a principal is a service-account email with one project-wide [`Role`]. The
 //! emulator generates each key pair, hands out the private half as a JSON key file, and keeps
-//! only the public half to verify JWT assertions. It never stores private keys, so nothing
-//! here can leak them through `Debug`.
+//! only the public half, under the key file's `private_key_id`, to verify JWTs. It never
+//! stores private keys, so nothing here can leak them through `Debug`.
+//!
+//! A bearer token is either one the token endpoint (or [`Identities::issue_token_directly`])
+//! issued, or a **self-signed JWT** (AIP-4111) that a client signed with a registered key and
+//! sends as is, as Google's own client libraries do with service-account keys. Both resolve
+//! to the same [`Caller`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,7 +24,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 
 use crate::clock::unix_seconds;
-use crate::jwt::{self, JwtError};
+use crate::jwt::{self, AccessClaims, AccessGrant, JwtError};
 
 /// The OAuth scope Secret Manager requires.
 pub(crate) const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -123,8 +128,9 @@ pub(crate) enum Caller {
 pub(crate) struct Identities {
     /// email → role. A principal may exist without keys (see `issue_token_directly`).
     roles: HashMap<String, Role>,
-    /// email → PKCS#1 RSAPublicKey DER of every key issued to it (gcp_auth sends no `kid`).
-    public_keys: HashMap<String, Vec<Vec<u8>>>,
+    /// email → every key issued to it. gcp_auth sends no `kid`, so the token endpoint tries
+    /// them all; a self-signed JWT names its key by `kid`.
+    public_keys: HashMap<String, Vec<PublicKey>>,
     tokens: HashMap<String, Grant>,
 }
 
@@ -135,14 +141,23 @@ impl fmt::Debug for Identities {
     }
 }
 
+/// The public half of a service-account key.
+#[derive(Debug, Clone)]
+pub(crate) struct PublicKey {
+    /// The key file's `private_key_id`, which self-signed JWTs carry as `kid`.
+    pub(crate) id: String,
+    /// PKCS#1 RSAPublicKey DER.
+    pub(crate) der: Vec<u8>,
+}
+
 /// Key generation failed inside aws-lc; the emulator cannot continue without keys.
 #[derive(Debug, thiserror::Error)]
 #[error("generating an RSA-2048 service-account key failed")]
 pub(crate) struct KeyGenerationError;
 
 impl Identities {
-    /// Remembers `role` for `email` and adds `public_key` (PKCS#1 DER) to its keys.
-    pub(crate) fn register_key(&mut self, email: &str, role: Role, public_key: Vec<u8>) {
+    /// Remembers `role` for `email` and adds `public_key` to its keys.
+    pub(crate) fn register_key(&mut self, email: &str, role: Role, public_key: PublicKey) {
         self.public_keys.entry(email.to_owned()).or_default().push(public_key);
         self.roles.insert(email.to_owned(), role);
     }
@@ -166,7 +181,7 @@ impl Identities {
 
     pub(crate) fn caller(&self, token: &str, now: SystemTime) -> Caller {
         let Some(grant) = self.tokens.get(token) else {
-            return Caller::Unknown;
+            return self.self_signed_caller(token, now);
         };
         if grant.expires <= now {
             return Caller::Expired;
@@ -178,6 +193,39 @@ impl Identities {
             Some(role) => Caller::Principal { email: grant.email.clone(), role: *role },
             None => Caller::Unknown,
         }
+    }
+
+    /// A bearer token the emulator did not issue: a self-signed JWT, or nothing it knows.
+    /// Why a JWT was refused is logged, not answered, as Google's 401 says only "invalid
+    /// authentication credentials".
+    fn self_signed_caller(&self, token: &str, now: SystemTime) -> Caller {
+        let Ok(jwt) = jwt::parse::<AccessClaims>(token) else {
+            return Caller::Unknown;
+        };
+        let checked = self.check_self_signed(&jwt, now);
+        match checked {
+            Ok(caller) => caller,
+            Err(JwtError::Expired) => Caller::Expired,
+            Err(error) => {
+                tracing::debug!(%error, iss = %jwt.claims.iss, "self-signed JWT refused");
+                Caller::Unknown
+            }
+        }
+    }
+
+    /// The key named by `kid` must be registered to `iss`, and must have signed the JWT; then
+    /// the claims' rules (`iss` = `sub`, audience or scope, timeframe) decide.
+    fn check_self_signed(&self, jwt: &jwt::Unverified<'_, AccessClaims>, now: SystemTime) -> Result<Caller, JwtError> {
+        let key_id = jwt.key_id.as_deref().ok_or(JwtError::UnknownKey)?;
+        let keys = self.public_keys.get(&jwt.claims.iss).ok_or(JwtError::UnknownIssuer)?;
+        let key = keys.iter().find(|k| k.id == key_id).ok_or(JwtError::UnknownKey)?;
+        jwt.verify_signature([key.der.as_slice()])?;
+        let grant = jwt.claims.check(CLOUD_PLATFORM_SCOPE, unix_seconds(now))?;
+        let role = *self.roles.get(&jwt.claims.iss).ok_or(JwtError::UnknownIssuer)?;
+        Ok(match grant {
+            AccessGrant::Service => Caller::Principal { email: jwt.claims.iss.clone(), role },
+            AccessGrant::OtherScopes => Caller::WrongScope,
+        })
     }
 
     /// `POST /token`: the JWT-bearer grant. `form` is the decoded form body.
@@ -199,9 +247,9 @@ impl Identities {
         let Some(assertion) = form.get("assertion") else {
             return Err(OAuthError::new("invalid_request", "Missing required parameter: assertion"));
         };
-        let unverified = jwt::parse(assertion).map_err(OAuthError::grant)?;
+        let unverified = jwt::parse::<jwt::Claims>(assertion).map_err(OAuthError::grant)?;
         let keys = self.public_keys.get(&unverified.claims.iss).ok_or(OAuthError::grant(JwtError::UnknownIssuer))?;
-        unverified.verify_signature(keys).map_err(OAuthError::grant)?;
+        unverified.verify_signature(keys.iter().map(|k| k.der.as_slice())).map_err(OAuthError::grant)?;
         unverified.claims.check(token_uri, unix_seconds(now)).map_err(OAuthError::grant)?;
         let scopes: Vec<String> =
             unverified.claims.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
@@ -225,13 +273,13 @@ impl Identities {
 }
 
 /// A new service-account key for `email`: the JSON key file (the shape `gcloud iam
-/// service-accounts keys create` writes, PKCS#8 PEM private key) and the public half as
-/// PKCS#1 RSAPublicKey DER. Generation is slow-ish, so callers do it outside any lock.
+/// service-accounts keys create` writes, PKCS#8 PEM private key) and its public half.
+/// Generation is slow-ish, so callers do it outside any lock.
 pub(crate) fn generate_service_account_key(
     email: &str,
     project_id: &str,
     token_uri: &str,
-) -> Result<(String, Vec<u8>), KeyGenerationError> {
+) -> Result<(String, PublicKey), KeyGenerationError> {
     let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|_| KeyGenerationError)?;
     let pkcs8 = pair.as_der().map_err(|_| KeyGenerationError)?;
     let private_key_id = hex(&random_bytes::<20>()?);
@@ -239,7 +287,7 @@ pub(crate) fn generate_service_account_key(
     let key = json!({
         "type": "service_account",
         "project_id": project_id,
-        "private_key_id": private_key_id,
+        "private_key_id": &private_key_id,
         "private_key": pem("PRIVATE KEY", pkcs8.as_ref()),
         "client_email": email,
         "client_id": format!("{client_id:021}"),
@@ -247,7 +295,7 @@ pub(crate) fn generate_service_account_key(
         "universe_domain": "googleapis.com",
     });
     let text = serde_json::to_string_pretty(&key).map_err(|_| KeyGenerationError)?;
-    Ok((text, pair.public_key().as_ref().to_vec()))
+    Ok((text, PublicKey { id: private_key_id, der: pair.public_key().as_ref().to_vec() }))
 }
 
 /// An OAuth 2.0 error response (`{"error":…,"error_description":…}`, HTTP 400).

@@ -31,9 +31,12 @@
 //! - `api`: Secret Manager methods: auth, permission, quota, then the store.
 //! - `store`: the state machine (secrets, versions, aliases, etags, states). Pure.
 //! - `rules`: validation of client-supplied fields and payloads. Pure.
-//! - `wire`: JSON bodies in and resources out (proto3 JSON mapping).
+//! - `wire`: JSON bodies in and resources out (proto3 JSON mapping), enums as names or numbers.
+//! - `system`: the system parameters every Google API takes (`$alt`, `prettyPrint`, `fields`,
+//!   `$.xgafv`, `callback`, `key`, …) and how they shape a response.
 //! - `filter`: the `filter=` list language subset.
-//! - `auth` / `jwt`: service-account keys, the token exchange, bearer tokens, roles.
+//! - `auth` / `jwt`: service-account keys, the token exchange, bearer tokens (issued or
+//!   self-signed JWTs), roles.
 //! - `faults`: fault injection and quotas; `counts`: per-method request counts.
 //! - `admin`: the `/emulator/…` HTTP API that exposes faults, time and identities to scripts.
 //! - `status`, `names`, `clock`, `checksum`: errors, resource names, time, CRC32C.
@@ -58,6 +61,7 @@ mod server;
 mod service;
 mod status;
 mod store;
+mod system;
 mod wire;
 
 pub use auth::{Role, UnknownRole};

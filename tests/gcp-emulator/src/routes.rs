@@ -12,6 +12,7 @@ use hyper::Method as Http;
 use percent_encoding::percent_decode_str;
 
 use crate::counts::Method;
+use crate::wire::Message;
 
 /// `projects/{project}` or `projects/{project}/locations/{location}`, as requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +170,22 @@ impl Operation {
             Operation::DestroyVersion(_) => Method::Destroy,
             Operation::Unimplemented(..) => return None,
         })
+    }
+
+    /// The message a successful call answers with.
+    pub(crate) fn response_message(&self) -> Message {
+        match self {
+            Operation::CreateSecret(_) | Operation::GetSecret(_) | Operation::PatchSecret(_) => Message::Secret,
+            Operation::ListSecrets(_) => Message::ListSecretsResponse,
+            Operation::ListVersions(_) => Message::ListSecretVersionsResponse,
+            Operation::AccessVersion(_) => Message::AccessSecretVersionResponse,
+            Operation::AddVersion(_)
+            | Operation::GetVersion(_)
+            | Operation::EnableVersion(_)
+            | Operation::DisableVersion(_)
+            | Operation::DestroyVersion(_) => Message::SecretVersion,
+            Operation::DeleteSecret(_) | Operation::Unimplemented(..) => Message::Empty,
+        }
     }
 
     /// The IAM permission Google checks for this RPC.

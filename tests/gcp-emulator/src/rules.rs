@@ -16,7 +16,9 @@ use crate::clock::{parse_duration, parse_timestamp};
 use crate::names::{is_alias_syntax, is_reserved_alias};
 use crate::status::ApiError;
 use crate::store::{Replica, Replication, Rotation, SecretSettings, SecretUpdate};
-use crate::wire::{AddVersionBody, CmekBody, Int64, ReplicationBody, RotationBody, SecretBody, TopicBody};
+use crate::wire::{
+    AddVersionBody, CmekBody, EnumInput, Int64, ReplicationBody, RotationBody, SECRET_TYPES, SecretBody, TopicBody,
+};
 
 /// Largest decoded payload Google accepts.
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 65_536;
@@ -425,11 +427,15 @@ fn version_destroy_ttl(input: Option<&str>) -> Result<Option<Duration>, ApiError
     Ok(Some(ttl))
 }
 
-fn secret_type(input: Option<String>) -> Result<Option<String>, ApiError> {
-    match input.as_deref() {
-        None | Some("SECRET_TYPE_UNSPECIFIED") => Ok(None),
-        Some("CLOUD_SQL_DB_CREDENTIALS" | "ACCESS_KEY" | "CERTIFICATE" | "OTHER_DB_CREDENTIALS" | "OTHER") => Ok(input),
-        Some(other) => Err(invalid(format!(
+/// By name or by number (clients asking for numeric enums send numbers); stored by name.
+fn secret_type(input: Option<EnumInput>) -> Result<Option<String>, ApiError> {
+    let Some(input) = input else {
+        return Ok(None);
+    };
+    match input.resolve(SECRET_TYPES) {
+        Ok("SECRET_TYPE_UNSPECIFIED") => Ok(None),
+        Ok(name) => Ok(Some(name.to_owned())),
+        Err(other) => Err(invalid(format!(
             "Invalid value at 'secret.secret_type' \
              (type.googleapis.com/google.cloud.secretmanager.v1.Secret.SecretType), \"{other}\""
         ))),

@@ -22,6 +22,7 @@ use crate::faults::{Failure, Faults};
 use crate::routes::{Route, route};
 use crate::status::{ApiError, Code};
 use crate::store::Store;
+use crate::system::SystemParameters;
 use crate::{admin, api};
 
 /// Request bodies above this are refused (400) before parsing. Comfortably above the
@@ -127,13 +128,40 @@ pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<
         Route::Token => token(&app, &parts, &bytes),
         Route::Api(operation) => {
             let query = api::parse_query(parts.uri.query());
-            let pretty = query.get("prettyPrint").map(String::as_str) != Some("false");
-            match api::call(&app, &operation, &parts, &query, &bytes) {
-                Ok(value) => json_response(StatusCode::OK, &value, pretty),
-                Err(error) => error_response(&error, pretty),
+            let system = match SystemParameters::parse(&query, &parts.headers) {
+                Ok(system) => system,
+                Err(error) => return Ok(error_response(&error, true)),
+            };
+            match api::call(&app, &operation, &parts, &query, &system, &bytes) {
+                Ok(value) => {
+                    let value = system.render_success(operation.response_message(), value);
+                    api_response(StatusCode::OK, &value, &system)
+                }
+                Err(error) => {
+                    let status =
+                        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let mut response = api_response(status, &system.render_error(&error), &system);
+                    if error.code == Code::Unauthenticated {
+                        add_authenticate_header(&mut response);
+                    }
+                    response
+                }
             }
         }
     })
+}
+
+/// A Secret Manager answer as the system parameters ask: pretty or compact JSON, or JSONP.
+fn api_response(status: StatusCode, value: &Value, system: &SystemParameters) -> Response<Body> {
+    let Some(callback) = &system.callback else {
+        return json_response(status, value, system.pretty);
+    };
+    let json = if system.pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    let body = format!("// API callback\n{callback}({});\n", json.unwrap_or_default());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/javascript; charset=UTF-8"));
+    response
 }
 
 fn injected(app: &App, method: Method, failure: Failure) -> ApiError {
@@ -182,9 +210,13 @@ pub(crate) fn error_response(error: &ApiError, pretty: bool) -> Response<Body> {
     let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, &error.to_json(), pretty);
     if error.code == Code::Unauthenticated {
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""));
+        add_authenticate_header(&mut response);
     }
     response
+}
+
+fn add_authenticate_header(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""));
 }

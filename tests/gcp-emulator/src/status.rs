@@ -158,6 +158,22 @@ impl ApiError {
         )
     }
 
+    /// 401 for an API key without a token: Secret Manager needs a principal. Google's wording
+    /// for APIs that do not take API keys.
+    pub(crate) fn api_key_not_supported(rpc_method: &str) -> Self {
+        ApiError::new(
+            Code::Unauthenticated,
+            "API keys are not supported by this API. Expected OAuth2 access token or other \
+             authentication credentials that assert a principal. See \
+             https://cloud.google.com/docs/authentication",
+        )
+        .with_error_info(
+            "CREDENTIALS_MISSING",
+            "googleapis.com",
+            json!({ "service": "secretmanager.googleapis.com", "method": rpc_method }),
+        )
+    }
+
     pub(crate) fn insufficient_scopes(rpc_method: &str) -> Self {
         ApiError::new(Code::PermissionDenied, "Request had insufficient authentication scopes.").with_error_info(
             "ACCESS_TOKEN_SCOPE_INSUFFICIENT",

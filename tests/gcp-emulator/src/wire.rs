@@ -1,9 +1,11 @@
 //! The JSON wire format: request bodies in, resources out (proto3 JSON mapping, CONTRACT §1).
 //!
 //! Input structs accept lowerCamelCase and snake_case field names, refuse unknown fields (as
-//! Google's front end does), and take int64 values as JSON numbers or strings. Output is built
-//! from store records in lowerCamelCase, with int64s as strings, timestamps in RFC 3339 `Z`,
-//! and default values (empty maps, `false`) omitted, as Google omits them.
+//! Google's front end does), and take int64 values as JSON numbers or strings and enum values
+//! as names or numbers. Output is built from store records in lowerCamelCase, with int64s as
+//! strings, timestamps in RFC 3339 `Z`, enums as names, and default values (empty maps,
+//! `false`) omitted, as Google omits them. [`numeric_enums`] rewrites the enums of a response
+//! as numbers, for `$alt=json;enum-encoding=int`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -52,6 +54,87 @@ impl<'de> Deserialize<'de> for Int64 {
     }
 }
 
+/// A proto3 enum value: its name, or its number (what clients that ask for numeric enums send).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EnumInput {
+    Name(String),
+    Number(i64),
+}
+
+impl EnumInput {
+    /// The value's name in `table`, or the text to quote in an error.
+    pub(crate) fn resolve(&self, table: &[(&'static str, i64)]) -> Result<&'static str, String> {
+        let found = match self {
+            EnumInput::Name(name) => table.iter().find(|(n, _)| n == name),
+            EnumInput::Number(number) => table.iter().find(|(_, v)| v == number),
+        };
+        found.map(|(name, _)| *name).ok_or_else(|| match self {
+            EnumInput::Name(name) => name.clone(),
+            EnumInput::Number(number) => number.to_string(),
+        })
+    }
+}
+
+/// `SecretVersion.State` (resources.proto).
+pub(crate) const VERSION_STATES: &[(&str, i64)] =
+    &[("STATE_UNSPECIFIED", 0), ("ENABLED", 1), ("DISABLED", 2), ("DESTROYED", 3)];
+/// `Secret.SecretType`. `OTHER` is 50, not 5.
+pub(crate) const SECRET_TYPES: &[(&str, i64)] = &[
+    ("SECRET_TYPE_UNSPECIFIED", 0),
+    ("CLOUD_SQL_DB_CREDENTIALS", 1),
+    ("ACCESS_KEY", 2),
+    ("CERTIFICATE", 3),
+    ("OTHER_DB_CREDENTIALS", 4),
+    ("OTHER", 50),
+];
+/// `Rotation.ManagedRotationStatus.State`. The emulator never sets it; listed so the numeric
+/// rendering covers every enum of the resources.
+pub(crate) const MANAGED_ROTATION_STATES: &[(&str, i64)] = &[("STATE_UNSPECIFIED", 0), ("ACTIVE", 1), ("INACTIVE", 2)];
+
+/// The response message of each method, which decides where its enum fields are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Secret,
+    SecretVersion,
+    ListSecretsResponse,
+    ListSecretVersionsResponse,
+    AccessSecretVersionResponse,
+    Empty,
+}
+
+/// Rewrites every enum field of `value` (a `message`) from its name to its number. Secret
+/// Manager v1 has three enums in its resources (the replication messages have none).
+pub(crate) fn numeric_enums(message: Message, value: &mut Value) {
+    fn number(field: Option<&mut Value>, table: &[(&str, i64)]) {
+        if let Some(field) = field
+            && let Some(found) = field.as_str().and_then(|name| table.iter().find(|(n, _)| *n == name))
+        {
+            *field = json!(found.1);
+        }
+    }
+    fn secret(value: &mut Value) {
+        number(value.get_mut("secretType"), SECRET_TYPES);
+        let status = value.get_mut("rotation").and_then(|r| r.get_mut("managedRotationStatus"));
+        number(status.and_then(|s| s.get_mut("state")), MANAGED_ROTATION_STATES);
+    }
+    fn version(value: &mut Value) {
+        number(value.get_mut("state"), VERSION_STATES);
+    }
+    fn each(list: Option<&mut Value>, apply: fn(&mut Value)) {
+        if let Some(Value::Array(items)) = list {
+            items.iter_mut().for_each(apply);
+        }
+    }
+    match message {
+        Message::Secret => secret(value),
+        Message::SecretVersion => version(value),
+        Message::ListSecretsResponse => each(value.get_mut("secrets"), secret),
+        Message::ListSecretVersionsResponse => each(value.get_mut("versions"), version),
+        Message::AccessSecretVersionResponse | Message::Empty => {}
+    }
+}
+
 /// `Secret`, as sent to create and patch. Output-only fields are accepted and ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,7 +163,7 @@ pub(crate) struct SecretBody {
     #[allow(dead_code)]
     pub(crate) tags: Option<BTreeMap<String, String>>,
     #[serde(alias = "secret_type")]
-    pub(crate) secret_type: Option<String>,
+    pub(crate) secret_type: Option<EnumInput>,
     #[serde(alias = "policy_member")]
     #[allow(dead_code)]
     pub(crate) policy_member: Option<Value>,
@@ -323,6 +406,35 @@ mod tests {
             serde_json::from_str(r#"{"version_aliases":{"a":1},"version_destroy_ttl":"86400s"}"#).unwrap();
         assert_eq!(camel.version_aliases, snake.version_aliases);
         assert_eq!(camel.version_destroy_ttl, snake.version_destroy_ttl);
+    }
+
+    #[test]
+    fn enums_are_read_by_name_or_number() {
+        let by_name: SecretBody = serde_json::from_str(r#"{"secretType":"OTHER"}"#).unwrap();
+        let by_number: SecretBody = serde_json::from_str(r#"{"secret_type":50}"#).unwrap();
+        assert_eq!(by_name.secret_type.unwrap().resolve(SECRET_TYPES), Ok("OTHER"));
+        assert_eq!(by_number.secret_type.unwrap().resolve(SECRET_TYPES), Ok("OTHER"));
+        assert_eq!(EnumInput::Number(5).resolve(SECRET_TYPES), Err("5".into()));
+        assert_eq!(EnumInput::Name("Other".into()).resolve(SECRET_TYPES), Err("Other".into()));
+    }
+
+    #[test]
+    fn numeric_enums_follow_each_message() {
+        let mut version = json!({"name": "v", "state": "DESTROYED"});
+        numeric_enums(Message::SecretVersion, &mut version);
+        assert_eq!(version["state"], 3);
+        let mut list = json!({"versions": [{"state": "ENABLED"}, {"state": "DISABLED"}], "nextPageToken": "t"});
+        numeric_enums(Message::ListSecretVersionsResponse, &mut list);
+        assert_eq!(list, json!({"versions": [{"state": 1}, {"state": 2}], "nextPageToken": "t"}));
+        let mut secrets = json!({"secrets": [{"name": "s", "secretType": "OTHER", "rotation": {
+            "managedRotationStatus": {"state": "ACTIVE"}}}]});
+        numeric_enums(Message::ListSecretsResponse, &mut secrets);
+        assert_eq!(secrets["secrets"][0]["secretType"], 50);
+        assert_eq!(secrets["secrets"][0]["rotation"]["managedRotationStatus"]["state"], 1);
+        let mut access = json!({"name": "n", "payload": {"data": "c3RhdGU=", "dataCrc32c": "1"}});
+        let before = access.clone();
+        numeric_enums(Message::AccessSecretVersionResponse, &mut access);
+        assert_eq!(access, before, "no enum fields");
     }
 
     #[test]

@@ -292,3 +292,174 @@ async fn another_project_is_403() {
          (or it may not exist).",
     );
 }
+
+// ---- self-signed JWTs (AIP-4111): what Google's own client libraries send ----
+
+/// A key for PULLER and the claims google-auth would sign with it, for tests to vary.
+fn self_signed_parts(key: &str) -> (serde_json::Value, serde_json::Value) {
+    let key: serde_json::Value = serde_json::from_str(key).unwrap();
+    let now = now_seconds();
+    (
+        json!({"typ": "JWT", "alg": "RS256", "kid": key["private_key_id"]}),
+        json!({
+            "iss": key["client_email"],
+            "sub": key["client_email"],
+            "iat": now,
+            "exp": now + 3600,
+            "aud": "https://secretmanager.googleapis.com/",
+        }),
+    )
+}
+
+async fn access_with(h: &Harness, token: &str) -> Reply {
+    h.call_as(Some(token), Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/latest:access"), None).await
+}
+
+#[tokio::test]
+async fn self_signed_jwt_is_a_bearer_token_for_its_account() {
+    let h = Harness::new().await;
+    h.create_secret("db").await;
+    h.add_version("db", b"pw").await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let (code, body) = access_with(&h, &self_signed_jwt(&key, now_seconds())).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(decode(&body["payload"]["data"]), b"pw");
+    assert_eq!(h.emu.request_counts().get(gcp_emulator::Method::Token), 0, "no token exchange");
+    // Also as the access_token query parameter, like any bearer credential.
+    let path = format!(
+        "projects/{PROJECT_ID}/secrets/db/versions/latest:access?access_token={}",
+        self_signed_jwt(&key, now_seconds())
+    );
+    assert_eq!(h.call_as(None, Method::GET, &path, None).await.0, 200);
+}
+
+#[tokio::test]
+async fn self_signed_jwt_audience_with_or_without_the_slash_or_a_cloud_platform_scope() {
+    let h = Harness::new().await;
+    h.create_secret("db").await;
+    h.add_version("db", b"pw").await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let (header, claims) = self_signed_parts(&key);
+    let mut no_slash = claims.clone();
+    no_slash["aud"] = json!("https://secretmanager.googleapis.com");
+    assert_eq!(access_with(&h, &sign_jwt(&key, &header, &no_slash)).await.0, 200);
+    let mut scoped = claims.clone();
+    scoped.as_object_mut().unwrap().remove("aud");
+    scoped["scope"] = json!(CLOUD_PLATFORM);
+    assert_eq!(access_with(&h, &sign_jwt(&key, &header, &scoped)).await.0, 200);
+    scoped["scope"] = json!("https://www.googleapis.com/auth/pubsub");
+    let reply = access_with(&h, &sign_jwt(&key, &header, &scoped)).await;
+    assert_error(&reply, 403, "PERMISSION_DENIED", "Request had insufficient authentication scopes.");
+    assert_eq!(reply.1["error"]["details"][0]["reason"], "ACCESS_TOKEN_SCOPE_INSUFFICIENT");
+}
+
+#[tokio::test]
+async fn self_signed_jwt_for_another_audience_or_none_is_401() {
+    let h = Harness::new().await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let (header, claims) = self_signed_parts(&key);
+    let base = h.emu.base_url();
+    for aud in
+        [json!(h.emu.token_uri()), json!(format!("{base}/")), json!("https://pubsub.googleapis.com/"), json!(null)]
+    {
+        let mut wrong = claims.clone();
+        match aud {
+            serde_json::Value::Null => wrong.as_object_mut().unwrap().remove("aud"),
+            aud => wrong.as_object_mut().unwrap().insert("aud".into(), aud),
+        };
+        let reply = access_with(&h, &sign_jwt(&key, &header, &wrong)).await;
+        assert_error(&reply, 401, "UNAUTHENTICATED", UNAUTHENTICATED);
+        assert_eq!(reply.1["error"]["details"][0]["reason"], "ACCESS_TOKEN_TYPE_UNSUPPORTED", "aud {}", wrong["aud"]);
+    }
+}
+
+#[tokio::test]
+async fn self_signed_jwt_needs_the_kid_of_a_key_of_its_issuer_that_signed_it() {
+    let h = Harness::new().await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let second = h.emu.service_account_key(PULLER, Role::Accessor);
+    let other = h.emu.service_account_key("other@acme-edge.iam.gserviceaccount.com", Role::Admin);
+    let (header, claims) = self_signed_parts(&key);
+    let id = |k: &str| serde_json::from_str::<serde_json::Value>(k).unwrap()["private_key_id"].clone();
+    let cases = [
+        ("no kid", json!({"typ": "JWT", "alg": "RS256"}), key.as_str()),
+        ("unknown kid", json!({"typ": "JWT", "alg": "RS256", "kid": "0123456789abcdef"}), &key),
+        ("kid of another account's key", json!({"typ": "JWT", "alg": "RS256", "kid": id(&other)}), &other),
+        ("kid of one key, signed by another", json!({"typ": "JWT", "alg": "RS256", "kid": id(&second)}), &key),
+        ("HS256", json!({"typ": "JWT", "alg": "HS256", "kid": id(&key)}), &key),
+    ];
+    for (case, header, signer) in cases {
+        let reply = access_with(&h, &sign_jwt(signer, &header, &claims)).await;
+        assert_error(&reply, 401, "UNAUTHENTICATED", UNAUTHENTICATED);
+        assert_eq!(reply.0, 401, "{case}");
+    }
+    // Either of the account's keys works under its own kid.
+    h.create_secret("db").await;
+    h.add_version("db", b"pw").await;
+    let (second_header, _) = self_signed_parts(&second);
+    assert_eq!(access_with(&h, &sign_jwt(&second, &second_header, &claims)).await.0, 200);
+    assert_eq!(access_with(&h, &sign_jwt(&key, &header, &claims)).await.0, 200);
+}
+
+#[tokio::test]
+async fn self_signed_jwt_iss_and_sub_must_both_be_the_account() {
+    let h = Harness::new().await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let (header, claims) = self_signed_parts(&key);
+    for sub in [json!(null), json!("admin@acme-edge.iam.gserviceaccount.com")] {
+        let mut wrong = claims.clone();
+        wrong["sub"] = sub;
+        let reply = access_with(&h, &sign_jwt(&key, &header, &wrong)).await;
+        assert_error(&reply, 401, "UNAUTHENTICATED", UNAUTHENTICATED);
+    }
+}
+
+#[tokio::test]
+async fn self_signed_jwt_timeframe_follows_the_emulators_clock() {
+    let mut h = Harness::new().await;
+    h.create_secret("db").await;
+    h.add_version("db", b"pw").await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let (header, claims) = self_signed_parts(&key);
+    let now = now_seconds();
+    for (case, iat, exp) in [("over an hour", now, now + 3601), ("issued in the future", now + 600, now + 1200)] {
+        let mut wrong = claims.clone();
+        wrong["iat"] = json!(iat);
+        wrong["exp"] = json!(exp);
+        let reply = access_with(&h, &sign_jwt(&key, &header, &wrong)).await;
+        assert_eq!(reply.0, 401, "{case}: {}", reply.1);
+        assert_eq!(reply.1["error"]["details"][0]["reason"], "ACCESS_TOKEN_TYPE_UNSUPPORTED", "{case}");
+    }
+    // Clock skew: issued up to five minutes ahead is accepted, as on the token endpoint.
+    let mut skewed = claims.clone();
+    skewed["iat"] = json!(now + 240);
+    skewed["exp"] = json!(now + 240 + 3600);
+    assert_eq!(access_with(&h, &sign_jwt(&key, &header, &skewed)).await.0, 200);
+
+    let token = sign_jwt(&key, &header, &claims);
+    assert_eq!(access_with(&h, &token).await.0, 200);
+    h.advance_clock(Duration::from_secs(3600));
+    let reply = access_with(&h, &token).await;
+    assert_error(&reply, 401, "UNAUTHENTICATED", UNAUTHENTICATED);
+    assert_eq!(reply.1["error"]["details"][0]["reason"], "ACCESS_TOKEN_EXPIRED");
+}
+
+#[tokio::test]
+async fn self_signed_jwt_carries_the_accounts_role() {
+    let h = Harness::new().await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let reply = h
+        .call_as(
+            Some(&self_signed_jwt(&key, now_seconds())),
+            Method::POST,
+            &format!("projects/{PROJECT_ID}/secrets?secretId=db"),
+            Some(json!({"replication": {"automatic": {}}})),
+        )
+        .await;
+    assert_error(
+        &reply,
+        403,
+        "PERMISSION_DENIED",
+        "Permission 'secretmanager.secrets.create' denied for resource 'projects/acme-edge' (or it may not exist).",
+    );
+}

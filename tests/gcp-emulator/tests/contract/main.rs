@@ -3,11 +3,14 @@
 //! Where a new test goes:
 //! - `support.rs`: the harness (an emulator + an HTTP client + an admin token), request helpers,
 //!   `assert_error`, and the gcp_auth-style JWT signer. No tests.
-//! - `auth.rs`: the token endpoint, 401s, 403s per role, and gcp_auth end to end.
+//! - `auth.rs`: the token endpoint, self-signed JWTs, 401s, 403s per role, and gcp_auth end to
+//!   end.
 //! - `names.rs`: IDs, projects, locations, create/replication rules.
 //! - `secrets.rs`: get, patch, delete, list, labels, annotations, aliases, expiry, etags on secrets.
 //! - `versions.rs`: addVersion, `latest`, aliases, states, etags on versions, delayed destroy.
 //! - `payload.rs`: base64, size, CRC32C, JSON number/string forms.
+//! - `system.rs`: system parameters (`$alt`, `prettyPrint`, `fields`, `$.xgafv`, `callback`,
+//!   `key`, …) and numeric enums.
 //! - `faults.rs`: every fault kind, quotas, counts and the admin API.
 //! - `process.rs`: the blocking wrapper and the real binary.
 //!
@@ -21,4 +24,5 @@ mod payload;
 mod process;
 mod secrets;
 mod support;
+mod system;
 mod versions;
