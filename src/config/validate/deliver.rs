@@ -251,40 +251,6 @@ path = "api/raw/db-password"
     }
 
     #[test]
-    fn two_policies_may_not_write_one_path() {
-        let a = "[secret]\nstore = \"dev\"\nid = \"a\"\n[[deliver]]\npath = \"x/shared\"\n";
-        let b = "[secret]\nstore = \"dev\"\nid = \"b\"\n\n[[deliver]]\npath = \"x/shared\"\n";
-        let c = "[secret]\nstore = \"dev\"\nid = \"c\"\n[[deliver]]\npath = \"x/shared/inner\"\n";
-        let got = problems(AGENT, &[("a", a), ("b", b), ("c", c)]);
-        assert_eq!(
-            got,
-            [
-                "/etc/keyturn/policies/b.toml:6: deliver.path: \"x/shared\" is also delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
-                "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/shared/inner\" overlaps the file delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_file_where_another_needs_a_directory_is_refused_whichever_comes_first() {
-        let policy = |id: &str, path: &str| {
-            format!("[secret]\nstore = \"dev\"\nid = \"{id}\"\n[[deliver]]\npath = \"{path}\"\n")
-        };
-        // b's file sits where a needs a directory; c's file needs b's path as a directory,
-        // and d is clear of all of them (a sibling, and a name that merely shares a prefix).
-        let (a, b, c, d) =
-            (policy("a", "x/dir/inner"), policy("b", "x/dir"), policy("c", "x/dir/other"), policy("d", "x/dir-2/f"));
-        let got = problems(AGENT, &[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
-        assert_eq!(
-            got,
-            [
-                "/etc/keyturn/policies/b.toml:5: deliver.path: \"x/dir\" overlaps the file delivered by policy \"a\" (/etc/keyturn/policies/a.toml:5)",
-                "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/dir/other\" overlaps the file delivered by policy \"b\" (/etc/keyturn/policies/b.toml:5)",
-            ]
-        );
-    }
-
-    #[test]
     fn delivery_paths() {
         type Split<'a> = Result<(&'a str, &'a str), &'a str>;
         let cases: &[(&str, Split)] = &[
