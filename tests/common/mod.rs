@@ -209,10 +209,9 @@ impl World {
     ///
     /// The barrier for a test that asserts something does *not* happen: reads are what the
     /// agent does anyway, one per policy per poll, so K more reads span K-1 whole polls of its
-    /// own time and work, however loaded the machine. A read is counted as it
-    /// completes; with one policy on the store, the next starts only after its delivery is
-    /// done. So of 3 more reads, the second began after the call, and the third proves that
-    /// poll finished.
+    /// own time and work, however loaded the machine. A read is counted as it completes; with
+    /// one policy on the store, the next starts only after its delivery is done. So of 3 more
+    /// reads, the second began after the call, and the third proves that poll finished.
     pub fn wait_store_reads(&self, store: &str, more: u64) {
         let target = self.store_reads(store) + more;
         wait_for(&format!("{more} more reads of store {store}"), Duration::from_secs(10 + 5 * more), || {
