@@ -10,6 +10,14 @@ use common::{World, read, text, version_dirs, wait_for};
 
 const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
 
+/// "Within one poll" (1 s) on a loaded 2-core machine: five polls of room. Missing the poll
+/// altogether means the 60 s default poll, a restart or a reload: far past it.
+const WITHIN_ONE_POLL: Duration = Duration::from_secs(5);
+
+/// A prompt stop: the exit itself takes milliseconds; what a stop must not wait for (a sync's
+/// 20-30 s store or check command below, or the 10 s default `shutdown_grace`) is far past it.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
 #[test]
 fn a_new_current_version_is_delivered_by_the_next_poll_and_shown_by_status() {
     let world = World::new(POLL);
@@ -25,12 +33,13 @@ fn a_new_current_version_is_delivered_by_the_next_poll_and_shown_by_status() {
     world.put("db-password", "value-two");
     let put_at = Instant::now();
     // Every read sees one whole value or the other, never an empty or partial file.
-    wait_for("the new value", Duration::from_secs(5), || {
+    wait_for("the new value", Duration::from_secs(15), || {
         let now = read(bundle.join("db-password"));
         assert!(now == "value-one" || now == "value-two", "saw {now:?}");
         now == "value-two"
     });
-    assert!(put_at.elapsed() < Duration::from_secs(3), "picked up within one poll (1s), took {:?}", put_at.elapsed());
+    // The bound is the behaviour under test: picked up by the next poll, not some later event.
+    assert!(put_at.elapsed() < WITHIN_ONE_POLL, "picked up within one poll (1s), took {:?}", put_at.elapsed());
     assert_eq!(read(bundle.join("db.env")), "VALUE=value-two\n");
     assert!(version_dirs(&bundle).len() <= 2, "{:?}", version_dirs(&bundle));
 
@@ -72,7 +81,10 @@ fn a_version_added_but_not_made_current_is_not_delivered() {
         store.add_version(&keyturn::secret::SecretId::new("db-password"), &value).await.unwrap();
     });
     agent.wait_log("sync finished", 1);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Three more reads of the store: the second began after the version was added, and the
+    // third only once the second's delivery was done. An agent that delivered the newest
+    // version rather than `current` has written it by then.
+    world.wait_store_reads("dev", 3);
     assert_eq!(read(world.bundle("app/db")), "current-value");
 }
 
@@ -143,7 +155,8 @@ fn sigterm_and_sigint_stop_the_agent_promptly_and_cleanly() {
         let sent = Instant::now();
         agent.signal(signal);
         assert_eq!(agent.wait_exit(Duration::from_secs(5)), Some(0), "{}", agent.log_text());
-        assert!(sent.elapsed() < Duration::from_secs(2), "SIG{signal} took {:?}", sent.elapsed());
+        // The bound is the behaviour under test: "promptly".
+        assert!(sent.elapsed() < PROMPTLY, "SIG{signal} took {:?}", sent.elapsed());
         assert!(agent.log_text().contains("shutting down"));
         // What was delivered stays for the applications; the status says the agent is gone.
         assert_eq!(read(world.bundle("app/db")), "v");
@@ -187,7 +200,8 @@ fn sigterm_during_a_slow_first_sync_stops_at_once_and_the_next_start_finishes_th
     let sent = Instant::now();
     agent.signal("TERM");
     assert_eq!(agent.wait_exit(Duration::from_secs(40)), Some(0), "{}", agent.log_text());
-    assert!(sent.elapsed() < Duration::from_secs(5), "SIGTERM during the first sync took {:?}", sent.elapsed());
+    // The bound is the behaviour under test: at once, not after the 30 s check.
+    assert!(sent.elapsed() < PROMPTLY, "SIGTERM during the first sync took {:?}", sent.elapsed());
     let log = agent.log_text();
     assert!(log.contains("stop signal during a sync: abandoning it"), "{log}");
     assert!(log.contains("shutting down"), "{log}");
@@ -249,7 +263,8 @@ fn sigterm_or_sigint_during_a_resync_or_a_post_reload_sync_stops_at_once() {
         let sent = Instant::now();
         agent.signal(signal);
         assert_eq!(agent.wait_exit(Duration::from_secs(40)), Some(0), "{}", agent.log_text());
-        assert!(sent.elapsed() < Duration::from_secs(5), "SIG{signal} during the {sync} took {:?}", sent.elapsed());
+        // The bound is the behaviour under test: at once, not after the 20 s store answer.
+        assert!(sent.elapsed() < PROMPTLY, "SIG{signal} during the {sync} took {:?}", sent.elapsed());
         assert!(agent.log_text().contains("stop signal during a sync: abandoning it"), "{}", agent.log_text());
         assert_eq!(read(world.bundle("app/db")), "v");
     }

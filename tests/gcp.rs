@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Agent, World, read, text, wait_for};
 use gcp_emulator::{Emulator, Failure, Method, Role, blocking};
@@ -108,9 +108,11 @@ fn the_agent_authenticates_delivers_current_and_picks_up_a_promotion_within_one_
     assert!(gcp.emu.request_counts().get(Method::Token) >= 1, "the agent fetched a token");
 
     gcp.put("db-password", "second");
-    let promoted = std::time::Instant::now();
+    let promoted = Instant::now();
     gcp.wait_delivered("db", "second");
-    assert!(promoted.elapsed() < Duration::from_secs(3), "within one poll (1s): {:?}", promoted.elapsed());
+    // The bound is the behaviour under test: the next poll (1 s) picks it up. Five polls of
+    // room for a loaded machine; missing the poll means the 60 s default or never.
+    assert!(promoted.elapsed() < Duration::from_secs(5), "within one poll (1s): {:?}", promoted.elapsed());
 
     // Added but not promoted: never delivered.
     gcp.add_unpromoted("db-password", "pending-third");
@@ -131,17 +133,27 @@ fn steady_state_costs_one_access_per_policy_per_poll_and_no_metadata_reads() {
         gcp.put(name, &format!("value-{name}"));
     }
     let before = gcp.emu.request_counts();
+    let started = Instant::now();
     let agent = gcp.agent();
     gcp.wait_delivered("c", "value-c");
-    std::thread::sleep(Duration::from_millis(3500));
+    // Run until the start-up reads and six polls of each policy have been made.
+    wait_for("six polls of each policy", Duration::from_secs(30), || {
+        gcp.emu.request_counts().get(Method::Access) >= before.get(Method::Access) + 3 + 3 * 6
+    });
     drop(agent);
+    let lifetime = started.elapsed();
     let after = gcp.emu.request_counts();
     let delta = |m: Method| after.get(m) - before.get(m);
     assert_eq!(delta(Method::Get) + delta(Method::List) + delta(Method::GetVersion) + delta(Method::ListVersions), 0);
     assert_eq!(delta(Method::AddVersion) + delta(Method::Patch), 0, "a pulling agent never writes");
-    // 3 policies: one access each at start, then one per poll (1s) for about 3.5s.
+    // 3 policies: one access each at start, one at its first poll (anywhere in the first
+    // second), then one a second. `lifetime` began before the agent and ended after it died,
+    // so load only lengthens it and loosens the bound, never fails an agent that keeps to one
+    // access per policy per poll; two per poll would reach the wait's count in about half
+    // the time, past the bound.
+    let polls = lifetime.as_secs_f64().ceil() as u64 + 2;
     let accesses = delta(Method::Access);
-    assert!((9..=21).contains(&accesses), "{accesses} accesses");
+    assert!((9..=3 * polls).contains(&accesses), "{accesses} accesses in {lifetime:?}");
 }
 
 /// Delivers `first`, breaks access with `break_it`, promotes `second`, and checks that the
@@ -350,12 +362,13 @@ fn a_token_endpoint_slower_than_token_timeout_is_an_error_not_a_hang() {
     let config = read(gcp.world.config())
         .replace("retry_backoff = \"50ms\"", "retry_backoff = \"50ms\"\ntoken_timeout = \"300ms\"");
     common::write(&gcp.world.config(), &config);
-    gcp.emu.faults().set_latency(Duration::from_secs(3));
-    let started = std::time::Instant::now();
+    gcp.emu.faults().set_latency(Duration::from_secs(20));
+    let started = Instant::now();
     let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("token request took longer than 300ms"), "{}", text(&out));
-    // gcp_auth itself sets no timeout: without token_timeout this would take the 3s latency
-    // times its own retries. (A bound, not a benchmark: it only proves the timeout applies.)
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // gcp_auth itself sets no timeout: without token_timeout this would take the 20 s latency
+    // times its own retries. (A bound, not a benchmark: it only proves the timeout applies,
+    // with room for a loaded machine to start the process and time out after 300 ms.)
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }

@@ -14,21 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::http::Recorder;
-use common::{Agent, World, read, text, wait_for};
+use common::{Agent, World, read, sample, text, wait_for};
 
 const POLL: &str = "poll = \"1s\"\njitter = \"0%\"";
-
-/// The admin listener's address, from the status file the agent writes at start.
-fn admin(world: &World) -> String {
-    let mut address = String::new();
-    wait_for("the admin address in status.json", Duration::from_secs(10), || {
-        let status = std::fs::read_to_string(world.state().join("status.json")).unwrap_or_default();
-        let value: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-        address = value["admin"].as_str().unwrap_or_default().to_string();
-        !address.is_empty()
-    });
-    address
-}
 
 fn get(address: &str, path: &str) -> (u16, String) {
     common::http::request(address, "GET", path, None).unwrap()
@@ -46,10 +34,6 @@ fn promtool(exposition: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-}
-
 #[test]
 fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
     let world = World::new(POLL);
@@ -58,7 +42,7 @@ fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
         "[secret]\nstore = \"dev\"\nid = \"signing\"\n[rotate]\nevery = \"30d\"\ngenerate = \"ed25519\"\n[[deliver]]\npath = \"api/key.pem\"\nformat = \"pem\"\n",
     );
     let _agent = world.agent(&[]);
-    let address = admin(&world);
+    let address = world.admin();
     wait_for("the first key", Duration::from_secs(15), || world.bundle("api/key.pem").exists());
     wait_for("the first delivery in metrics", Duration::from_secs(5), || {
         sample(&get(&address, "/metrics").1, "keyturn_secret_info{policy=\"signing\",version=\"1\"}") == Some(1.0)
@@ -124,7 +108,7 @@ fn notifications_are_counted_by_notifier_and_result() {
     world.put("db", "FIXTURE-metrics-1");
     world.put("broken", "FIXTURE-metrics-2");
     let _agent = world.agent(&[]);
-    let address = admin(&world);
+    let address = world.admin();
     let ok = "keyturn_notifications_total{policy=\"db\",notifier=\"exec\",result=\"ok\"}";
     let failed = "keyturn_notifications_total{policy=\"broken\",notifier=\"exec\",result=\"error\"}";
     wait_for("both notifications counted", Duration::from_secs(10), || {
@@ -145,7 +129,7 @@ fn healthz_answers_at_once_and_readyz_waits_for_every_required_policy() {
         "[secret]\nstore = \"dev\"\nid = \"nowhere\"\nrequired = false\n[[deliver]]\npath = \"opt/x\"\n",
     );
     let _agent = world.agent(&[]);
-    let address = admin(&world);
+    let address = world.admin();
     assert_eq!(get(&address, "/healthz"), (200, "ok\n".into()));
     let (status, body) = get(&address, "/readyz");
     assert_eq!((status, body.as_str()), (503, "not ready: waiting for db\n"));
@@ -175,8 +159,14 @@ fn systemd_hears_ready_only_once_the_files_exist_then_watchdog_and_stopping() {
             }
         }
     };
-    // The secret does not exist yet: status lines and watchdog pings, but no READY.
-    listen(&mut heard, Duration::from_secs(2));
+    // The secret does not exist yet: status lines and watchdog pings, but no READY. Heard
+    // until the agent has tried the secret three more times (its retries are at most a poll
+    // apart): a second and more of its own time, however long a loaded machine takes for it.
+    let target = world.store_reads("dev") + 3;
+    wait_for("three more reads of the missing secret", Duration::from_secs(25), || {
+        listen(&mut heard, Duration::from_millis(100));
+        world.store_reads("dev") >= target
+    });
     assert!(!heard.iter().any(|l| l == "READY=1"), "READY before the files exist: {heard:?}");
     assert!(heard.iter().filter(|l| *l == "WATCHDOG=1").count() >= 3, "watchdog every 200ms: {heard:?}");
     assert!(heard.iter().any(|l| l.starts_with("STATUS=")), "{heard:?}");
@@ -222,7 +212,10 @@ fn a_service_manager_that_stops_reading_never_blocks_the_agent() {
     let mut agent = world.agent_with(&[("WATCHDOG_USEC", "400000")], &[("NOTIFY_SOCKET", &socket_path)]);
     wait_for("db delivered", Duration::from_secs(10), || world.bundle("app/db").exists());
     agent.wait_log("not reading its notify socket", 1);
-    std::thread::sleep(Duration::from_millis(500));
+    // Three more polls of the store: two seconds and more of the agent's own time since the
+    // warning, in which it tried READY=1 every 100 ms and a watchdog ping every 200 ms, each
+    // into the full queue. Warning at every failed send would have logged a score by now.
+    world.wait_store_reads("dev", 3);
     assert_eq!(agent.log_text().matches("not reading its notify socket").count(), 1, "warned once");
 
     // Once the queue drains, READY=1 still arrives: it is retried, not dropped.

@@ -179,6 +179,46 @@ impl World {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The running agent's admin listener (`127.0.0.1:PORT`), from the status file it writes
+    /// at start.
+    pub fn admin(&self) -> String {
+        let mut address = String::new();
+        wait_for("the admin address in status.json", Duration::from_secs(10), || {
+            let status = fs::read_to_string(self.state().join("status.json")).unwrap_or_default();
+            let value: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+            address = value["admin"].as_str().unwrap_or_default().to_string();
+            !address.is_empty()
+        });
+        address
+    }
+
+    /// How many times the running agent has read a secret from `store`, successfully or not:
+    /// `keyturn_store_requests_total{method="access"}` on its `/metrics`.
+    pub fn store_reads(&self, store: &str) -> u64 {
+        let (status, metrics) = http::request(&self.admin(), "GET", "/metrics", None).unwrap();
+        assert_eq!(status, 200, "{metrics}");
+        let reads = |result: &str| {
+            let series =
+                format!("keyturn_store_requests_total{{store=\"{store}\",method=\"access\",result=\"{result}\"}}");
+            sample(&metrics, &series).unwrap_or(0.0) as u64
+        };
+        reads("ok") + reads("error")
+    }
+
+    /// Waits until the running agent has read from `store` `more` times since the call.
+    ///
+    /// The barrier for a test that asserts something does *not* happen: reads are what the
+    /// agent does anyway, one per policy per poll, so K more reads span K-1 whole polls of its
+    /// own time and work, however loaded the machine. A read is counted as it completes; with
+    /// one policy on the store, the next starts only after its delivery is done. So of 3 more
+    /// reads, the second began after the call, and the third proves that poll finished.
+    pub fn wait_store_reads(&self, store: &str, more: u64) {
+        let target = self.store_reads(store) + more;
+        wait_for(&format!("{more} more reads of store {store}"), Duration::from_secs(10 + 5 * more), || {
+            self.store_reads(store) >= target
+        });
+    }
+
     /// Every byte the test's files hold outside the runtime directory and store: logs,
     /// status, configuration.
     pub fn readable_outputs(&self) -> String {
@@ -274,12 +314,23 @@ pub fn mode(path: impl AsRef<Path>) -> u32 {
 }
 
 /// Polls `done` every 20 ms until it holds, or panics after `timeout` naming `what`.
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    wait_for_every(what, timeout, Duration::from_millis(20), done);
+}
+
+/// [`wait_for`] for a condition that is costly to check (a store listing, a child process):
+/// polled every `every`, so the waiting does not load the machine it waits on.
+pub fn wait_for_every(what: &str, timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
+}
+
+/// The value of one series (name and labels exactly as exposed) in a Prometheus exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
 /// The version directories of a bundle (`..2026_...`).
