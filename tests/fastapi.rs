@@ -29,7 +29,7 @@ fn created(world: &World, kid: &str) -> SystemTime {
     use keyturn::store::{SecretStore, Selector};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let config = keyturn::config::FileStoreConfig { dir: world.store(), seed: None };
+        let config = keyturn::store::file::FileStoreConfig { dir: world.store(), seed: None };
         let store = keyturn::store::file::FileStore::open("dev", &config).await.unwrap();
         let id = keyturn::secret::SecretId::new("api-signing-key");
         for info in store.versions(&id).await.unwrap() {
