@@ -78,10 +78,16 @@ impl Gcp {
         });
     }
 
-    /// Adds a version through the library without moving `current`, as a rotation that
-    /// stopped after its first step would leave it.
-    fn add_unpromoted(&self, id: &str, value: &str) {
+    /// Disables a version through the library, as an operator would in the console.
+    fn disable_version(&self, id: &str, version: u64) {
         use keyturn::store::SecretStore;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let id = keyturn::secret::SecretId::new(id);
+        runtime.block_on(self.admin_store().disable(&id, &keyturn::secret::VersionId::from(version))).unwrap();
+    }
+
+    /// The store `edge` as the operator sees it, through the library.
+    fn admin_store(&self) -> keyturn::store::gcp::GcpStore {
         let config = keyturn::store::gcp::GcpStoreConfig {
             project: "acme-edge".into(),
             location: None,
@@ -91,7 +97,14 @@ impl Gcp {
             token_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(50),
         };
-        let store = keyturn::store::gcp::GcpStore::new("edge", &config).unwrap();
+        keyturn::store::gcp::GcpStore::new("edge", &config).unwrap()
+    }
+
+    /// Adds a version through the library without moving `current`, as a rotation that
+    /// stopped after its first step would leave it.
+    fn add_unpromoted(&self, id: &str, value: &str) {
+        use keyturn::store::SecretStore;
+        let store = self.admin_store();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let id = keyturn::secret::SecretId::new(id);
         runtime.block_on(store.add_version(&id, &keyturn::secret::SecretBytes::copy_from(value.as_bytes()))).unwrap();
@@ -371,4 +384,70 @@ fn a_token_endpoint_slower_than_token_timeout_is_an_error_not_a_hang() {
     // times its own retries. (A bound, not a benchmark: it only proves the timeout applies,
     // with room for a loaded machine to start the process and time out after 300 ms.)
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+/// Secrets made the usual way (`gcloud secrets create`, `gcloud secrets versions add`) have no
+/// alias: a policy reads them with `version = "latest"` or a pinned number. A node that may
+/// only read values (secretAccessor) and asks for `current` is told the alias is missing and
+/// the exact command that sets it, never that it lacks a permission it is not meant to have;
+/// telling the two cases apart costs no metadata read.
+#[test]
+fn secrets_made_the_gcloud_way_are_delivered_with_latest_or_a_pinned_version() {
+    let gcp = Gcp::new(None);
+    gcp.add_unpromoted("db-password", "db-1");
+    gcp.add_unpromoted("db-password", "db-2");
+    gcp.add_unpromoted("api-key", "key-1");
+    gcp.add_unpromoted("api-key", "key-2");
+    let policy = |name: &str, id: &str, version: &str| {
+        gcp.world.policy(
+            name,
+            &format!(
+                "[secret]\nstore = \"edge\"\nid = \"{id}\"\nversion = {version}\n[[deliver]]\npath = \"{name}/value\"\n"
+            ),
+        );
+    };
+    policy("db", "db-password", "\"latest\"");
+    policy("api", "api-key", "1");
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(gcp.delivered("db").as_deref(), Some("db-2"), "latest is the newest version");
+    assert_eq!(gcp.delivered("api").as_deref(), Some("key-1"), "a pinned version stays");
+
+    // `current` on a secret without aliases, read by an accessor.
+    let before = gcp.emu.request_counts();
+    policy("api", "api-key", "\"current\"");
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret \"api-key\" in store \"edge\" has no alias current"), "{stderr}");
+    assert!(stderr.contains("gcloud secrets update api-key --update-version-aliases=current=2"), "{stderr}");
+    assert!(!stderr.contains("ermission") && !stderr.contains("roles/"), "no permission is blamed: {stderr}");
+    let after = gcp.emu.request_counts();
+    assert_eq!(after.get(Method::Get), before.get(Method::Get), "no metadata read told the cases apart");
+    assert_eq!(gcp.delivered("api").as_deref(), Some("key-1"), "the last good file stays");
+
+    // A secret that does not exist at all is said to be missing, not its alias.
+    policy("api", "no-such-secret", "\"current\"");
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret \"no-such-secret\" does not exist in store \"edge\""), "{stderr}");
+
+    // A disabled newest version is an error that says what `latest` means.
+    policy("api", "api-key", "1");
+    gcp.disable_version("db-password", 2);
+    let out = gcp.world.command(&["sync", "--once"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("version 2 of secret \"db-password\" is disabled"), "{stderr}");
+    assert!(stderr.contains("`latest` is the newest version whatever its state"), "{stderr}");
+    assert_eq!(gcp.delivered("db").as_deref(), Some("db-2"), "the last good file stays");
+
+    // A policy that rotates delivers `current`: it is how a rotation is promoted.
+    gcp.world.policy(
+        "signing",
+        "[secret]\nstore = \"edge\"\nid = \"signing\"\nversion = \"latest\"\n[rotate]\nevery = \"1d\"\ngenerate = \"ed25519\"\n[[deliver]]\npath = \"signing/key.pem\"\nformat = \"pem\"\n",
+    );
+    let out = gcp.world.keyturn(&["validate"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a policy that rotates delivers version = \"current\""));
 }

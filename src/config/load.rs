@@ -25,7 +25,7 @@ pub fn load_agent_file(
     env: &dyn Environment,
     accounts: &dyn Accounts,
 ) -> Result<super::AgentFile, ConfigErrors> {
-    let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
+    let agent = read_agent_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
     validate::agent_file(&agent, env, accounts)
 }
 
@@ -41,7 +41,7 @@ pub fn read_sources(
     env: &dyn Environment,
     accounts: &dyn Accounts,
 ) -> Result<Sources, ConfigErrors> {
-    let agent = read_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
+    let agent = read_agent_file(agent_file).map_err(|p| ConfigErrors(vec![p]))?;
     let Some(dir) = validate::policies_dir(&agent, env) else {
         // The policy directory itself is unreadable: report the agent file's problems.
         return Err(validate::agent_file(&agent, env, accounts).err().unwrap_or_else(|| ConfigErrors(Vec::new())));
@@ -56,6 +56,15 @@ fn read_file(path: &Path) -> Result<SourceFile, Problem> {
         line: None,
         key: String::new(),
         message: format!("cannot read: {e}"),
+        skipped: false,
+    })
+}
+
+/// The agent file, or a problem that says how to name another.
+fn read_agent_file(path: &Path) -> Result<SourceFile, Problem> {
+    read_file(path).map_err(|mut problem| {
+        problem.message.push_str("; name the agent file with --config PATH or KEYTURN_CONFIG");
+        problem
     })
 }
 
@@ -68,6 +77,7 @@ fn read_policy_dir(dir: &Path, agent_file: &Path) -> Result<Vec<SourceFile>, Con
             line: None,
             key: "agent.policies".into(),
             message: format!("cannot read policy directory {}: {e}", dir.display()),
+            skipped: false,
         }])
     })?;
     let mut paths: Vec<PathBuf> = entries

@@ -29,11 +29,11 @@ use crate::generate::Generator;
 use crate::notify::NotifierConfig;
 use crate::rotation::schedule::Schedule;
 use crate::secret::SecretId;
-use crate::store::StoreConfig;
+use crate::store::{Selector, StoreConfig};
 
 pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
 pub use units::{parse_duration, parse_ratio};
-pub use validate::{Section, agent_file, validate};
+pub use validate::{Declared, Section, agent_file, check, validate};
 
 /// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
@@ -177,6 +177,9 @@ pub struct Policy {
     pub name: String,
     pub store: String,
     pub secret: SecretId,
+    /// Which version is delivered: the `current` alias (the default, and the only choice for
+    /// a policy that rotates), `latest`, a pinned number, or another alias.
+    pub version: Selector,
     /// Readiness waits for required policies only.
     pub required: bool,
     pub deliver: Vec<Delivery>,
@@ -277,6 +280,9 @@ pub struct Problem {
     /// The key path inside the file (`deliver[1].path`), or empty for the file as a whole.
     pub key: String,
     pub message: String,
+    /// Not a mistake: a check that depends on the machine (a user, an environment variable, a
+    /// file) and was left out in portable mode (`keyturn validate --portable`).
+    pub skipped: bool,
 }
 
 impl fmt::Display for Problem {
@@ -305,6 +311,27 @@ impl fmt::Display for ConfigErrors {
         }
         Ok(())
     }
+}
+
+/// What validation may assume about the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Machine {
+    /// This machine is the node: users, groups, environment variables and files are checked.
+    #[default]
+    Node,
+    /// Any machine, such as a CI runner: what depends on the node (a user, a group, an unset
+    /// environment variable, a file the settings name) is listed as not checked, and a stand-in
+    /// takes its place so that the rest is checked.
+    Portable,
+}
+
+/// What a check found: the configuration when it is valid, every problem, and (in portable
+/// mode) every check that was left to the node.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: Option<Config>,
+    pub problems: Vec<Problem>,
+    pub skipped: Vec<Problem>,
 }
 
 /// Reads environment variables and the host name; the seam that lets tests expand `${...}`

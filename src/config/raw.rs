@@ -61,6 +61,7 @@ pub struct Report {
 pub struct Secret {
     pub store: Spanned<String>,
     pub id: Spanned<String>,
+    pub version: Option<Spanned<VersionRef>>,
     pub required: Option<bool>,
 }
 
@@ -116,6 +117,13 @@ pub enum Mode {
     Bits(i64),
 }
 
+/// A version: an alias or `latest` as a string, or a number (as a string or an integer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionRef {
+    Text(String),
+    Number(i64),
+}
+
 /// A user or group: a name, or a numeric id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NameOrId {
@@ -153,3 +161,4 @@ macro_rules! string_or_integer {
 
 string_or_integer!(Mode, Text, Bits, "an octal mode such as \"0400\"");
 string_or_integer!(NameOrId, Name, Id, "a name or a numeric id");
+string_or_integer!(VersionRef, Text, Number, "\"current\", \"latest\", an alias, or a version number");

@@ -137,6 +137,7 @@ mod tests {
             name: "db".into(),
             store: "dev".into(),
             secret: crate::secret::SecretId::new("db-password"),
+            version: crate::store::Selector::current(),
             required: true,
             deliver: vec![
                 delivery("db.env", Format::Env(Env { key: Some("DB_PASSWORD".into()) })),

@@ -329,11 +329,12 @@ impl<S: SecretStore + 'static> Engine<S> {
         result
     }
 
-    /// Reads the current version, and (only when it changed) its creation time and the
-    /// previous public key. Returns the version and the previous key if the JWK set lists it.
+    /// Reads the version the policy delivers (`current`, unless it says otherwise), and (only
+    /// when it changed) its creation time and the previous public key. Returns the version and
+    /// the previous key if the JWK set lists it.
     async fn pull(&self, policy: &Policy) -> PullResult {
         let store = self.store(policy);
-        let version = match store.access(&policy.secret, &Selector::current()).await {
+        let version = match store.access(&policy.secret, &policy.version).await {
             Ok(version) => version,
             Err(e) => {
                 if is_missing(&e) {
@@ -358,7 +359,9 @@ impl<S: SecretStore + 'static> Engine<S> {
                     }
                     None => None,
                 };
-                let previous = if lists_previous(policy) {
+                // `previous` is the version before `current`: only a policy that delivers
+                // `current` has one to list.
+                let previous = if lists_previous(policy) && policy.version == Selector::current() {
                     previous_public(store.as_ref(), policy, &version.id).await
                 } else {
                     None

@@ -511,6 +511,7 @@ mod tests {
             name: "signing".into(),
             store: "dev".into(),
             secret: SecretId::new("signing-key"),
+            version: crate::store::Selector::current(),
             required: true,
             deliver: Vec::new(),
             rotate: Some(rotate.clone()),

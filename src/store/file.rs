@@ -215,7 +215,18 @@ impl FileStore {
 
     fn resolve(&self, id: &SecretId, meta: &Meta, selector: &Selector) -> Result<u64, StoreError> {
         let missing =
-            || StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone() };
+            || StoreError::NoSuchVersion {
+                store: self.name.clone(),
+                id: id.clone(),
+                selector: selector.clone(),
+                advice: match selector {
+                    Selector::Alias(alias) if alias == crate::secret::CURRENT => format!(
+                        ": `keyturn store put {} {id}` adds a version and makes it current",
+                        self.name
+                    ),
+                    _ => String::new(),
+                },
+            };
         match selector {
             Selector::Alias(alias) => meta.aliases.get(alias).and_then(VersionId::number).ok_or_else(missing),
             Selector::Latest => meta.versions.keys().next_back().copied().ok_or_else(missing),
@@ -239,6 +250,7 @@ impl SecretStore for FileStore {
                 id: id.clone(),
                 version: version_id,
                 state: version.state.as_str().into(),
+                selector: Some(selector.clone()),
             });
         }
         let path = self.version_path(id, number)?;
@@ -356,7 +368,8 @@ impl FileStore {
     ) -> Result<&'m mut VersionMeta, StoreError> {
         let entry = self.version_entry(id, meta, version)?;
         if entry.state == VersionState::Destroyed {
-            return Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state: "destroyed".into() });
+            let state = "destroyed".into();
+            return Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state, selector: None });
         }
         Ok(entry)
     }
@@ -371,6 +384,7 @@ impl FileStore {
             store: self.name.clone(),
             id: id.clone(),
             selector: Selector::Id(version.clone()),
+            advice: String::new(),
         })
     }
 }

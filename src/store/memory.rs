@@ -119,7 +119,7 @@ impl SecretStore for MemoryStore {
         let secrets = self.secrets.lock().unwrap();
         let secret = secrets.get(id).ok_or_else(|| self.not_found(id))?;
         let missing =
-            || StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone() };
+            || StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone(), advice: String::new() };
         let number = match selector {
             Selector::Alias(alias) => secret.aliases.get(alias).map(number).ok_or_else(missing)?,
             Selector::Latest => *secret.versions.keys().next_back().ok_or_else(missing)?,
@@ -128,7 +128,8 @@ impl SecretStore for MemoryStore {
         let stored = secret.versions.get(&number).ok_or_else(missing)?;
         if stored.state != VersionState::Enabled {
             let state = stored.state.as_str().to_string();
-            return Err(StoreError::NotEnabled { id: id.clone(), version: VersionId::from(number), state });
+            let (version, selector) = (VersionId::from(number), Some(selector.clone()));
+            return Err(StoreError::NotEnabled { id: id.clone(), version, state, selector });
         }
         let mut version = Version::new(number, stored.value.clone());
         version.created = Some(stored.created);
@@ -180,6 +181,7 @@ impl SecretStore for MemoryStore {
                 store: self.name.clone(),
                 id: id.clone(),
                 selector: Selector::Id(version.clone()),
+                advice: String::new(),
             })?;
             Ok(VersionInfo { id: version.clone(), state: stored.state, created: Some(stored.created) })
         })

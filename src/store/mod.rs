@@ -216,10 +216,11 @@ pub fn check_portable_secret_id(id: &str) -> Result<(), String> {
 pub enum StoreError {
     #[error("secret \"{id}\" does not exist in store \"{store}\"")]
     NotFound { store: String, id: SecretId },
-    #[error("secret \"{id}\" in store \"{store}\" has no {selector}")]
-    NoSuchVersion { store: String, id: SecretId, selector: Selector },
-    #[error("version {version} of secret \"{id}\" is {state}; only enabled versions can be read")]
-    NotEnabled { id: SecretId, version: VersionId, state: String },
+    /// `advice` is the backend's: how to make the version exist (set the alias, say).
+    #[error("secret \"{id}\" in store \"{store}\" has no {selector}{advice}")]
+    NoSuchVersion { store: String, id: SecretId, selector: Selector, advice: String },
+    #[error("version {version} of secret \"{id}\" is {state}; only enabled versions can be read{}", latest_hint(selector.as_ref()))]
+    NotEnabled { id: SecretId, version: VersionId, state: String, selector: Option<Selector> },
     #[error("secret \"{id}\" changed since it was read (etag {expected} is stale); re-read it and decide again")]
     Conflict { id: SecretId, expected: Etag },
     #[error(
@@ -251,6 +252,16 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What to do when `latest` names a version that cannot be read.
+fn latest_hint(selector: Option<&Selector>) -> &'static str {
+    match selector {
+        Some(Selector::Latest) => {
+            " (`latest` is the newest version whatever its state: enable it, add a newer version, or deliver `current` or a pinned number instead)"
+        }
+        _ => "",
+    }
 }
 
 impl StoreError {

@@ -122,6 +122,23 @@ macro_rules! stores {
                 }
             }
 
+            /// `id` as a secret of a store of `kind` (any kind when `None`: the id must suit
+            /// one). An unknown kind accepts nothing.
+            pub fn check_secret_id_of(kind: Option<&str>, id: &str) -> Result<SecretId, String> {
+                let mut first_error = None;
+                $(
+                    if kind.is_none_or(|k| k == <$module::$backend as registry::Backend>::KIND) {
+                        match registry::secret_id::<$module::$backend>(id) {
+                            Ok(id) => return Ok(id),
+                            Err(e) => { first_error.get_or_insert(e); }
+                        }
+                    }
+                )*
+                Err(first_error.unwrap_or_else(|| {
+                    format!("unknown store kind \"{}\"; expected one of {}", kind.unwrap_or(""), KINDS.join(", "))
+                }))
+            }
+
             /// The endpoints `keyturn probe` measures, each as a label and settings.
             pub fn probe_endpoints(&self, locations: &[String]) -> Result<Vec<(String, StoreConfig)>, String> {
                 match self {

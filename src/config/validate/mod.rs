@@ -20,6 +20,7 @@ mod rotate;
 mod source;
 mod stores;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use source::Section;
@@ -27,14 +28,35 @@ pub(crate) use source::Source;
 use toml::Spanned;
 
 use super::load::SourceFile;
-use super::{Accounts, AgentFile, Config, ConfigErrors, Environment, Problem, Sources};
+use super::{Accounts, AgentFile, Checked, Config, ConfigErrors, Environment, Machine, Problem, Sources};
 
 const DEFAULT_POLICIES_DIR: &str = "/etc/keyturn/policies";
 
-/// Validates the agent file and every policy file together.
+/// Stores that policies may name without an agent file defining them (`keyturn validate
+/// --store NAME[=KIND]`): a name, and the backend whose naming rules apply, if given.
+pub type Declared = BTreeMap<String, Option<String>>;
+
+/// Validates the agent file and every policy file together, on the node.
 pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Accounts) -> Result<Config, ConfigErrors> {
+    let checked = check(sources, &Declared::new(), env, accounts, Machine::Node);
+    match checked.config {
+        Some(config) => Ok(config),
+        None => Err(ConfigErrors(checked.problems)),
+    }
+}
+
+/// Checks the agent file and every policy file together. Policies may also name the
+/// `declared` stores. On a [`Machine::Portable`] check, what depends on the node is listed in
+/// [`Checked::skipped`] instead of being checked.
+pub fn check(
+    sources: &Sources,
+    declared: &Declared,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+    machine: Machine,
+) -> Checked {
     let mut problems = Vec::new();
-    let agent_source = Source::new(&sources.agent);
+    let agent_source = Source::new(&sources.agent, machine);
     let parsed = agent_source.parse(&mut problems);
     let parts = match &parsed {
         Some(table) => agent::sections(&agent_source, table, env, accounts, &mut problems),
@@ -42,9 +64,9 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
     };
 
     let node = parts.agent.as_ref().map(|a| a.node.as_str());
-    let mut policies = policy::Policies::new(&agent_source, &parts.stores, node);
+    let mut policies = policy::Policies::new(&agent_source, &parts.stores, declared, node);
     for file in &sources.policies {
-        policies.check(&Source::new(file), env, accounts, &mut problems);
+        policies.check(&Source::new(file, machine), env, accounts, &mut problems);
     }
     let policies = policies.finish(&mut problems);
     // Agent file first, then policy files in name order, each top to bottom.
@@ -53,9 +75,10 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
         (index, p.line)
     };
     problems.sort_by_key(order);
+    let (skipped, problems): (Vec<Problem>, Vec<Problem>) = problems.into_iter().partition(|p| p.skipped);
 
-    match parts.complete() {
-        Some(file) if problems.is_empty() => Ok(Config {
+    let config = match parts.complete() {
+        Some(file) if problems.is_empty() => Some(Config {
             agent: file.agent,
             admin: file.admin,
             control: file.control,
@@ -63,15 +86,16 @@ pub fn validate(sources: &Sources, env: &dyn Environment, accounts: &dyn Account
             stores: file.stores,
             policies,
         }),
-        _ => Err(ConfigErrors(problems)),
-    }
+        _ => None,
+    };
+    Checked { config, problems, skipped }
 }
 
 /// Where the policy files are, read leniently from the agent file alone: a mistake elsewhere in
 /// `[agent]` must not stop the policies from being checked in the same run. `None` when the
 /// setting itself cannot be read.
 pub fn policies_dir(agent: &SourceFile, env: &dyn Environment) -> Option<PathBuf> {
-    let source = Source::new(agent);
+    let source = Source::new(agent, Machine::Node);
     let table = source.parse(&mut Vec::new())?;
     let setting = match table.get_ref().get("agent").map(|a| a.get_ref().get("policies")) {
         Some(Some(value)) => Some(Spanned::new(value.span(), value.get_ref().as_str()?.to_string())),
@@ -88,7 +112,7 @@ pub fn agent_file(
     accounts: &dyn Accounts,
 ) -> Result<AgentFile, ConfigErrors> {
     let mut problems = Vec::new();
-    let source = Source::new(agent);
+    let source = Source::new(agent, Machine::Node);
     let parsed = source.parse(&mut problems);
     let parts = match &parsed {
         Some(table) => agent::sections(&source, table, env, accounts, &mut problems),
@@ -183,13 +207,13 @@ mod tests {
     #[test]
     fn every_mistake_is_reported_with_file_line_and_key() {
         let agent = "[agent]\npoll = \"soon\"\ncolour = \"blue\"\n[stores.dev]\nkind = \"file\"\ndir = \"/s\"\n";
-        let unknown_key = "[secret]\nstore = \"dev\"\nid = \"a\"\nversion = 3\n[[deliver]]\npath = \"x/a\"\n";
+        let unknown_key = "[secret]\nstore = \"dev\"\nid = \"a\"\nrevision = 3\n[[deliver]]\npath = \"x/a\"\n";
         let bad_paths = "[secret]\nstore = \"nope\"\nid = \"b\"\n[[deliver]]\npath = \"../etc/passwd\"\n[[deliver]]\npath = \"/abs\"\n[[deliver]]\npath = \"x/b\"\nformat = \"yaml\"\nmode = \"0666\"\nuser = \"nobody-here\"\n";
         let duplicate = "[secret]\nstore = \"dev\"\nid = \"c\"\n[[deliver]]\npath = \"x/b\"\n";
         let got = problems(agent, &[("unknown-key", unknown_key), ("bad-paths", bad_paths), ("dup", duplicate)]);
         let want = [
             "/etc/keyturn/keyturn.toml:2: agent.poll: \"soon\" is not a duration",
-            "/etc/keyturn/policies/unknown-key.toml:4: secret: unknown field `version`",
+            "/etc/keyturn/policies/unknown-key.toml:4: secret: unknown field `revision`",
             "/etc/keyturn/policies/bad-paths.toml:2: secret.store: store \"nope\" is not defined; defined stores: \"dev\"",
             "/etc/keyturn/policies/bad-paths.toml:5: deliver[0].path: \"../etc/passwd\" escapes the runtime directory",
             "/etc/keyturn/policies/bad-paths.toml:7: deliver[1].path: \"/abs\" is absolute",

@@ -11,18 +11,36 @@ use toml::Spanned;
 use super::source::{Section, Source};
 use super::{deliver, is_simple_name, notify, rotate};
 use crate::config::{Accounts, Environment, ExtraSecret, Owner, Policy, Problem, raw};
-use crate::secret::SecretId;
-use crate::store::StoreConfig;
+use crate::secret::{SecretId, VersionId};
+use crate::store::{Selector, StoreConfig};
 
 const SECTIONS: &[&str] = &["secret", "secrets", "rotate", "deliver", "notify"];
 
 /// The policies checked so far, and what the checks that span them need.
 pub(super) struct Policies<'a> {
     agent: &'a Source<'a>,
-    stores: &'a BTreeMap<String, StoreConfig>,
+    stores: BTreeMap<&'a str, Store<'a>>,
     node: Option<&'a str>,
     policies: Vec<Policy>,
     placed: Vec<Placed>,
+}
+
+/// A store a policy may name.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// Defined in the agent file.
+    Configured(&'a StoreConfig),
+    /// Named on the command line, with the backend whose rules apply if it was given.
+    Declared(Option<&'a str>),
+}
+
+impl Store<'_> {
+    fn check_secret_id(self, id: &str) -> Result<SecretId, String> {
+        match self {
+            Store::Configured(store) => store.check_secret_id(id),
+            Store::Declared(kind) => StoreConfig::check_secret_id_of(kind, id),
+        }
+    }
 }
 
 /// A delivered path, remembered for the checks that span policies.
@@ -34,7 +52,15 @@ struct Placed {
 }
 
 impl<'a> Policies<'a> {
-    pub fn new(agent: &'a Source<'a>, stores: &'a BTreeMap<String, StoreConfig>, node: Option<&'a str>) -> Self {
+    pub fn new(
+        agent: &'a Source<'a>,
+        configured: &'a BTreeMap<String, StoreConfig>,
+        declared: &'a super::Declared,
+        node: Option<&'a str>,
+    ) -> Self {
+        let mut stores: BTreeMap<&str, Store<'_>> =
+            declared.iter().map(|(name, kind)| (name.as_str(), Store::Declared(kind.as_deref()))).collect();
+        stores.extend(configured.iter().map(|(name, store)| (name.as_str(), Store::Configured(store))));
         Policies { agent, stores, node, policies: Vec::new(), placed: Vec::new() }
     }
 
@@ -143,7 +169,16 @@ impl<'a> Policies<'a> {
             .get("notify")
             .map(|value| notify::section(&mut Section::new(file, "notify", value.clone(), env, accounts, problems)));
 
-        let (store, secret, required) = secret?;
+        let (store, secret, version, required) = secret?;
+        if let (Some(Some(_)), false) = (&rotate, version == Selector::current()) {
+            problems.push(file.problem(
+                None,
+                "secret.version",
+                format!(
+                    "a policy that rotates delivers version = \"current\", not {version}: rotation promotes a new version by moving `current`"
+                ),
+            ));
+        }
         let rotate = match rotate {
             Some(rotate) => Some(rotate?),
             None => None,
@@ -156,6 +191,7 @@ impl<'a> Policies<'a> {
             name,
             store,
             secret,
+            version,
             required,
             deliver: deliveries,
             rotate,
@@ -164,9 +200,9 @@ impl<'a> Policies<'a> {
         })
     }
 
-    /// `[secret]`: the store and id of the policy's secret; the id is checked by the store's
-    /// backend, which knows its own naming rules.
-    fn secret(&self, section: &mut Section<'_, '_>, per_node: bool) -> Option<(String, SecretId, bool)> {
+    /// `[secret]`: the store and id of the policy's secret (the id is checked by the store's
+    /// backend, which knows its own naming rules) and which version is delivered.
+    fn secret(&self, section: &mut Section<'_, '_>, per_node: bool) -> Option<(String, SecretId, Selector, bool)> {
         let raw: raw::Secret = section.parse()?;
         if per_node && !raw.id.get_ref().contains("${NODE}") {
             section.problem(
@@ -176,15 +212,21 @@ impl<'a> Policies<'a> {
             );
         }
         let store = self.store(section, &raw.store);
+        let version = match &raw.version {
+            Some(version) => {
+                selector(version.get_ref()).map_err(|m| section.problem(Some(version.span()), "version", m)).ok()
+            }
+            None => Some(Selector::current()),
+        };
         let id = section.expand(&raw.id, "id")?;
         let store = store?;
         let id = store.check_secret_id(&id).map_err(|m| section.problem(Some(raw.id.span()), "id", m)).ok()?;
-        Some((raw.store.get_ref().clone(), id, raw.required.unwrap_or(true)))
+        Some((raw.store.get_ref().clone(), id, version?, raw.required.unwrap_or(true)))
     }
 
     /// The store a policy names, or a problem listing the stores there are.
-    fn store(&self, section: &mut Section<'_, '_>, name: &Spanned<String>) -> Option<&'a StoreConfig> {
-        let store = self.stores.get(name.get_ref());
+    fn store(&self, section: &mut Section<'_, '_>, name: &Spanned<String>) -> Option<Store<'a>> {
+        let store = self.stores.get(name.get_ref().as_str()).copied();
         if store.is_none() {
             let defined = if self.stores.is_empty() {
                 format!("no stores are defined in {}", self.agent.path.display())
@@ -231,6 +273,31 @@ impl<'a> Policies<'a> {
             }
         }
         extras
+    }
+}
+
+/// `version = ...`: `"current"`, `"latest"`, a number (or its digits as a string), or an
+/// alias as Google names them (up to 63 letters, digits, `-` and `_`, starting with a letter).
+fn selector(version: &raw::VersionRef) -> Result<Selector, String> {
+    let accepted = "expected \"current\" (the default), \"latest\", a version number such as 3, or an alias";
+    match version {
+        raw::VersionRef::Number(n) if *n >= 1 => Ok(Selector::Id(VersionId::from(*n as u64))),
+        raw::VersionRef::Number(n) => Err(format!("{n} is not a version number; {accepted}")),
+        raw::VersionRef::Text(text) if text == "latest" => Ok(Selector::Latest),
+        raw::VersionRef::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => {
+            match text.parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(Selector::Id(VersionId::from(n))),
+                _ => Err(format!("\"{text}\" is not a version number; {accepted}")),
+            }
+        }
+        raw::VersionRef::Text(alias) => {
+            let ok = alias.len() <= 63
+                && alias.starts_with(|c: char| c.is_ascii_alphabetic())
+                && alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !alias.eq_ignore_ascii_case("new")
+                && !alias.eq_ignore_ascii_case("latest");
+            if ok { Ok(Selector::Alias(alias.clone())) } else { Err(format!("\"{alias}\" is not an alias; {accepted}")) }
+        }
     }
 }
 
@@ -287,6 +354,7 @@ fn check_paths(placed: &[Placed], problems: &mut Vec<Problem>) {
                 earlier.file.display(),
                 earlier.line
             ),
+            skipped: false,
         });
     }
 }
@@ -327,6 +395,35 @@ mod tests {
                 "/etc/keyturn/policies/c.toml:5: deliver.path: \"x/dir/other\" overlaps the file delivered by policy \"b\" (/etc/keyturn/policies/b.toml:5)",
             ]
         );
+    }
+
+    #[test]
+    fn the_version_delivered_is_current_latest_a_number_or_an_alias() {
+        use crate::secret::VersionId;
+        use crate::store::Selector;
+        let policy = |version: &str| {
+            format!("[secret]\nstore = \"dev\"\nid = \"db\"\nversion = {version}\n[[deliver]]\npath = \"x/a\"\n")
+        };
+        let cases: &[(&str, Selector)] = &[
+            ("\"current\"", Selector::current()),
+            ("\"latest\"", Selector::Latest),
+            ("3", Selector::Id(VersionId::from(3))),
+            ("\"12\"", Selector::Id(VersionId::from(12))),
+            ("\"prod\"", Selector::Alias("prod".into())),
+        ];
+        for (version, want) in cases {
+            let config = config(AGENT, &[("db", &policy(version))]);
+            assert_eq!(&config.policies[0].version, want, "{version}");
+        }
+        let default = "[secret]\nstore = \"dev\"\nid = \"db\"\n[[deliver]]\npath = \"x/a\"\n";
+        assert_eq!(config(AGENT, &[("db", default)]).policies[0].version, Selector::current());
+        for bad in ["0", "-2", "\"0\"", "\"new\"", "\"9lives\"", "\"a/b\"", "true"] {
+            let got = problems(AGENT, &[("db", &policy(bad))]);
+            assert!(got.iter().any(|p| p.contains("db.toml:4: secret")), "{bad}: {got:#?}");
+        }
+        let rotating = "[secret]\nstore = \"dev\"\nid = \"k\"\nversion = \"latest\"\n[rotate]\nevery = \"1d\"\ngenerate = \"aes-256\"\n[[deliver]]\npath = \"k/key\"\n";
+        let got = problems(AGENT, &[("k", rotating)]);
+        assert!(got.iter().any(|p| p.contains("secret.version: a policy that rotates delivers version = \"current\", not latest")), "{got:#?}");
     }
 
     #[test]

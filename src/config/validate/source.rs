@@ -15,21 +15,32 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::super::expand::expand;
+use super::super::expand::{expand, expand_portable};
 use super::super::load::SourceFile;
 use super::super::units::parse_duration;
-use super::super::{Accounts, Environment, Problem};
+use super::super::{Accounts, Environment, Machine, Problem};
+
+/// A numeric id that stands in for a user or group that exists only on the node, in portable
+/// mode.
+const STAND_IN_ID: u32 = u32::MAX - 1;
 
 /// One configuration file being checked: its path, its text, and how to point into it.
 #[derive(Debug)]
 pub(crate) struct Source<'a> {
     pub path: &'a Path,
     pub text: &'a str,
+    /// Whether checks that depend on the machine are made, or left to the node.
+    pub machine: Machine,
 }
 
 impl<'a> Source<'a> {
-    pub fn new(file: &'a SourceFile) -> Self {
-        Self { path: &file.path, text: &file.text }
+    pub fn new(file: &'a SourceFile, machine: Machine) -> Self {
+        Self { path: &file.path, text: &file.text, machine }
+    }
+
+    /// A check that depends on the node, left out in portable mode.
+    pub fn skipped(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> Problem {
+        Problem { skipped: true, ..self.problem(span, key, message) }
     }
 
     pub fn line(&self, offset: usize) -> usize {
@@ -43,6 +54,7 @@ impl<'a> Source<'a> {
             line: span.map(|s| self.line(s.start)),
             key: key.to_string(),
             message: message.into(),
+            skipped: false,
         }
     }
 
@@ -105,7 +117,26 @@ impl<'a> Source<'a> {
         env: &dyn Environment,
         problems: &mut Vec<Problem>,
     ) -> Option<String> {
-        expand(value.get_ref(), env).map_err(|m| problems.push(self.problem(Some(value.span()), key, m))).ok()
+        let expanded = match self.machine {
+            Machine::Node => expand(value.get_ref(), env).map(|text| (text, Vec::new())),
+            Machine::Portable => expand_portable(value.get_ref(), env),
+        };
+        match expanded {
+            Ok((text, unset)) => {
+                for name in unset {
+                    problems.push(self.skipped(
+                        Some(value.span()),
+                        key,
+                        format!("environment variable {name} is not set here; the node must set it"),
+                    ));
+                }
+                Some(text)
+            }
+            Err(message) => {
+                problems.push(self.problem(Some(value.span()), key, message));
+                None
+            }
+        }
     }
 }
 
@@ -197,6 +228,7 @@ impl<'a, 'p> Section<'a, 'p> {
             line: Some(line),
             key,
             message: message.into(),
+            skipped: false,
         });
     }
 
@@ -381,7 +413,18 @@ impl Section<'_, '_> {
                     Account::User => self.accounts.user_id(name),
                     Account::Group => self.accounts.group_id(name),
                 };
-                found.ok_or_else(|| format!("{what} \"{name}\" does not exist on this machine"))
+                match (found, self.source.machine) {
+                    (Some(id), _) => Ok(id),
+                    (None, Machine::Portable) => {
+                        let message = format!("{what} \"{name}\" is not on this machine; the node must have it");
+                        let skipped = self.source.skipped(Some(value.span()), &self.field_key(field), message);
+                        self.problems.push(skipped);
+                        Ok(STAND_IN_ID)
+                    }
+                    (None, Machine::Node) => Err(format!(
+                        "{what} \"{name}\" does not exist on this machine (`keyturn validate --portable` checks a configuration elsewhere)"
+                    )),
+                }
             }
             NameOrId::Id(id) => u32::try_from(*id)
                 .ok()

@@ -319,7 +319,7 @@ impl GcpStore {
             Ok(_) => Ok(()),
             Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
                 if message.contains(" state") {
-                    Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state: message })
+                    Err(StoreError::NotEnabled { id: id.clone(), version: version.clone(), state: message, selector: None })
                 } else {
                     Err(StoreError::Conflict { id: id.clone(), expected: Etag(etag) })
                 }
@@ -333,17 +333,30 @@ impl GcpStore {
         match error {
             StoreError::Api { status, message, .. } if status == "NOT_FOUND" => {
                 if message.starts_with("Secret Version") {
-                    StoreError::NoSuchVersion {
-                        store: self.name.clone(),
-                        id: id.clone(),
-                        selector: Selector::Id(VersionId::new(version_in(&message).unwrap_or("?"))),
-                    }
+                    let selector = Selector::Id(VersionId::new(version_in(&message).unwrap_or("?")));
+                    self.missing_version(id, &selector, None)
                 } else {
                     StoreError::NotFound { store: self.name.clone(), id: id.clone() }
                 }
             }
             other => other,
         }
+    }
+
+    /// A secret that exists but has no version `selector` names, with what to do about it.
+    fn missing_version(&self, id: &SecretId, selector: &Selector, newest: Option<&VersionId>) -> StoreError {
+        let newest_text = newest.map_or("N".to_string(), ToString::to_string);
+        let advice = match selector {
+            Selector::Alias(alias) => format!(
+                ": secrets made with `gcloud secrets create` or `versions add` have no aliases; set it with \
+                 `gcloud secrets update {id} --update-version-aliases={alias}={newest_text}`{}, \
+                 or deliver version = \"latest\" or a pinned number",
+                newest.map_or(String::new(), |n| format!(" (version {n} is the newest)"))
+            ),
+            Selector::Id(_) => newest.map_or(String::new(), |n| format!(" (the newest version is {n})")),
+            Selector::Latest => String::new(),
+        };
+        StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone(), advice }
     }
 
     fn malformed(&self, method: &str, error: &serde_json::Error) -> StoreError {
@@ -379,17 +392,21 @@ impl GcpStore {
             Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
                 let version = VersionId::new(version_in(&message).unwrap_or("?"));
                 let state = if message.contains("DESTROYED") { "destroyed" } else { "disabled" };
-                return Err(StoreError::NotEnabled { id: id.clone(), version, state: state.into() });
+                let selector = Some(selector.clone());
+                return Err(StoreError::NotEnabled { id: id.clone(), version, state: state.into(), selector });
             }
             Err(StoreError::Api { status, .. }) if status == "NOT_FOUND" && !matches!(selector, Selector::Latest) => {
                 // Google says "not found or has no versions" both for a missing secret and a
-                // missing alias; tell them apart with one metadata read, only on this error path.
-                return Err(match self.get_secret(id).await {
-                    Ok(_) => StoreError::NoSuchVersion {
-                        store: self.name.clone(),
-                        id: id.clone(),
-                        selector: selector.clone(),
-                    },
+                // missing alias or number. A metadata read would tell them apart, but it needs
+                // secretmanager.secrets.get, which a node that only reads (secretAccessor) does
+                // not have and should not be told to get. An access of `latest` needs nothing
+                // more, and names the newest version for the advice. Only on this error path.
+                return Err(match Box::pin(self.access_once(id, &Selector::Latest)).await {
+                    Ok(latest) => self.missing_version(id, selector, Some(&latest.id)),
+                    Err(StoreError::NotEnabled { version, .. }) => self.missing_version(id, selector, Some(&version)),
+                    Err(StoreError::Api { status, .. }) if status == "NOT_FOUND" => {
+                        StoreError::NotFound { store: self.name.clone(), id: id.clone() }
+                    }
                     Err(e) => e,
                 });
             }
