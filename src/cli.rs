@@ -47,7 +47,24 @@ pub enum Command {
         once: bool,
     },
     /// Check the agent file and every policy file; list every problem, exit 64 if any.
-    Validate,
+    Validate {
+        /// Check only what does not depend on this machine, for CI: users, groups, unset
+        /// environment variables and files the settings name are listed as not checked.
+        #[arg(long)]
+        portable: bool,
+        /// Check the policy files of this directory instead of the agent file's `policies`.
+        #[arg(long, value_name = "DIR")]
+        policies: Option<PathBuf>,
+        /// A store the policies may name without an agent file defining it: NAME, or NAME=KIND
+        /// to check secret ids by that backend's rules (repeatable). With it, a missing agent
+        /// file is not a problem.
+        #[arg(long = "store", value_name = "NAME[=KIND]", requires = "policies")]
+        stores: Vec<String>,
+        /// Print the result as JSON: every problem and every check left to the node, each with
+        /// file, line, key and message.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show, per policy, the delivered version, when, and the last error.
     Status {
         /// Print JSON instead of a table.

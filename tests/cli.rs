@@ -165,31 +165,90 @@ fn a_runtime_directory_on_disk_is_refused_unless_allowed() {
     assert_eq!(read(on_disk.join("app/db")), "v1");
 }
 
+/// `keyturn validate ARGS` with no agent file around (as on a CI runner).
+fn validate(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::BIN)
+        .arg("validate")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("KEYTURN_CONFIG", "/nonexistent/keyturn.toml")
+        .output()
+        .unwrap()
+}
+
+/// The repository's policies, as CI checks them: no agent file, the store they name declared,
+/// the node's group `api` absent (listed as left to the node).
 #[test]
 fn the_repository_policies_validate() {
-    let world = World::new("");
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = common::read(world.config())
-        .replace("policies = \"policies\"", &format!("policies = \"{}\"", repo.join("policies").display()))
-        .replace("[stores.dev]", "[stores.fleet]");
-    common::write(&world.config(), &config);
-    let out = world.keyturn(&["validate"]);
+    let out = validate(&["--portable", "--json", "--policies", "policies", "--store", "fleet=gcp"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["valid"].as_bool(), report["policies"].as_u64()), (Some(true), Some(2)), "{report}");
+    let not_checked = report["not_checked"].as_array().unwrap();
+    assert!(
+        not_checked.iter().all(|p| p["key"].as_str().unwrap().ends_with(".group")
+            && p["message"].as_str().unwrap().contains("group \"api\" is not on this machine")),
+        "{report}"
+    );
+    // Without --portable the node's checks are made, and fail where the node's group is missing.
+    if common::group_exists("api") {
+        return;
+    }
+    let out = validate(&["--policies", "policies", "--store", "fleet"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("group \"api\" does not exist on this machine"));
+}
+
+/// A broken copy of the policies fails with every problem as structured data: file, line, key
+/// and message, and what was not checked apart.
+#[test]
+fn portable_validation_fails_a_broken_copy_with_structured_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for name in ["api-db.toml", "api-session.toml"] {
+        common::write(&dir.path().join(name), &read(repo.join(name)));
+    }
+    let broken =
+        read(repo.join("api-db.toml")).replace("store = \"fleet\"", "store = \"flet\"").replace("0440", "0666");
+    common::write(&dir.path().join("api-db.toml"), &broken);
+    let dir_arg = dir.path().display().to_string();
+    let out = validate(&["--portable", "--json", "--policies", &dir_arg, "--store", "fleet=gcp"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let problems: Vec<(String, u64, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let file = p["file"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+            (file, p["line"].as_u64().unwrap(), p["key"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("api-db.toml".to_string(), 4, "secret.store".to_string()),
+            ("api-db.toml".to_string(), 9, "deliver[0].mode".to_string()),
+            ("api-db.toml".to_string(), 16, "deliver[1].mode".to_string()),
+        ],
+        "{report}"
+    );
+    assert!(report["problems"][0]["message"].as_str().unwrap().contains("store \"flet\" is not defined"));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "keyturn: configuration has 3 problems");
 }
 
 #[test]
 fn the_examples_validate() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for example in
-        ["examples/quickstart/keyturn.toml", "examples/gcp/keyturn.toml", "examples/gcp/keyturn-emulator.toml"]
-    {
-        let out = std::process::Command::new(common::BIN)
-            .arg("validate")
-            .arg("--config")
-            .arg(repo.join(example))
-            .env_remove("KEYTURN_CONFIG")
-            .output()
-            .unwrap();
+    for example in [
+        "examples/quickstart/keyturn.toml",
+        "examples/fastapi/keyturn.toml",
+        "examples/gcp/keyturn.toml",
+        "examples/gcp/keyturn-emulator.toml",
+    ] {
+        let out = validate(&["--config", example]);
+        assert_eq!(out.status.code(), Some(0), "{example}: {}", text(&out));
+        let out = validate(&["--portable", "--json", "--config", example]);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", text(&out));
     }
 }

@@ -10,28 +10,93 @@ use zeroize::Zeroizing;
 use super::build::{self, load, load_agent_file};
 use super::{AppError, Seams};
 use crate::cli::StoreCommand;
+use crate::config::{self, ConfigErrors, Declared, Machine, Problem, System};
 use crate::control::socket::{self, Answer};
 use crate::engine::{Engine, State};
 use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
-use crate::store::{AliasMove, AnyStore, SecretStore, SecretUpdate, Selector, StoreError};
+use crate::store::{AliasMove, AnyStore, KINDS, SecretStore, SecretUpdate, Selector, StoreError};
 use crate::sys;
 
 /// How often `store put` retries its alias move when another writer got there first.
 const PROMOTE_ATTEMPTS: usize = 5;
 
-pub fn validate(path: &Path) -> Result<(), AppError> {
-    let config = load(path)?;
-    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-    println!(
-        "{}: valid: {} in {}, {}",
-        path.display(),
-        count(config.policies.len(), "policy").replace("policys", "policies"),
-        count(config.bundles().len(), "bundle"),
-        count(config.stores.len(), "store")
-    );
-    Ok(())
+/// `keyturn validate`: every problem of the agent file and its policies, or of a policy
+/// directory against declared stores; on the node, also what the settings name on disk
+/// (credentials and seed files). `--portable` leaves what depends on the machine to the node and
+/// lists it.
+pub fn validate(
+    path: &Path,
+    portable: bool,
+    policies: Option<&Path>,
+    stores: &[String],
+    json: bool,
+) -> Result<(), AppError> {
+    let machine = if portable { Machine::Portable } else { Machine::Node };
+    let mut declared = Declared::new();
+    for store in stores {
+        let (name, kind) = match store.split_once('=') {
+            Some((name, kind)) => (name, Some(kind)),
+            None => (store.as_str(), None),
+        };
+        if let Some(kind) = kind.filter(|k| !KINDS.contains(k)) {
+            return Err(AppError::Usage(format!(
+                "--store {store}: unknown store kind \"{kind}\"; expected one of {}",
+                KINDS.join(", ")
+            )));
+        }
+        declared.insert(name.to_string(), kind.map(String::from));
+    }
+    let sources = config::read_for_check(path, policies, !declared.is_empty(), &System, &System)?;
+    let mut checked = config::check(&sources, &declared, &System, &System, machine);
+    // What the settings name on this machine: the node's business in portable mode.
+    let agent_file = sources.agent.path.clone();
+    for (name, store) in checked.config.iter().flat_map(|c| &c.stores) {
+        for (field, message) in store.preflight() {
+            let key = format!("stores.{name}.{field}");
+            let problem = Problem { file: agent_file.clone(), line: None, key, message, skipped: portable };
+            if portable { checked.skipped.push(problem) } else { checked.problems.push(problem) }
+        }
+    }
+    let (policies, bundles) = match (&checked.config, checked.problems.is_empty()) {
+        (Some(config), true) => (config.policies.len(), config.bundles().len()),
+        _ => (0, 0),
+    };
+    let store_count = checked.config.as_ref().map_or(0, |c| c.stores.len()) + declared.len();
+    if json {
+        let report = serde_json::json!({
+            "valid": checked.problems.is_empty(),
+            "config": sources.agent.path,
+            "portable": portable,
+            "policies": policies,
+            "bundles": bundles,
+            "stores": store_count,
+            "problems": checked.problems,
+            "not_checked": checked.skipped,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).expect("json serializes"));
+    } else if checked.problems.is_empty() {
+        let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        println!(
+            "{}: valid: {} in {}, {}",
+            sources.agent.path.display(),
+            count(policies, "policy", "policies"),
+            count(bundles, "bundle", "bundles"),
+            count(store_count, "store", "stores")
+        );
+        if !checked.skipped.is_empty() {
+            println!("not checked on this machine ({} left to the node):", checked.skipped.len());
+            for skipped in &checked.skipped {
+                println!("  {skipped}");
+            }
+        }
+    }
+    match checked.problems.len() {
+        0 => Ok(()),
+        n if json => Err(AppError::Invalid { problems: n }),
+        _ => Err(AppError::Config(ConfigErrors(checked.problems))),
+    }
 }
 
 /// `keyturn probe`: a store's latencies from this node.

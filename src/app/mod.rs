@@ -74,6 +74,9 @@ pub enum AppError {
     Store(Box<StoreError>),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// `validate` found problems and has listed them.
+    #[error("configuration has {problems} problem{}", if *problems == 1 { "" } else { "s" })]
+    Invalid { problems: usize },
     #[error("{failed} of {total} policies failed ({}); see `keyturn status` or the log above", names.join(", "))]
     PoliciesFailed { failed: usize, total: usize, names: Vec<String> },
     #[error("{what}")]
@@ -99,7 +102,9 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
     let path: &Path = &config_path;
     match cli.command {
-        Command::Validate => commands::validate(path),
+        Command::Validate { portable, policies, stores, json } => {
+            commands::validate(path, portable, policies.as_deref(), &stores, json)
+        }
         Command::Status { json } => commands::status(path, json).await,
         Command::Store { command } => commands::store(path, command, &seams).await,
         Command::Sync { once: _ } => commands::sync_once(path, &seams).await,

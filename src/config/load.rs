@@ -35,6 +35,28 @@ pub fn load(agent_file: &Path, env: &dyn Environment, accounts: &dyn Accounts) -
     validate(&sources, env, accounts)
 }
 
+/// What `keyturn validate` reads: the agent file (or, when `agent_optional` and there is none,
+/// an empty one: every default, no stores), and the policies of `policies` or else of the
+/// agent file's `policies` directory.
+pub fn read_for_check(
+    agent_file: &Path,
+    policies: Option<&Path>,
+    agent_optional: bool,
+    env: &dyn Environment,
+    accounts: &dyn Accounts,
+) -> Result<Sources, ConfigErrors> {
+    let Some(dir) = policies else { return read_sources(agent_file, env, accounts) };
+    let agent = match read_agent_file(agent_file) {
+        Ok(agent) => agent,
+        Err(_) if agent_optional && !agent_file.exists() => {
+            SourceFile { path: PathBuf::from("(no agent file; stores from --store)"), text: String::new() }
+        }
+        Err(problem) => return Err(ConfigErrors(vec![problem])),
+    };
+    let policies = read_policy_dir(dir, &agent.path)?;
+    Ok(Sources { agent, policies })
+}
+
 /// Reads the agent file, finds its policy directory, and reads every `*.toml` in it.
 pub fn read_sources(
     agent_file: &Path,

@@ -31,7 +31,7 @@ use crate::rotation::schedule::Schedule;
 use crate::secret::SecretId;
 use crate::store::{Selector, StoreConfig};
 
-pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
+pub use load::{SourceFile, Sources, load, load_agent_file, read_for_check, read_sources};
 pub use units::{parse_duration, parse_ratio};
 pub use validate::{Declared, Section, agent_file, check, validate};
 
@@ -273,7 +273,7 @@ impl Delivery {
 }
 
 /// One thing wrong with the configuration, located as precisely as the text allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Problem {
     pub file: PathBuf,
     pub line: Option<usize>,
@@ -282,6 +282,7 @@ pub struct Problem {
     pub message: String,
     /// Not a mistake: a check that depends on the machine (a user, an environment variable, a
     /// file) and was left out in portable mode (`keyturn validate --portable`).
+    #[serde(skip)]
     pub skipped: bool,
 }
 

@@ -85,6 +85,11 @@ impl Backend for FileStore {
         FileStore::open_with_clock(name, config, context.clock.clone()).await
     }
 
+    fn preflight(config: &FileStoreConfig) -> Vec<(&'static str, String)> {
+        let seed = config.seed.as_deref().map(|path| ("seed", path));
+        seed.and_then(|(field, path)| super::registry::readable_file(path).err().map(|e| (field, e))).into_iter().collect()
+    }
+
     /// Ids portable to every store, and always safe as directory names.
     fn check_secret_id(id: &str) -> Result<(), String> {
         super::check_portable_secret_id(id)

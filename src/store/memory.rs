@@ -118,8 +118,12 @@ impl SecretStore for MemoryStore {
         }
         let secrets = self.secrets.lock().unwrap();
         let secret = secrets.get(id).ok_or_else(|| self.not_found(id))?;
-        let missing =
-            || StoreError::NoSuchVersion { store: self.name.clone(), id: id.clone(), selector: selector.clone(), advice: String::new() };
+        let missing = || StoreError::NoSuchVersion {
+            store: self.name.clone(),
+            id: id.clone(),
+            selector: selector.clone(),
+            advice: String::new(),
+        };
         let number = match selector {
             Selector::Alias(alias) => secret.aliases.get(alias).map(number).ok_or_else(missing)?,
             Selector::Latest => *secret.versions.keys().next_back().ok_or_else(missing)?,

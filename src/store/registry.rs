@@ -50,6 +50,14 @@ pub trait Backend: SecretStore + Sized + fmt::Debug + 'static {
         }
     }
 
+    /// Checks what the settings name on this machine (a credentials file, a seed file), for
+    /// `keyturn validate` on the node: each problem as the setting's name and what is wrong.
+    /// No network.
+    fn preflight(config: &Self::Config) -> Vec<(&'static str, String)> {
+        let _ = config;
+        Vec::new()
+    }
+
     /// Finds credentials and gets ready to make requests, for `keyturn probe` to time; `None`
     /// when the backend has no such step.
     fn authenticate(&self) -> impl Future<Output = Option<Result<(), StoreError>>> + Send {
@@ -67,6 +75,15 @@ pub struct OpenContext {
 impl Default for OpenContext {
     fn default() -> Self {
         OpenContext { clock: crate::clock::system() }
+    }
+}
+
+/// Whether `path` is a file this process can read; the error says what is wrong with it.
+pub fn readable_file(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::File::open(path).and_then(|file| file.metadata()) {
+        Ok(metadata) if metadata.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a regular file", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }
 
@@ -137,6 +154,13 @@ macro_rules! stores {
                 Err(first_error.unwrap_or_else(|| {
                     format!("unknown store kind \"{}\"; expected one of {}", kind.unwrap_or(""), KINDS.join(", "))
                 }))
+            }
+
+            /// See [`registry::Backend::preflight`].
+            pub fn preflight(&self) -> Vec<(&'static str, String)> {
+                match self {
+                    $(StoreConfig::$variant(config) => <$module::$backend as registry::Backend>::preflight(config),)*
+                }
             }
 
             /// The endpoints `keyturn probe` measures, each as a label and settings.

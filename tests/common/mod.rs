@@ -333,6 +333,11 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
+/// Whether this machine has a group named `name`.
+pub fn group_exists(name: &str) -> bool {
+    Command::new("getent").args(["group", name]).output().is_ok_and(|out| out.status.success())
+}
+
 /// The version directories of a bundle (`..2026_...`).
 pub fn version_dirs(bundle: &Path) -> Vec<String> {
     let mut dirs: Vec<String> = fs::read_dir(bundle)

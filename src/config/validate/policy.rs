@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use super::source::{Section, Source};
+use super::source::{Section, Source, count_problems};
 use super::{deliver, is_simple_name, notify, rotate};
 use crate::config::{Accounts, Environment, ExtraSecret, Owner, Policy, Problem, raw};
 use crate::secret::{SecretId, VersionId};
@@ -92,7 +92,7 @@ impl<'a> Policies<'a> {
         problems: &mut Vec<Problem>,
     ) -> Option<Policy> {
         let name = file.path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
-        let before = problems.len();
+        let before = count_problems(problems);
         if !is_simple_name(&name) || name.len() > 63 {
             problems.push(file.problem(
                 None,
@@ -187,7 +187,7 @@ impl<'a> Policies<'a> {
             Some(notify) => Some(notify?),
             None => None,
         };
-        (problems.len() == before).then_some(Policy {
+        (count_problems(problems) == before).then_some(Policy {
             name,
             store,
             secret,
@@ -296,7 +296,11 @@ fn selector(version: &raw::VersionRef) -> Result<Selector, String> {
                 && alias.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !alias.eq_ignore_ascii_case("new")
                 && !alias.eq_ignore_ascii_case("latest");
-            if ok { Ok(Selector::Alias(alias.clone())) } else { Err(format!("\"{alias}\" is not an alias; {accepted}")) }
+            if ok {
+                Ok(Selector::Alias(alias.clone()))
+            } else {
+                Err(format!("\"{alias}\" is not an alias; {accepted}"))
+            }
         }
     }
 }

@@ -195,10 +195,11 @@ impl<'a, 'p> Section<'a, 'p> {
         self.source.text.get(span).unwrap_or("")
     }
 
-    /// How many problems have been recorded so far, in this load: compare before and after a
-    /// check to tell whether it found anything.
+    /// How many problems have been recorded so far, in this load (checks left to the node in
+    /// portable mode do not count): compare before and after a check to tell whether it found
+    /// anything.
     pub fn problem_count(&self) -> usize {
-        self.problems.len()
+        count_problems(self.problems)
     }
 
     pub fn accounts(&self) -> &dyn Accounts {
@@ -384,6 +385,11 @@ impl<'a, 'p> Section<'a, 'p> {
             }
         }
     }
+}
+
+/// The problems among `problems`, leaving out checks skipped in portable mode.
+pub(crate) fn count_problems(problems: &[Problem]) -> usize {
+    problems.iter().filter(|p| !p.skipped).count()
 }
 
 /// Which user database an account setting names.

@@ -87,6 +87,11 @@ impl Backend for GcpStore {
         Ok(endpoints)
     }
 
+    fn preflight(config: &GcpStoreConfig) -> Vec<(&'static str, String)> {
+        let credentials = config.credentials.as_deref().map(|path| ("credentials", path));
+        credentials.and_then(|(field, path)| super::registry::readable_file(path).err().map(|e| (field, e))).into_iter().collect()
+    }
+
     async fn authenticate(&self) -> Option<Result<(), StoreError>> {
         Some(self.token_ready().await)
     }
