@@ -412,3 +412,52 @@ fn rotations_are_reported_with_their_versions_and_timing() {
         assert!(event["data"]["duration_ms"].is_u64(), "a rotation says how long it took: {event}");
     }
 }
+
+/// A refused reload is not only a log line: `status` (text and JSON) says the agent runs the
+/// configuration it had and why the new one was refused, `/metrics` counts it (and passes
+/// promtool), and an event goes to the collector. Readiness stays: the delivered files are
+/// current. Fixing the files clears it.
+#[test]
+fn a_refused_reload_shows_in_status_metrics_and_events() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let collector = Recorder::start(listener, Vec::new());
+    let world = World::new(&format!("{POLL}\n\n[report]\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"10s\""));
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    let agent = world.agent(&[]);
+    wait_for("delivery", Duration::from_secs(15), || world.bundle("app/db").exists());
+    let admin = world.admin();
+    assert!(get(&admin, "/metrics").1.contains("keyturn_config_last_reload_successful 1"));
+
+    world.policy("broken", "[secret]\nstore = \"nowhere\"\nid = \"x\"\n[[deliver]]\npath = \"../x\"\n");
+    agent.wait_log("new configuration refused", 1);
+    let status = world.status_json();
+    let rejected = &status["config"]["rejected"];
+    assert_eq!(rejected["reason"], "a configuration file changed", "{status}");
+    assert_eq!(rejected["error"], "configuration has 2 problems", "{status}");
+    let problems: Vec<&str> = rejected["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(problems.iter().any(|p| p.contains("broken.toml:2: secret.store: store \"nowhere\" is not defined")), "{problems:?}");
+    assert!(status["config"]["loaded_at"].is_string(), "{status}");
+    let table = world.keyturn(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("CONFIGURATION REFUSED at ") && table.contains("escapes the runtime directory"), "{table}");
+
+    let metrics = get(&admin, "/metrics").1;
+    assert!(promtool(&metrics).status.success(), "{metrics}");
+    assert!(metrics.contains("keyturn_config_last_reload_successful 0"), "{metrics}");
+    assert!(metrics.contains("keyturn_config_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert_eq!(get(&admin, "/readyz").0, 200, "the running configuration's files are on disk and current");
+    let rejected_events = || -> Vec<serde_json::Value> {
+        collector.requests().iter().map(|r| r.json()).filter(|e| e["type"] == "dev.keyturn.config.rejected").collect()
+    };
+    wait_for("the rejection event", Duration::from_secs(15), || rejected_events().len() == 1);
+    let event = &rejected_events()[0];
+    assert_eq!((event["subject"].as_str(), event["data"]["result"].as_str()), (Some("config"), Some("error")), "{event}");
+
+    // Fixed: the files are the running configuration again, and the refusal is gone.
+    std::fs::remove_file(world.policies().join("broken.toml")).unwrap();
+    agent.wait_log("configuration unchanged", 1);
+    wait_for("the refusal cleared", Duration::from_secs(10), || world.status_json()["config"]["rejected"].is_null());
+    assert!(get(&admin, "/metrics").1.contains("keyturn_config_last_reload_successful 1"));
+}

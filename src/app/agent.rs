@@ -73,6 +73,7 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
 
     // At once, not after the first delivery: the file names this process, so `keyturn status`
     // and `keyturn rotate` find the agent while it is still starting.
+    recorder.config_loaded(None, config.policies.len());
     recorder.save(&config.agent.state_dir);
     let status_task = AbortOnDrop::spawn(recorder.clone().persist(config.agent.state_dir.clone()));
     tracing::info!(
@@ -111,7 +112,7 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
             };
             let answer = match reload(path, &config, seams, &metrics).await {
                 Ok(Some(next)) => {
-                    tracing::info!(reason, policies = next.config.policies.len(), "configuration reloaded");
+                    recorder.config_loaded(Some(reason), next.config.policies.len());
                     if next.config.admin != config.admin
                         || next.config.control != config.control
                         || next.config.report != config.report
@@ -124,16 +125,21 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
                     break Some(next);
                 }
                 Ok(None) => {
-                    tracing::info!(reason, "configuration unchanged");
+                    recorder.config_unchanged(reason);
                     Ok("configuration unchanged".to_string())
                 }
                 Err(e) => {
-                    if let AppError::Config(ConfigErrors(problems)) = &e {
-                        for problem in problems {
-                            tracing::error!(%problem, "configuration problem");
+                    let problems: Vec<String> = match &e {
+                        AppError::Config(ConfigErrors(problems)) => problems.iter().map(ToString::to_string).collect(),
+                        _ => Vec::new(),
+                    };
+                    let error = match &e {
+                        AppError::Config(ConfigErrors(problems)) => {
+                            format!("configuration has {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })
                         }
-                    }
-                    tracing::error!(reason, error = %error_chain(&e), "new configuration refused; the running one stays");
+                        other => error_chain(other),
+                    };
+                    recorder.config_rejected(reason, &error, &problems);
                     Err(format!("{}; the running configuration stays", error_chain(&e)))
                 }
             };

@@ -40,6 +40,8 @@ pub enum Kind {
     RotationFailed,
     Revoked,
     NotifyFailed,
+    /// A reload was refused; the running configuration stays.
+    ConfigRejected,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::RotationFailed => "dev.keyturn.secret.rotation_failed",
             Kind::Revoked => "dev.keyturn.secret.revoked",
             Kind::NotifyFailed => "dev.keyturn.secret.notify_failed",
+            Kind::ConfigRejected => "dev.keyturn.config.rejected",
         }
     }
 }
@@ -168,7 +171,8 @@ impl Reporter {
             source: format!("keyturn://{}", self.node),
             kind: kind.as_type().into(),
             time: humantime::format_rfc3339_millis(self.clock.now()).to_string(),
-            subject: facts.policy.clone(),
+            // Events about the configuration as a whole name no policy.
+            subject: if facts.policy.is_empty() { "config".to_string() } else { facts.policy.clone() },
             datacontenttype: "application/json".into(),
             data: EventData { node: self.node.clone(), result: result.into(), facts },
         };

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub report_spool: Gauge,
     /// 1 once every required policy has been delivered.
     pub ready: Gauge,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// 1 when the files on disk are the configuration the agent runs, 0 after a refused reload.
+    pub config_last_reload_successful: Gauge,
+    pub config_last_reload_success: Timestamp,
 }
 
 impl Default for Metrics {
@@ -91,6 +95,9 @@ impl Metrics {
             report_events: Family::default(),
             report_spool: Gauge::default(),
             ready: Gauge::default(),
+            config_reloads: Family::default(),
+            config_last_reload_successful: Gauge::default(),
+            config_last_reload_success: Timestamp::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +146,21 @@ impl Metrics {
             metrics.report_spool.clone(),
         );
         registry.register("keyturn_ready", "1 once every required policy has been delivered", metrics.ready.clone());
+        registry.register(
+            "keyturn_config_reloads",
+            "Configuration reloads, by result (ok, unchanged, error: refused, the running configuration stays)",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "keyturn_config_last_reload_successful",
+            "1 when the configuration files are what the agent runs; 0 after a reload was refused",
+            metrics.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "keyturn_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was loaded",
+            metrics.config_last_reload_success.clone(),
+        );
         let started = crate::clock::unix_seconds(crate::clock::Clock::now(&crate::clock::SystemClock));
         registry.register_collector(Box::new(Process { started }));
         Metrics { registry, ..metrics }

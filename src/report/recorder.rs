@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
-use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult};
-use super::status::{PolicyStatus, Status};
+use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, ResultLabel};
+use super::status::{ConfigState, PolicyStatus, Rejected, Status};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
 
@@ -307,6 +307,62 @@ impl Recorder {
             };
             reporter.record(kind, result, facts);
         }
+    }
+
+    /// The agent runs a configuration of `policies` policies, loaded now: at start, or after a
+    /// reload that was applied; `reload` is what asked for it, `None` at start.
+    pub fn config_loaded(&self, reload: Option<&str>, policies: usize) {
+        let at = self.clock.now();
+        if let Some(reason) = reload {
+            self.metrics.config_reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
+            tracing::info!(reason, policies, "configuration reloaded");
+        }
+        self.metrics.config_last_reload_successful.set(1);
+        self.metrics.config_last_reload_success.set(clock::unix_seconds(at));
+        self.set_config(ConfigState { loaded_at: clock::rfc3339(at), rejected: None });
+    }
+
+    /// A reload found the files are what the agent runs: a refusal before is void.
+    pub fn config_unchanged(&self, reason: &str) {
+        tracing::info!(reason, "configuration unchanged");
+        self.metrics.config_reloads.get_or_create(&ResultLabel { result: "unchanged" }).inc();
+        self.metrics.config_last_reload_successful.set(1);
+        let mut state = self.snapshot().config.unwrap_or_default();
+        state.rejected = None;
+        self.set_config(state);
+    }
+
+    /// A reload was refused: the agent keeps running the configuration it has, and says so in
+    /// the log, the metrics, the status and an event. Readiness does not change: the policies
+    /// the agent delivers are still on disk and current.
+    pub fn config_rejected(&self, reason: &str, error: &str, problems: &[String]) {
+        for problem in problems {
+            tracing::error!(problem = %problem, "configuration problem");
+        }
+        tracing::error!(reason, error = %error, "new configuration refused; the running one stays");
+        self.metrics.config_reloads.get_or_create(&ResultLabel { result: "error" }).inc();
+        self.metrics.config_last_reload_successful.set(0);
+        let rejected = Rejected {
+            at: clock::rfc3339(self.clock.now()),
+            reason: reason.to_string(),
+            error: error.to_string(),
+            problems: problems.to_vec(),
+        };
+        let mut state = self.snapshot().config.unwrap_or_default();
+        state.rejected = Some(rejected);
+        self.set_config(state);
+        if let Some(reporter) = &self.reporter {
+            let facts = events::Facts { error: Some(error.to_string()), ..events::Facts::default() };
+            reporter.record(events::Kind::ConfigRejected, "error", facts);
+        }
+    }
+
+    fn set_config(&self, state: ConfigState) {
+        let mut status = self.status();
+        status.config = Some(state);
+        status.updated_at = clock::rfc3339(self.clock.now());
+        drop(status);
+        self.status_changed.notify_one();
     }
 
     /// Makes the status list exactly `policies`: an entry for each from the start, so readiness

@@ -24,7 +24,33 @@ pub struct Status {
     /// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) is bound, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// The configuration the agent runs, and a reload it refused since (if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigState>,
     pub policies: BTreeMap<String, PolicyStatus>,
+}
+
+/// Which configuration a running agent uses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigState {
+    /// When the running configuration was loaded.
+    pub loaded_at: String,
+    /// The last reload refused, while the files on disk are not what the agent runs: the agent
+    /// keeps the running configuration (and stays ready on it) until they are fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejected>,
+}
+
+/// A reload the agent refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub at: String,
+    /// What asked for it: `SIGHUP`, `keyturn reload`, `a configuration file changed`.
+    pub reason: String,
+    pub error: String,
+    /// Each problem, with file, line and key, for a configuration that did not validate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,6 +118,15 @@ impl Status {
             if agent_running { format!("running, pid {}", self.pid) } else { "not running".to_string() },
             self.updated_at
         );
+        if let Some(ConfigState { loaded_at, rejected: Some(rejected) }) = &self.config {
+            out.push_str(&format!(
+                "CONFIGURATION REFUSED at {} ({}): {}\n  the agent runs the configuration loaded at {loaded_at} until the files are fixed\n",
+                rejected.at, rejected.reason, rejected.error
+            ));
+            for problem in &rejected.problems {
+                out.push_str(&format!("  {problem}\n"));
+            }
+        }
         let rows: Vec<[String; 5]> = self
             .policies
             .iter()
