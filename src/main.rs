@@ -29,6 +29,7 @@ fn exit_code(error: &AppError) -> u8 {
         | AppError::Store(_)
         | AppError::Deliver(_)
         | AppError::PoliciesFailed { .. }
+        | AppError::ProbeFailed { .. }
         | AppError::Io { .. } => EXIT_FAILURE,
     }
 }

@@ -39,21 +39,27 @@ pub struct Report {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Endpoint {
-    /// The location probed, or "global" / "local".
+    /// The location probed (a region), "global", or "local".
     pub location: String,
     /// Finding credentials and getting a token (Google only), on a store instance of its own.
     pub token_ms: Option<f64>,
+    /// Why finding credentials or getting a token failed.
+    pub token_error: Option<String>,
     /// The first access after the token: connection set-up and one round trip.
     pub first_access_ms: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    /// Reads that failed, in the cold sync and after it (an error answer still measures the
-    /// round trip).
+    /// Latencies of the accesses after the first (an error answer still measures a round
+    /// trip); `None` when every access failed, since then they measure nothing worth knowing.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// Accesses made after the token: the first one and the `requests` after it.
+    pub accesses: usize,
+    /// How many of those failed.
     pub errors: usize,
     pub first_error: Option<String>,
-    /// How many policies the cold sync read.
+    /// How many policies the cold sync read, and how many of those reads failed.
     pub sync_policies: usize,
+    pub sync_errors: usize,
     /// The cold sync, measured first: a store instance nothing has used yet reads every policy,
     /// 32 at a time, so this includes finding credentials, the token exchange and opening
     /// connections, as at a node's boot.
@@ -99,17 +105,13 @@ async fn measure(
     policies: &[SecretId],
     requests: usize,
 ) -> Endpoint {
-    let mut errors = 0;
     let mut first_error = None;
-    let mut failed = |e: &crate::store::StoreError| {
-        errors += 1;
-        first_error.get_or_insert_with(|| crate::error_chain(e));
-    };
-
     let started = Instant::now();
+    let mut sync_errors = 0;
     for result in cold_sync(&cold, policies).await {
         if let Err(e) = result {
-            failed(&e);
+            sync_errors += 1;
+            first_error.get_or_insert_with(|| crate::error_chain(&e));
         }
     }
     let sync_ms = ms(started.elapsed());
@@ -117,18 +119,16 @@ async fn measure(
     drop(cold);
 
     let started = Instant::now();
-    let token_ms = match warm.authenticate().await {
-        Some(Err(e)) => {
-            failed(&e);
-            Some(ms(started.elapsed()))
-        }
-        Some(Ok(())) => Some(ms(started.elapsed())),
-        None => None,
+    let (token_ms, token_error) = match warm.authenticate().await {
+        Some(result) => (Some(ms(started.elapsed())), result.err().map(|e| crate::error_chain(&e))),
+        None => (None, None),
     };
+    let mut errors = 0;
     let mut access = async || {
         let started = Instant::now();
         if let Err(e) = warm.access(secret, &Selector::current()).await {
-            failed(&e);
+            errors += 1;
+            first_error.get_or_insert_with(|| crate::error_chain(&e));
         }
         started.elapsed()
     };
@@ -137,19 +137,26 @@ async fn measure(
     for _ in 0..requests {
         samples.push(access().await);
     }
+    let accesses = requests + 1;
+    if errors == accesses {
+        samples.clear();
+    }
     samples.sort();
-    let quantile = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| ms(*d));
+    let quantile = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).map(|d| ms(*d));
 
     Endpoint {
         location: label.to_string(),
         token_ms,
+        token_error,
         first_access_ms,
         p50_ms: quantile(0.5),
         p99_ms: quantile(0.99),
-        max_ms: samples.last().map_or(0.0, |d| ms(*d)),
+        max_ms: samples.last().map(|d| ms(*d)),
+        accesses,
         errors,
         first_error,
         sync_policies: policies.len(),
+        sync_errors,
         sync_ms,
     }
 }
@@ -193,7 +200,19 @@ fn ms(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 
+impl Endpoint {
+    /// Whether no access succeeded: the store cannot be read from here.
+    pub fn failed_entirely(&self) -> bool {
+        self.errors == self.accesses
+    }
+}
+
 impl Report {
+    /// The endpoints no access succeeded on.
+    pub fn failed(&self) -> Vec<&str> {
+        self.endpoints.iter().filter(|e| e.failed_entirely()).map(|e| e.location.as_str()).collect()
+    }
+
     /// A table for people.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -204,25 +223,36 @@ impl Report {
             "{:<22} {:>9} {:>13} {:>9} {:>9} {:>9} {:>7} {:>16}\n",
             "ENDPOINT", "TOKEN", "FIRST ACCESS", "P50", "P99", "MAX", "ERRORS", "COLD SYNC"
         ));
+        let millis = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.1}ms"));
         for e in &self.endpoints {
-            let token = e.token_ms.map_or("-".to_string(), |t| format!("{t:.1}ms"));
             out.push_str(&format!(
-                "{:<22} {:>9} {:>11.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7} {:>16}\n",
+                "{:<22} {:>9} {:>13} {:>9} {:>9} {:>9} {:>7} {:>16}\n",
                 e.location,
-                token,
-                e.first_access_ms,
-                e.p50_ms,
-                e.p99_ms,
-                e.max_ms,
-                e.errors,
+                millis(e.token_ms),
+                millis(Some(e.first_access_ms)),
+                millis(e.p50_ms),
+                millis(e.p99_ms),
+                millis(e.max_ms),
+                format!("{}/{}", e.errors, e.accesses),
                 format!("{:.1}ms/{} pol", e.sync_ms, e.sync_policies)
             ));
         }
         out.push_str(&format!(
             "COLD SYNC, measured first: a new client's credentials, token, connections and one read per policy, {SYNC_CONCURRENCY} at a time\n"
         ));
-        for e in self.endpoints.iter().filter(|e| e.first_error.is_some()) {
-            out.push_str(&format!("{}: first error: {}\n", e.location, e.first_error.as_deref().unwrap_or("")));
+        for e in &self.endpoints {
+            if let Some(error) = &e.token_error {
+                out.push_str(&format!("{}: token: {error}\n", e.location));
+            }
+            if let Some(error) = &e.first_error {
+                out.push_str(&format!("{}: first error: {error}\n", e.location));
+            }
+            if e.sync_errors > 0 {
+                out.push_str(&format!("{}: {} of {} cold reads failed\n", e.location, e.sync_errors, e.sync_policies));
+            }
+            if e.failed_entirely() {
+                out.push_str(&format!("{}: FAILED: no access succeeded\n", e.location));
+            }
         }
         out
     }

@@ -437,7 +437,10 @@ fn a_refused_reload_shows_in_status_metrics_and_events() {
     assert_eq!(rejected["reason"], "a configuration file changed", "{status}");
     assert_eq!(rejected["error"], "configuration has 2 problems", "{status}");
     let problems: Vec<&str> = rejected["problems"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-    assert!(problems.iter().any(|p| p.contains("broken.toml:2: secret.store: store \"nowhere\" is not defined")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("broken.toml:2: secret.store: store \"nowhere\" is not defined")),
+        "{problems:?}"
+    );
     assert!(status["config"]["loaded_at"].is_string(), "{status}");
     let table = world.keyturn(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout);
@@ -453,7 +456,11 @@ fn a_refused_reload_shows_in_status_metrics_and_events() {
     };
     wait_for("the rejection event", Duration::from_secs(15), || rejected_events().len() == 1);
     let event = &rejected_events()[0];
-    assert_eq!((event["subject"].as_str(), event["data"]["result"].as_str()), (Some("config"), Some("error")), "{event}");
+    assert_eq!(
+        (event["subject"].as_str(), event["data"]["result"].as_str()),
+        (Some("config"), Some("error")),
+        "{event}"
+    );
 
     // Fixed: the files are the running configuration again, and the refusal is gone.
     std::fs::remove_file(world.policies().join("broken.toml")).unwrap();

@@ -135,7 +135,11 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
                     };
                     let error = match &e {
                         AppError::Config(ConfigErrors(problems)) => {
-                            format!("configuration has {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })
+                            format!(
+                                "configuration has {} problem{}",
+                                problems.len(),
+                                if problems.len() == 1 { "" } else { "s" }
+                            )
                         }
                         other => error_chain(other),
                     };

@@ -117,7 +117,12 @@ pub async fn probe(
     } else {
         print!("{}", report.render());
     }
-    Ok(())
+    let failed = report.failed();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::ProbeFailed { endpoints: failed.iter().map(ToString::to_string).collect() })
+    }
 }
 
 /// Sends `request` to the running agent and prints its answer; an error if none is running.

@@ -74,6 +74,9 @@ pub enum AppError {
     Store(Box<StoreError>),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// `probe` could not read the store at all from these endpoints (its report says why).
+    #[error("no access succeeded on {}", endpoints.join(", "))]
+    ProbeFailed { endpoints: Vec<String> },
     /// `validate` found problems and has listed them.
     #[error("configuration has {problems} problem{}", if *problems == 1 { "" } else { "s" })]
     Invalid { problems: usize },

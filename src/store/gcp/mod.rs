@@ -79,7 +79,8 @@ impl Backend for GcpStore {
         config: &GcpStoreConfig,
         locations: &[String],
     ) -> Result<Vec<(String, GcpStoreConfig)>, String> {
-        let mut endpoints = vec![("global".to_string(), config.clone())];
+        let label = config.location.clone().unwrap_or_else(|| "global".to_string());
+        let mut endpoints = vec![(label, config.clone())];
         for location in locations {
             config::check_location(location).map_err(|m| format!("--location {m}"))?;
             endpoints.push((location.clone(), GcpStoreConfig { location: Some(location.clone()), ..config.clone() }));
