@@ -1,8 +1,10 @@
 //! Command-line definitions, and nothing else: each flag is defined once, with its test below.
+//! The rules between flags (one needs another, one excludes another) are clap's to enforce,
+//! so a wrong combination is a usage error before anything runs.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::DEFAULT_CONFIG_PATH;
 
@@ -19,9 +21,9 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, env = "KEYTURN_LOG_FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
-    /// Log filter: a level (error, warn, info, debug, trace), optionally with per-module
+    /// Log filter: a level (error, warn, info, debug, trace, off), optionally with per-module
     /// levels such as "info,keyturn::engine=debug".
-    #[arg(long, global = true, value_name = "FILTER", env = "KEYTURN_LOG", default_value = "info")]
+    #[arg(long, global = true, value_name = "FILTER", env = "KEYTURN_LOG", default_value = "info", value_parser = log_filter)]
     pub log: String,
 
     #[command(subcommand)]
@@ -45,6 +47,9 @@ pub enum Command {
         /// running.)
         #[arg(long, required = true)]
         once: bool,
+        /// Print what the pass did as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the agent file and every policy file; list every problem, exit 64 if any.
     Validate {
@@ -65,7 +70,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show, per policy, the delivered version, when, and the last error.
+    /// Show, per policy, the delivered version, when, the next rotation and the last error.
+    /// Exits 1 while a required policy is failing.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -85,6 +91,9 @@ pub enum Command {
         /// its grace, so it leaves every verification set at once.
         #[arg(long, requires = "now")]
         revoke: bool,
+        /// Print the result as JSON (progress lines still go to standard error).
+        #[arg(long)]
+        json: bool,
     },
     /// Ask the running agent to reload its configuration; prints what it found wrong, if anything.
     Reload,
@@ -114,6 +123,17 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Print a completion script for a shell: `keyturn completions bash > /etc/bash_completion.d/keyturn`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff) made from these definitions: `keyturn man > keyturn.1`, or a
+    /// command's own page: `keyturn man rotate > keyturn-rotate.1`.
+    Man {
+        /// The command whose page to print (default: keyturn's own).
+        command: Option<String>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, Subcommand)]
@@ -125,6 +145,14 @@ pub enum StoreCommand {
         store: String,
         /// The secret id.
         id: String,
+        /// Read the value from a terminal (typed, then Ctrl-D). Without it, a terminal on
+        /// standard input is refused: the value would show as typed, and a forgotten pipe
+        /// would wait silently.
+        #[arg(long)]
+        from_tty: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a version's value to standard output.
     Get {
@@ -134,6 +162,64 @@ pub enum StoreCommand {
         #[arg(long, value_name = "V", default_value = "current")]
         version: String,
     },
+    /// List the secrets of a store: names only.
+    List {
+        store: String,
+        /// Print JSON instead of one name per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a secret's versions: number, state, creation time and aliases; never a value.
+    Versions {
+        store: String,
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--log`: tracing's filter syntax, with every level named one tracing knows. Tracing reads a
+/// bare word it does not know as a module name, so `--log warning` would quietly log nothing
+/// more than the default; here it is refused.
+fn log_filter(spec: &str) -> Result<String, String> {
+    const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("\"{level}\" is not a level; expected one of {}", LEVELS.join(", ")));
+        }
+    }
+    Ok(spec.to_string())
+}
+
+/// What `keyturn --version` says: the version, the commit it was built from, and what this
+/// build can do.
+pub fn long_version() -> String {
+    let list = |names: &[&str]| names.join(", ");
+    format!(
+        "{} (commit {})\nstores: {}\nformats: {}\nnotifiers: {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("KEYTURN_COMMIT"),
+        list(crate::store::KINDS),
+        list(crate::deliver::format::NAMES),
+        list(crate::notify::KINDS)
+    )
+}
+
+/// The CLI definition with its long version.
+pub fn command() -> clap::Command {
+    Cli::command().long_version(long_version())
+}
+
+/// Parses a command line (the program's name first).
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
 }
 
 #[cfg(test)]
@@ -141,7 +227,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("keyturn").chain(args.iter().copied()))
+        parse_from(std::iter::once("keyturn").chain(args.iter().copied()))
     }
 
     #[test]
@@ -162,8 +248,37 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_are_checked() {
+        for good in ["info", "debug,h2=trace", "keyturn::engine=debug", "WARN", "off"] {
+            assert_eq!(parse(&["--log", good, "agent"]).unwrap().log, good);
+        }
+        for bad in ["warning", "info,keyturn=loud", "verbose"] {
+            let error = parse(&["--log", bad, "agent"]).unwrap_err();
+            assert!(error.to_string().contains("is not a level; expected one of error, warn"), "{error}");
+        }
+    }
+
+    #[test]
+    fn version_names_commit_and_kinds() {
+        let version = long_version();
+        assert!(version.starts_with(env!("CARGO_PKG_VERSION")) && version.contains("(commit "), "{version}");
+        assert!(version.contains("stores: file, gcp") && version.contains("formats: raw, "), "{version}");
+    }
+
+    #[test]
+    fn completions_and_man() {
+        assert_eq!(
+            parse(&["completions", "bash"]).unwrap().command,
+            Command::Completions { shell: clap_complete::Shell::Bash }
+        );
+        assert!(parse(&["completions", "cmd"]).is_err());
+        assert_eq!(parse(&["man"]).unwrap().command, Command::Man { command: None });
+        assert_eq!(parse(&["man", "store"]).unwrap().command, Command::Man { command: Some("store".into()) });
+    }
+
+    #[test]
     fn sync_once() {
-        assert_eq!(parse(&["sync", "--once"]).unwrap().command, Command::Sync { once: true });
+        assert_eq!(parse(&["sync", "--once"]).unwrap().command, Command::Sync { once: true, json: false });
         let without = parse(&["sync"]).unwrap_err();
         assert_eq!(without.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         assert!(without.to_string().contains("keyturn sync --once"), "{without}");
@@ -201,7 +316,7 @@ mod tests {
     fn rotate_now_and_revoke() {
         assert_eq!(
             parse(&["rotate", "api-signing", "--now", "--revoke"]).unwrap().command,
-            Command::Rotate { policy: "api-signing".into(), now: true, revoke: true }
+            Command::Rotate { policy: "api-signing".into(), now: true, revoke: true, json: false }
         );
         assert!(parse(&["rotate", "api-signing", "--revoke"]).is_err(), "--revoke requires --now");
         assert!(parse(&["rotate", "api-signing"]).is_err(), "--now is required");
@@ -212,7 +327,9 @@ mod tests {
     fn store_put_and_get() {
         assert_eq!(
             parse(&["store", "put", "dev", "db"]).unwrap().command,
-            Command::Store { command: StoreCommand::Put { store: "dev".into(), id: "db".into() } }
+            Command::Store {
+                command: StoreCommand::Put { store: "dev".into(), id: "db".into(), from_tty: false, json: false }
+            }
         );
         assert_eq!(
             parse(&["store", "get", "dev", "db", "--version", "3"]).unwrap().command,
@@ -222,8 +339,33 @@ mod tests {
     }
 
     #[test]
+    fn validate_for_ci() {
+        let Command::Validate { portable, policies, stores, json } =
+            parse(&["validate", "--portable", "--policies", "p", "--store", "fleet=gcp", "--store", "dev", "--json"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert!(portable && json);
+        assert_eq!((policies, stores), (Some(PathBuf::from("p")), vec!["fleet=gcp".to_string(), "dev".to_string()]));
+        assert!(parse(&["validate", "--store", "fleet"]).is_err(), "--store goes with --policies");
+    }
+
+    #[test]
+    fn store_list_and_versions() {
+        assert_eq!(
+            parse(&["store", "versions", "dev", "db", "--json"]).unwrap().command,
+            Command::Store { command: StoreCommand::Versions { store: "dev".into(), id: "db".into(), json: true } }
+        );
+        assert_eq!(
+            parse(&["store", "list", "dev"]).unwrap().command,
+            Command::Store { command: StoreCommand::List { store: "dev".into(), json: false } }
+        );
+    }
+
+    #[test]
     fn definitions_are_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }

@@ -5,7 +5,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use keyturn::app::{self, AppError, Seams};
 use keyturn::cli::{Cli, LogFormat};
 use keyturn::deliver::DeliverError;
@@ -29,13 +28,14 @@ fn exit_code(error: &AppError) -> u8 {
         | AppError::Store(_)
         | AppError::Deliver(_)
         | AppError::PoliciesFailed { .. }
+        | AppError::Failing { .. }
         | AppError::ProbeFailed { .. }
         | AppError::Io { .. } => EXIT_FAILURE,
     }
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match keyturn::cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -56,10 +56,11 @@ fn main() -> ExitCode {
         }
     };
     let seams = Seams::from_process();
+    let json = cli.log_format == LogFormat::Json;
     let code = match runtime.block_on(app::run(cli, seams)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keyturn: {}", error_chain(&e));
+            report(&e, json);
             ExitCode::from(exit_code(&e))
         }
     };
@@ -67,6 +68,26 @@ fn main() -> ExitCode {
     // lookup of an HTTP client, say); the agent's own shutdown is done by now.
     runtime.shutdown_timeout(SHUTDOWN_LEFTOVERS);
     code
+}
+
+/// Says why the command failed, on standard error: `keyturn: ...` for people, or (with
+/// `--log-format json`) JSON lines like every other, a configuration's problems one per line
+/// with file, line and key as fields.
+fn report(error: &AppError, json: bool) {
+    if !json {
+        eprintln!("keyturn: {}", error_chain(error));
+        return;
+    }
+    if let AppError::Config(keyturn::config::ConfigErrors(problems)) = error {
+        for problem in problems {
+            let line = problem.line.map(|l| l as u64);
+            tracing::error!(file = %problem.file.display(), line, key = %problem.key, problem = %problem.message, "configuration problem");
+        }
+        let n = problems.len();
+        tracing::error!("configuration has {n} problem{}", if n == 1 { "" } else { "s" });
+        return;
+    }
+    tracing::error!("{}", error_chain(error));
 }
 
 /// How long an exiting process waits for blocking work it no longer needs.

@@ -68,7 +68,8 @@ fn usage_errors_exit_64_and_help_and_version_exit_0() {
     }
     let version = world.keyturn(&["--version"]);
     assert_eq!(version.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("keyturn {}", env!("CARGO_PKG_VERSION")));
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with(&format!("keyturn {} (commit ", env!("CARGO_PKG_VERSION"))), "{version}");
 }
 
 #[test]
@@ -306,4 +307,185 @@ fn the_quickstart_delivers_what_the_readme_shows() {
     let again = sync();
     assert!(again.status.success(), "{}", text(&again));
     assert!(text(&again).contains("delivered=0"), "a second run writes nothing: {}", text(&again));
+}
+
+/// Errors that say what to do next.
+#[test]
+fn errors_name_the_next_step() {
+    // No agent file at the default path: say how to name one.
+    let out = std::process::Command::new(common::BIN).arg("status").env_remove("KEYTURN_CONFIG").output().unwrap();
+    if !std::path::Path::new("/etc/keyturn/keyturn.toml").exists() {
+        assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("/etc/keyturn/keyturn.toml: cannot read")
+                && stderr.contains("--config PATH or KEYTURN_CONFIG")
+        );
+    }
+
+    // A credentials file that is not there is found by `validate`, which names it.
+    let world = World::new("");
+    world
+        .add_stores("[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\ncredentials = \"/nonexistent/sa.json\"\n");
+    let out = world.keyturn(&["validate"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stores.edge.credentials: cannot read /nonexistent/sa.json: No such file"), "{stderr}");
+    let out = world.keyturn(&["validate", "--portable", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "on another machine it is left to the node: {}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["not_checked"][0]["key"], "stores.edge.credentials", "{report}");
+}
+
+/// A user who may neither use the control socket nor read the status file is told both, and
+/// what would let it in.
+#[test]
+fn status_for_a_user_the_agent_does_not_serve_says_why_and_what_to_do() {
+    if !common::is_root() {
+        return;
+    }
+    let world = World::new("poll = \"1s\"");
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    // Everyone may reach the files' directories, so only the socket's and the state's own modes
+    // keep nobody out.
+    for dir in [world.disk.path(), world.run_dir()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let _agent = world.agent(&[]);
+    let socket = world.run_dir().join(".keyturn.sock");
+    common::wait_for("the control socket", std::time::Duration::from_secs(10), || socket.exists());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", common::BIN, "status", "--config"])
+        .arg(world.config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("cannot use the agent's control socket {}", socket.display())), "{stderr}");
+    assert!(stderr.contains("[control] allow_users") && stderr.contains("status.json"), "{stderr}");
+}
+
+/// `status` exits 1 while a required policy is failing, so a script or probe can rely on it.
+#[test]
+fn status_exits_1_while_a_required_policy_fails() {
+    let world = World::new("");
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.put("db-password", "v1");
+    assert!(world.sync_once().status.success());
+    let out = world.keyturn(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().nth(1).unwrap().contains("NEXT ROTATION"), "{table}");
+    world.simple_policy("api", "missing", &[("api/key", "raw")]);
+    assert_eq!(world.sync_once().status.code(), Some(1));
+    let out = world.keyturn(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("required policies are failing: api"), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["policies"]["api"]["last_error"].as_str().unwrap().contains("does not exist"), "{status}");
+}
+
+/// With `--log-format json`, every line on standard error is JSON: log lines, configuration
+/// problems (one each, with file, line and key), and the final error.
+#[test]
+fn json_mode_writes_only_json_lines() {
+    let world = World::new("");
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
+    world.policy("broken", "[secret]\nstore = \"nowhere\"\nid = \"x\"\n[[deliver]]\npath = \"b/x\"\n");
+    let out = world.keyturn(&["validate", "--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let problem = lines.iter().find(|l| l["message"] == "configuration problem").expect("a problem line");
+    assert_eq!((problem["key"].as_str(), problem["line"].as_u64()), (Some("secret.store"), Some(2)), "{problem}");
+    assert!(lines.last().unwrap()["message"].as_str().unwrap().contains("configuration has 1 problem"));
+
+    std::fs::remove_file(world.policies().join("broken.toml")).unwrap();
+    world.simple_policy("api", "missing", &[("api/key", "raw")]);
+    world.put("db-password", "v1");
+    let out = world.keyturn(&["sync", "--once", "--json", "--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["delivered"].as_u64(), summary["failed"][0].as_str()), (Some(1), Some("api")), "{summary}");
+}
+
+#[test]
+fn unknown_log_levels_are_refused() {
+    let world = World::new("");
+    for level in ["warning", "info,keyturn=loud"] {
+        let out = world.keyturn(&["--log", level, "validate"]);
+        assert_eq!(out.status.code(), Some(64), "{level}: {}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a level"), "{}", text(&out));
+    }
+    let out = world.keyturn(&["--log", "warn", "validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn completions_a_manual_page_and_a_version_that_names_its_commit() {
+    let world = World::new("");
+    let out = world.keyturn(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F") && script.contains("rotate") && script.contains("--revoke"), "{script}");
+    let out = world.keyturn(&["completions", "zsh"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("#compdef keyturn"));
+    let out = world.keyturn(&["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains(".TH keyturn 1"), "{page}");
+    assert!(page.contains("keyturn\\-validate(1)") && page.contains("KEYTURN_CONFIG"), "{page}");
+    let out = world.keyturn(&["man", "rotate"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains(".TH keyturn-rotate 1") && page.contains("revoke"), "{page}");
+    assert_eq!(world.keyturn(&["man", "frobnicate"]).status.code(), Some(64));
+    let out = world.keyturn(&["--version"]);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains("(commit ") && version.contains("stores: file, gcp"), "{version}");
+}
+
+/// `store put` does not wait silently on a terminal, and shows nothing as typed unless asked.
+#[test]
+fn store_put_refuses_a_terminal_unless_asked() {
+    let world = World::new("");
+    // `script` gives the command a terminal on standard input.
+    let command = format!("{} store put dev db --config {} </dev/tty", common::BIN, world.config().display());
+    let out = std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let output = String::from_utf8_lossy(&out.stdout);
+    assert!(output.contains("standard input is a terminal") && output.contains("--from-tty"), "{}", text(&out));
+    assert!(!world.store().join("db").exists(), "nothing was stored");
+}
+
+/// `store list` and `store versions` say what a store holds: names, states, aliases, times,
+/// never a value.
+#[test]
+fn store_list_and_versions_show_names_states_and_aliases() {
+    let world = World::new("");
+    world.put("db-password", "FIXTURE-v1");
+    world.put("db-password", "FIXTURE-v2");
+    world.put("api-key", "FIXTURE-k");
+    let out = world.keyturn(&["store", "list", "dev"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "api-key\ndb-password\n", "{}", text(&out));
+    let out = world.keyturn(&["store", "versions", "dev", "db-password", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = listed["versions"].as_array().unwrap();
+    assert_eq!(versions[0]["version"], "2");
+    assert_eq!(versions[0]["aliases"], serde_json::json!(["current"]));
+    assert_eq!((versions[1]["version"].as_str(), versions[1]["state"].as_str()), (Some("1"), Some("enabled")));
+    assert_eq!(versions[1]["aliases"], serde_json::json!(["previous"]));
+    assert!(versions[0]["created"].as_str().unwrap().ends_with('Z'));
+    let table = world.keyturn(&["store", "versions", "dev", "db-password"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("VERSION") && table.contains("current") && table.contains("enabled"), "{table}");
+    for out in [&listed.to_string(), &table.to_string()] {
+        assert!(!out.contains("FIXTURE"), "no value: {out}");
+    }
+    let out = world.keyturn(&["store", "put", "dev", "x", "--json"]);
+    assert_eq!(out.status.code(), Some(64), "an empty value is refused: {}", text(&out));
 }

@@ -1,14 +1,14 @@
 //! The one-shot commands: each loads what it needs, does one thing, prints what it did, and
 //! returns. Only `sync --once` and `rotate` (when no agent runs) build an engine or a rotator.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use super::build::{self, load, load_agent_file};
-use super::{AppError, Seams};
+use super::{AppError, Seams, Voice};
 use crate::cli::StoreCommand;
 use crate::config::{self, ConfigErrors, Declared, Machine, Problem, System};
 use crate::control::socket::{self, Answer};
@@ -126,9 +126,10 @@ pub async fn probe(
 }
 
 /// Sends `request` to the running agent and prints its answer; an error if none is running.
-pub async fn ask_agent(path: &Path, request: socket::Request) -> Result<(), AppError> {
+pub async fn ask_agent(path: &Path, request: socket::Request, voice: Voice) -> Result<(), AppError> {
     let agent = load_agent_file(path)?.agent;
-    match socket::call(&agent.runtime_dir, &request, |line| eprintln!("{line}")).await {
+    let socket = socket::path(&agent.runtime_dir);
+    match socket::call(&agent.runtime_dir, &request, |line| voice.progress(line)).await {
         Ok(Some(Ok(answer))) => {
             println!("{}", serde_json::to_string_pretty(&answer).expect("json serializes"));
             Ok(())
@@ -136,60 +137,69 @@ pub async fn ask_agent(path: &Path, request: socket::Request) -> Result<(), AppE
         Ok(Some(Err(message))) => Err(AppError::Agent(message)),
         Ok(None) => Err(AppError::Agent(format!(
             "no agent is running with this configuration (no control socket at {})",
-            socket::path(&agent.runtime_dir).display()
+            socket.display()
         ))),
-        Err(source) => Err(AppError::Io { what: "cannot talk to the agent's control socket".into(), source }),
+        Err(source) => Err(AppError::Io { what: socket_error(&socket, &source), source }),
     }
 }
 
+/// Why the control socket could not be used, and what to do about it.
+fn socket_error(socket: &Path, error: &std::io::Error) -> String {
+    let advice = if error.kind() == std::io::ErrorKind::PermissionDenied {
+        ": run as the agent's user or root, or ask for this user in [control] allow_users or a group in \
+         allow_groups (with mode = \"0660\" and group = \"NAME\")"
+    } else {
+        ""
+    };
+    format!("cannot use the agent's control socket {}{advice}", socket.display())
+}
+
 /// `keyturn status`: from the running agent if there is one, else from the status file.
+/// Exits 1 while a required policy is failing.
 pub async fn status(path: &Path, json: bool) -> Result<(), AppError> {
     let agent = load_agent_file(path)?.agent;
-    match socket::call(&agent.runtime_dir, &socket::Request::Status, |_| {}).await {
-        Ok(Some(Ok(Answer::Status(running)))) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&running).expect("json serializes"));
-            } else {
-                print!("{}", running.status.render_table(true));
-            }
-            return Ok(());
-        }
+    let socket = socket::path(&agent.runtime_dir);
+    let (status, running) = match socket::call(&agent.runtime_dir, &socket::Request::Status, |_| {}).await {
+        Ok(Some(Ok(Answer::Status(running)))) => (running.status, true),
         Ok(Some(Ok(other))) => {
             return Err(AppError::Agent(format!("the agent answered a status request with {other:?}")));
         }
         Ok(Some(Err(message))) => return Err(AppError::Agent(message)),
         // No agent, or a socket this user may not open: the status file says what is known.
-        Ok(None) | Err(_) => {}
-    }
-    let status = match Status::load(&agent.state_dir) {
-        Ok(status) => status,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AppError::Io {
-                what: format!(
-                    "no status yet in {}: no agent or sync has run with this configuration",
-                    agent.state_dir.display()
-                ),
-                source: e,
-            });
-        }
-        Err(e) => {
-            return Err(AppError::Io {
-                what: format!("cannot read {}", Status::path(&agent.state_dir).display()),
-                source: e,
-            });
-        }
+        Ok(None) => (status_file(&agent.state_dir, None)?, false),
+        Err(e) => (status_file(&agent.state_dir, Some(socket_error(&socket, &e)))?, false),
     };
-    let running = status.pid != 0 && sys::process_exists(status.pid) && status.pid != std::process::id();
+    let running = running || (status.pid != 0 && sys::process_exists(status.pid) && status.pid != std::process::id());
+    let failing: Vec<String> = status
+        .policies
+        .iter()
+        .filter(|(_, p)| p.required && p.last_error.is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
     if json {
         let running = socket::RunningStatus { status, agent_running: running };
         println!("{}", serde_json::to_string_pretty(&running).expect("json serializes"));
     } else {
         print!("{}", status.render_table(running));
     }
-    Ok(())
+    if failing.is_empty() { Ok(()) } else { Err(AppError::Failing { policies: failing }) }
 }
 
-/// `keyturn store put|get`: read or write a configured store directly.
+/// The status file an agent or `sync --once` left, when no agent answers on the socket
+/// (`socket` says why, if it could not be used).
+fn status_file(state_dir: &Path, socket: Option<String>) -> Result<Status, AppError> {
+    Status::load(state_dir).map_err(|e| {
+        let also = socket.map_or(String::new(), |why| format!("; and {why}"));
+        let what = if e.kind() == std::io::ErrorKind::NotFound {
+            format!("no status yet in {}: no agent or sync has run with this configuration{also}", state_dir.display())
+        } else {
+            format!("cannot read {}{also}", Status::path(state_dir).display())
+        };
+        AppError::Io { what, source: e }
+    })
+}
+
+/// `keyturn store ...`: read or write a configured store directly.
 pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<(), AppError> {
     let config = load_agent_file(path)?;
     // The id is checked by the store's backend before anything is opened.
@@ -198,8 +208,14 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
         Ok((build::store(path, &config.stores, name, seams).await?, id))
     };
     match command {
-        StoreCommand::Put { store: name, id } => {
+        StoreCommand::Put { store: name, id, from_tty, json } => {
             let (store, id) = opened(&name, &id).await?;
+            if std::io::stdin().is_terminal() && !from_tty {
+                return Err(AppError::Usage(format!(
+                    "standard input is a terminal: pipe the value in (`printf %s VALUE | keyturn store put {name} {id}`), \
+                     or add --from-tty to type it (it is shown as typed; end with Ctrl-D)"
+                )));
+            }
             let mut input = Zeroizing::new(Vec::new());
             std::io::stdin()
                 .read_to_end(&mut input)
@@ -210,8 +226,13 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
             let value = SecretBytes::copy_from(&input);
             let version = store.add_version(&id, &value).await?;
             let previous = promote(&store, &id, &version).await?;
-            let previous = previous.map_or(String::new(), |p| format!(" (previous: {p})"));
-            println!("store {name}: secret {id} version {version} is now current{previous}");
+            if json {
+                let answer = serde_json::json!({ "store": name, "secret": id.as_str(), "version": version, "previous": previous });
+                println!("{answer}");
+            } else {
+                let previous = previous.map_or(String::new(), |p| format!(" (previous: {p})"));
+                println!("store {name}: secret {id} version {version} is now current{previous}");
+            }
             Ok(())
         }
         StoreCommand::Get { store: name, id, version } => {
@@ -226,6 +247,52 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
             out.write_all(version.value.expose())
                 .and_then(|()| out.flush())
                 .map_err(|source| AppError::Io { what: "cannot write to standard output".into(), source })
+        }
+        StoreCommand::List { store: name, json } => {
+            let store = build::store(path, &config.stores, &name, seams).await?;
+            let mut secrets = store.list().await?;
+            secrets.sort();
+            if json {
+                let names: Vec<&str> = secrets.iter().map(SecretId::as_str).collect();
+                println!("{}", serde_json::json!({ "store": name, "secrets": names }));
+            } else {
+                for secret in &secrets {
+                    println!("{secret}");
+                }
+            }
+            Ok(())
+        }
+        StoreCommand::Versions { store: name, id, json } => {
+            let (store, id) = opened(&name, &id).await?;
+            let meta = store.describe(&id).await?;
+            let mut versions = store.versions(&id).await?;
+            versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.number().cmp(&a.id.number())));
+            let aliases_of = |version: &VersionId| -> Vec<&str> {
+                meta.aliases.iter().filter(|(_, v)| *v == version).map(|(alias, _)| alias.as_str()).collect()
+            };
+            if json {
+                let rows: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "version": v.id,
+                            "state": v.state.as_str(),
+                            "created": v.created.map(crate::clock::rfc3339),
+                            "aliases": aliases_of(&v.id),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "store": name, "secret": id.as_str(), "versions": rows }));
+            } else {
+                println!("{:<8} {:<10} {:<22} ALIASES", "VERSION", "STATE", "CREATED");
+                for v in &versions {
+                    let created = v.created.map_or("-".to_string(), crate::clock::rfc3339);
+                    let aliases = aliases_of(&v.id);
+                    let aliases = if aliases.is_empty() { "-".to_string() } else { aliases.join(", ") };
+                    println!("{:<8} {:<10} {:<22} {aliases}", v.id, v.state.as_str(), created);
+                }
+            }
+            Ok(())
         }
     }
 }
@@ -247,7 +314,7 @@ async fn promote(store: &AnyStore, id: &SecretId, version: &VersionId) -> Result
 }
 
 /// `keyturn sync --once`: one pass, then the notifications it caused, then exit.
-pub async fn sync_once(path: &Path, seams: &Seams) -> Result<(), AppError> {
+pub async fn sync_once(path: &Path, json: bool, seams: &Seams) -> Result<(), AppError> {
     let config = Arc::new(load(path)?);
     let metrics = Arc::new(Metrics::new());
     let recorder = build::recorder(&config, metrics.clone(), None, seams);
@@ -257,6 +324,16 @@ pub async fn sync_once(path: &Path, seams: &Seams) -> Result<(), AppError> {
     let summary = engine.sync_all().await;
     engine.flush_notifications().await;
     recorder.save(&config.agent.state_dir);
+    if json {
+        let answer = serde_json::json!({
+            "policies": config.policies.len(),
+            "delivered": summary.delivered,
+            "unchanged": summary.unchanged,
+            "failed": summary.failed,
+            "failed_required": summary.failed_required,
+        });
+        println!("{answer}");
+    }
     if summary.failed_required > 0 {
         return Err(AppError::PoliciesFailed {
             failed: summary.failed.len(),
@@ -271,7 +348,14 @@ pub async fn sync_once(path: &Path, seams: &Seams) -> Result<(), AppError> {
 /// rotates, delivers at once, and reports); otherwise the protocol, run by this process, with
 /// a progress line per step, and a running agent told (SIGUSR1) to deliver the new version.
 /// The lease makes it safe for both to rotate: only one ever does.
-pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Result<(), AppError> {
+pub async fn rotate(
+    path: &Path,
+    name: &str,
+    revoke: bool,
+    json: bool,
+    seams: &Seams,
+    voice: Voice,
+) -> Result<(), AppError> {
     use crate::rotation::protocol::{Outcome, Rotator, Step, Trigger};
     let config = load(path)?;
     let policy = config.policy(name).ok_or_else(|| {
@@ -279,27 +363,16 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
     })?;
     if revoke {
-        eprintln!(
-            "keyturn: REVOKE {name}: the current version will be disabled as soon as its replacement is current, \
+        voice.warn(&format!(
+            "REVOKE {name}: the current version will be disabled as soon as its replacement is current, \
              without grace; anything still using it will fail"
-        );
+        ));
     }
-    let revoked = |disabled: &[VersionId]| {
-        if revoke && !disabled.is_empty() {
-            let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
-            eprintln!(
-                "keyturn: REVOKED {name}: disabled version(s) {}; they are out of every verification set",
-                disabled.join(", ")
-            );
-        }
-    };
     let request = socket::Request::Rotate { policy: name.to_string(), revoke };
-    match socket::call(&config.agent.runtime_dir, &request, |line| eprintln!("{line}")).await {
+    match socket::call(&config.agent.runtime_dir, &request, |line| voice.progress(line)).await {
         Ok(Some(Ok(Answer::Rotated { version, previous, disabled }))) => {
-            let previous = previous.map_or("none".to_string(), |p| p.to_string());
-            println!("{name}: version {version} is current (previous: {previous})");
-            revoked(&disabled);
-            eprintln!("keyturn: rotated by the running agent, which delivered it");
+            print_rotated(name, &version, previous.as_ref(), &disabled, revoke, "agent", json, voice);
+            voice.note("rotated by the running agent, which delivered it");
             return Ok(());
         }
         Ok(Some(Ok(other))) => {
@@ -312,7 +385,7 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
     })?;
     let store = build::store(path, &config.stores, &policy.store, seams).await?;
-    let progress = |step: Step, detail: &str| eprintln!("[{}/{}] {detail}", step.number(), Step::COUNT);
+    let progress = |step: Step, detail: &str| voice.progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
     let rotator = Rotator {
         store: &store,
         policy,
@@ -330,15 +403,13 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         .map_err(|source| AppError::Rotation { policy: name.to_string(), source: Box::new(source) })?;
     match outcome {
         Outcome::Rotated { version, previous, disabled } => {
-            let previous = previous.map_or("none".to_string(), |p| p.to_string());
-            println!("{name}: version {version} is current (previous: {previous})");
-            revoked(&disabled);
+            print_rotated(name, &version, previous.as_ref(), &disabled, revoke, "this process", json, voice);
             if let Ok(status) = Status::load(&config.agent.state_dir)
                 && status.pid != 0
                 && sys::process_exists(status.pid)
                 && sys::nudge(status.pid).is_ok()
             {
-                eprintln!("keyturn: told the running agent (pid {}) to deliver it now", status.pid);
+                voice.note(&format!("told the running agent (pid {}) to deliver it now", status.pid));
             }
             Ok(())
         }
@@ -346,5 +417,46 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         Outcome::NotDue { .. } | Outcome::Present { .. } => {
             unreachable!("an immediate rotation is always due and never waits for a missing version")
         }
+    }
+}
+
+/// The result of a rotation: on stdout, as a line or JSON; a revoke is said as what it did (the
+/// old version is disabled, and no version is `previous`).
+#[allow(clippy::too_many_arguments, reason = "one result, said in one place for both paths")]
+fn print_rotated(
+    name: &str,
+    version: &VersionId,
+    old: Option<&VersionId>,
+    disabled: &[VersionId],
+    revoke: bool,
+    by: &str,
+    json: bool,
+    voice: Voice,
+) {
+    let (previous, revoked) = if revoke { (None, old) } else { (old, None) };
+    if json {
+        let answer = serde_json::json!({
+            "policy": name,
+            "version": version,
+            "previous": previous,
+            "revoked": revoked,
+            "disabled": disabled,
+            "rotated_by": by,
+        });
+        println!("{answer}");
+    } else {
+        let previous = match (previous, revoked) {
+            (Some(previous), _) => previous.to_string(),
+            (None, Some(revoked)) => format!("none: version {revoked} is revoked"),
+            (None, None) => "none".to_string(),
+        };
+        println!("{name}: version {version} is current (previous: {previous})");
+    }
+    if revoke && !disabled.is_empty() {
+        let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
+        voice.warn(&format!(
+            "REVOKED {name}: disabled version(s) {}; they are out of every verification set",
+            disabled.join(", ")
+        ));
     }
 }

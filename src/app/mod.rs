@@ -50,6 +50,49 @@ impl Seams {
     }
 }
 
+/// How a one-shot command speaks on standard error, besides its result on standard output:
+/// plain `keyturn: ...` lines for people, or JSON log lines with `--log-format json`, so that a
+/// program reading standard error reads one format.
+#[derive(Debug, Clone, Copy)]
+pub struct Voice {
+    json: bool,
+}
+
+impl Voice {
+    /// What a command did, by the way.
+    pub fn note(self, message: &str) {
+        if self.json { tracing::info!("{message}") } else { eprintln!("keyturn: {message}") }
+    }
+
+    /// What a command did that the operator must not miss.
+    pub fn warn(self, message: &str) {
+        if self.json { tracing::warn!("{message}") } else { eprintln!("keyturn: {message}") }
+    }
+
+    /// A step of a long command (`[2/5] added version 4 as pending`).
+    pub fn progress(self, line: &str) {
+        if self.json { tracing::info!(progress = %line) } else { eprintln!("{line}") }
+    }
+}
+
+/// `keyturn man [COMMAND]`: keyturn's manual page, or a command's (`keyturn-rotate(1)`).
+fn manual(command: Option<&str>) -> Result<(), AppError> {
+    let root = crate::cli::command();
+    let page = match command {
+        None => root,
+        Some(name) => {
+            let names: Vec<String> = root.get_subcommands().map(|c| c.get_name().to_string()).collect();
+            let sub = root.find_subcommand(name).cloned().ok_or_else(|| {
+                AppError::Usage(format!("no command named \"{name}\"; commands: {}", names.join(", ")))
+            })?;
+            sub.name(format!("keyturn-{name}")).version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    clap_mangen::Man::new(page)
+        .render(&mut std::io::stdout())
+        .map_err(|source| AppError::Io { what: "cannot write the manual page".into(), source })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("policy {policy}: {source}")]
@@ -74,6 +117,9 @@ pub enum AppError {
     Store(Box<StoreError>),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// `status`: required policies are failing (the status says why).
+    #[error("required policies are failing: {}", policies.join(", "))]
+    Failing { policies: Vec<String> },
     /// `probe` could not read the store at all from these endpoints (its report says why).
     #[error("no access succeeded on {}", endpoints.join(", "))]
     ProbeFailed { endpoints: Vec<String> },
@@ -104,17 +150,25 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
     }
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
     let path: &Path = &config_path;
+    let voice = Voice { json: cli.log_format == crate::cli::LogFormat::Json };
     match cli.command {
         Command::Validate { portable, policies, stores, json } => {
             commands::validate(path, portable, policies.as_deref(), &stores, json)
         }
         Command::Status { json } => commands::status(path, json).await,
         Command::Store { command } => commands::store(path, command, &seams).await,
-        Command::Sync { once: _ } => commands::sync_once(path, &seams).await,
+        Command::Sync { once: _, json } => commands::sync_once(path, json, &seams).await,
         Command::Agent => agent::run(path, &seams).await,
-        Command::Rotate { policy, now: _, revoke } => commands::rotate(path, &policy, revoke, &seams).await,
-        Command::Reload => commands::ask_agent(path, socket::Request::Reload).await,
-        Command::Resync => commands::ask_agent(path, socket::Request::Resync).await,
+        Command::Rotate { policy, now: _, revoke, json } => {
+            commands::rotate(path, &policy, revoke, json, &seams, voice).await
+        }
+        Command::Reload => commands::ask_agent(path, socket::Request::Reload, voice).await,
+        Command::Resync => commands::ask_agent(path, socket::Request::Resync, voice).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut crate::cli::command(), "keyturn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { command } => manual(command.as_deref()),
         Command::Probe { store, requests, location, secret, json } => {
             commands::probe(path, &store, requests, &location, secret.as_deref(), json).await
         }

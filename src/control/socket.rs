@@ -47,7 +47,7 @@ pub enum Line {
 #[serde(untagged)]
 pub enum Answer {
     /// To [`Request::Status`].
-    Status(RunningStatus),
+    Status(Box<RunningStatus>),
     /// To [`Request::Rotate`]: the new current version, delivered.
     Rotated { version: VersionId, previous: Option<VersionId>, disabled: Vec<VersionId> },
     /// To [`Request::Resync`].
@@ -158,7 +158,7 @@ async fn connection(
     let current = engine.borrow().clone();
     let answer = match (request, current) {
         (Request::Status, _) => {
-            Line::Ok(Answer::Status(RunningStatus { status: recorder.snapshot(), agent_running: true }))
+            Line::Ok(Answer::Status(Box::new(RunningStatus { status: recorder.snapshot(), agent_running: true })))
         }
         (_, None) => Line::Error("the agent is starting; try again in a moment".into()),
         (Request::Resync, Some(engine)) => {
@@ -296,7 +296,7 @@ mod tests {
         // Every answer reads back as itself, the status (the widest) included.
         let status = Status { node: "n1".into(), pid: 7, updated_at: "t".into(), ..Status::default() };
         let answers = [
-            Answer::Status(RunningStatus { status, agent_running: true }),
+            Answer::Status(Box::new(RunningStatus { status, agent_running: true })),
             Answer::Rotated { version: VersionId::from(4), previous: Some(VersionId::from(3)), disabled: vec![] },
             Answer::Synced { delivered: 1, unchanged: 2, failed: vec!["db".into()] },
             Answer::Reloaded { reload: "configuration unchanged".into() },

@@ -159,7 +159,8 @@ async fn a_rotation_becomes_due_and_the_new_version_is_delivered_at_once() {
     assert_ne!(delivered, "initial-value-0123456789abcdef");
     let status = world.state.recorder.snapshot();
     assert_eq!(status.policies["key"].version.as_ref().map(VersionId::as_str), Some("2"));
-    assert!(status.policies["key"].last_rotation.as_deref().unwrap().starts_with("version 2 at 2026-12-01T01:00:0"));
+    let last = status.policies["key"].last_rotation.clone().unwrap();
+    assert!(last.version.as_str() == "2" && last.at.starts_with("2026-12-01T01:00:0"), "{last:?}");
     assert_eq!(next(&world).as_deref(), Some("2026-12-01T02:00:00Z"), "due again a period after the new version");
     let metrics = world.state.recorder.metrics.render();
     assert!(metrics.contains("keyturn_rotations_total{policy=\"key\",result=\"ok\"} 1"), "{metrics}");

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
 use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, ResultLabel};
-use super::status::{ConfigState, PolicyStatus, Rejected, Status};
+use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Status};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
 
@@ -191,7 +191,7 @@ impl Recorder {
                     self.event(subject, events::Kind::Revoked, "ok", facts);
                 }
                 self.update(subject, |s| {
-                    s.last_rotation = Some(format!("version {version} at {at}"));
+                    s.last_rotation = Some(RotationRecord { version: version.clone(), at });
                     s.rotation_error = None;
                 });
             }

@@ -68,9 +68,9 @@ pub struct PolicyStatus {
     /// When this node will next try to rotate the secret, if it rotates it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<String>,
-    /// The last rotation this node made: "version N at TIME".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_rotation: Option<String>,
+    /// The last rotation this node made. (Read leniently: older releases wrote it as prose.)
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
+    pub last_rotation: Option<RotationRecord>,
     /// Why the last rotation this node tried failed, until one succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_error: Option<String>,
@@ -80,6 +80,23 @@ pub struct PolicyStatus {
     /// Why the last notification failed after every attempt, until one succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_error: Option<String>,
+}
+
+/// A rotation this node made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationRecord {
+    pub version: VersionId,
+    pub at: String,
+}
+
+/// `None` for a value of another shape, such as one an older release wrote.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
 }
 
 impl PolicyStatus {
@@ -127,7 +144,7 @@ impl Status {
                 out.push_str(&format!("  {problem}\n"));
             }
         }
-        let rows: Vec<[String; 5]> = self
+        let rows: Vec<[String; 6]> = self
             .policies
             .iter()
             .map(|(name, p)| {
@@ -136,22 +153,21 @@ impl Status {
                     p.version.as_ref().map_or("-".into(), ToString::to_string),
                     p.delivered_at.clone().unwrap_or_else(|| "-".into()),
                     p.checked_at.clone().unwrap_or_else(|| "-".into()),
+                    p.next_rotation.clone().unwrap_or_else(|| "-".into()),
                     match (&p.last_error, &p.rotation_error) {
                         (Some(e), _) => format!("{e} ({} failures in a row)", p.consecutive_failures),
                         (None, Some(e)) => format!("rotation: {e}"),
-                        (None, None) => {
-                            p.next_rotation.as_ref().map_or("-".into(), |t| format!("- (next rotation {t})"))
-                        }
+                        (None, None) => "-".into(),
                     },
                 ]
             })
             .collect();
-        let header = ["POLICY", "VERSION", "DELIVERED", "CHECKED", "LAST ERROR"].map(String::from);
+        let header = ["POLICY", "VERSION", "DELIVERED", "CHECKED", "NEXT ROTATION", "LAST ERROR"].map(String::from);
         let widths: Vec<usize> =
-            (0..4).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
+            (0..5).map(|i| rows.iter().chain([&header]).map(|r| r[i].len()).max().unwrap_or(0)).collect();
         for row in [&header].into_iter().chain(rows.iter()) {
             for (i, cell) in row.iter().enumerate() {
-                if i < 4 {
+                if i < 5 {
                     out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
                 } else {
                     out.push_str(cell);
@@ -194,6 +210,11 @@ mod tests {
         status.save(dir.path()).unwrap();
         assert_eq!(Status::load(dir.path()).unwrap(), status);
         assert!(status.ready());
+        // A status file an older release wrote, with its rotation as prose, still reads.
+        let mut old: serde_json::Value = serde_json::to_value(&status).unwrap();
+        old["policies"]["db"]["last_rotation"] = "version 3 at 2026-11-28T18:00:00Z".into();
+        let old: Status = serde_json::from_value(old).unwrap();
+        assert_eq!(old.policies["db"].last_rotation, None);
         let table = status.render_table(true);
         assert!(table.contains("agent running, pid 42"), "{table}");
         assert!(table.lines().any(|l| l.starts_with("db ") && l.contains(" 3 ")), "{table}");

@@ -308,7 +308,11 @@ impl<S: SecretStore> Rotator<'_, S> {
             Err(StoreError::Conflict { .. }) => return Err(RotationError::LostLease { version }),
             Err(e) => return Err(Self::err(Step::Promote)(e)),
         }
-        let previous_text = old.as_ref().map_or("none".to_string(), ToString::to_string);
+        let previous_text = match (named_previous, &old) {
+            (Some(previous), _) => previous.to_string(),
+            (None, Some(revoked)) => format!("none: version {revoked} is revoked"),
+            (None, None) => "none".to_string(),
+        };
         tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version, previous = %previous_text, "rotation promoted");
         (self.progress)(Step::Promote, &format!("version {version} is current (previous: {previous_text})"));
         self.pause("promoted");
@@ -654,6 +658,9 @@ mod tests {
         }
         async fn versions(&self, id: &SecretId) -> Result<Vec<crate::store::VersionInfo>, StoreError> {
             self.0.versions(id).await
+        }
+        async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+            self.0.list().await
         }
         async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
             self.0.disable(id, version).await

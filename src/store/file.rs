@@ -341,6 +341,20 @@ impl SecretStore for FileStore {
         Ok(meta.versions.iter().map(|(n, v)| info(VersionId::from(*n), v)).collect())
     }
 
+    /// Every directory of the store that holds a secret's metadata.
+    async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| self.io("list", &self.dir, e))?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io("list", &self.dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+            if Self::check_secret_id(&name).is_ok() && entry.path().join(META).is_file() {
+                ids.push(SecretId::new(name));
+            }
+        }
+        Ok(ids)
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.locked(id, false, |meta| {
             self.changeable(id, meta, version)?.state = VersionState::Disabled;

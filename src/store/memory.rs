@@ -201,6 +201,11 @@ impl SecretStore for MemoryStore {
         })
     }
 
+    async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+        self.metadata.fetch_add(1, Ordering::Relaxed);
+        Ok(self.secrets.lock().unwrap().keys().cloned().collect())
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.with(id, |secret| {
             if let Some(stored) = secret.versions.get_mut(&number(version)) {

@@ -58,6 +58,10 @@ impl<S: SecretStore> SecretStore for Metered<S> {
         self.count("versions", self.inner.versions(id).await)
     }
 
+    async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+        self.count("list", self.inner.list().await)
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.count("disable", self.inner.disable(id, version).await)
     }

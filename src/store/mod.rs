@@ -196,6 +196,9 @@ pub trait SecretStore: Send + Sync {
     ) -> impl Future<Output = Result<VersionInfo, StoreError>> + Send;
     /// Every version of a secret, in no particular order (a metadata read).
     fn versions(&self, id: &SecretId) -> impl Future<Output = Result<Vec<VersionInfo>, StoreError>> + Send;
+    /// The ids of every secret in the store, in no particular order (a metadata read; for
+    /// `keyturn store list`, never on the agent's path).
+    fn list(&self) -> impl Future<Output = Result<Vec<SecretId>, StoreError>> + Send;
     /// Makes a version unreadable; it can be enabled again.
     fn disable(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Wipes a version's value for good; aliases that pointed at it are dropped.

@@ -223,6 +223,10 @@ macro_rules! stores {
                 match self { $(AnyStore::$variant(store) => store.versions(id).await,)* }
             }
 
+            async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+                match self { $(AnyStore::$variant(store) => store.list().await,)* }
+            }
+
             async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
                 match self { $(AnyStore::$variant(store) => store.disable(id, version).await,)* }
             }

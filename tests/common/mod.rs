@@ -333,6 +333,11 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
+/// Whether the tests run as root (CI does): tests that switch users need it.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
 /// Whether this machine has a group named `name`.
 pub fn group_exists(name: &str) -> bool {
     Command::new("getent").args(["group", name]).output().is_ok_and(|out| out.status.success())

@@ -664,6 +664,37 @@ impl SecretStore for GcpStore {
         }
     }
 
+    /// `secrets.list`, every page: the last path segment of each name.
+    async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Page {
+            #[serde(default)]
+            secrets: Vec<Named>,
+            next_page_token: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/secrets?pageSize=250", self.parent_url);
+            if let Some(token) = &token {
+                url.push_str("&pageToken=");
+                url.push_str(&percent_encode(token));
+            }
+            let body = self.call(Method::GET, &url, None).await?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| self.malformed("secrets.list", &e))?;
+            all.extend(page.secrets.into_iter().map(|s| SecretId::new(s.name.rsplit('/').next().unwrap_or_default())));
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
     async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.transition(id, version, "disable").await
     }
