@@ -337,6 +337,10 @@ fn revoke_disables_the_old_version_at_once_and_drops_it_from_the_jwks() {
     assert!(out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("REVOKE signing") && stderr.contains("REVOKED signing: disabled version(s) 2"), "{stderr}");
+    // Every line says what revoke does: no version is `previous` any more.
+    let said = format!("{stderr}{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!said.contains("(previous: 2)"), "{said}");
+    assert!(said.contains("version 3 is current (previous: none: version 2 is revoked)"), "{said}");
     // The leaked version can no longer be read from the store...
     assert!(fleet.get("2").is_none(), "the revoked version is disabled");
     // ...and leaves the verification set at the next delivery, despite the hour of grace.
@@ -351,7 +355,7 @@ fn revoke_disables_the_old_version_at_once_and_drops_it_from_the_jwks() {
         assert!(log.contains(needle), "{needle} missing");
     }
     // The running agent did the rotation (through its control socket), so its log has the steps.
-    assert!(log.contains("node=test-node version=3 previous=2"), "{log}");
+    assert!(log.contains("node=test-node version=3 previous=none revoked=2"), "{log}");
     let body = leaked.lines().nth(1).unwrap();
     assert!(!log.contains(body), "a key line leaked into the logs");
     drop(agent);

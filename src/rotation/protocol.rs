@@ -308,13 +308,14 @@ impl<S: SecretStore> Rotator<'_, S> {
             Err(StoreError::Conflict { .. }) => return Err(RotationError::LostLease { version }),
             Err(e) => return Err(Self::err(Step::Promote)(e)),
         }
-        let previous_text = match (named_previous, &old) {
-            (Some(previous), _) => previous.to_string(),
-            (None, Some(revoked)) => format!("none: version {revoked} is revoked"),
-            (None, None) => "none".to_string(),
-        };
-        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version, previous = %previous_text, "rotation promoted");
-        (self.progress)(Step::Promote, &format!("version {version} is current (previous: {previous_text})"));
+        let revoked = if trigger == Trigger::Revoke { old.as_ref() } else { None };
+        let previous_text = named_previous.map_or("none".to_string(), ToString::to_string);
+        tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version, previous = %previous_text, revoked = revoked.map(tracing::field::display), "rotation promoted");
+        let revoked_text = revoked.map_or(String::new(), |r| format!(": version {r} is revoked"));
+        (self.progress)(
+            Step::Promote,
+            &format!("version {version} is current (previous: {previous_text}{revoked_text})"),
+        );
         self.pause("promoted");
 
         // 5. Clean up. Failures here leave extra versions enabled, never fewer: logged only.
