@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{World, read, text};
+use common::{World, read, text, wait_for};
 
 #[test]
 fn validate_lists_every_mistake_in_one_run_and_exits_64() {
@@ -488,4 +488,159 @@ fn store_list_and_versions_show_names_states_and_aliases() {
     }
     let out = world.keyturn(&["store", "put", "dev", "x", "--json"]);
     assert_eq!(out.status.code(), Some(64), "an empty value is refused: {}", text(&out));
+}
+
+/// The examples a person runs on one machine: the quickstart, the FastAPI walkthrough, and the
+/// Secret Manager example against the emulator. (`examples/gcp/keyturn.toml` is a node's own
+/// agent file, with the paths of an installed agent.)
+const RUNNABLE_EXAMPLES: &[&str] =
+    &["examples/quickstart/keyturn.toml", "examples/fastapi/keyturn.toml", "examples/gcp/keyturn-emulator.toml"];
+
+/// Every directory and port an example's agent file names.
+fn example_places(example: &str) -> Vec<String> {
+    let text = read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(example));
+    let file: toml::Table = toml::from_str(&text).unwrap();
+    let agent = file["agent"].as_table().unwrap();
+    let mut places: Vec<String> =
+        ["runtime_dir", "state_dir"].iter().map(|k| agent[*k].as_str().unwrap().to_string()).collect();
+    for store in file["stores"].as_table().unwrap().values() {
+        if let Some(dir) = store.get("dir") {
+            places.push(dir.as_str().unwrap().to_string());
+        }
+    }
+    let listen = file.get("admin").and_then(|a| a.get("listen")).and_then(|l| l.as_str()).unwrap_or("127.0.0.1:9464");
+    places.push(format!("port {}", listen.rsplit(':').next().unwrap()));
+    places
+}
+
+/// Two examples never share a directory or a port, so any of them run side by side.
+#[test]
+fn examples_have_paths_and_ports_of_their_own() {
+    let mut seen: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for example in RUNNABLE_EXAMPLES {
+        for place in example_places(example) {
+            let inside = seen.iter().find(|(other, _)| {
+                place == **other || place.starts_with(&format!("{other}/")) || other.starts_with(&format!("{place}/"))
+            });
+            assert!(inside.is_none(), "{example} and {} both use {place}", inside.unwrap().1);
+            seen.insert(place, example);
+        }
+    }
+    assert!(seen.keys().all(|p| p != "port 9464"), "the default port stays free for an installed agent: {seen:?}");
+}
+
+/// The quickstart and the FastAPI walkthrough run at the same time: each delivers its bundles
+/// and answers on its own admin port. (Their directories move into this test's temp dirs; the
+/// ports are the examples' own.)
+#[test]
+fn two_examples_run_side_by_side() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shm = tempfile::Builder::new().prefix("keyturn-test-").tempdir_in("/dev/shm").unwrap();
+    let disk = tempfile::tempdir().unwrap();
+    let mut agents = Vec::new();
+    for (name, bundle) in [("quickstart", "app/db-password"), ("fastapi", "api/jwks.json")] {
+        let example = repo.join("examples").join(name);
+        let home = disk.path().join(name);
+        std::fs::create_dir_all(home.join("policies")).unwrap();
+        let moved = read(example.join("keyturn.toml"))
+            .replace(&format!("/dev/shm/keyturn-{name}"), &shm.path().join(name).display().to_string())
+            .replace(&format!("/var/tmp/keyturn-{name}"), &home.join("var").display().to_string());
+        common::write(&home.join("keyturn.toml"), &moved);
+        for entry in std::fs::read_dir(&example).unwrap().chain(std::fs::read_dir(example.join("policies")).unwrap()) {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(&example).unwrap();
+            if path.extension().is_some_and(|e| e == "toml") && relative != std::path::Path::new("keyturn.toml") {
+                common::write(
+                    &home.join(relative),
+                    &read(&path).replace("/var/tmp/keyturn-", &format!("{}/", home.display())),
+                );
+            }
+        }
+        let log = std::fs::File::create(home.join("agent.log")).unwrap();
+        let child = std::process::Command::new(common::BIN)
+            .args(["agent", "--config"])
+            .arg(home.join("keyturn.toml"))
+            .env_remove("KEYTURN_CONFIG")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        agents.push(common::Agent { child: Some(child), log: home.join("agent.log") });
+        let file = shm.path().join(name).join(bundle);
+        wait_for(&format!("{name}: {bundle}"), std::time::Duration::from_secs(20), || file.exists());
+    }
+    for (agent, port) in agents.iter().zip(["9471", "9472"]) {
+        let (code, body) = common::http::request(&format!("127.0.0.1:{port}"), "GET", "/readyz", None)
+            .unwrap_or_else(|e| panic!("port {port}: {e}\n{}", agent.log_text()));
+        assert_eq!((code, body.trim()), (200, "ready"), "{}", agent.log_text());
+    }
+}
+
+/// Every `keyturn` command line in the README and the examples' and deployments' docs parses
+/// with the CLI as it is, so the docs cannot drift from the flags.
+#[test]
+fn the_commands_in_the_docs_parse() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = [
+        "README.md",
+        "examples/fastapi/README.md",
+        "examples/kubernetes/README.md",
+        "systemd/README.md",
+        "policies/README.md",
+    ];
+    let mut checked = 0;
+    for doc in docs {
+        let text = read(repo.join(doc));
+        let mut in_code = false;
+        for (number, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            let Some(args) = in_code.then(|| command_in(line)).flatten() else { continue };
+            let parsed = keyturn::cli::parse_from(std::iter::once("keyturn".to_string()).chain(args.clone()));
+            assert!(parsed.is_ok(), "{doc}:{}: `keyturn {}`: {}", number + 1, args.join(" "), parsed.unwrap_err());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} commands found: the extraction is broken");
+}
+
+/// The arguments of a `keyturn` command on a shell line (`keyturn ...`, `$ keyturn ...`,
+/// `cargo run --release -- ...`, after a pipe too), up to a redirection, pipe or comment.
+fn command_in(line: &str) -> Option<Vec<String>> {
+    let line = line.trim().trim_start_matches("$ ");
+    let rest = line.split(" | ").find_map(|part| {
+        let part = part.trim();
+        part.strip_prefix("keyturn ")
+            .or_else(|| part.strip_prefix("cargo run --release -- "))
+            .or_else(|| part.strip_prefix("cargo run -- "))
+    })?;
+    let mut words = Vec::new();
+    let (mut word, mut quote, mut started) = (String::new(), None, false);
+    for c in rest.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                started = true;
+            }
+            (None, '#' | '|' | '>' | '<' | ';' | '&') if word.is_empty() => break,
+            (None, ' ') => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            (None, '\\') => {}
+            (None, c) => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    Some(words)
 }
