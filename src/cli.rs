@@ -123,6 +123,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Look at or clear the sealed last-known-good cache (entries, ages, limits; never values).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Print a completion script for a shell: `keyturn completions bash > /etc/bash_completion.d/keyturn`.
     Completions {
         #[arg(value_enum)]
@@ -176,6 +181,23 @@ pub enum StoreCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum CacheCommand {
+    /// Every sealed entry: policy, version, when it was sealed, how old it may be, and whether
+    /// this node would deliver it. Never a value.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a policy's sealed entry, or every entry: a node then has nothing to start from
+    /// offline until it has read its store again.
+    Purge {
+        /// The policy whose entry to remove (default: every entry).
+        policy: Option<String>,
     },
 }
 
@@ -350,6 +372,22 @@ mod tests {
         assert!(portable && json);
         assert_eq!((policies, stores), (Some(PathBuf::from("p")), vec!["fleet=gcp".to_string(), "dev".to_string()]));
         assert!(parse(&["validate", "--store", "fleet"]).is_err(), "--store goes with --policies");
+    }
+
+    #[test]
+    fn cache_status_and_purge() {
+        assert_eq!(
+            parse(&["cache", "status", "--json"]).unwrap().command,
+            Command::Cache { command: CacheCommand::Status { json: true } }
+        );
+        assert_eq!(
+            parse(&["cache", "purge", "api"]).unwrap().command,
+            Command::Cache { command: CacheCommand::Purge { policy: Some("api".into()) } }
+        );
+        assert_eq!(
+            parse(&["cache", "purge"]).unwrap().command,
+            Command::Cache { command: CacheCommand::Purge { policy: None } }
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! - [`generate`]: the only place that makes key material: random bytes, passwords and PKCS#8
 //!   keys, plus the public JWK Set derived from them.
 //! - [`rotation`]: when a secret is due, the lease, and the staged rotation protocol.
+//! - [`cache`]: the sealed last-known-good cache (AES-256-GCM) a node restores from when it
+//!   starts without its store.
 //! - [`deliver`]: output formats (one file each, registered in one list) and the bundle writer
 //!   that swaps a whole directory of files atomically on tmpfs.
 //! - [`notify`]: telling applications their files changed: one file per notifier, registered
@@ -50,6 +52,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;

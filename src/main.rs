@@ -27,6 +27,7 @@ fn exit_code(error: &AppError) -> u8 {
         | AppError::Agent(_)
         | AppError::Store(_)
         | AppError::Deliver(_)
+        | AppError::Cache(_)
         | AppError::PoliciesFailed { .. }
         | AppError::Failing { .. }
         | AppError::ProbeFailed { .. }

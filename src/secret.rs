@@ -126,7 +126,7 @@ impl fmt::Display for VersionId {
 
 /// One version of a secret as read from its store: its id, its value, and the checksum the
 /// value was verified against.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Version {
     pub id: VersionId,
     pub value: SecretBytes,

@@ -35,7 +35,8 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
     let reporter = build::reporter(&config, &metrics, seams)?;
     let sender = reporter.clone().map(|r| AbortOnDrop::spawn(r.send()));
     let recorder = build::recorder(&config, metrics.clone(), reporter, seams);
-    let state = State::new(build::writer(&config, seams)?, recorder.clone());
+    let cache = build::cache(&config, seams)?;
+    let state = State::with_cache(build::writer(&config, seams)?, recorder.clone(), cache);
     let mut stores = build::stores(&config, &metrics, seams).await?;
     let signal_error = |source| AppError::Io { what: "cannot install signal handlers".into(), source };
     let mut stop = Stop {

@@ -3,10 +3,11 @@
 //! `rotate` and `store` all build through here, so each part is built one way.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{AppError, Seams};
+use crate::cache::{Cache, KeySource};
 use crate::config::{self, AgentFile, Config, System};
 use crate::deliver::{BundleWriter, DeliverError};
 use crate::report::Recorder;
@@ -80,6 +81,18 @@ pub fn reporter(config: &Config, metrics: &Arc<Metrics>, seams: &Seams) -> Resul
             |source| AppError::Io { what: format!("cannot open the report spool in {}", state_dir.display()), source },
         )?;
     Ok(Some(Arc::new(reporter)))
+}
+
+/// The sealed cache and its directory, when a key is found (`[cache] key_file`, or the systemd
+/// credential); a key that is named but cannot be read is an error, never a cache without one.
+pub fn cache(config: &Config, seams: &Seams) -> Result<Option<(Cache, PathBuf)>, AppError> {
+    let Some(source) = KeySource::find(config.cache.key_file.as_deref(), seams.credentials_directory.as_deref()) else {
+        return Ok(None);
+    };
+    let dir = config.agent.state_dir.join("cache");
+    let cache = Cache::open(&dir, source, &config.agent.node, seams.clock.clone())?;
+    tracing::info!(key = %cache.source(), key_id = cache.key_id(), dir = %dir.display(), "sealed cache open");
+    Ok(Some((cache, dir)))
 }
 
 /// The recorder every outcome goes to.

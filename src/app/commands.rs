@@ -4,12 +4,14 @@
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
 use super::build::{self, load, load_agent_file};
 use super::{AppError, Seams, Voice};
-use crate::cli::StoreCommand;
+use crate::cache::KeySource;
+use crate::cli::{CacheCommand, StoreCommand};
 use crate::config::{self, ConfigErrors, Declared, Machine, Problem, System};
 use crate::control::socket::{self, Answer};
 use crate::engine::{Engine, State};
@@ -318,7 +320,8 @@ pub async fn sync_once(path: &Path, json: bool, seams: &Seams) -> Result<(), App
     let config = Arc::new(load(path)?);
     let metrics = Arc::new(Metrics::new());
     let recorder = build::recorder(&config, metrics.clone(), None, seams);
-    let state = State::new(build::writer(&config, seams)?, recorder.clone());
+    let cache = build::cache(&config, seams)?;
+    let state = State::with_cache(build::writer(&config, seams)?, recorder.clone(), cache);
     let stores = build::stores(&config, &metrics, seams).await?;
     let engine = Engine::new(config.clone(), stores, state, seams.engine());
     let summary = engine.sync_all().await;
@@ -458,5 +461,114 @@ fn print_rotated(
             "REVOKED {name}: disabled version(s) {}; they are out of every verification set",
             disabled.join(", ")
         ));
+    }
+}
+
+/// `keyturn cache status|purge`: the sealed cache's entries, read without opening them (their
+/// headers need no key); the key is read only to say whether this node can open them.
+pub async fn cache(path: &Path, command: CacheCommand, seams: &Seams) -> Result<(), AppError> {
+    // The agent file is enough; the policies, when they load, give each entry its own limit.
+    let file = load_agent_file(path)?;
+    let policies = load(path).ok().map(|config| config.policies);
+    let dir = file.agent.state_dir.join("cache");
+    match command {
+        CacheCommand::Purge { policy } => {
+            let entries = crate::cache::list(&dir)?;
+            let mut removed = 0;
+            for (name, _) in entries.iter().filter(|(name, _)| policy.as_ref().is_none_or(|p| p == name)) {
+                std::fs::remove_file(crate::cache::entry_path(&dir, name)).map_err(|source| AppError::Io {
+                    what: format!("cannot remove {}", crate::cache::entry_path(&dir, name).display()),
+                    source,
+                })?;
+                removed += 1;
+            }
+            if let (Some(policy), 0) = (&policy, removed) {
+                return Err(AppError::Usage(format!(
+                    "the cache in {} holds no entry for policy {policy}",
+                    dir.display()
+                )));
+            }
+            println!("removed {removed} sealed entr{} from {}", if removed == 1 { "y" } else { "ies" }, dir.display());
+            Ok(())
+        }
+        CacheCommand::Status { json } => {
+            let source = KeySource::find(file.cache.key_file.as_deref(), seams.credentials_directory.as_deref());
+            let key_id = source.as_ref().map(crate::cache::key_id_of);
+            let now = seams.clock.now();
+            let mut rows = Vec::new();
+            for (name, header) in crate::cache::list(&dir)? {
+                let max_stale = policies
+                    .as_ref()
+                    .and_then(|all| all.iter().find(|p| p.name == name))
+                    .and_then(|p| p.max_stale)
+                    .unwrap_or(file.cache.max_stale);
+                let row = match header {
+                    Ok(header) => {
+                        let age = now.duration_since(header.sealed_at).unwrap_or_default();
+                        let state = match &key_id {
+                            None => "no key on this node".to_string(),
+                            Some(Err(_)) => "the key cannot be read".to_string(),
+                            Some(Ok(id)) if *id != header.key_id => "sealed with another key".to_string(),
+                            Some(Ok(_)) if header.node != file.agent.node => format!("sealed on node {}", header.node),
+                            Some(Ok(_)) if max_stale.is_zero() => "never delivered (max_stale 0)".to_string(),
+                            Some(Ok(_)) if age > max_stale => "older than max_stale".to_string(),
+                            Some(Ok(_)) => "deliverable".to_string(),
+                        };
+                        serde_json::json!({
+                            "policy": name,
+                            "store": header.store,
+                            "secret": header.secret,
+                            "version": header.version,
+                            "sealed_at": crate::clock::rfc3339(header.sealed_at),
+                            "age_seconds": age.as_secs(),
+                            "max_stale_seconds": max_stale.as_secs(),
+                            "state": state,
+                        })
+                    }
+                    Err(error) => serde_json::json!({ "policy": name, "state": format!("damaged: {error}") }),
+                };
+                rows.push(row);
+            }
+            let key = match (&source, &key_id) {
+                (Some(source), Some(Ok(id))) => serde_json::json!({ "source": source.to_string(), "key_id": id }),
+                (Some(source), Some(Err(error))) => serde_json::json!({ "source": source.to_string(), "error": error }),
+                _ => serde_json::Value::Null,
+            };
+            if json {
+                let status = serde_json::json!({ "dir": dir, "key": key, "entries": rows });
+                println!("{}", serde_json::to_string_pretty(&status).expect("json serializes"));
+                return Ok(());
+            }
+            match (&source, &key_id) {
+                (Some(source), Some(Ok(id))) => println!("cache {}: key from {source} (key id {id})", dir.display()),
+                (Some(source), Some(Err(error))) => {
+                    println!("cache {}: the key from {source} cannot be read: {error}", dir.display())
+                }
+                _ => println!(
+                    "cache {}: no key on this node ([cache] key_file, or the systemd credential {}): nothing is sealed or restored",
+                    dir.display(),
+                    crate::cache::CREDENTIAL
+                ),
+            }
+            println!("{:<24} {:<8} {:<22} {:>10} {:>10}  STATE", "POLICY", "VERSION", "SEALED", "AGE", "MAX STALE");
+            for row in &rows {
+                let text = |key: &str| row[key].as_str().unwrap_or("-").to_string();
+                let span = |key: &str| {
+                    row[key]
+                        .as_u64()
+                        .map_or("-".to_string(), |s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                };
+                println!(
+                    "{:<24} {:<8} {:<22} {:>10} {:>10}  {}",
+                    text("policy"),
+                    text("version"),
+                    text("sealed_at"),
+                    span("age_seconds"),
+                    span("max_stale_seconds"),
+                    text("state")
+                );
+            }
+            Ok(())
+        }
     }
 }

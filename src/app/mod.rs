@@ -30,11 +30,17 @@ pub struct Seams {
     pub pause_at: Option<String>,
     /// Where every "now" comes from.
     pub clock: SharedClock,
+    /// `CREDENTIALS_DIRECTORY`: where systemd put the unit's credentials (the cache key).
+    pub credentials_directory: Option<std::path::PathBuf>,
 }
 
 impl Seams {
     pub fn from_process() -> Self {
-        Seams { pause_at: std::env::var("KEYTURN_TEST_PAUSE_AT").ok(), clock: crate::clock::system() }
+        Seams {
+            pause_at: std::env::var("KEYTURN_TEST_PAUSE_AT").ok(),
+            clock: crate::clock::system(),
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY").map(Into::into),
+        }
     }
 
     fn bundle_pause(&self) -> Option<String> {
@@ -117,6 +123,8 @@ pub enum AppError {
     Store(Box<StoreError>),
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
     /// `status`: required policies are failing (the status says why).
     #[error("required policies are failing: {}", policies.join(", "))]
     Failing { policies: Vec<String> },
@@ -169,6 +177,7 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
             Ok(())
         }
         Command::Man { command } => manual(command.as_deref()),
+        Command::Cache { command } => commands::cache(path, command, &seams).await,
         Command::Probe { store, requests, location, secret, json } => {
             commands::probe(path, &store, requests, &location, secret.as_deref(), json).await
         }

@@ -42,6 +42,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub agent: Agent,
+    pub cache: CacheSettings,
     pub admin: Admin,
     pub control: Control,
     pub report: Option<Report>,
@@ -92,10 +93,22 @@ pub struct Bundle<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentFile {
     pub agent: Agent,
+    pub cache: CacheSettings,
     pub admin: Admin,
     pub control: Control,
     pub report: Option<Report>,
     pub stores: BTreeMap<String, StoreConfig>,
+}
+
+/// `[cache]`: the sealed last-known-good cache (see `crate::cache`). There is a cache when a
+/// key is found: `key_file`, or else the systemd credential `keyturn-cache-key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// The key, never beside the cache (validation refuses it under `state_dir`).
+    pub key_file: Option<PathBuf>,
+    /// How old a sealed entry may be and still be delivered; a policy may say otherwise. Zero:
+    /// never.
+    pub max_stale: Duration,
 }
 
 /// `[admin]`: the HTTP listener for `/metrics`, `/healthz` and `/readyz`.
@@ -189,6 +202,8 @@ pub struct Policy {
     pub notify: Option<Notify>,
     /// More secrets for templates (`[secrets.NAME]`), read and watched with the main one.
     pub extras: BTreeMap<String, ExtraSecret>,
+    /// The policy's own `[cache] max_stale`, instead of the agent's.
+    pub max_stale: Option<Duration>,
 }
 
 /// A `[secrets.NAME]`: another secret a template can use as `{{ secrets.NAME }}`.

@@ -28,6 +28,21 @@ pub struct Agent {
     pub shutdown_grace: Option<Spanned<String>>,
 }
 
+/// `[cache]` of the agent file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    pub key_file: Option<Spanned<String>>,
+    pub max_stale: Option<Spanned<String>>,
+}
+
+/// `[cache]` of a policy file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCache {
+    pub max_stale: Option<Spanned<String>>,
+}
+
 /// `[admin]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

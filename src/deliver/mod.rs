@@ -147,6 +147,7 @@ mod tests {
             rotate: None,
             notify: None,
             extras: BTreeMap::new(),
+            max_stale: None,
         };
         // Measured on the release before the formats became one file each.
         assert_eq!(spec(&policy, "api"), SPEC_OF_THE_POLICY_ABOVE);

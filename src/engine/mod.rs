@@ -17,6 +17,7 @@
 //! the rotation schedule and the grace period) and the previous version's public key (for
 //! JWK sets), both kept in memory per policy. Public keys and times only; never a value.
 
+mod offline;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -106,6 +107,8 @@ struct Pulled<'a> {
     /// When its store read began: a delivery event's `duration_ms` counts from here to the
     /// bundle in place.
     started: Instant,
+    /// When it came from the sealed cache instead of the store: when it was sealed.
+    restored: Option<std::time::SystemTime>,
 }
 
 pub struct Engine<S> {
@@ -199,6 +202,10 @@ impl<S: SecretStore + 'static> Engine<S> {
     /// bundles that no policy delivers any more.
     pub async fn sync_all(&self) -> SyncSummary {
         let started = Instant::now();
+        // Before the first store read: a required policy whose bundle is missing (a node that
+        // rebooted, its tmpfs empty) is rebuilt from its sealed entry, so applications and
+        // READY need not wait for a store that may be out of reach.
+        self.restore_missing();
         let limit = Arc::new(Semaphore::new(SYNC_CONCURRENCY));
         let mut fetches = JoinSet::new();
         for index in 0..self.config.policies.len() {
@@ -227,7 +234,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                 other => other,
             };
             match result {
-                Ok(fetched) => pulled.push(Pulled { policy, fetched, started }),
+                Ok(fetched) => pulled.push(Pulled { policy, fetched, started, restored: None }),
                 Err(e) => self.read_failed(policy, &e, None, &mut summary),
             }
         }
@@ -277,7 +284,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         let mut summary = SyncSummary::default();
         let started = Instant::now();
         match Box::pin(self.pull(policy)).await {
-            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started }], &mut summary),
+            Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started, restored: None }], &mut summary),
             Err(e) => self.read_failed(policy, &e, retry_in, &mut summary),
         }
         summary
@@ -315,6 +322,9 @@ impl<S: SecretStore + 'static> Engine<S> {
             Ok(Outcome::Rotated { version, previous, disabled }) => {
                 // The next pull reads the new current version's details afresh.
                 self.state.known().remove(&policy.name);
+                for revoked in disabled {
+                    self.purge_cached(policy, revoked);
+                }
                 let revoked = trigger == Trigger::Revoke;
                 let outcome = Recorded::Rotated { version, previous: previous.as_ref(), disabled, revoked, took };
                 self.recorder().record(subject(policy), outcome);
@@ -339,6 +349,10 @@ impl<S: SecretStore + 'static> Engine<S> {
             Err(e) => {
                 if is_missing(&e) {
                     self.state.known().insert(policy.name.clone(), Known::Missing);
+                }
+                if let StoreError::NotEnabled { version, .. } = &e {
+                    // Disabled or destroyed: it must not come back from the cache either.
+                    self.purge_cached(policy, version);
                 }
                 return Err(e);
             }
@@ -453,14 +467,21 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         drop(writer);
 
-        for Pulled { policy, fetched, started } in &pulled {
+        for Pulled { policy, fetched, started, restored } in &pulled {
             let version = &fetched.version.id;
             match outcome.remove(policy.name.as_str()) {
                 Some(Ok(true)) => {
                     summary.delivered += 1;
                     let previous_listed = fetched.previous.as_ref().map(|p| &p.version);
                     let took = started.elapsed();
-                    self.recorder().record(subject(policy), Recorded::Delivered { version, previous_listed, took });
+                    let outcome = match restored {
+                        Some(sealed_at) => Recorded::Restored { version, sealed_at: *sealed_at },
+                        None => Recorded::Delivered { version, previous_listed, took },
+                    };
+                    self.recorder().record(subject(policy), outcome);
+                    if restored.is_none() {
+                        self.seal(policy, fetched);
+                    }
                     if let Some(handle) = self.notify.get(&policy.name) {
                         let root = &self.config.agent.runtime_dir;
                         handle.changed(notify::Change {
@@ -472,7 +493,10 @@ impl<S: SecretStore + 'static> Engine<S> {
                 }
                 Some(Ok(false)) => {
                     summary.unchanged += 1;
-                    self.recorder().record(subject(policy), Recorded::Unchanged { version });
+                    if restored.is_none() {
+                        self.recorder().record(subject(policy), Recorded::Unchanged { version });
+                        self.seal(policy, fetched);
+                    }
                 }
                 Some(Err(error)) => {
                     self.recorder().record(subject(policy), Recorded::DeliveryFailed { version, error: &error });

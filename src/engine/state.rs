@@ -3,9 +3,11 @@
 //! and randomness through.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use crate::cache::Cache;
 use crate::clock::SharedClock;
 use crate::deliver::{BundleWriter, Previous};
 use crate::report::Recorder;
@@ -51,16 +53,47 @@ pub struct State {
     /// for on the control socket share a pid, so the lease alone cannot tell them apart.
     rotating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub recorder: Arc<Recorder>,
+    /// The sealed last-known-good cache, when a key is configured.
+    cache: Option<Arc<Cache>>,
+    /// What each policy's cache entry was sealed from ([`crate::cache::Header::inputs`]), so a
+    /// delivery is sealed once, not at every poll.
+    sealed: Mutex<HashMap<String, String>>,
 }
 
 impl State {
     pub fn new(writer: BundleWriter, recorder: Arc<Recorder>) -> Arc<Self> {
+        State::with_cache(writer, recorder, None)
+    }
+
+    /// A state that seals what it delivers into `cache`; what the cache holds already (read
+    /// from its entries' headers, without the key) is not sealed again.
+    pub fn with_cache(writer: BundleWriter, recorder: Arc<Recorder>, cache: Option<(Cache, PathBuf)>) -> Arc<Self> {
+        let mut sealed = HashMap::new();
+        let cache = cache.map(|(cache, dir)| {
+            for (policy, header) in crate::cache::list(&dir).unwrap_or_default() {
+                if let Ok(header) = header {
+                    sealed.insert(policy, header.inputs);
+                }
+            }
+            Arc::new(cache)
+        });
         Arc::new(State {
             writer: Mutex::new(writer),
             known: Mutex::new(HashMap::new()),
             rotating: Mutex::new(HashMap::new()),
             recorder,
+            cache,
+            sealed: Mutex::new(sealed),
         })
+    }
+
+    pub fn cache(&self) -> Option<&Cache> {
+        self.cache.as_deref()
+    }
+
+    /// What `policy`'s entry was sealed from, as far as this process knows.
+    pub(super) fn sealed(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.sealed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn writer(&self) -> MutexGuard<'_, BundleWriter> {

@@ -316,6 +316,49 @@ impl PublicKey {
         self.kind
     }
 
+    /// The key in a form to store and read back ([`PublicKey::from_stored`]): its kind, SPKI
+    /// DER and JWK members, as JSON. Public, so it needs no care; the sealed cache keeps a JWK
+    /// set's previous key this way.
+    pub fn to_stored(&self) -> Vec<u8> {
+        let jwk = match &self.jwk {
+            JwkMembers::Okp { x } => serde_json::json!({ "x": x }),
+            JwkMembers::Ec { crv, x, y } => serde_json::json!({ "crv": crv, "x": x, "y": y }),
+            JwkMembers::Rsa { n, e } => serde_json::json!({ "n": n, "e": e }),
+        };
+        let stored = serde_json::json!({
+            "kind": self.kind.to_string(),
+            "spki": URL_SAFE_NO_PAD.encode(&self.spki),
+            "jwk": jwk,
+        });
+        serde_json::to_vec(&stored).expect("json serializes")
+    }
+
+    /// A key written by [`PublicKey::to_stored`].
+    pub fn from_stored(bytes: &[u8]) -> Result<PublicKey, KeyError> {
+        let stored: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| KeyError::NotKey)?;
+        let text = |value: &serde_json::Value| value.as_str().map(String::from).ok_or(KeyError::NotKey);
+        let kind = match stored["kind"].as_str().ok_or(KeyError::NotKey)? {
+            "ed25519" => KeyKind::Ed25519,
+            "ecdsa-p256" => KeyKind::EcdsaP256,
+            "ecdsa-p384" => KeyKind::EcdsaP384,
+            rsa => {
+                KeyKind::Rsa { bits: rsa.strip_prefix("rsa-").and_then(|b| b.parse().ok()).ok_or(KeyError::NotKey)? }
+            }
+        };
+        let spki = URL_SAFE_NO_PAD.decode(text(&stored["spki"])?).map_err(|_| KeyError::NotKey)?;
+        let jwk = &stored["jwk"];
+        let jwk = match kind {
+            KeyKind::Ed25519 => JwkMembers::Okp { x: text(&jwk["x"])? },
+            KeyKind::EcdsaP256 | KeyKind::EcdsaP384 => JwkMembers::Ec {
+                crv: if kind == KeyKind::EcdsaP256 { "P-256" } else { "P-384" },
+                x: text(&jwk["x"])?,
+                y: text(&jwk["y"])?,
+            },
+            KeyKind::Rsa { .. } => JwkMembers::Rsa { n: text(&jwk["n"])?, e: text(&jwk["e"])? },
+        };
+        Ok(PublicKey { kind, spki, jwk })
+    }
+
     pub fn spki_pem(&self) -> String {
         let pem = pem_encode("PUBLIC KEY", &self.spki);
         String::clone(&pem)
@@ -486,8 +529,8 @@ pub(super) mod tests {
     use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 
     use super::*;
-    use crate::generate::Generator;
     use crate::generate::tests::{generated, generated_keys};
+    use crate::generate::{Generator, RsaBits};
 
     /// The contents of each element of a DER SEQUENCE, for taking keys apart in tests. Handles
     /// the short and two-byte long length forms, which is all a key of these sizes uses.
@@ -642,6 +685,17 @@ pub(super) mod tests {
             assert_eq!(kid.len(), 43);
             assert!(kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{kid}");
         }
+    }
+
+    #[test]
+    fn public_keys_are_stored_and_read_back_whole() {
+        for generator in
+            [Generator::Ed25519, Generator::EcdsaP256, Generator::EcdsaP384, Generator::Rsa(RsaBits::B2048)]
+        {
+            let public = PrivateKey::parse(&generator.generate().unwrap()).unwrap().public_key();
+            assert_eq!(PublicKey::from_stored(&public.to_stored()).unwrap(), public, "{}", generator.name());
+        }
+        assert!(PublicKey::from_stored(b"{}").is_err());
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum Kind {
     NotifyFailed,
     /// A reload was refused; the running configuration stays.
     ConfigRejected,
+    /// A bundle was rebuilt from the sealed cache, the store not read yet.
+    Restored,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Revoked => "dev.keyturn.secret.revoked",
             Kind::NotifyFailed => "dev.keyturn.secret.notify_failed",
             Kind::ConfigRejected => "dev.keyturn.config.rejected",
+            Kind::Restored => "dev.keyturn.secret.restored",
         }
     }
 }
@@ -72,6 +75,9 @@ pub struct Facts {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// How old a version restored from the sealed cache was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

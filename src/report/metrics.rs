@@ -69,6 +69,9 @@ pub struct Metrics {
     pub report_spool: Gauge,
     /// 1 once every required policy has been delivered.
     pub ready: Gauge,
+    /// Seconds since the version on disk was sealed, for a policy rebuilt from the cache and
+    /// not yet read from its store; absent otherwise.
+    pub stale: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// 1 when the files on disk are the configuration the agent runs, 0 after a refused reload.
     pub config_last_reload_successful: Gauge,
@@ -95,6 +98,7 @@ impl Metrics {
             report_events: Family::default(),
             report_spool: Gauge::default(),
             ready: Gauge::default(),
+            stale: Family::default(),
             config_reloads: Family::default(),
             config_last_reload_successful: Gauge::default(),
             config_last_reload_success: Timestamp::default(),
@@ -147,6 +151,11 @@ impl Metrics {
         );
         registry.register("keyturn_ready", "1 once every required policy has been delivered", metrics.ready.clone());
         registry.register(
+            "keyturn_secret_stale_seconds",
+            "How old the files on disk are, for a policy rebuilt from the sealed cache whose store has not answered yet",
+            metrics.stale.clone(),
+        );
+        registry.register(
             "keyturn_config_reloads",
             "Configuration reloads, by result (ok, unchanged, error: refused, the running configuration stays)",
             metrics.config_reloads.clone(),
@@ -193,6 +202,7 @@ impl Metrics {
         }
         self.last_success.remove(&PolicyLabel { policy: policy.into() });
         self.next_rotation.remove(&PolicyLabel { policy: policy.into() });
+        self.stale.remove(&PolicyLabel { policy: policy.into() });
     }
 }
 

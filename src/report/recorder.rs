@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
 use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, ResultLabel};
-use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Status};
+use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Stale, Status};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
 
@@ -77,6 +77,12 @@ pub enum Outcome<'a> {
     /// When this node will next try to rotate the secret.
     NextRotation {
         due: SystemTime,
+    },
+    /// The bundle was rebuilt from the sealed cache, from what was sealed at `sealed_at`; the
+    /// store has not been read yet.
+    Restored {
+        version: &'a VersionId,
+        sealed_at: SystemTime,
     },
     /// Applications were told of `version`, one result per notifier.
     Notified {
@@ -143,16 +149,38 @@ impl Recorder {
                     ..events::Facts::default()
                 };
                 self.event(subject, events::Kind::Delivered, "ok", facts);
+                self.fresh(subject);
                 self.update(subject, |s| {
                     s.version = Some(version.clone());
                     s.delivered_at = Some(at.clone());
                     s.checked_at = Some(at);
                     s.last_error = None;
                     s.consecutive_failures = 0;
+                    s.stale = None;
+                });
+            }
+            Outcome::Restored { version, sealed_at } => {
+                let old = self.status().policies.get(policy).and_then(|s| s.version.as_ref().map(ToString::to_string));
+                self.metrics.delivered(policy, old.as_deref(), version.as_str());
+                let age = now.duration_since(sealed_at).unwrap_or_default();
+                self.metrics.stale.get_or_create(&PolicyLabel { policy: policy.to_string() }).set(age.as_secs_f64());
+                let sealed = clock::rfc3339(sealed_at);
+                tracing::warn!(policy = %policy, %version, sealed = %sealed, "restored from the sealed cache: the store has not been read yet");
+                let facts = events::Facts {
+                    version: Some(version.to_string()),
+                    stale_seconds: Some(age.as_secs()),
+                    ..events::Facts::default()
+                };
+                self.event(subject, events::Kind::Restored, "ok", facts);
+                self.update(subject, |s| {
+                    s.version = Some(version.clone());
+                    s.delivered_at = Some(at.clone());
+                    s.stale = Some(Stale { sealed_at: sealed, restored_at: at });
                 });
             }
             Outcome::Unchanged { version } => {
                 self.on_disk(subject, version, now);
+                self.fresh(subject);
                 self.update(subject, |s| {
                     if s.version.as_ref() != Some(version) {
                         // Already on disk from an earlier run.
@@ -162,9 +190,11 @@ impl Recorder {
                     s.checked_at = Some(at);
                     s.last_error = None;
                     s.consecutive_failures = 0;
+                    s.stale = None;
                 });
             }
             Outcome::ReadFailed { error, retry_in } => {
+                self.still_stale(subject, now);
                 tracing::warn!(
                     policy = %policy,
                     store = %subject.store,
@@ -236,6 +266,25 @@ impl Recorder {
         self.metrics.delivered(subject.policy, old.as_deref(), version.as_str());
         self.metrics.success_at(subject.policy, now);
         old.filter(|old| old != version.as_str())
+    }
+
+    /// The store answered for the policy: files from the cache, if any, are replaced or
+    /// confirmed, and no longer stale.
+    fn fresh(&self, subject: Subject<'_>) {
+        self.metrics.stale.remove(&PolicyLabel { policy: subject.policy.to_string() });
+    }
+
+    /// The store still has not answered: how old restored files are now.
+    fn still_stale(&self, subject: Subject<'_>, now: SystemTime) {
+        let sealed =
+            self.status().policies.get(subject.policy).and_then(|s| s.stale.as_ref().map(|s| s.sealed_at.clone()));
+        if let Some(sealed_at) = sealed.and_then(|t| humantime::parse_rfc3339(&t).ok()) {
+            let age = now.duration_since(sealed_at).unwrap_or_default();
+            self.metrics
+                .stale
+                .get_or_create(&PolicyLabel { policy: subject.policy.to_string() })
+                .set(age.as_secs_f64());
+        }
     }
 
     fn failed(&self, subject: Subject<'_>, error: &str, at: String) {

@@ -80,6 +80,17 @@ pub struct PolicyStatus {
     /// Why the last notification failed after every attempt, until one succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_error: Option<String>,
+    /// The files on disk came from the sealed cache, not the store: until the store answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<Stale>,
+}
+
+/// Files rebuilt from the sealed cache at start, while the store has not answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stale {
+    /// When the version on disk was sealed: how old what the applications read may be.
+    pub sealed_at: String,
+    pub restored_at: String,
 }
 
 /// A rotation this node made.
@@ -150,7 +161,11 @@ impl Status {
             .map(|(name, p)| {
                 [
                     name.clone(),
-                    p.version.as_ref().map_or("-".into(), ToString::to_string),
+                    match (&p.version, &p.stale) {
+                        (Some(v), Some(stale)) => format!("{v} (from the cache, sealed {})", stale.sealed_at),
+                        (Some(v), None) => v.to_string(),
+                        (None, _) => "-".into(),
+                    },
                     p.delivered_at.clone().unwrap_or_else(|| "-".into()),
                     p.checked_at.clone().unwrap_or_else(|| "-".into()),
                     p.next_rotation.clone().unwrap_or_else(|| "-".into()),

@@ -522,6 +522,7 @@ mod tests {
             rotate: Some(rotate.clone()),
             notify: None,
             extras: BTreeMap::new(),
+            max_stale: None,
         }
     }
 

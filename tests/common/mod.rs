@@ -297,6 +297,16 @@ pub fn write(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
+/// [`write`] for bytes.
+pub fn write_bytes(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_extension("tmp-write");
+    let mut file = fs::File::create(&tmp).unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}--- stderr\n{}",

@@ -11,8 +11,8 @@ use toml::de::{DeTable, DeValue};
 use super::source::{Account, Section, Source};
 use super::{DEFAULT_POLICIES_DIR, stores};
 use crate::config::raw;
-use crate::config::units::{check_outbound_url, parse_mode, parse_ratio};
-use crate::config::{Accounts, Admin, Agent, AgentFile, Control, Environment, Problem, Report};
+use crate::config::units::{check_outbound_url, optional_duration, parse_mode, parse_ratio};
+use crate::config::{Accounts, Admin, Agent, AgentFile, CacheSettings, Control, Environment, Problem, Report};
 use crate::store::StoreConfig;
 
 const DEFAULT_RUNTIME_DIR: &str = "/run/keyturn";
@@ -26,12 +26,16 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MIN_POLL: Duration = Duration::from_secs(1);
 /// The admin listener serves metrics and health, never values; by default on loopback only.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
-const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report"];
+const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report", "cache"];
+/// How old a sealed cache entry may be, by default: a week, as long as Google Distributed
+/// Cloud's connected clusters are built to run without the cloud.
+const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
 
 /// The sections of an agent file, each `None` if it was wrong (problems say why).
 #[derive(Default)]
 pub(super) struct Parts {
     pub agent: Option<Agent>,
+    pub cache: Option<CacheSettings>,
     pub admin: Option<Admin>,
     pub control: Option<Control>,
     pub report: Option<Option<Report>>,
@@ -42,6 +46,7 @@ impl Parts {
     pub fn complete(self) -> Option<AgentFile> {
         Some(AgentFile {
             agent: self.agent?,
+            cache: self.cache?,
             admin: self.admin?,
             control: self.control?,
             report: self.report?,
@@ -65,6 +70,8 @@ pub(super) fn sections(
     let agent = agent_section(&mut Section::new(source, "agent", value("agent"), env, accounts, problems));
     let admin = admin_section(&mut Section::new(source, "admin", value("admin"), env, accounts, problems));
     let control = control_section(&mut Section::new(source, "control", value("control"), env, accounts, problems));
+    let state_dir = agent.as_ref().map(|a| a.state_dir.as_path());
+    let cache = cache_section(&mut Section::new(source, "cache", value("cache"), env, accounts, problems), state_dir);
     let report = match table.get("report") {
         Some(_) => {
             report_section(&mut Section::new(source, "report", value("report"), env, accounts, problems)).map(Some)
@@ -75,7 +82,7 @@ pub(super) fn sections(
         Some(value) => stores::sections(source, value, env, accounts, problems),
         None => BTreeMap::new(),
     };
-    Parts { agent, admin, control, report, stores }
+    Parts { agent, cache, admin, control, report, stores }
 }
 
 fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
@@ -133,6 +140,37 @@ fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
         rotate: raw.rotate.unwrap_or(true),
         shutdown_grace: shutdown_grace?,
     })
+}
+
+fn cache_section(section: &mut Section<'_, '_>, state_dir: Option<&std::path::Path>) -> Option<CacheSettings> {
+    let raw: raw::Cache = section.parse()?;
+    let key_file = match &raw.key_file {
+        Some(path) => {
+            let key = section.path(path, "key_file")?;
+            if let Some(state_dir) = state_dir.filter(|dir| key.starts_with(dir)) {
+                section.problem(
+                    Some(path.span()),
+                    "key_file",
+                    format!(
+                        "{} is in the state directory {}, beside the cache it opens: keep the key elsewhere (a Secret volume, another device, or the systemd credential {})",
+                        key.display(),
+                        state_dir.display(),
+                        crate::cache::CREDENTIAL
+                    ),
+                );
+                return None;
+            }
+            Some(key)
+        }
+        None => None,
+    };
+    let max_stale = match &raw.max_stale {
+        Some(value) => {
+            optional_duration(value.get_ref()).map_err(|m| section.problem(Some(value.span()), "max_stale", m)).ok()?
+        }
+        None => DEFAULT_MAX_STALE,
+    };
+    Some(CacheSettings { key_file, max_stale })
 }
 
 fn admin_section(section: &mut Section<'_, '_>) -> Option<Admin> {

@@ -80,6 +80,7 @@ pub fn check(
     let config = match parts.complete() {
         Some(file) if problems.is_empty() => Some(Config {
             agent: file.agent,
+            cache: file.cache,
             admin: file.admin,
             control: file.control,
             report: file.report,

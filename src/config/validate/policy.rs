@@ -10,11 +10,12 @@ use toml::Spanned;
 
 use super::source::{Section, Source, count_problems};
 use super::{deliver, is_simple_name, notify, rotate};
+use crate::config::units::optional_duration;
 use crate::config::{Accounts, Environment, ExtraSecret, Owner, Policy, Problem, raw};
 use crate::secret::{SecretId, VersionId};
 use crate::store::{Selector, StoreConfig};
 
-const SECTIONS: &[&str] = &["secret", "secrets", "rotate", "deliver", "notify"];
+const SECTIONS: &[&str] = &["secret", "secrets", "rotate", "deliver", "notify", "cache"];
 
 /// The policies checked so far, and what the checks that span them need.
 pub(super) struct Policies<'a> {
@@ -165,6 +166,19 @@ impl<'a> Policies<'a> {
             )),
         }
 
+        let max_stale = match table.get("cache") {
+            Some(value) => {
+                let mut section = Section::new(file, "cache", value.clone(), env, accounts, problems);
+                section.parse::<raw::PolicyCache>().map(|raw| {
+                    raw.max_stale.and_then(|value| {
+                        optional_duration(value.get_ref())
+                            .map_err(|m| section.problem(Some(value.span()), "max_stale", m))
+                            .ok()
+                    })
+                })
+            }
+            None => Some(None),
+        };
         let notify = table
             .get("notify")
             .map(|value| notify::section(&mut Section::new(file, "notify", value.clone(), env, accounts, problems)));
@@ -197,6 +211,7 @@ impl<'a> Policies<'a> {
             rotate,
             notify,
             extras,
+            max_stale: max_stale?,
         })
     }
 
