@@ -4,7 +4,7 @@
 # repository. Progress goes to stderr. About 4 to 5 minutes of benchmarks plus the build
 # (3 to 4 minutes from scratch on 2 cores).
 #
-# Needs: the Rust toolchain pinned in rust-toolchain.toml, gcc, binutils (strip), git, and
+# Needs: the Rust toolchain pinned in rust-toolchain.toml, gcc, libssl-dev, binutils (strip), git, and
 # /dev/shm (tmpfs). Everything listens on 127.0.0.1 and is stopped and removed at the end.
 #
 #   scripts/bench.sh                      # everything
@@ -19,6 +19,7 @@ need() {
 need cargo "install Rust with rustup"
 need gcc "apt-get install gcc"
 need git "apt-get install git"
+[ -f /usr/include/openssl/evp.h ] || { echo "scripts/bench.sh: OpenSSL's headers are required (the sealed-cache baseline decrypts with EVP): apt-get install libssl-dev" >&2; exit 1; }
 
 started=$(date +%s)
 target="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -28,7 +29,7 @@ echo "scripts/bench.sh: building keyturn, gcp-emulator and keyturn-bench (releas
 cargo build --release -p keyturn -p gcp-emulator -p keyturn-bench >&2
 baseline="$target/bench-baseline"
 mkdir -p "$baseline"
-gcc -O2 -Wall -Wextra -o "$baseline/io" bench/baseline/io.c
+gcc -O2 -Wall -Wextra -o "$baseline/io" bench/baseline/io.c -lcrypto
 gcc -O2 -Wall -Wextra -o "$baseline/stamp" bench/baseline/stamp.c
 built=$(date +%s)
 

@@ -341,12 +341,17 @@ fn the_state_directory_holds_no_secret_value_in_any_encoding() {
         needles.push(value.to_string());
         needles.push(base64::engine::general_purpose::STANDARD.encode(value));
         needles.push(value.trim_start_matches("FIXTURE-").to_string());
+        needles.push(value.bytes().map(|b| format!("{b:02x}")).collect());
     }
     needles.push(read(node.world.bundle("app/db.env")).trim().to_string());
     needles.push(read(node.world.bundle("api/config.ini")).lines().next().unwrap().to_string());
     for line in read(node.world.bundle("web/signing.pem")).lines().filter(|l| !l.starts_with("-----")) {
         needles.push(line.to_string());
     }
+    // The private key as the bytes it is made of (the PEM's body, decoded), not only as text.
+    let pem = read(node.world.bundle("web/signing.pem"));
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
     let mut scanned = 0;
     for file in common::walk(&node.world.state()) {
         let bytes = std::fs::read(&file).unwrap();
@@ -354,6 +359,7 @@ fn the_state_directory_holds_no_secret_value_in_any_encoding() {
         for needle in &needles {
             assert!(!text.contains(needle.as_str()), "{} holds {needle:?}", file.display());
         }
+        assert!(!bytes.windows(der.len()).any(|w| w == der.as_slice()), "{} holds the private key's DER", file.display());
         scanned += 1;
     }
     assert!(scanned >= 4, "the cache's entries and the status file were scanned ({scanned} files)");

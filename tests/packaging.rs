@@ -33,7 +33,7 @@ const CRD_KINDS: [&str; 1] = ["PodMonitor"];
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
-    for variant in [Variant::Plain, Variant::Owners] {
+    for variant in [Variant::Plain, Variant::Owners, Variant::Cache] {
         let dir = tempfile::tempdir().unwrap();
         let unit = install_unit(dir.path(), variant);
         let out = systemd_analyze(&["verify", "--man=no"], &unit);
@@ -175,6 +175,8 @@ enum Variant {
     Plain,
     /// With `systemd/owners.conf` as a drop-in.
     Owners,
+    /// With `systemd/cache.conf` as a drop-in.
+    Cache,
 }
 
 /// Copies the unit into `dir`, running the binary under test instead of
@@ -185,9 +187,14 @@ fn install_unit(dir: &Path, variant: Variant) -> PathBuf {
     assert!(unit.contains("/usr/local/bin/keyturn "), "the unit no longer runs /usr/local/bin/keyturn");
     let path = dir.join("keyturn.service");
     common::write(&path, &unit.replace("/usr/local/bin/keyturn", common::BIN));
-    if let Variant::Owners = variant {
-        let drop_in = common::read(Path::new(REPO).join("systemd/owners.conf"));
-        common::write(&dir.join("keyturn.service.d/owners.conf"), &drop_in);
+    let drop_in = match variant {
+        Variant::Plain => None,
+        Variant::Owners => Some("owners.conf"),
+        Variant::Cache => Some("cache.conf"),
+    };
+    if let Some(name) = drop_in {
+        let text = common::read(Path::new(REPO).join("systemd").join(name));
+        common::write(&dir.join("keyturn.service.d").join(name), &text);
     }
     path
 }

@@ -51,6 +51,11 @@ pub fn sync_once(bench: &Bench, agent: &fixture::Agent, credentials: Option<&Pat
 /// `keyturn agent` from spawn to READY=1, in ms; the agent is stopped afterwards.
 pub fn agent_ready(bench: &Bench, agent: &fixture::Agent, credentials: Option<&Path>) -> Result<f64, Error> {
     agent.clear()?;
+    time_to_ready(bench, agent, credentials)
+}
+
+/// `keyturn agent` from spawn to READY=1 on whatever the agent's directories hold, in ms.
+fn time_to_ready(bench: &Bench, agent: &fixture::Agent, credentials: Option<&Path>) -> Result<f64, Error> {
     let socket = NotifySocket::bind(&agent.config.with_file_name("notify.sock"))?;
     let mut command = agent_command(&bench.keyturn, &agent.config, &socket, credentials);
     let mut process = Process::spawn("keyturn agent", &mut command)?;
@@ -62,9 +67,21 @@ pub fn agent_ready(bench: &Bench, agent: &fixture::Agent, credentials: Option<&P
 
 /// The C program doing the same file I/O, from spawn to exit, in ms.
 fn baseline_io(bench: &Bench, store: &Path, runtime_dir: &Path, size: usize) -> Result<f64, Error> {
-    fixture::remove(runtime_dir)?;
     let mut command = Command::new(&bench.baseline_io);
-    command.arg(store).arg(runtime_dir).arg(size.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
+    command.arg(store);
+    time_io(command, runtime_dir, size)
+}
+
+/// The C program opening the same sealed entries and writing the same bundles, in ms.
+fn baseline_sealed(bench: &Bench, key: &Path, cache: &Path, runtime_dir: &Path, size: usize) -> Result<f64, Error> {
+    let mut command = Command::new(&bench.baseline_io);
+    command.arg("--sealed").arg(key).arg(cache);
+    time_io(command, runtime_dir, size)
+}
+
+fn time_io(mut command: Command, runtime_dir: &Path, size: usize) -> Result<f64, Error> {
+    fixture::remove(runtime_dir)?;
+    command.arg(runtime_dir).arg(size.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
     let started = Instant::now();
     let status = command.status()?;
     let elapsed = millis(started);
@@ -91,6 +108,46 @@ pub fn http_command(bench: &Bench, emulator: &Emulator, size: usize) -> Command 
         .args(["--endpoint", &format!("http://127.0.0.1:{}", emulator.port), "--project", "acme-edge"])
         .args(["--prefix", "s", "--count", &size.to_string(), "--concurrency", "32"]);
     command
+}
+
+/// A node that reboots during a partition: the agent delivered from the emulator once (sealing
+/// each value into its cache), then starts with its runtime directory empty and its store
+/// unreachable (the endpoint and the token URI a closed port), and is timed to READY=1.
+fn from_cache(bench: &Bench, setup: &Setup, dir: &Path, size: usize) -> Result<(Summary, Summary), Error> {
+    fixture::fresh_dir(dir)?;
+    let key = dir.join("cache.key");
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "no random cache key")?;
+    fixture::write_file(&key, &bytes, 0o400)?;
+    let cache = format!("\n[cache]\nkey_file = \"{}\"\n", key.display());
+    let online = setup.gcp_stores() + &cache;
+    let spec = fixture::AgentSpec { node: "bench", policies: &setup.gcp_policies[&size], poll: "60s", stores: &online };
+    let agent = fixture::agent(&dir.join("agent"), &spec)?;
+    sync_once(bench, &agent, Some(&setup.emulator.key_file))?;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let offline = online.replace(&format!("127.0.0.1:{}", setup.emulator.port), &format!("127.0.0.1:{closed}"));
+    let text = std::fs::read_to_string(&agent.config)?;
+    if !text.contains(&online) {
+        return Err(format!("{} does not hold the store written into it", agent.config.display()).into());
+    }
+    let text = text.replace(&online, &offline);
+    fixture::write_file(&agent.config, text.as_bytes(), 0o644)?;
+    let mut credentials: serde_json::Value = serde_json::from_slice(&std::fs::read(&setup.emulator.key_file)?)?;
+    credentials["token_uri"] = format!("http://127.0.0.1:{closed}/token").into();
+    let unreachable = dir.join("service-account.json");
+    fixture::write_file(&unreachable, &serde_json::to_vec(&credentials)?, 0o600)?;
+
+    let io_dir = dir.join("io");
+    let sealed = agent.state_dir.join("cache");
+    alternate(
+        if size == 1 { 10 } else { 7 },
+        || {
+            fixture::remove(&agent.runtime_dir)?;
+            time_to_ready(bench, &agent, Some(&unreachable))
+        },
+        || baseline_sealed(bench, &key, &sealed, &io_dir, size),
+    )
 }
 
 /// Alternates `measure` and `baseline` `runs` times after one warm-up of each.
@@ -174,6 +231,11 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
             table.push_str(&row("emulator", "`agent` → READY=1", 100, &Summary::of(&ready), &http, "HTTP"));
         }
     }
+    for size in [1, 100] {
+        bench.progress(&format!("cold start: store unreachable, {size} policies, agent to READY=1 from the cache"));
+        let (keyturn, c) = from_cache(bench, setup, &dir.join(format!("cache-{size}")), size)?;
+        table.push_str(&row("unreachable", "`agent` → READY=1 from the cache", size, &keyturn, &c, "C unseal"));
+    }
     fixture::remove(&dir)?;
     // The cost of one more policy: the slope between the smallest and the largest run.
     let marginal = match (local.first(), local.last()) {
@@ -224,6 +286,14 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
          values over HTTP: configuration, delivery to tmpfs, logging, status. In both programs \
          the token exchange costs tens of milliseconds of CPU before the first request (loading \
          the RSA key from the key file and signing the assertion with aws-lc-rs), which is most \
-         of a one-policy start.\n\n{table}{marginal}"
+         of a one-policy start. *Store unreachable* (a node that reboots during a partition): the \
+         agent, with a cache key, delivers from the emulator once (sealing each value into \
+         `STATE_DIR/cache`), then starts with its runtime directory empty and the store's endpoint \
+         and token URI on a closed port, and is timed from spawn to `READY=1`, which it sends once \
+         every bundle is rebuilt from the cache (its store reads fail afterwards). The baseline is \
+         `io --sealed` (same C program, linked with OpenSSL's libcrypto): per policy it reads the \
+         sealed entry, parses its header, decrypts it with AES-256-GCM (the header as associated \
+         data), checks the value's CRC32C, and writes the same bundle as above; 10 runs (1 policy) \
+         or 7 (100).\n\n{table}{marginal}"
     ))
 }
