@@ -359,8 +359,41 @@ fn the_state_directory_holds_no_secret_value_in_any_encoding() {
         for needle in &needles {
             assert!(!text.contains(needle.as_str()), "{} holds {needle:?}", file.display());
         }
-        assert!(!bytes.windows(der.len()).any(|w| w == der.as_slice()), "{} holds the private key's DER", file.display());
+        assert!(
+            !bytes.windows(der.len()).any(|w| w == der.as_slice()),
+            "{} holds the private key's DER",
+            file.display()
+        );
         scanned += 1;
     }
     assert!(scanned >= 4, "the cache's entries and the status file were scanned ({scanned} files)");
+}
+
+/// A cache key that is configured but missing, or not a key, is named by `validate` and stops
+/// `sync --once` with the same message; nothing is sealed without it, in any form.
+#[test]
+fn a_missing_or_malformed_key_is_an_error_that_names_it() {
+    let node = Node::new("");
+    node.world.policy("db", POLICIES[0].1);
+    node.put("db-password", "FIXTURE-db-value-3141");
+    for (contents, expected) in
+        [(None, "cannot read the cache key"), (Some("too short"), "is not a key: expected 32 random bytes")]
+    {
+        match contents {
+            None => std::fs::remove_file(&node.key).unwrap(),
+            Some(text) => common::write(&node.key, text),
+        }
+        let named = format!("key_file {}", node.key.display());
+        let validate = node.world.command(&["validate"]).output().unwrap();
+        assert_eq!(validate.status.code(), Some(64), "{}", text(&validate));
+        let stderr = String::from_utf8_lossy(&validate.stderr);
+        assert!(stderr.contains("cache.key_file") && stderr.contains(&named) && stderr.contains(expected), "{stderr}");
+
+        let sync = node.sync();
+        assert_eq!(sync.status.code(), Some(1), "{}", text(&sync));
+        let stderr = String::from_utf8_lossy(&sync.stderr);
+        assert!(stderr.contains(&named) && stderr.contains(expected), "{stderr}");
+        assert!(!node.world.bundle("app/db-password").exists(), "the agent does not run without its cache key");
+        assert!(!node.entry("db").exists(), "nothing is sealed");
+    }
 }

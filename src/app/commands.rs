@@ -54,12 +54,20 @@ pub fn validate(
     let mut checked = config::check(&sources, &declared, &System, &System, machine);
     // What the settings name on this machine: the node's business in portable mode.
     let agent_file = sources.agent.path.clone();
-    for (name, store) in checked.config.iter().flat_map(|c| &c.stores) {
-        for (field, message) in store.preflight() {
-            let key = format!("stores.{name}.{field}");
-            let problem = Problem { file: agent_file.clone(), line: None, key, message, skipped: portable };
-            if portable { checked.skipped.push(problem) } else { checked.problems.push(problem) }
+    let mut found: Vec<(String, String)> = Vec::new();
+    if let Some(config) = &checked.config {
+        for (name, store) in &config.stores {
+            found.extend(
+                store.preflight().into_iter().map(|(field, message)| (format!("stores.{name}.{field}"), message)),
+            );
         }
+        // The cache key: what the agent will read at start, read now, never shown.
+        if let Some(source) = KeySource::find(config.cache.key_file.as_deref(), None) {
+            found.extend(crate::cache::key_id_of(&source).err().map(|message| ("cache.key_file".to_string(), message)));
+        }
+    }
+    for (key, message) in found {
+        checked.node_problem(Problem { file: agent_file.clone(), line: None, key, message, skipped: portable });
     }
     let (policies, bundles) = match (&checked.config, checked.problems.is_empty()) {
         (Some(config), true) => (config.policies.len(), config.bundles().len()),

@@ -350,6 +350,14 @@ pub struct Checked {
     pub skipped: Vec<Problem>,
 }
 
+impl Checked {
+    /// A problem only the node itself can settle (a file it reads, an account it uses): a
+    /// problem on the node, left to the node (`skipped`) in a portable check.
+    pub fn node_problem(&mut self, problem: Problem) {
+        if problem.skipped { self.skipped.push(problem) } else { self.problems.push(problem) }
+    }
+}
+
 /// Reads environment variables and the host name; the seam that lets tests expand `${...}`
 /// without touching the process environment.
 pub trait Environment {
