@@ -15,7 +15,7 @@ use crate::engine::{Engine, State};
 use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
-use crate::store::{AliasMove, AnyStore, SecretStore, SecretUpdate, Selector, StoreError};
+use crate::store::{AliasMove, AnyStore, MAX_VALUE_BYTES, SecretStore, SecretUpdate, Selector, StoreError};
 use crate::sys;
 
 /// How often `store put` retries its alias move when another writer got there first.
@@ -109,7 +109,7 @@ pub async fn status(path: &Path, json: bool) -> Result<(), AppError> {
             });
         }
     };
-    let running = status.pid != 0 && sys::process_exists(status.pid) && status.pid != std::process::id();
+    let running = status.running_agent().is_some();
     if json {
         let running = socket::RunningStatus { status, agent_running: running };
         println!("{}", serde_json::to_string_pretty(&running).expect("json serializes"));
@@ -132,10 +132,16 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
             let (store, id) = opened(&name, &id).await?;
             let mut input = Zeroizing::new(Vec::new());
             std::io::stdin()
+                .take(MAX_VALUE_BYTES as u64 + 1)
                 .read_to_end(&mut input)
                 .map_err(|source| AppError::Io { what: "cannot read the value from standard input".into(), source })?;
             if input.is_empty() {
                 return Err(AppError::Usage("standard input was empty; an empty secret is never stored".into()));
+            }
+            if input.len() > MAX_VALUE_BYTES {
+                return Err(AppError::Usage(format!(
+                    "standard input holds more than {MAX_VALUE_BYTES} bytes, the most a secret may hold"
+                )));
             }
             let value = SecretBytes::copy_from(&input);
             let version = store.add_version(&id, &value).await?;
@@ -186,7 +192,7 @@ pub async fn sync_once(path: &Path, seams: &Seams) -> Result<(), AppError> {
     let engine = Engine::new(config.clone(), stores, state, seams.engine());
     let summary = engine.sync_all().await;
     engine.flush_notifications().await;
-    recorder.save(&config.agent.state_dir);
+    recorder.save_stopped(&config.agent.state_dir);
     if summary.failed_required > 0 {
         return Err(AppError::PoliciesFailed {
             failed: summary.failed.len(),
@@ -264,11 +270,10 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
             println!("{name}: version {version} is current (previous: {previous})");
             revoked(&disabled);
             if let Ok(status) = Status::load(&config.agent.state_dir)
-                && status.pid != 0
-                && sys::process_exists(status.pid)
-                && sys::nudge(status.pid).is_ok()
+                && let (Some(pid), Some(identity)) = (status.running_agent(), status.process.as_deref())
+                && sys::nudge(pid, identity).is_ok()
             {
-                eprintln!("keyturn: told the running agent (pid {}) to deliver it now", status.pid);
+                eprintln!("keyturn: told the running agent (pid {pid}) to deliver it now");
             }
             Ok(())
         }

@@ -32,8 +32,9 @@ use crate::secret::SecretId;
 use crate::store::StoreConfig;
 
 pub use load::{SourceFile, Sources, load, load_agent_file, read_sources};
+pub use raw::NameOrId;
 pub use units::{parse_duration, parse_ratio};
-pub use validate::{Section, agent_file, validate};
+pub use validate::{Account, Section, agent_file, validate};
 
 /// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";

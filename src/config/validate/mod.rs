@@ -22,7 +22,7 @@ mod stores;
 
 use std::path::PathBuf;
 
-pub use source::Section;
+pub use source::{Account, Section};
 pub(crate) use source::Source;
 use toml::Spanned;
 

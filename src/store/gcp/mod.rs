@@ -55,6 +55,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// An error body is quoted into messages only this far: enough for Google's envelope, not for
 /// a proxy's whole HTML page.
 const MAX_QUOTED: usize = 300;
+/// The largest response body read: a 64 KiB value is about 88 KB of base64 in its JSON, and a
+/// page of 250 versions about 100 KB. A larger body is refused before it is read whole.
+const MAX_RESPONSE: usize = 1024 * 1024;
 /// Where credentials come from, for errors that say to check them.
 const CREDENTIALS_ADVICE: &str = "; check the node's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, or `credentials` in the store's configuration)";
 
@@ -151,13 +154,8 @@ impl GcpStore {
             Some(location) => format!("projects/{}/locations/{location}", config.project),
             None => format!("projects/{}", config.project),
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            // Plain HTTP only where validation allowed it: a loopback endpoint.
-            .https_only(endpoint.starts_with("https://"))
-            .build()
+        // No redirects, no proxy for a loopback endpoint, https beyond it (crate::http).
+        let http = crate::http::client(&endpoint, config.request_timeout)
             .map_err(|e| StoreError::Invalid(format!("store \"{name}\": cannot build an HTTP client: {e}")))?;
         Ok(GcpStore {
             name: name.to_string(),
@@ -239,8 +237,19 @@ impl GcpStore {
             |e: reqwest::Error| StoreError::Unavailable { store: self.name.clone(), message: crate::error_chain(&e) };
         let mut response = request.send().await.map_err(unavailable)?;
         let status = response.status();
+        let too_large = || StoreError::Api {
+            store: self.name.clone(),
+            status: "MALFORMED_RESPONSE".into(),
+            message: format!("the response is larger than {MAX_RESPONSE} bytes; it was not read"),
+        };
+        if response.content_length().is_some_and(|length| length > MAX_RESPONSE as u64) {
+            return Err(too_large());
+        }
         let mut bytes = Zeroizing::new(Vec::new());
         while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(too_large());
+            }
             bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
@@ -398,6 +407,9 @@ impl GcpStore {
         let access: Access<'_> = serde_json::from_slice(&body).map_err(|e| self.malformed("versions.access", &e))?;
         let version = VersionId::new(access.name.rsplit('/').next().unwrap_or_default());
         let data = access.payload.data.unwrap_or("");
+        if data.len() > super::MAX_VALUE_BYTES.div_ceil(3) * 4 {
+            return Err(StoreError::TooLarge { id: id.clone(), version, max: super::MAX_VALUE_BYTES });
+        }
         let value =
             SecretBytes::new(base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| StoreError::Api {
                 store: self.name.clone(),
@@ -546,6 +558,13 @@ impl SecretStore for GcpStore {
         }
         if value.is_empty() {
             return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
+        }
+        if value.len() > super::MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "refusing to add a version of {} bytes to secret \"{id}\": Google keeps at most {} bytes",
+                value.len(),
+                super::MAX_VALUE_BYTES
+            )));
         }
         let url = format!("{}:addVersion", self.secret_url(id)?);
         let body = || {
