@@ -248,6 +248,14 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
     })?;
     let store = build::store(path, &config.stores, &policy.store, seams).await?;
+    // A new value must render into every file with the template secrets as they are now.
+    let mut extras = std::collections::BTreeMap::new();
+    for (extra_name, extra) in &policy.extras {
+        let extra_store = build::store(path, &config.stores, &extra.store, seams).await?;
+        extras.insert(extra_name.clone(), extra_store.access(&extra.secret, &Selector::current()).await?);
+    }
+    let deliverable =
+        |version: &crate::secret::Version| crate::deliver::check_renders(policy, version, &extras, &config.agent.node);
     let progress = |step: Step, detail: &str| eprintln!("[{}/{}] {detail}", step.number(), Step::COUNT);
     let rotator = Rotator {
         store: &store,
@@ -258,6 +266,7 @@ pub async fn rotate(path: &Path, name: &str, revoke: bool, seams: &Seams) -> Res
         pause_at: seams.pause_at.as_deref(),
         progress: &progress,
         clock: seams.clock.as_ref(),
+        deliverable: &deliverable,
     };
     let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
     let outcome = rotator

@@ -100,6 +100,23 @@ pub fn render(policy: &Policy, bundle: &str, inputs: &Inputs<'_>) -> Result<Poli
     })
 }
 
+/// Renders every file `policy` delivers from `version` (with `extras`, its template secrets)
+/// and drops them: whether the value can be delivered at all. The rotation protocol asks this
+/// before it promotes a new value, so that no value a node would refuse becomes `current`.
+/// The error names the file and the rule, never the value.
+pub fn check_renders(
+    policy: &Policy,
+    version: &Version,
+    extras: &BTreeMap<String, Version>,
+    node: &str,
+) -> Result<(), String> {
+    let inputs = Inputs { version, extras, previous: None, node };
+    for bundle in policy.bundles() {
+        render(policy, bundle, &inputs).map_err(|e| crate::error_chain(&e))?;
+    }
+    Ok(())
+}
+
 /// The version before `current` as a verification set sees it: its id and public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Previous {

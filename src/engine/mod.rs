@@ -298,6 +298,14 @@ impl<S: SecretStore + 'static> Engine<S> {
         let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
         let turn = self.state.rotation_turn(&policy.name);
         let _turn = turn.lock().await;
+        // A new value must render into every file with the template secrets as they are now.
+        let mut extras = BTreeMap::new();
+        for (name, extra) in &policy.extras {
+            let version = self.stores[&extra.store].access(&extra.secret, &Selector::current()).await;
+            extras.insert(name.clone(), version.map_err(|source| RotationError::Store { step: Step::Check, source })?);
+        }
+        let node = &self.config.agent.node;
+        let deliverable = |version: &Version| deliver::check_renders(policy, version, &extras, node);
         let rotator = Rotator {
             store: self.store(policy).as_ref(),
             policy,
@@ -307,6 +315,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             pause_at: self.seams.pause_at.as_deref(),
             progress,
             clock: self.seams.clock.as_ref(),
+            deliverable: &deliverable,
         };
         let started = Instant::now();
         let result = rotator.run(trigger).await;

@@ -59,7 +59,7 @@ pub(super) fn section(section: &mut Section<'_, '_>, context: &Context<'_>) -> O
         && !generator.is_asymmetric()
     {
         section.problem(
-            name_span,
+            name_span.clone(),
             "format",
             format!(
                 "\"{}\" needs a private key, but generate = \"{}\"; use ed25519, ecdsa-p256, ecdsa-p384 or rsa-*",
@@ -67,6 +67,11 @@ pub(super) fn section(section: &mut Section<'_, '_>, context: &Context<'_>) -> O
                 generator.name()
             ),
         );
+    }
+    if let (Some(format), Some(generator)) = (&format, context.generator)
+        && let Err(problem) = format.check_generator(generator)
+    {
+        section.problem(name_span.clone(), "format", problem);
     }
     let mode = mode(section, raw.mode.as_ref());
     let owner = section.account(raw.user.as_ref(), "user", Account::User);
