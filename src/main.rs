@@ -19,7 +19,9 @@ const EXIT_USAGE: u8 = 64;
 /// The one map from errors to exit codes.
 fn exit_code(error: &AppError) -> u8 {
     match error {
-        AppError::Config(_) | AppError::Usage(_) | AppError::Deliver(DeliverError::NotVolatile { .. }) => EXIT_USAGE,
+        AppError::Config(_)
+        | AppError::Usage(_)
+        | AppError::Deliver(DeliverError::NotVolatile { .. } | DeliverError::UnsafeRuntimeDir { .. }) => EXIT_USAGE,
         AppError::Rotation { .. }
         | AppError::Busy { .. }
         | AppError::Agent(_)

@@ -235,11 +235,20 @@ mod tests {
         assert!(matches!(err, RunError::Timeout { .. }), "{err}");
         let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
         let pid = rustix::process::Pid::from_raw(grandchild).unwrap();
-        // Killed by the time `run` returned; a zombie until init reaps it, which signal 0 still
-        // finds, so ask its state.
-        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        let gone = state.is_empty() || state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-        assert!(gone || rustix::process::test_kill_process(pid).is_err(), "grandchild {grandchild} still runs: {state}");
+        // SIGKILL was sent when `run` returned; it lands in a moment. Then the grandchild is a
+        // zombie until init reaps it (signal 0 still finds one), so ask its state.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let gone = state.is_empty()
+                || state.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X']))
+                || rustix::process::test_kill_process(pid).is_err();
+            if gone {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "grandchild {grandchild} still runs: {state}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

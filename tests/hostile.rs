@@ -133,7 +133,7 @@ fn idle_admin_connections_neither_silence_healthz_nor_starve_the_store() {
     world.simple_policy("db", "db", &[("app/db", "raw")]);
     world.put("db", "v1");
     // A soft limit below the hard one, as a default shell gives: the agent raises it.
-    let agent = agent_after(&world, "ulimit -Hn 400; ulimit -Sn 100", &[]);
+    let agent = agent_after(&world, "ulimit -Sn 100; ulimit -Hn 400", &[]);
     let address = world.admin();
     wait_for("the first delivery", Duration::from_secs(10), || world.bundle("app/db").exists());
     assert_eq!(limit(agent.pid(), "Max open files"), ("400".into(), "400".into()), "the soft limit is raised");

@@ -24,6 +24,8 @@ pub enum DeliverError {
         path.display()
     )]
     NotVolatile { path: PathBuf, filesystem: String },
+    #[error("runtime directory {}: {problem}", path.display())]
+    UnsafeRuntimeDir { path: PathBuf, problem: String },
     #[error("bundle {bundle}: cannot {action} {}", path.display())]
     Io {
         bundle: String,
