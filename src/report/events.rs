@@ -374,11 +374,37 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.insert_str(0, &"x".repeat(5 * MAX_EVENT_LINE));
         text.push_str("not an event\n\u{0}\u{ff}\n");
-        std::fs::write(&path, text).unwrap();
+        crate::sys::replace_file(&path, text.as_bytes(), 0o600).unwrap();
         let reopened =
             Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone(), crate::clock::system()).unwrap();
         let events: Vec<Event> = reopened.spool().events.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(events.len(), 10, "the newest ten");
         assert_eq!(events[9].data.facts.version.as_deref(), Some("49"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a spool file holds, reading it keeps at most `max` events, each an event.
+        #[test]
+        fn any_spool_file_reads_as_at_most_max_events(
+            lines in proptest::collection::vec(proptest::prelude::any::<Vec<u8>>(), 0..40),
+            max in 1usize..20,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(SPOOL);
+            let event = r#"{"specversion":"1.0","id":"n-1-0","source":"keyturn://n","type":"t","time":"x","subject":"p","datacontenttype":"application/json","data":{"node":"n","result":"ok","policy":"p","secret":"s","store":"d"}}"#;
+            let mut bytes = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                bytes.extend_from_slice(if i % 3 == 0 { event.as_bytes() } else { line });
+                bytes.push(b'\n');
+            }
+            crate::sys::replace_file(&path, &bytes, 0o600).unwrap();
+            let events = read_spool(&path, max).unwrap();
+            proptest::prop_assert!(events.len() <= max);
+            for line in &events {
+                proptest::prop_assert!(serde_json::from_str::<Event>(line).is_ok());
+            }
+        }
     }
 }

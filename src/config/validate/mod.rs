@@ -16,6 +16,8 @@ mod agent;
 mod deliver;
 mod notify;
 mod policy;
+#[cfg(test)]
+mod properties;
 mod rotate;
 mod source;
 mod stores;

@@ -241,6 +241,9 @@ impl Default for Format {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 pub(super) mod tests {
     use super::*;
     use crate::secret::Version;

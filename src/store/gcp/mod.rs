@@ -370,19 +370,6 @@ impl GcpStore {
     }
 
     async fn access_once(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
-        #[derive(Deserialize)]
-        struct Access<'a> {
-            name: String,
-            #[serde(borrow)]
-            payload: Payload<'a>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Payload<'a> {
-            #[serde(borrow)]
-            data: Option<&'a str>,
-            data_crc32c: Option<serde_json::Value>,
-        }
         let url = format!("{}:access", self.version_url(id, selector)?);
         let body = match self.call(Method::GET, &url, None).await {
             Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
@@ -404,7 +391,26 @@ impl GcpStore {
             }
             other => other.map_err(|e| self.not_found(e, id))?,
         };
-        let access: Access<'_> = serde_json::from_slice(&body).map_err(|e| self.malformed("versions.access", &e))?;
+        self.decode_access(id, &body)
+    }
+
+    /// An access response's version, its payload decoded and checked: at most
+    /// [`super::MAX_VALUE_BYTES`], not empty, and matching its CRC32C when Google sends one.
+    fn decode_access(&self, id: &SecretId, body: &[u8]) -> Result<Version, StoreError> {
+        #[derive(Deserialize)]
+        struct Access<'a> {
+            name: String,
+            #[serde(borrow)]
+            payload: Payload<'a>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Payload<'a> {
+            #[serde(borrow)]
+            data: Option<&'a str>,
+            data_crc32c: Option<serde_json::Value>,
+        }
+        let access: Access<'_> = serde_json::from_slice(body).map_err(|e| self.malformed("versions.access", &e))?;
         let version = VersionId::new(access.name.rsplit('/').next().unwrap_or_default());
         let data = access.payload.data.unwrap_or("");
         if data.len() > super::MAX_VALUE_BYTES.div_ceil(3) * 4 {
@@ -698,6 +704,45 @@ mod tests {
         assert_eq!(local.parent_url, "http://127.0.0.1:8085/v1/projects/acme-edge/locations/us");
         assert!(global.version_url(&SecretId::new("x"), &Selector::Alias("a/b".into())).is_err());
         assert!(global.secret_url(&SecretId::new("../x")).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever Google (or something in its place) answers, the parsers return a value or
+        /// an error: no panic, no value larger than a secret may be, no error longer than a
+        /// quote.
+        #[test]
+        fn any_response_body_parses_or_is_refused(
+            raw in proptest::prelude::any::<Vec<u8>>(),
+            data in "[A-Za-z0-9+/=]{0,200}",
+            crc in proptest::prelude::any::<u64>(),
+            name in "[a-z/0-9]{0,40}",
+        ) {
+            let store = GcpStore::new("edge", &config(None, None)).unwrap();
+            let id = SecretId::new("db");
+            let shaped = format!(r#"{{"name":"{name}","payload":{{"data":"{data}","dataCrc32c":"{crc}"}}}}"#);
+            for body in [raw.as_slice(), shaped.as_bytes()] {
+                if let Ok(version) = store.decode_access(&id, body) {
+                    proptest::prop_assert!(!version.value.is_empty() && version.value.len() <= super::super::MAX_VALUE_BYTES);
+                }
+                let _ = serde_json::from_slice::<SecretResource>(body).map(SecretResource::meta);
+                let _ = serde_json::from_slice::<VersionResource>(body).map(VersionResource::info);
+                for status in [400, 403, 404, 429, 500, 503] {
+                    let error = store.api_error(StatusCode::from_u16(status).unwrap(), body).to_string();
+                    proptest::prop_assert!(error.chars().count() <= MAX_QUOTED + 200, "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused_before_it_is_decoded() {
+        let store = GcpStore::new("edge", &config(None, None)).unwrap();
+        let data = "A".repeat(super::super::MAX_VALUE_BYTES * 2);
+        let body = format!(r#"{{"name":"projects/1/secrets/db/versions/3","payload":{{"data":"{data}"}}}}"#);
+        let err = store.decode_access(&SecretId::new("db"), body.as_bytes()).unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     }
 
     #[test]
