@@ -15,8 +15,8 @@
 
 use std::time::Duration;
 
-pub use crate::config::units::shown_url as shown;
 use crate::config::units::is_loopback;
+pub use crate::config::units::shown_url as shown;
 
 /// A client builder for requests to `url` under the policy above; the caller adds timeouts.
 pub fn builder(url: &str) -> reqwest::ClientBuilder {

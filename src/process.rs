@@ -91,8 +91,7 @@ pub async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| RunError::Spawn { program: program.clone(), source })?;
-    let mut group =
-        Group(child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw));
+    let mut group = Group(child.id().and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw));
     let stdout = Capture::start(child.stdout.take());
     let stderr = Capture::start(child.stderr.take());
     let input = child.stdin.take();
@@ -260,7 +259,10 @@ mod tests {
         let done = run(&sh(&script), &[], None, Duration::from_secs(20)).await.unwrap();
         let took = started.elapsed();
         let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        let _ = rustix::process::kill_process(rustix::process::Pid::from_raw(grandchild).unwrap(), rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(grandchild).unwrap(),
+            rustix::process::Signal::KILL,
+        );
         assert!(done.status.success());
         assert_eq!(String::from_utf8_lossy(&done.stdout), "quick\n");
         // The bound is the behaviour: the answer comes with the exit, not with the grandchild's.

@@ -330,7 +330,7 @@ mod tests {
     fn small_files_are_read_without_following_links_or_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pid");
-        std::fs::write(&file, "42\n").unwrap();
+        replace_file(&file, b"42\n", 0o600).unwrap();
         assert_eq!(&read_small_file(&file, 64).unwrap().bytes[..], b"42\n");
         assert!(read_small_file(&file, 2).unwrap_err().to_string().contains("larger than 2 bytes"));
         let link = dir.path().join("link");

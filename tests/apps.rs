@@ -244,7 +244,10 @@ fn python() -> std::path::PathBuf {
 /// `K...`, as JSON objects.
 fn read_back(python: &Path, file: &Path) -> (serde_json::Value, serde_json::Value) {
     let dotenv = std::process::Command::new(python)
-        .args(["-c", "import json, sys\nfrom dotenv import dotenv_values\nprint(json.dumps(dotenv_values(sys.argv[1])))"])
+        .args([
+            "-c",
+            "import json, sys\nfrom dotenv import dotenv_values\nprint(json.dumps(dotenv_values(sys.argv[1])))",
+        ])
         .arg(file)
         .output()
         .unwrap();
@@ -271,13 +274,13 @@ fn env_files_read_back_exactly_in_python_dotenv_and_a_posix_shell() {
     use keyturn::secret::{SecretBytes, Version};
 
     let python = python();
-    let alphabet: Vec<char> =
-        "abcXYZ019 _-./:@%+,=!\"#$&'()*;<>?[\\]^`{|}~\t\néü日😀".chars().collect();
+    let alphabet: Vec<char> = "abcXYZ019 _-./:@%+,=!\"#$&'()*;<>?[\\]^`{|}~\t\néü日😀".chars().collect();
     let mut random = XorShift(0x5eed_1234_abcd_ef01);
-    let mut values: Vec<String> = (0..400)
-        .map(|_| (0..1 + random.below(16)).map(|_| alphabet[random.below(alphabet.len())]).collect())
-        .collect();
-    values.extend(["ends-with\\", "a${HOME}b", "it's", "$HOME", "#not-a-comment", " lead", "trail ", "x=y"].map(String::from));
+    let mut values: Vec<String> =
+        (0..400).map(|_| (0..1 + random.below(16)).map(|_| alphabet[random.below(alphabet.len())]).collect()).collect();
+    values.extend(
+        ["ends-with\\", "a${HOME}b", "it's", "$HOME", "#not-a-comment", " lead", "trail ", "x=y"].map(String::from),
+    );
 
     let extras = std::collections::BTreeMap::new();
     let render = |format: &Format, value: &str| {
@@ -292,10 +295,9 @@ fn env_files_read_back_exactly_in_python_dotenv_and_a_posix_shell() {
         format.render(&input).ok().map(|out| String::from_utf8(out.expose().to_vec()).unwrap())
     };
     let dir = tempfile::tempdir().unwrap();
-    for (name, format) in [
-        ("env", None),
-        ("envquote", Some(Format::Template(Template { source: "K={{ secret | envquote }}\n".into() }))),
-    ] {
+    for (name, format) in
+        [("env", None), ("envquote", Some(Format::Template(Template { source: "K={{ secret | envquote }}\n".into() })))]
+    {
         let mut file = String::new();
         let mut kept = std::collections::BTreeMap::new();
         for (i, value) in values.iter().enumerate() {
@@ -308,7 +310,12 @@ fn env_files_read_back_exactly_in_python_dotenv_and_a_posix_shell() {
             file.push_str(&line.replacen("K=", &format!("K{i}="), 1));
             kept.insert(format!("K{i}"), value.clone());
         }
-        assert!(kept.len() > values.len() / 3, "{name}: most values are deliverable ({} of {})", kept.len(), values.len());
+        assert!(
+            kept.len() > values.len() / 3,
+            "{name}: most values are deliverable ({} of {})",
+            kept.len(),
+            values.len()
+        );
         let path = dir.path().join(format!("{name}.env"));
         common::write(&path, &file);
         let (dotenv, shell) = read_back(&python, &path);

@@ -361,7 +361,10 @@ fn outbound_http_to_loopback_ignores_proxies_and_follows_no_redirect() {
             let Ok(mut stream) = stream else { return };
             let mut buffer = [0u8; 4096];
             let _ = stream.read(&mut buffer);
-            let _ = write!(stream, "HTTP/1.1 307 X\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 307 X\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
         }
     });
     let token = world.disk.path().join("token");

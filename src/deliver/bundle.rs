@@ -187,7 +187,8 @@ fn open_dir(parent: impl AsFd, name: impl rustix::path::Arg) -> io::Result<Owned
 /// Whether `name` is a version directory's name: `..` and a time stamp.
 fn is_version_name(name: &str) -> bool {
     name.strip_prefix("..").is_some_and(|stamp| {
-        stamp.starts_with(|c: char| c.is_ascii_digit()) && stamp.chars().all(|c| c.is_ascii_digit() || "_.-".contains(c))
+        stamp.starts_with(|c: char| c.is_ascii_digit())
+            && stamp.chars().all(|c| c.is_ascii_digit() || "_.-".contains(c))
     })
 }
 
@@ -196,15 +197,7 @@ impl BundleWriter {
         // Unknown umask: chmod everything.
         let uid = rustix::process::geteuid().as_raw();
         let disk = Disk { durable: true, umask: sys::umask().unwrap_or(0o777), uid };
-        BundleWriter {
-            root,
-            root_dir: None,
-            pause_at,
-            manifests: HashMap::new(),
-            tidy: HashMap::new(),
-            disk,
-            clock,
-        }
+        BundleWriter { root, root_dir: None, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk, clock }
     }
 
     pub fn root(&self) -> &Path {
@@ -219,9 +212,10 @@ impl BundleWriter {
             move |source: io::Error| DeliverError::Io { bundle: String::new(), action, path, source }
         };
         sys::create_dir(&self.root, DIR_MODE).map_err(io("create", &self.root))?;
-        let handle = rustix::fs::open(&self.root, dir_flags(), Mode::empty())
-            .map_err(|e| io("open", &self.root)(e.into()))?;
-        let unsafe_dir = |path: &Path, problem: String| DeliverError::UnsafeRuntimeDir { path: path.to_path_buf(), problem };
+        let handle =
+            rustix::fs::open(&self.root, dir_flags(), Mode::empty()).map_err(|e| io("open", &self.root)(e.into()))?;
+        let unsafe_dir =
+            |path: &Path, problem: String| DeliverError::UnsafeRuntimeDir { path: path.to_path_buf(), problem };
         let stat = rustix::fs::fstat(&handle).map_err(|e| io("stat", &self.root)(e.into()))?;
         if let Some(problem) = self.foreign_dir(&stat, false) {
             return Err(unsafe_dir(&self.root, problem));
@@ -529,8 +523,13 @@ impl BundleWriter {
         self.pause("carried");
 
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        let own =
-            RenderedFile { path: MANIFEST.into(), contents: SecretBytes::new(text), mode: 0o400, owner: None, group: None };
+        let own = RenderedFile {
+            path: MANIFEST.into(),
+            contents: SecretBytes::new(text),
+            mode: 0o400,
+            owner: None,
+            group: None,
+        };
         write_file(self.disk, version_dir, access, Path::new(MANIFEST), &own)
             .map_err(io("write", &bundle_path.join(MANIFEST)))?;
         sync_version(self.disk, version_dir, &manifest).map_err(io("sync", &bundle_path))?;
@@ -622,7 +621,13 @@ fn read_known(disk: Disk, root: BorrowedFd<'_>, bundle: &str) -> Known {
             return None;
         }
         let version = open_dir(&dir, live.as_str()).ok()?;
-        let manifest = rustix::fs::openat(&version, MANIFEST, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()).ok()?;
+        let manifest = rustix::fs::openat(
+            &version,
+            MANIFEST,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
         let stat = rustix::fs::fstat(&manifest).ok()?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_uid != disk.uid {
             return None;
@@ -774,7 +779,13 @@ fn set_access(disk: Disk, dir: &OwnedFd, access: DirAccess, created: bool) -> io
 }
 
 /// Creates one file with its final mode and owner, then writes and syncs it.
-fn write_file(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &Path, file: &RenderedFile) -> io::Result<()> {
+fn write_file(
+    disk: Disk,
+    version_dir: &OwnedFd,
+    access: DirAccess,
+    path: &Path,
+    file: &RenderedFile,
+) -> io::Result<()> {
     let parent = create_parents(disk, version_dir, access, path)?;
     let name = path.file_name().unwrap_or_default();
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;

@@ -187,7 +187,9 @@ impl Generator {
     pub fn output(&self) -> Output {
         match self {
             Generator::Random { .. } | Generator::HmacSha256 | Generator::Aes256 => Output::Bytes,
-            Generator::Password { charset, .. } => Output::Text { charset: charset.name(), alphabet: charset.alphabet() },
+            Generator::Password { charset, .. } => {
+                Output::Text { charset: charset.name(), alphabet: charset.alphabet() }
+            }
             Generator::Ed25519 | Generator::EcdsaP256 | Generator::EcdsaP384 | Generator::Rsa(_) => Output::Pem,
         }
     }

@@ -192,7 +192,7 @@ impl Kind for Signal {
 
 /// The pid in a pidfile and the file's owner; `None` if there is no such file. Only the first
 /// line counts.
-async fn read_pidfile(path: &PathBuf) -> Result<Option<(Pid, u32)>, NotifyError> {
+async fn read_pidfile(path: &std::path::Path) -> Result<Option<(Pid, u32)>, NotifyError> {
     let file = match crate::sys::read_small_file_async(path, PIDFILE_MAX, PIDFILE_TIMEOUT).await {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -236,7 +236,9 @@ pub enum StoreError {
     Empty { id: SecretId, version: VersionId },
     #[error("{0}")]
     Invalid(String),
-    #[error("version {version} of secret \"{id}\" is larger than {max} bytes, the most a secret may hold; it was not read")]
+    #[error(
+        "version {version} of secret \"{id}\" is larger than {max} bytes, the most a secret may hold; it was not read"
+    )]
     TooLarge { id: SecretId, version: VersionId, max: usize },
     /// `advice` is the backend's: which role or policy grants `permission`.
     #[error("store \"{store}\": permission denied: {message}{advice}")]

@@ -180,7 +180,8 @@ fn check_path(path: &str) -> Result<(String, PathBuf), String> {
 /// Characters that make a name show something else than it is: control characters, and the
 /// bidirectional formatting characters that reorder text on screen ("Trojan Source").
 fn is_hostile_char(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]

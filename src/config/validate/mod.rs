@@ -24,8 +24,8 @@ mod stores;
 
 use std::path::PathBuf;
 
-pub use source::{Account, Section};
 pub(crate) use source::Source;
+pub use source::{Account, Section};
 use toml::Spanned;
 
 use super::load::SourceFile;

@@ -21,7 +21,9 @@ fn formats() -> Vec<Format> {
         Format::PublicPem(public_pem::PublicPem),
         Format::Jwk(jwk::Jwk),
         Format::Jwks(jwks::Jwks),
-        Format::Template(template::Template { source: "{{ secret | envquote }}|{{ secret | shellquote }}|{{ secret | urlencode }}".into() }),
+        Format::Template(template::Template {
+            source: "{{ secret | envquote }}|{{ secret | shellquote }}|{{ secret | urlencode }}".into(),
+        }),
     ]
 }
 
@@ -32,22 +34,46 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
         any::<String>().prop_map(String::into_bytes),
         prop::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,8}", any::<String>(), 0..6)
             .prop_map(|members| serde_json::to_vec(&members).unwrap()),
-        "[a-zA-Z0-9+/=\n -]{0,300}".prop_map(|body| format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n").into_bytes()),
+        "[a-zA-Z0-9+/=\n -]{0,300}"
+            .prop_map(|body| format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n").into_bytes()),
     ]
 }
 
 /// Pieces of templates: names, filters, tags, and text.
 const PIECES: &[&str] = &[
-    "{{ secret }}", "{{ secret | fromjson }}", "{{ (secret | fromjson).user }}", "{{ secret | b64encode }}",
-    "{{ secret | envquote }}", "{{ secret | shellquote }}", "{{ secret | urlencode }}", "{{ secret | upper }}",
-    "{{ secrets.extra }}", "{{ secrets.missing }}", "{{ node }}", "{{ policy }}", "{{ version }}",
-    "{% for c in secret %}{{ c }}{% endfor %}", "{% if secret %}", "{% endif %}", "{{ secret[0] }}",
-    "{{ secret | length }}", "{{ secret * 3 }}", "{{ }}", "{%", "}}", "\n", "KEY=", " ",
+    "{{ secret }}",
+    "{{ secret | fromjson }}",
+    "{{ (secret | fromjson).user }}",
+    "{{ secret | b64encode }}",
+    "{{ secret | envquote }}",
+    "{{ secret | shellquote }}",
+    "{{ secret | urlencode }}",
+    "{{ secret | upper }}",
+    "{{ secrets.extra }}",
+    "{{ secrets.missing }}",
+    "{{ node }}",
+    "{{ policy }}",
+    "{{ version }}",
+    "{% for c in secret %}{{ c }}{% endfor %}",
+    "{% if secret %}",
+    "{% endif %}",
+    "{{ secret[0] }}",
+    "{{ secret | length }}",
+    "{{ secret * 3 }}",
+    "{{ }}",
+    "{%",
+    "}}",
+    "\n",
+    "KEY=",
+    " ",
 ];
 
 fn template_source() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop_oneof![4 => prop::sample::select(PIECES).prop_map(String::from), 1 => "[^{}%]{0,12}"], 0..12)
-        .prop_map(|pieces| pieces.concat())
+    prop::collection::vec(
+        prop_oneof![4 => prop::sample::select(PIECES).prop_map(String::from), 1 => "[^{}%]{0,12}"],
+        0..12,
+    )
+    .prop_map(|pieces| pieces.concat())
 }
 
 proptest! {
