@@ -406,6 +406,7 @@ fn outbound_http_to_loopback_ignores_proxies_and_follows_no_redirect() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("307"), "{stderr}");
     assert!(!stderr.contains("query-fixture-91"), "no query string in messages: {stderr}");
+    assert!(!stderr.contains("bearer-fixture-7c1"), "no token in messages: {stderr}");
 }
 
 #[test]

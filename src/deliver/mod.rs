@@ -114,7 +114,7 @@ pub fn check_renders(
 ) -> Result<(), String> {
     let inputs = Inputs { version, extras, previous: None, node };
     for bundle in policy.bundles() {
-        render(policy, bundle, &inputs).map_err(|e| crate::error_chain(&e))?;
+        render(policy, bundle, &inputs).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
