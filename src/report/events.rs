@@ -8,7 +8,11 @@
 //! outage nor an agent restart loses one. Delivery is **at least once**: an event acknowledged
 //! just before a crash is sent again after the restart with the same `id`, which collectors use
 //! to drop duplicates. The spool is bounded (`spool_max_events`); when full, the oldest event
-//! is dropped, counted in `keyturn_report_events_total{result="dropped"}` and logged.
+//! is dropped, counted in `keyturn_report_events_total{result="dropped"}` and logged. A spool
+//! file is read within that bound too (the newest lines that fit, each at most 16 KiB, links
+//! not followed), whatever it holds. Events are posted under [`crate::http`]'s policy (no
+//! redirect, no proxy for loopback), with a bearer token read as [`crate::http::read_token`]
+//! reads one.
 
 use std::collections::VecDeque;
 use std::io::Write;
