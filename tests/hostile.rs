@@ -424,6 +424,63 @@ fn outbound_urls_with_credentials_are_refused_without_printing_them() {
     assert!(!stderr.contains("fixture-3e"), "{stderr}");
 }
 
+// 7. -----------------------------------------------------------------------------------------
+
+/// Child processes inherited the agent's whole environment, and a timeout killed only the
+/// child: what it started ran on. A grandchild holding the output pipe made a quick command
+/// look hung.
+#[test]
+fn child_processes_get_their_own_environment_and_process_group() {
+    let world = World::new("");
+    let env = world.disk.path().join("env");
+    let grandchild = world.disk.path().join("grandchild.pid");
+    let quick = world.disk.path().join("quick.pid");
+    let policy = |name: &str, script: &str, timeout: &str| {
+        world.policy(
+            name,
+            &format!(
+                "[secret]\nstore = \"dev\"\nid = \"{name}\"\n[[deliver]]\npath = \"{name}/key\"\n\
+                 [notify]\nexec = {{ command = [\"sh\", \"-c\", \"{script}\"], timeout = \"{timeout}\" }}\nattempts = 1\n"
+            ),
+        );
+        world.put(name, "v1");
+    };
+    policy("env", &format!("env > {}", env.display()), "10s");
+    policy("hung", &format!("sleep 1000 & echo $! > {}; wait", grandchild.display()), "1s");
+    // Its background `sleep` keeps the output pipe open.
+    policy("quick", &format!("sleep 1000 & echo $! > {}", quick.display()), "20s");
+    let started = Instant::now();
+    let out = world
+        .command(&["sync", "--once"])
+        .env("AGENT_ONLY_CREDENTIAL", "credential-fixture-5d")
+        .env("GOOGLE_APPLICATION_CREDENTIALS", "/etc/keyturn/credential-fixture-5d.json")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let pid = |path: &Path| read(path).trim().parse::<i32>().unwrap();
+    let alive = |pid: i32| {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        !state.is_empty() && !state.rsplit(')').next().unwrap_or("").trim_start().starts_with(['Z', 'X'])
+    };
+    let (hung, quick_child) = (pid(&grandchild), pid(&quick));
+    let leftovers: Vec<i32> = [hung, quick_child].into_iter().filter(|p| alive(*p)).collect();
+    for leftover in &leftovers {
+        let _ = Command::new("kill").args(["-KILL", &leftover.to_string()]).status();
+    }
+    assert!(out.status.success(), "{}", text(&out));
+    let environment = read(&env);
+    assert!(!environment.contains("credential-fixture-5d"), "{environment}");
+    assert!(environment.contains("KEYTURN_POLICY=env"), "{environment}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sh took longer than 1s and was killed"), "{stderr}");
+    wait_for("the timed-out notifier's grandchild to be gone", Duration::from_secs(5), || !alive(hung));
+    // The quick notifier exits at once; its backgrounded children are its own business, and
+    // one of them holding the output must not make it look hung (20 s, its timeout).
+    assert!(!stderr.contains("sh took longer than 20s"), "{stderr}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(leftovers, [quick_child], "only the quick notifier's own background process outlived it");
+}
+
 // 8. -----------------------------------------------------------------------------------------
 
 /// A version file far beyond Google's 64 KiB is refused before it is read.
