@@ -35,6 +35,12 @@ if ! "$venv/bin/python" -c 'import google.cloud.secretmanager, google_crc32c' 2>
     echo "scripts/test.sh: installing Google's Secret Manager client into $venv" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/gcp-emulator/clients/python/requirements.txt
 fi
+# python-dotenv, one of the .env readers the env format must round-trip through
+# (tests/apps.rs), in the same venv. Pinned: its parsing rules are what the test holds to.
+if ! "$venv/bin/python" -c 'import dotenv' 2>/dev/null; then
+    echo "scripts/test.sh: installing python-dotenv into $venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check python-dotenv==1.2.4
+fi
 export KEYTURN_TEST_VENV="$venv"
 
 # Prometheus' own promtool checks the /metrics output (tests/ops.rs), and systemd-analyze the

@@ -31,7 +31,8 @@
 //! - [`app`]: commands and the agent's lifetime; the only place that builds stores and tasks
 //!   from configuration.
 //! - [`sys`], [`process`], [`task`]: the few operating-system calls (through `rustix`), child
-//!   processes with deadlines, and task ownership.
+//!   processes with deadlines, and task ownership; [`http`]: the one policy for outbound
+//!   HTTP (no redirects, no proxy for loopback, https beyond it).
 //!
 //! The binary (`main.rs`) parses the command line, starts tracing, calls into [`app`] and maps
 //! errors to exit codes: 0 ok, 1 runtime failure, 64 bad usage or configuration.
@@ -60,6 +61,7 @@ pub mod control;
 pub mod deliver;
 pub mod engine;
 pub mod generate;
+pub mod http;
 pub mod notify;
 pub mod probe;
 pub mod process;

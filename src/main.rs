@@ -21,7 +21,7 @@ fn exit_code(error: &AppError) -> u8 {
         AppError::Config(_)
         | AppError::Invalid { .. }
         | AppError::Usage(_)
-        | AppError::Deliver(DeliverError::NotVolatile { .. }) => EXIT_USAGE,
+        | AppError::Deliver(DeliverError::NotVolatile { .. } | DeliverError::UnsafeRuntimeDir { .. }) => EXIT_USAGE,
         AppError::Rotation { .. }
         | AppError::Busy { .. }
         | AppError::Agent(_)

@@ -213,3 +213,129 @@ fn without_capabilities_files_go_to_the_agents_own_groups_and_the_rest_is_explai
     assert!(!world.bundle("other/key").exists(), "nothing half-delivered");
     assert_eq!(read(world.bundle("app/key")), "g1", "the other bundle is untouched");
 }
+
+/// A small deterministic generator for the round-trip values (no dependency for it).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    let venv = std::env::var_os("KEYTURN_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let python = venv.join("bin/python");
+    let ok = std::process::Command::new(&python).args(["-c", "import dotenv"]).status().is_ok_and(|s| s.success());
+    assert!(ok, "{} with python-dotenv is missing: run scripts/test.sh, which installs it", python.display());
+    python
+}
+
+/// What `python-dotenv` and `sh -c 'set -a; . FILE'` read from `file`: the variables named
+/// `K...`, as JSON objects.
+fn read_back(python: &Path, file: &Path) -> (serde_json::Value, serde_json::Value) {
+    let dotenv = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys\nfrom dotenv import dotenv_values\nprint(json.dumps(dotenv_values(sys.argv[1])))",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(dotenv.status.success(), "{}", text(&dotenv));
+    let dump = "import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() if k.startswith('K')}))";
+    let shell = std::process::Command::new("sh")
+        .args(["-c", "set -a; . \"$1\"; exec \"$2\" -c \"$3\"", "sh"])
+        .arg(file)
+        .arg(python)
+        .arg(dump)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(shell.status.success(), "{}", text(&shell));
+    (serde_json::from_slice(&dotenv.stdout).unwrap(), serde_json::from_slice(&shell.stdout).unwrap())
+}
+
+/// Issue 14: a value with a backslash made python-dotenv swallow the lines after it. Every
+/// value format env writes must read back byte for byte in python-dotenv and a POSIX shell,
+/// or be refused; so must `envquote` in a template, and `shellquote` in a shell.
+#[test]
+fn env_files_read_back_exactly_in_python_dotenv_and_a_posix_shell() {
+    use keyturn::deliver::format::{Format, env::Env, template::Template};
+    use keyturn::secret::{SecretBytes, Version};
+
+    let python = python();
+    let alphabet: Vec<char> = "abcXYZ019 _-./:@%+,=!\"#$&'()*;<>?[\\]^`{|}~\t\néü日😀".chars().collect();
+    let mut random = XorShift(0x5eed_1234_abcd_ef01);
+    let mut values: Vec<String> =
+        (0..400).map(|_| (0..1 + random.below(16)).map(|_| alphabet[random.below(alphabet.len())]).collect()).collect();
+    values.extend(
+        ["ends-with\\", "a${HOME}b", "it's", "$HOME", "#not-a-comment", " lead", "trail ", "x=y"].map(String::from),
+    );
+
+    let extras = std::collections::BTreeMap::new();
+    let render = |format: &Format, value: &str| {
+        let version = Version::new(1, SecretBytes::copy_from(value.as_bytes()));
+        let input = keyturn::deliver::format::Input {
+            version: &version,
+            previous: None,
+            extras: &extras,
+            node: "n",
+            policy: "p",
+        };
+        format.render(&input).ok().map(|out| String::from_utf8(out.expose().to_vec()).unwrap())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, format) in
+        [("env", None), ("envquote", Some(Format::Template(Template { source: "K={{ secret | envquote }}\n".into() })))]
+    {
+        let mut file = String::new();
+        let mut kept = std::collections::BTreeMap::new();
+        for (i, value) in values.iter().enumerate() {
+            let format = format.clone().unwrap_or(Format::Env(Env { key: Some(format!("K{i}")) }));
+            let Some(line) = render(&format, value) else {
+                let refusable = value.chars().any(|c| c.is_control() || c == '\'' || c == '\\') || value.contains("${");
+                assert!(refusable, "{name}: refused without cause: {value:?}");
+                continue;
+            };
+            file.push_str(&line.replacen("K=", &format!("K{i}="), 1));
+            kept.insert(format!("K{i}"), value.clone());
+        }
+        assert!(
+            kept.len() > values.len() / 3,
+            "{name}: most values are deliverable ({} of {})",
+            kept.len(),
+            values.len()
+        );
+        let path = dir.path().join(format!("{name}.env"));
+        common::write(&path, &file);
+        let (dotenv, shell) = read_back(&python, &path);
+        for (key, value) in &kept {
+            assert_eq!(dotenv[key].as_str(), Some(value.as_str()), "{name}: python-dotenv read {key} differently");
+            assert_eq!(shell[key].as_str(), Some(value.as_str()), "{name}: sh read {key} differently");
+        }
+    }
+
+    // shellquote: any value but a NUL is one shell word.
+    let quote = Format::Template(Template { source: "K={{ secret | shellquote }}\n".into() });
+    let mut script = String::new();
+    for (i, value) in values.iter().enumerate() {
+        let line = render(&quote, value).expect("shellquote takes every value without NUL");
+        script.push_str(&line.replacen("K=", &format!("K{i}="), 1));
+    }
+    let path = dir.path().join("script.sh");
+    common::write(&path, &script);
+    let (_, shell) = read_back(&python, &path);
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(shell[format!("K{i}")].as_str(), Some(value.as_str()), "sh read K{i} differently");
+    }
+}

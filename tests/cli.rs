@@ -173,6 +173,9 @@ fn validate(args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("KEYTURN_CONFIG", "/nonexistent/keyturn.toml")
+        // The quickstart delivers under the user's own runtime directory.
+        .env("XDG_RUNTIME_DIR", "/run/user/1000")
+        .env("HOME", "/home/someone")
         .output()
         .unwrap()
 }
@@ -255,33 +258,23 @@ fn the_examples_validate() {
 }
 
 /// The README's first command, end to end: the quickstart's own files (agent file, seed and
-/// policies), with only its fixed directories moved into this test's temp dirs, deliver every
-/// bundle the README shows, and a second run writes nothing.
+/// policies), with `XDG_RUNTIME_DIR` and `HOME` in this test's temp dirs, deliver every bundle
+/// the README shows, and a second run writes nothing.
 #[test]
 fn the_quickstart_delivers_what_the_readme_shows() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
-    let disk = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
     let shm = tempfile::Builder::new().prefix("keyturn-test-").tempdir_in("/dev/shm").unwrap();
     let runtime = shm.path().join("keyturn-quickstart");
-    let agent = read(repo.join("keyturn.toml"));
-    let moved = agent
-        .replace("/dev/shm/keyturn-quickstart", &runtime.display().to_string())
-        .replace("/var/tmp/keyturn-quickstart", &disk.path().join("var").display().to_string());
-    assert_ne!(moved, agent, "the quickstart no longer uses the directories this test moves");
-    let config = disk.path().join("keyturn.toml");
-    common::write(&config, &moved);
-    common::write(&disk.path().join("seed.toml"), &read(repo.join("seed.toml")));
-    std::fs::create_dir(disk.path().join("policies")).unwrap();
-    for policy in std::fs::read_dir(repo.join("policies")).unwrap() {
-        let policy = policy.unwrap().path();
-        common::write(&disk.path().join("policies").join(policy.file_name().unwrap()), &read(&policy));
-    }
+    let config = repo.join("keyturn.toml");
 
     let sync = || {
         std::process::Command::new(common::BIN)
             .args(["sync", "--once", "--config"])
             .arg(&config)
             .env_remove("KEYTURN_CONFIG")
+            .env("XDG_RUNTIME_DIR", shm.path())
+            .env("HOME", home.path())
             .output()
             .unwrap()
     };

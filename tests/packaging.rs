@@ -46,6 +46,15 @@ fn the_unit_passes_systemd_analyze_verify() {
     }
 }
 
+/// Issue 14: no core dump, even from the watchdog's SIGABRT. The agent's own setrlimit is
+/// filtered by the unit's system call filter, so the unit sets the limit.
+#[test]
+fn the_unit_allows_no_core_dump() {
+    let unit = fs::read_to_string(Path::new(REPO).join("systemd/keyturn.service")).unwrap();
+    let lines: Vec<&str> = unit.lines().filter(|l| l.starts_with("LimitCORE=")).collect();
+    assert_eq!(lines, ["LimitCORE=0"], "systemd/keyturn.service");
+}
+
 #[test]
 fn the_unit_scores_1_5_or_better_in_systemd_analyze_security() {
     let dir = tempfile::tempdir().unwrap();

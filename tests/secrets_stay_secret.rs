@@ -46,7 +46,11 @@ fn no_value_appears_in_logs_errors_or_status() {
     let mut outputs = Vec::new();
     let sync = world.command(&["sync", "--once", "--log", "trace", "--log-format", "json"]).output().unwrap();
     assert_eq!(sync.status.code(), Some(1), "the multi-line env value fails: {}", text(&sync));
-    assert!(String::from_utf8_lossy(&sync.stderr).contains("newline or a single quote"), "{}", text(&sync));
+    assert!(
+        String::from_utf8_lossy(&sync.stderr).contains("the value has a control character, a single quote"),
+        "{}",
+        text(&sync)
+    );
     outputs.push(("sync --once", text(&sync)));
     assert_eq!(common::read(world.bundle("app/db")), FIXTURES[0], "the values are delivered");
 

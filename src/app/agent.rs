@@ -176,7 +176,7 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
     drop((control, systemd, admin, status_task, sender));
     let _ = std::fs::remove_file(socket::path(&config.agent.runtime_dir));
     // The last status write, after every task that could change it has stopped.
-    recorder.save(&config.agent.state_dir);
+    recorder.save_stopped(&config.agent.state_dir);
     Ok(())
 }
 

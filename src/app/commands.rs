@@ -18,7 +18,7 @@ use crate::engine::{Engine, State};
 use crate::report::metrics::Metrics;
 use crate::report::status::Status;
 use crate::secret::{SecretBytes, SecretId, VersionId};
-use crate::store::{AliasMove, AnyStore, KINDS, SecretStore, SecretUpdate, Selector, StoreError};
+use crate::store::{AliasMove, AnyStore, KINDS, MAX_VALUE_BYTES, SecretStore, SecretUpdate, Selector, StoreError};
 use crate::sys;
 
 /// How often `store put` retries its alias move when another writer got there first.
@@ -179,7 +179,7 @@ pub async fn status(path: &Path, json: bool) -> Result<(), AppError> {
         Ok(None) => (status_file(&agent.state_dir, None)?, false),
         Err(e) => (status_file(&agent.state_dir, Some(socket_error(&socket, &e)))?, false),
     };
-    let running = running || (status.pid != 0 && sys::process_exists(status.pid) && status.pid != std::process::id());
+    let running = running || status.running_agent().is_some();
     let failing: Vec<String> = status
         .policies
         .iter()
@@ -228,10 +228,16 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
             }
             let mut input = Zeroizing::new(Vec::new());
             std::io::stdin()
+                .take(MAX_VALUE_BYTES as u64 + 1)
                 .read_to_end(&mut input)
                 .map_err(|source| AppError::Io { what: "cannot read the value from standard input".into(), source })?;
             if input.is_empty() {
                 return Err(AppError::Usage("standard input was empty; an empty secret is never stored".into()));
+            }
+            if input.len() > MAX_VALUE_BYTES {
+                return Err(AppError::Usage(format!(
+                    "standard input holds more than {MAX_VALUE_BYTES} bytes, the most a secret may hold"
+                )));
             }
             let value = SecretBytes::copy_from(&input);
             let version = store.add_version(&id, &value).await?;
@@ -334,7 +340,7 @@ pub async fn sync_once(path: &Path, json: bool, seams: &Seams) -> Result<(), App
     let engine = Engine::new(config.clone(), stores, state, seams.engine());
     let summary = engine.sync_all().await;
     engine.flush_notifications().await;
-    recorder.save(&config.agent.state_dir);
+    recorder.save_stopped(&config.agent.state_dir);
     if json {
         let answer = serde_json::json!({
             "policies": config.policies.len(),
@@ -396,6 +402,14 @@ pub async fn rotate(
         AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
     })?;
     let store = build::store(path, &config.stores, &policy.store, seams).await?;
+    // A new value must render into every file with the template secrets as they are now.
+    let mut extras = std::collections::BTreeMap::new();
+    for (extra_name, extra) in &policy.extras {
+        let extra_store = build::store(path, &config.stores, &extra.store, seams).await?;
+        extras.insert(extra_name.clone(), extra_store.access(&extra.secret, &Selector::current()).await?);
+    }
+    let deliverable =
+        |version: &crate::secret::Version| crate::deliver::check_renders(policy, version, &extras, &config.agent.node);
     let progress = |step: Step, detail: &str| voice.progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
     let rotator = Rotator {
         store: &store,
@@ -406,6 +420,7 @@ pub async fn rotate(
         pause_at: seams.pause_at.as_deref(),
         progress: &progress,
         clock: seams.clock.as_ref(),
+        deliverable: &deliverable,
     };
     let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
     let outcome = rotator
@@ -416,11 +431,10 @@ pub async fn rotate(
         Outcome::Rotated { version, previous, disabled } => {
             print_rotated(name, &version, previous.as_ref(), &disabled, revoke, "this process", json, voice);
             if let Ok(status) = Status::load(&config.agent.state_dir)
-                && status.pid != 0
-                && sys::process_exists(status.pid)
-                && sys::nudge(status.pid).is_ok()
+                && let (Some(pid), Some(identity)) = (status.running_agent(), status.process.as_deref())
+                && sys::nudge(pid, identity).is_ok()
             {
-                voice.note(&format!("told the running agent (pid {}) to deliver it now", status.pid));
+                voice.note(&format!("told the running agent (pid {pid}) to deliver it now"));
             }
             Ok(())
         }

@@ -156,6 +156,10 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
     if let Err(e) = crate::sys::forbid_core_dumps() {
         tracing::warn!(error = %e, "cannot mark the process non-dumpable");
     }
+    if let Err(e) = crate::sys::raise_open_files_limit() {
+        // Filtered under the systemd unit (`~@resources`), which sets its own limits.
+        tracing::debug!(error = %e, "cannot raise the open files limit");
+    }
     let config_path = std::path::absolute(&cli.config).unwrap_or_else(|_| cli.config.clone());
     let path: &Path = &config_path;
     let voice = Voice { json: cli.log_format == crate::cli::LogFormat::Json };

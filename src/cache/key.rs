@@ -50,12 +50,9 @@ impl KeySource {
     /// Reads the 32-byte key. Every error names the source and says what a key looks like.
     pub fn read(&self) -> Result<Zeroizing<[u8; 32]>, String> {
         let path = self.path();
-        let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read the cache key ({self}): {e}"))?;
-        if !metadata.is_file() || metadata.len() > MAX_KEY_FILE {
-            return Err(format!("the cache key ({self}) is not a small file: {}", KEY_FORM));
-        }
-        let bytes =
-            Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read the cache key ({self}): {e}"))?);
+        let bytes = crate::sys::read_small_file(path, MAX_KEY_FILE, crate::sys::Links::Follow)
+            .map_err(|e| format!("cannot read the cache key ({self}): {e}"))?
+            .bytes;
         let mut key = Zeroizing::new([0u8; 32]);
         if bytes.len() == 32 {
             key.copy_from_slice(&bytes);

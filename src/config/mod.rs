@@ -32,8 +32,9 @@ use crate::secret::SecretId;
 use crate::store::{Selector, StoreConfig};
 
 pub use load::{SourceFile, Sources, load, load_agent_file, read_for_check, read_sources};
+pub use raw::NameOrId;
 pub use units::{parse_duration, parse_ratio};
-pub use validate::{Declared, Section, agent_file, check, validate};
+pub use validate::{Account, Declared, Section, agent_file, check, validate};
 
 /// Where the agent file is looked for when `--config` and `KEYTURN_CONFIG` are absent.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/keyturn/keyturn.toml";

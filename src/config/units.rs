@@ -23,13 +23,34 @@ pub fn optional_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A URL keyturn sends something to (an event collector, a reload endpoint): https anywhere,
-/// plain http only to a loopback address, since the request may carry a bearer token.
+/// plain http only to a loopback address, since the request may carry a bearer token; no
+/// credentials in it (they belong in `bearer_token_file`, which is read at each request and
+/// never printed). Messages show the URL without credentials or query ([`shown_url`]).
 pub fn check_outbound_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("\"{url}\" is not a URL: {e}"))?;
+    let shown = shown_url(url);
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "\"{shown}\": credentials in a URL end up in logs and process listings; put a token in bearer_token_file"
+        ));
+    }
     match (parsed.scheme(), is_loopback(&parsed)) {
         ("https", _) | ("http", true) => Ok(()),
-        ("http", false) => Err(format!("\"{url}\": plain http is allowed only to a loopback address; use https")),
-        (other, _) => Err(format!("\"{url}\": unsupported scheme \"{other}\"; use http (loopback) or https")),
+        ("http", false) => Err(format!("\"{shown}\": plain http is allowed only to a loopback address; use https")),
+        (other, _) => Err(format!("\"{shown}\": unsupported scheme \"{other}\"; use http (loopback) or https")),
+    }
+}
+
+/// A URL as messages show it: scheme, host, port and path, without credentials, query or
+/// fragment, which may hold a token or a signature.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) => {
+            let host = parsed.host_str().unwrap_or("");
+            let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}{}", parsed.scheme(), parsed.path())
+        }
+        Err(_) => "(not a URL)".to_string(),
     }
 }
 

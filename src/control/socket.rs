@@ -8,7 +8,9 @@
 //!
 //! The protocol is one JSON request line, then JSON response lines: any number of
 //! `{"progress": "..."}`, then one `{"ok": ANSWER}` or `{"error": "..."}`. Both ends use the
-//! types below; each request has one kind of [`Answer`].
+//! types below; each request has one kind of [`Answer`]. A request line is at most
+//! [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`]; a caller that sends more,
+//! or nothing, gets one error line and is hung up on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +65,11 @@ pub struct RunningStatus {
     pub status: Status,
     pub agent_running: bool,
 }
+
+/// The longest request line: a policy name and a few flags need far less.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a caller may take to send its request line.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A reload asked for over the socket, answered by the agent loop that owns the configuration.
 #[derive(Debug)]
@@ -143,10 +150,18 @@ async fn connection(
         let _ = send(&mut write, &Line::Error(refusal)).await;
         return;
     }
-    let mut line = String::new();
-    if BufReader::new(read).read_line(&mut line).await.is_err() {
-        return;
-    }
+    let line = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(read)).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(problem)) => {
+            let _ = send(&mut write, &Line::Error(problem)).await;
+            return;
+        }
+        Err(_) => {
+            let problem = format!("no request within {REQUEST_TIMEOUT:?}");
+            let _ = send(&mut write, &Line::Error(problem)).await;
+            return;
+        }
+    };
     let request: Request = match serde_json::from_str(&line) {
         Ok(request) => request,
         Err(e) => {
@@ -186,6 +201,19 @@ async fn connection(
         }
     };
     let _ = send(&mut write, &answer).await;
+}
+
+/// One request line, at most [`MAX_REQUEST`] bytes.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let mut line = Vec::new();
+    let read = BufReader::new(read).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line).await;
+    match read {
+        Ok(_) if line.len() > MAX_REQUEST => Err(format!("request too long: at most {MAX_REQUEST} bytes")),
+        Ok(0) => Err("no request: the connection closed".into()),
+        Ok(_) => String::from_utf8(line).map_err(|_| "not a request: not UTF-8".into()),
+        Err(e) => Err(format!("cannot read the request: {e}")),
+    }
 }
 
 /// Rotates through the engine, streaming its progress lines to the caller as they come.

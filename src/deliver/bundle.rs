@@ -25,14 +25,24 @@
 //! hard-linked from the live version directory into the new one, so an update never needs
 //! their values in memory. `..keyturn.json` records which policy, version and files each
 //! member delivered; it is how a restarted agent knows what is already on disk.
+//!
+//! The runtime directory must be keyturn's own: a real directory (not a link), owned by the
+//! agent's user or root, writable by no one else, and so must every directory above it be
+//! (or sticky, as `/dev/shm` is). It is opened once and held; every write is made relative
+//! to a directory handle opened from it without following links, so a name swapped in the
+//! path after the check leads nowhere. A bundle counts as current only if its visible links
+//! still lead where keyturn put them, and only directories keyturn made (a version directory
+//! with its manifest) are ever removed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use super::DeliverError;
@@ -43,8 +53,11 @@ use crate::sys;
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
+const LINK_TMP: &str = "..link_tmp_";
 const MANIFEST: &str = "..keyturn.json";
 const DIR_MODE: u32 = 0o755;
+/// A manifest is a few hundred bytes per member policy.
+const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 
 /// What one bundle holds, per member policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -104,19 +117,30 @@ pub struct Fingerprint<'a> {
 /// crash anywhere leaves readers a whole bundle.
 pub const STEPS: &[&str] = &["created", "files-written", "carried", "manifest-written", "linked", "swapped", "cleaned"];
 
+/// A bundle's manifest as last read or written, and the version directory it is in.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    manifest: Manifest,
+    /// The name `..data` pointed at; `None` when the bundle has no live version.
+    live: Option<String>,
+}
+
 /// Writes bundles under one runtime directory, remembering what each holds.
 #[derive(Debug)]
 pub struct BundleWriter {
     root: PathBuf,
+    /// The runtime directory, opened once and checked ([`BundleWriter::prepare_root`]):
+    /// every write is made relative to it.
+    root_dir: Option<OwnedFd>,
     /// Test seam: stop forever at this step (`KEYTURN_TEST_PAUSE_AT=bundle:STEP`) so a test
     /// can SIGKILL the agent there.
     pause_at: Option<String>,
-    manifests: HashMap<String, Manifest>,
+    manifests: HashMap<String, Known>,
     /// Bundles known to hold nothing but `..data`, the live version, the version before it
     /// (the value here) and the links the manifest names: created by this process, or
     /// scanned clean after an update. Their next cleanup removes what that update made
     /// obsolete instead of reading the whole directory again.
-    tidy: HashMap<String, Option<PathBuf>>,
+    tidy: HashMap<String, Option<String>>,
     disk: Disk,
     /// Names version directories and stamps manifests.
     clock: SharedClock,
@@ -131,74 +155,168 @@ struct Disk {
     durable: bool,
     /// The process umask: a mode it leaves whole needs no chmod after creation.
     umask: u32,
+    /// The agent's effective user: what owns the directories and manifests keyturn makes.
+    uid: u32,
 }
 
 impl Disk {
-    fn sync_dir(self, dir: &Path) -> io::Result<()> {
-        if self.durable { sys::sync_dir(dir) } else { Ok(()) }
-    }
-
-    fn sync_file(self, file: &fs::File) -> io::Result<()> {
-        if self.durable { file.sync_all() } else { Ok(()) }
+    fn sync(self, handle: impl AsFd) -> io::Result<()> {
+        if self.durable { Ok(rustix::fs::fsync(handle)?) } else { Ok(()) }
     }
 
     /// Whether creating something with `mode` may leave bits out.
     fn masks(self, mode: u32) -> bool {
         mode & self.umask != 0
     }
+
+    /// Whether the agent (or root) owns what `stat` describes.
+    fn owns(self, stat: &rustix::fs::Stat) -> bool {
+        stat.st_uid == self.uid || stat.st_uid == 0
+    }
+}
+
+/// Flags for a directory opened to work in, never through a link.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn open_dir(parent: impl AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(parent, name, dir_flags(), Mode::empty())?)
+}
+
+/// Whether `name` is a version directory's name: `..` and a time stamp.
+fn is_version_name(name: &str) -> bool {
+    name.strip_prefix("..").is_some_and(|stamp| {
+        stamp.starts_with(|c: char| c.is_ascii_digit())
+            && stamp.chars().all(|c| c.is_ascii_digit() || "_.-".contains(c))
+    })
 }
 
 impl BundleWriter {
     pub fn new(root: PathBuf, pause_at: Option<String>, clock: SharedClock) -> Self {
         // Unknown umask: chmod everything.
-        let disk = Disk { durable: true, umask: sys::umask().unwrap_or(0o777) };
-        BundleWriter { root, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk, clock }
+        let uid = rustix::process::geteuid().as_raw();
+        let disk = Disk { durable: true, umask: sys::umask().unwrap_or(0o777), uid };
+        BundleWriter { root, root_dir: None, pause_at, manifests: HashMap::new(), tidy: HashMap::new(), disk, clock }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Creates the runtime directory if needed and refuses it unless it is memory-backed.
+    /// Creates the runtime directory if needed, checks that it is keyturn's own (see the
+    /// module's opening) and memory-backed, and holds it open.
     pub fn prepare_root(&mut self, allow_persistent: bool) -> Result<(), DeliverError> {
-        sys::create_dir(&self.root, DIR_MODE).map_err(|source| DeliverError::Io {
-            bundle: String::new(),
-            action: "create",
-            path: self.root.clone(),
-            source,
-        })?;
-        let filesystem = sys::filesystem(&self.root).map_err(|source| DeliverError::Io {
-            bundle: String::new(),
-            action: "statfs",
-            path: self.root.clone(),
-            source,
-        })?;
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source: io::Error| DeliverError::Io { bundle: String::new(), action, path, source }
+        };
+        sys::create_dir(&self.root, DIR_MODE).map_err(io("create", &self.root))?;
+        let handle =
+            rustix::fs::open(&self.root, dir_flags(), Mode::empty()).map_err(|e| io("open", &self.root)(e.into()))?;
+        let unsafe_dir =
+            |path: &Path, problem: String| DeliverError::UnsafeRuntimeDir { path: path.to_path_buf(), problem };
+        let stat = rustix::fs::fstat(&handle).map_err(|e| io("stat", &self.root)(e.into()))?;
+        if let Some(problem) = self.foreign_dir(&stat, false) {
+            return Err(unsafe_dir(&self.root, problem));
+        }
+        // Every directory above it: whoever may rename entries there may swap it.
+        let real = std::fs::canonicalize(&self.root).map_err(io("resolve", &self.root))?;
+        for ancestor in real.ancestors().skip(1) {
+            let stat = rustix::fs::stat(ancestor).map_err(|e| io("stat", ancestor)(e.into()))?;
+            if let Some(problem) = self.foreign_dir(&stat, true) {
+                return Err(unsafe_dir(&self.root, format!("{} above it is {problem}", ancestor.display())));
+            }
+        }
+        let filesystem = sys::filesystem(&self.root).map_err(io("statfs", &self.root))?;
         self.disk.durable = !filesystem.is_volatile();
         if !filesystem.is_volatile() && !allow_persistent {
             return Err(DeliverError::NotVolatile { path: self.root.clone(), filesystem: filesystem.name() });
         }
+        self.root_dir = Some(handle);
         Ok(())
+    }
+
+    /// Why a directory is not safe to hold bundles (or to sit above them), if it is not.
+    fn foreign_dir(&self, stat: &rustix::fs::Stat, above: bool) -> Option<String> {
+        let mode = stat.st_mode;
+        if FileType::from_raw_mode(mode) != FileType::Directory {
+            return Some("not a directory".into());
+        }
+        if !self.disk.owns(stat) {
+            return Some(format!(
+                "owned by uid {}, not by the agent's user (uid {}) or root; remove it, or give it to the agent's user",
+                stat.st_uid, self.disk.uid
+            ));
+        }
+        // Others may write into a sticky directory, but not rename or remove what they do
+        // not own: /dev/shm and /tmp are fine above a runtime directory of our own.
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !(above && sticky) {
+            return Some(format!(
+                "writable by others (mode {:04o}), who could swap a bundle; chmod go-w it",
+                mode & 0o7777
+            ));
+        }
+        None
+    }
+
+    /// The runtime directory's handle, opened (and checked) on first use.
+    fn root_handle(&mut self) -> Result<BorrowedFd<'_>, DeliverError> {
+        if self.root_dir.is_none() {
+            // A writer that was never prepared: its root is what its owner says it is, but it
+            // is still checked and held (writing to persistent storage is allowed here; the
+            // agent always prepares its writer first).
+            self.prepare_root(true)?;
+        }
+        Ok(self.root_dir.as_ref().expect("prepared").as_fd())
     }
 
     /// What `bundle` holds now, read from disk the first time it is asked for.
     pub fn manifest(&mut self, bundle: &str) -> &Manifest {
-        let dir = self.root.join(bundle);
-        self.manifests.entry(bundle.to_string()).or_insert_with(|| read_manifest(&dir))
+        &self.known(bundle).manifest
     }
 
-    /// Whether `policy` is delivered in `bundle` as `want` describes, with its files present.
-    pub fn holds(&mut self, bundle: &str, policy: &str, want: &Fingerprint<'_>) -> bool {
-        let dir = self.root.join(bundle).join(DATA);
-        match self.manifest(bundle).policies.get(policy) {
-            Some(d) => {
-                &d.version == want.version
-                    && d.crc32c == want.crc32c
-                    && d.spec == want.spec
-                    && d.previous.as_ref() == want.previous
-                    && d.files.iter().all(|f| dir.join(f).symlink_metadata().is_ok())
-            }
-            None => false,
+    fn known(&mut self, bundle: &str) -> &Known {
+        if !self.manifests.contains_key(bundle) {
+            let disk = self.disk;
+            let known = match self.root_handle() {
+                Ok(root) => read_known(disk, root, bundle),
+                Err(_) => Known::default(),
+            };
+            self.manifests.insert(bundle.to_string(), known);
         }
+        &self.manifests[bundle]
+    }
+
+    /// Whether `policy` is delivered in `bundle` as `want` describes: its manifest says so,
+    /// `..data` still names the version it was written to, the names applications open still
+    /// lead through `..data`, and its files are there.
+    pub fn holds(&mut self, bundle: &str, policy: &str, want: &Fingerprint<'_>) -> bool {
+        let Some(delivered) = self.known(bundle).manifest.policies.get(policy).cloned() else { return false };
+        let same = &delivered.version == want.version
+            && delivered.crc32c == want.crc32c
+            && delivered.spec == want.spec
+            && delivered.previous.as_ref() == want.previous;
+        if !same {
+            return false;
+        }
+        let live = self.manifests[bundle].live.clone();
+        let Ok(root) = self.root_handle() else { return false };
+        let Ok(dir) = open_dir(root, bundle) else { return false };
+        let data = rustix::fs::readlinkat(&dir, DATA, Vec::new()).ok();
+        if data.as_ref().map(|d| d.as_bytes()) != live.as_deref().map(str::as_bytes) {
+            // Swapped by someone else since it was read: read it again next time.
+            self.manifests.remove(bundle);
+            return false;
+        }
+        let Some(live) = live else { return false };
+        delivered.files.iter().all(|file| {
+            let Some(Component::Normal(top)) = file.components().next() else { return false };
+            let link_ok = rustix::fs::readlinkat(&dir, top, Vec::new())
+                .is_ok_and(|target| Path::new(OsStr::from_bytes(target.as_bytes())) == Path::new(DATA).join(top));
+            link_ok && rustix::fs::statat(&dir, Path::new(&live).join(file), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        })
     }
 
     /// Swaps in a new version of `bundle` holding `updates` and the unchanged files of the
@@ -210,45 +328,77 @@ impl BundleWriter {
         access: DirAccess,
         updates: Vec<PolicyUpdate>,
     ) -> Result<(), DeliverError> {
-        let dir = self.root.join(bundle);
+        let path = self.root.join(bundle);
         let io = |action: &'static str, path: &Path| {
             let bundle = bundle.to_string();
             let path = path.to_path_buf();
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
         let disk = self.disk;
-        let created = match fs::DirBuilder::new().mode(access.mode).create(&dir) {
+        let root = self.root_handle()?.try_clone_to_owned().map_err(io("open", &self.root))?;
+        let created = match rustix::fs::mkdirat(&root, bundle, Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
                 self.tidy.insert(bundle.to_string(), None);
                 true
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(io("create", &dir)(e)),
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => return Err(io("create", &path)(e.into())),
         };
-        // An existing directory may have the access an older configuration gave it.
-        set_access(disk, &dir, access, created).map_err(io("set the owner and mode of", &dir))?;
-        let old = self.manifest(bundle).clone();
-        // A directory made just now holds nothing to read or clear.
-        let live = if created { None } else { fs::read_link(dir.join(DATA)).ok() };
+        let dir = open_dir(&root, bundle).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+                || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+            {
+                DeliverError::Foreign { bundle: bundle.to_string(), path: path.clone() }
+            } else {
+                io("open", &path)(e)
+            }
+        })?;
         if !created {
-            remove_if_exists(&dir.join(DATA_TMP)).map_err(io("remove", &dir.join(DATA_TMP)))?;
+            let stat = rustix::fs::fstat(&dir).map_err(|e| io("stat", &path)(e.into()))?;
+            if !disk.owns(&stat) {
+                return Err(DeliverError::Foreign { bundle: bundle.to_string(), path });
+            }
+        }
+        // An existing directory may have the access an older configuration gave it.
+        set_access(disk, &dir, access, created).map_err(io("set the owner and mode of", &path))?;
+        let old = if created { Known::default() } else { self.known(bundle).clone() };
+        // A directory made just now holds nothing to read or clear.
+        let live = if created {
+            None
+        } else {
+            rustix::fs::readlinkat(&dir, DATA, Vec::new())
+                .ok()
+                .and_then(|target| target.into_string().ok())
+                .filter(|name| is_version_name(name))
+        };
+        if !created {
+            remove_if_exists(&dir, DATA_TMP).map_err(io("remove", &path.join(DATA_TMP)))?;
         }
 
         let (name, version_dir) = create_version_dir(disk, self.clock.as_ref(), &dir, access)
-            .map_err(io("create a version directory in", &dir))?;
+            .map_err(io("create a version directory in", &path))?;
         self.pause("created");
         let mut linked = Vec::new();
-        let staged =
-            self.stage(bundle, &dir, &version_dir, access, live.as_deref(), &old, members, updates, &mut linked);
+        let staged = self.stage(
+            bundle,
+            &dir,
+            &version_dir,
+            access,
+            live.as_deref(),
+            &old.manifest,
+            members,
+            updates,
+            &mut linked,
+        );
         let manifest = match staged {
             Ok(manifest) => manifest,
             Err(e) => {
                 // Nothing live changed: drop what was staged. Links created for new names
                 // point through `..data` at names the live version does not have, so they
                 // dangle exactly as the absent names did; remove them anyway.
-                let _ = fs::remove_dir_all(&version_dir);
+                let _ = remove_tree_at(&dir, &name);
                 for link in linked {
-                    let _ = fs::remove_file(link);
+                    let _ = rustix::fs::unlinkat(&dir, link.as_str(), AtFlags::empty());
                 }
                 // Whatever could not be removed is found by the next update's full scan.
                 self.tidy.remove(bundle);
@@ -257,11 +407,10 @@ impl BundleWriter {
         };
 
         // The commit point.
-        let tmp = dir.join(DATA_TMP);
-        symlink(&name, &tmp).map_err(io("link", &tmp))?;
-        fs::rename(&tmp, dir.join(DATA)).map_err(io("rename", &tmp))?;
-        disk.sync_dir(&dir).map_err(io("sync", &dir))?;
-        self.manifests.insert(bundle.to_string(), manifest.clone());
+        rustix::fs::symlinkat(name.as_str(), &dir, DATA_TMP).map_err(|e| io("link", &path.join(DATA_TMP))(e.into()))?;
+        rustix::fs::renameat(&dir, DATA_TMP, &dir, DATA).map_err(|e| io("rename", &path.join(DATA_TMP))(e.into()))?;
+        disk.sync(&dir).map_err(io("sync", &path))?;
+        self.manifests.insert(bundle.to_string(), Known { manifest: manifest.clone(), live: Some(name.clone()) });
         self.pause("swapped");
 
         // Cleanup. Failures here leave garbage, never a wrong bundle; the next update retries.
@@ -269,32 +418,28 @@ impl BundleWriter {
         let removed = if let Some(before_live) = self.tidy.get(bundle) {
             // Only what this update made obsolete: the version before the one it swapped
             // out, and links to names the new version no longer has.
-            let stale_version =
-                before_live.as_deref().filter(|v| Some(*v) != live.as_deref() && *v != Path::new(&name));
-            let stale_names = top_level_names(&old).into_iter().filter(|n| !visible.contains(n));
-            let garbage: Vec<PathBuf> =
-                stale_version.into_iter().map(|v| dir.join(v)).chain(stale_names.map(|n| dir.join(n))).collect();
-            garbage.iter().filter(|path| remove_ours(path)).count()
+            let stale_version = before_live.as_deref().filter(|v| Some(*v) != live.as_deref() && *v != name);
+            let stale_names = top_level_names(&old.manifest).into_iter().filter(|n| !visible.contains(n));
+            let garbage: Vec<String> = stale_version.map(String::from).into_iter().chain(stale_names).collect();
+            garbage.iter().filter(|entry| remove_ours(disk, &dir, entry)).count()
         } else {
             // Anything else keyturn may have left: versions and temporary links of updates
             // cut short by a crash, links to names no version has any more.
             let mut removed = 0;
-            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let entry_name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                let ours = if entry_name.starts_with("..") {
-                    entry_name != DATA && entry_name != name && live.as_deref() != Some(Path::new(&entry_name))
+            for entry in entries(&dir) {
+                let keep = if entry.starts_with("..") {
+                    entry == DATA || entry == name || live.as_deref() == Some(entry.as_str())
                 } else {
-                    !visible.contains(&entry_name)
+                    visible.contains(&entry)
                 };
-                if ours && remove_ours(&path) {
+                if !keep && remove_ours(disk, &dir, &entry) {
                     removed += 1;
                 }
             }
             removed
         };
         if removed > 0 {
-            let _ = disk.sync_dir(&dir);
+            let _ = disk.sync(&dir);
         }
         self.tidy.insert(bundle.to_string(), live);
         self.pause("cleaned");
@@ -306,15 +451,16 @@ impl BundleWriter {
     fn stage(
         &self,
         bundle: &str,
-        dir: &Path,
-        version_dir: &Path,
+        dir: &OwnedFd,
+        version_dir: &OwnedFd,
         access: DirAccess,
-        live: Option<&Path>,
+        live: Option<&str>,
         old: &Manifest,
         members: &BTreeSet<&str>,
         updates: Vec<PolicyUpdate>,
-        linked: &mut Vec<PathBuf>,
+        linked: &mut Vec<String>,
     ) -> Result<Manifest, DeliverError> {
+        let bundle_path = self.root.join(bundle);
         let io = |action: &'static str, path: &Path| {
             let bundle = bundle.to_string();
             let path = path.to_path_buf();
@@ -326,8 +472,8 @@ impl BundleWriter {
         let updated: BTreeSet<String> = updates.iter().map(|u| u.policy.clone()).collect();
         for update in updates {
             for file in &update.files {
-                let path = version_dir.join(&file.path);
-                write_file(self.disk, version_dir, access, &path, file).map_err(io("write", &path))?;
+                write_file(self.disk, version_dir, access, &file.path, file)
+                    .map_err(io("write", &bundle_path.join(&file.path)))?;
             }
             manifest.policies.insert(
                 update.policy,
@@ -345,16 +491,16 @@ impl BundleWriter {
 
         // Unchanged members keep their files: hard links into the new version directory.
         if let Some(live) = live {
-            let live_dir = dir.join(live);
+            let live_dir = open_dir(dir, live).map_err(io("open", &bundle_path.join(live)))?;
             for (policy, delivered) in &old.policies {
                 if updated.contains(policy) || !members.contains(policy.as_str()) {
                     continue;
                 }
                 let carried = delivered.files.iter().try_for_each(|file| {
-                    let target = version_dir.join(file);
-                    create_parents(self.disk, version_dir, access, &target)?;
-                    fs::hard_link(live_dir.join(file), &target).map_err(|e| {
-                        needs_capability(e, "CAP_FOWNER", "carry another user's file into the new version")
+                    let parent = create_parents(self.disk, version_dir, access, file)?;
+                    let name = file.file_name().unwrap_or_default();
+                    rustix::fs::linkat(&live_dir, file, &parent, name, AtFlags::empty()).map_err(|e| {
+                        needs_capability(e.into(), "CAP_FOWNER", "carry another user's file into the new version")
                     })
                 });
                 match carried {
@@ -370,13 +516,12 @@ impl BundleWriter {
                             "files missing from the live bundle; they will be delivered again"
                         );
                     }
-                    Err(e) => return Err(io("link", &live_dir)(e)),
+                    Err(e) => return Err(io("link", &bundle_path.join(live))(e)),
                 }
             }
         }
         self.pause("carried");
 
-        let manifest_path = version_dir.join(MANIFEST);
         let text = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         let own = RenderedFile {
             path: MANIFEST.into(),
@@ -385,57 +530,71 @@ impl BundleWriter {
             owner: None,
             group: None,
         };
-        write_file(self.disk, version_dir, access, &manifest_path, &own).map_err(io("write", &manifest_path))?;
-        sync_version(self.disk, version_dir, &manifest).map_err(io("sync", version_dir))?;
+        write_file(self.disk, version_dir, access, Path::new(MANIFEST), &own)
+            .map_err(io("write", &bundle_path.join(MANIFEST)))?;
+        sync_version(self.disk, version_dir, &manifest).map_err(io("sync", &bundle_path))?;
         self.pause("manifest-written");
 
         // New visible names, created before the swap: they dangle until `..data` points at a
         // version that has them, which readers see as the same "no such file" as before.
         let mut relinked = false;
         for name in top_level_names(&manifest) {
-            let link = dir.join(&name);
             let target = Path::new(DATA).join(&name);
-            match fs::read_link(&link) {
-                Ok(existing) if existing == target => continue,
+            let link_path = bundle_path.join(&name);
+            match rustix::fs::readlinkat(dir, name.as_str(), Vec::new()) {
+                Ok(existing) if Path::new(OsStr::from_bytes(existing.as_bytes())) == target => continue,
                 Ok(_) => {
-                    let tmp = dir.join(format!("..link_tmp_{name}"));
-                    remove_if_exists(&tmp).map_err(io("remove", &tmp))?;
-                    symlink(&target, &tmp).map_err(io("link", &tmp))?;
-                    fs::rename(&tmp, &link).map_err(io("rename", &tmp))?;
+                    let tmp = format!("{LINK_TMP}{name}");
+                    remove_if_exists(dir, &tmp).map_err(io("remove", &bundle_path.join(&tmp)))?;
+                    rustix::fs::symlinkat(&target, dir, tmp.as_str())
+                        .map_err(|e| io("link", &bundle_path.join(&tmp))(e.into()))?;
+                    rustix::fs::renameat(dir, tmp.as_str(), dir, name.as_str())
+                        .map_err(|e| io("rename", &bundle_path.join(&tmp))(e.into()))?;
                     relinked = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    symlink(&target, &link).map_err(io("link", &link))?;
-                    linked.push(link);
+                Err(rustix::io::Errno::NOENT) => {
+                    rustix::fs::symlinkat(&target, dir, name.as_str()).map_err(|e| io("link", &link_path)(e.into()))?;
+                    linked.push(name);
                     relinked = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    return Err(DeliverError::Foreign { bundle: bundle.to_string(), path: link });
+                Err(rustix::io::Errno::INVAL) => {
+                    return Err(DeliverError::Foreign { bundle: bundle.to_string(), path: link_path });
                 }
-                Err(e) => return Err(io("read", &link)(e)),
+                Err(e) => return Err(io("read", &link_path)(e.into())),
             }
         }
         if relinked {
             // Durable before the swap, so that no crash leaves a new version live without the
             // names that lead to it.
-            self.disk.sync_dir(dir).map_err(io("sync", dir))?;
+            self.disk.sync(dir).map_err(io("sync", &bundle_path))?;
         }
         self.pause("linked");
         Ok(manifest)
     }
 
-    /// Removes bundles under the root that keyturn wrote but no policy delivers any more.
-    /// Directories without a `..data` link are not keyturn's and are left alone.
+    /// Removes bundles under the root that keyturn wrote but no policy delivers any more:
+    /// directories of the agent's user whose `..data` leads to a version directory holding
+    /// keyturn's manifest. Anything else is not keyturn's and is left alone.
     pub fn remove_stale(&mut self, keep: &BTreeSet<&str>) -> Vec<String> {
+        let disk = self.disk;
+        let Ok(root) = self.root_handle().and_then(|r| {
+            r.try_clone_to_owned().map_err(|source| DeliverError::Io {
+                bundle: String::new(),
+                action: "open",
+                path: PathBuf::new(),
+                source,
+            })
+        }) else {
+            return Vec::new();
+        };
         let mut removed = Vec::new();
-        for entry in fs::read_dir(&self.root).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if keep.contains(name.as_str()) || !path.join(DATA).is_symlink() {
+        for name in entries(&root) {
+            if name.starts_with('.') || keep.contains(name.as_str()) || !is_our_bundle(disk, &root, &name) {
                 continue;
             }
-            if fs::remove_dir_all(&path).is_ok() {
+            if remove_tree_at(&root, &name).is_ok() {
                 self.manifests.remove(&name);
+                self.tidy.remove(&name);
                 removed.push(name);
             }
         }
@@ -452,11 +611,66 @@ impl BundleWriter {
     }
 }
 
-fn read_manifest(dir: &Path) -> Manifest {
-    fs::read(dir.join(DATA).join(MANIFEST))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
+/// What a bundle holds, read through `..data` (which must name a version directory) from a
+/// manifest the agent's user owns; empty when any of that is not so.
+fn read_known(disk: Disk, root: BorrowedFd<'_>, bundle: &str) -> Known {
+    let read = || -> Option<Known> {
+        let dir = open_dir(root, bundle).ok()?;
+        let live = rustix::fs::readlinkat(&dir, DATA, Vec::new()).ok()?.into_string().ok()?;
+        if !is_version_name(&live) {
+            return None;
+        }
+        let version = open_dir(&dir, live.as_str()).ok()?;
+        let manifest = rustix::fs::openat(
+            &version,
+            MANIFEST,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let stat = rustix::fs::fstat(&manifest).ok()?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || stat.st_uid != disk.uid {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::from(manifest).take(MANIFEST_MAX).read_to_end(&mut bytes).ok()?;
+        let manifest = serde_json::from_slice(&bytes).ok()?;
+        Some(Known { manifest, live: Some(live) })
+    };
+    read().unwrap_or_default()
+}
+
+/// Whether `name` under the root is a bundle keyturn made.
+fn is_our_bundle(disk: Disk, root: &OwnedFd, name: &str) -> bool {
+    let Ok(dir) = open_dir(root, name) else { return false };
+    if !rustix::fs::fstat(&dir).is_ok_and(|stat| stat.st_uid == disk.uid) {
+        return false;
+    }
+    read_known(disk, root.as_fd(), name).live.is_some()
+}
+
+/// The names in a directory, `.` and `..` left out; names that are not UTF-8 are not
+/// keyturn's and are left out too.
+fn entries(dir: &OwnedFd) -> Vec<String> {
+    let Ok(listing) = rustix::fs::Dir::read_from(dir) else { return Vec::new() };
+    listing
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().ok().map(String::from))
+        .filter(|name| name != "." && name != "..")
+        .collect()
+}
+
+/// Removes `name` under `dir` and everything in it, never following a link.
+fn remove_tree_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?);
+    }
+    let inside = open_dir(dir, name)?;
+    for entry in entries(&inside) {
+        remove_tree_at(&inside, &entry)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
 }
 
 /// The names applications see at the top of the bundle.
@@ -470,25 +684,27 @@ fn top_level_names(manifest: &Manifest) -> BTreeSet<String> {
         .collect()
 }
 
-fn is_our_link(path: &Path) -> bool {
-    fs::read_link(path).is_ok_and(|target| target.starts_with(DATA))
-}
-
-/// Removes a hidden version directory or temporary link, or a visible link into `..data`;
-/// anything else under a visible name is not keyturn's and stays. True when it was removed.
-fn remove_ours(path: &Path) -> bool {
-    let hidden = path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
-    if hidden {
-        fs::remove_dir_all(path).or_else(|_| fs::remove_file(path)).is_ok()
+/// Removes what keyturn leaves in a bundle: a version directory of the agent's user, a
+/// temporary link, or a visible link into `..data`; anything else (a file, a directory, a
+/// link of someone else) stays. True when it was removed.
+fn remove_ours(disk: Disk, dir: &OwnedFd, name: &str) -> bool {
+    let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else { return false };
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    let ours = if name == DATA_TMP || name.starts_with(LINK_TMP) {
+        kind == FileType::Symlink
+    } else if name.starts_with("..") {
+        kind == FileType::Directory && is_version_name(name) && stat.st_uid == disk.uid
     } else {
-        is_our_link(path) && fs::remove_file(path).is_ok()
-    }
+        kind == FileType::Symlink
+            && rustix::fs::readlinkat(dir, name, Vec::new()).is_ok_and(|t| t.as_bytes().starts_with(DATA.as_bytes()))
+    };
+    ours && remove_tree_at(dir, name).is_ok()
 }
 
-fn remove_if_exists(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+fn remove_if_exists(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(rustix::io::Errno::NOENT) | Ok(()) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -497,34 +713,47 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 fn create_version_dir(
     disk: Disk,
     clock: &dyn Clock,
-    bundle_dir: &Path,
+    bundle_dir: &OwnedFd,
     access: DirAccess,
-) -> io::Result<(String, PathBuf)> {
+) -> io::Result<(String, OwnedFd)> {
     let stamp = humantime::format_rfc3339_nanos(clock.now()).to_string();
     let stamp = stamp.trim_end_matches('Z').replace(['-', 'T', ':'], "_");
     for attempt in 0..100 {
         let name = if attempt == 0 { format!("..{stamp}") } else { format!("..{stamp}-{attempt}") };
-        let path = bundle_dir.join(&name);
-        match fs::DirBuilder::new().mode(access.mode).create(&path) {
+        match rustix::fs::mkdirat(bundle_dir, name.as_str(), Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
-                set_access(disk, &path, access, true)?;
-                return Ok((name, path));
+                let handle = open_dir(bundle_dir, name.as_str())?;
+                set_access(disk, &handle, access, true)?;
+                return Ok((name, handle));
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Err(io::Error::new(io::ErrorKind::AlreadyExists, "no free version directory name"))
 }
 
-fn create_parents(disk: Disk, version_dir: &Path, access: DirAccess, path: &Path) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(version_dir);
-    if parent != version_dir && !parent.is_dir() {
-        create_parents(disk, version_dir, access, parent)?;
-        fs::DirBuilder::new().mode(access.mode).create(parent)?;
-        set_access(disk, parent, access, true)?;
+/// Opens (creating as needed) the directories of `path` inside `version_dir`; returns the
+/// handle of its parent.
+fn create_parents(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &Path) -> io::Result<OwnedFd> {
+    let mut current = version_dir.try_clone()?;
+    let parents: Vec<&OsStr> = match path.parent() {
+        Some(parent) => parent.components().map(|c| c.as_os_str()).collect(),
+        None => Vec::new(),
+    };
+    for name in parents {
+        let next = match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(access.mode)) {
+            Ok(()) => {
+                let handle = open_dir(&current, name)?;
+                set_access(disk, &handle, access, true)?;
+                handle
+            }
+            Err(rustix::io::Errno::EXIST) => open_dir(&current, name)?,
+            Err(e) => return Err(e.into()),
+        };
+        current = next;
     }
-    Ok(())
+    Ok(current)
 }
 
 /// Says which capability an EPERM means, and where it comes from.
@@ -540,28 +769,28 @@ fn needs_capability(error: io::Error, capability: &str, to: &str) -> io::Error {
 
 /// Gives a directory the bundle's group and mode. One just `created` with that mode already
 /// has it unless it needs a group or the umask took bits away.
-fn set_access(disk: Disk, dir: &Path, access: DirAccess, created: bool) -> io::Result<()> {
+fn set_access(disk: Disk, dir: &OwnedFd, access: DirAccess, created: bool) -> io::Result<()> {
     if created && access.group.is_none() && !disk.masks(access.mode) {
         return Ok(());
     }
-    let handle = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
-        .open(dir)?;
-    sys::chown(&handle, None, access.group)
+    sys::chown(dir, None, access.group)
         .map_err(|e| needs_capability(e, "CAP_CHOWN", "give a directory to a group the agent is not in"))?;
-    sys::chmod(&handle, access.mode)
+    sys::chmod(dir, access.mode)
 }
 
 /// Creates one file with its final mode and owner, then writes and syncs it.
-fn write_file(disk: Disk, version_dir: &Path, access: DirAccess, path: &Path, file: &RenderedFile) -> io::Result<()> {
-    create_parents(disk, version_dir, access, path)?;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(file.mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
+fn write_file(
+    disk: Disk,
+    version_dir: &OwnedFd,
+    access: DirAccess,
+    path: &Path,
+    file: &RenderedFile,
+) -> io::Result<()> {
+    let parent = create_parents(disk, version_dir, access, path)?;
+    let name = path.file_name().unwrap_or_default();
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let out = rustix::fs::openat(&parent, name, flags, Mode::from_raw_mode(file.mode))?;
+    let mut out = std::fs::File::from(out);
     if disk.masks(file.mode) {
         sys::chmod(&out, file.mode)?;
     }
@@ -569,12 +798,15 @@ fn write_file(disk: Disk, version_dir: &Path, access: DirAccess, path: &Path, fi
         needs_capability(e, "CAP_CHOWN", "give a file to another user or to a group the agent is not in")
     })?;
     out.write_all(file.contents.expose())?;
-    disk.sync_file(&out)
+    disk.sync(&out)
 }
 
 /// Syncs a version directory and the directories inside it (the parents of the files its
 /// manifest lists), so their entries are durable before the swap makes them live.
-fn sync_version(disk: Disk, version_dir: &Path, manifest: &Manifest) -> io::Result<()> {
+fn sync_version(disk: Disk, version_dir: &OwnedFd, manifest: &Manifest) -> io::Result<()> {
+    if !disk.durable {
+        return Ok(());
+    }
     let inside: BTreeSet<&Path> = manifest
         .policies
         .values()
@@ -583,14 +815,15 @@ fn sync_version(disk: Disk, version_dir: &Path, manifest: &Manifest) -> io::Resu
         .filter(|dir| !dir.as_os_str().is_empty())
         .collect();
     for dir in inside.iter().rev() {
-        disk.sync_dir(&version_dir.join(dir))?;
+        disk.sync(rustix::fs::openat(version_dir, *dir, dir_flags(), Mode::empty())?)?;
     }
-    disk.sync_dir(version_dir)
+    disk.sync(version_dir)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     use super::*;
 
@@ -717,6 +950,51 @@ mod tests {
             .write("api", &BTreeSet::from(["db"]), OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])])
             .unwrap_err();
         assert!(matches!(err, DeliverError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_runtime_directory_others_may_write_or_a_link_is_refused() {
+        let parent = tempfile::tempdir_in("/dev/shm").unwrap();
+        let open = parent.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let mut writer = BundleWriter::new(open.clone(), None, crate::clock::system());
+        let err = writer.prepare_root(false).unwrap_err().to_string();
+        assert!(err.contains("writable by others (mode 0777)"), "{err}");
+        // A directory above that others may write (not sticky) is refused too.
+        let mut below = BundleWriter::new(open.join("run"), None, crate::clock::system());
+        let err = below.prepare_root(false).unwrap_err().to_string();
+        assert!(err.contains("above it is writable by others"), "{err}");
+        let link = parent.path().join("link");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).unwrap();
+        symlink(&open, &link).unwrap();
+        let mut linked = BundleWriter::new(link, None, crate::clock::system());
+        assert!(linked.prepare_root(false).is_err(), "a link is not followed");
+        let mut own = BundleWriter::new(open, None, crate::clock::system());
+        own.prepare_root(false).unwrap();
+    }
+
+    #[test]
+    fn a_bundle_whose_links_were_changed_is_not_current() {
+        let root = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut writer = BundleWriter::new(root.path().to_path_buf(), None, crate::clock::system());
+        let members = BTreeSet::from(["db"]);
+        writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
+        let id = VersionId::from(1);
+        let want = Fingerprint { version: &id, crc32c: 1, spec: 7, previous: None };
+        assert!(writer.holds("api", "db", &want));
+        let api = root.path().join("api");
+        fs::remove_file(api.join("db.env")).unwrap();
+        symlink("/etc/hostname", api.join("db.env")).unwrap();
+        assert!(!writer.holds("api", "db", &want), "a visible link led elsewhere");
+        writer.write("api", &members, OPEN, vec![update("db", 1, &[("db.env", "A=1\n")])]).unwrap();
+        assert!(writer.holds("api", "db", &want));
+        // `..data` swapped to another version directory.
+        let other = "..2020_01_01_00_00_00.000000001";
+        fs::create_dir(api.join(other)).unwrap();
+        symlink(other, api.join("..data_x")).unwrap();
+        fs::rename(api.join("..data_x"), api.join(DATA)).unwrap();
+        assert!(!writer.holds("api", "db", &want), "..data led elsewhere");
     }
 
     #[test]

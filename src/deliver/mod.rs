@@ -24,6 +24,8 @@ pub enum DeliverError {
         path.display()
     )]
     NotVolatile { path: PathBuf, filesystem: String },
+    #[error("runtime directory {}: {problem}", path.display())]
+    UnsafeRuntimeDir { path: PathBuf, problem: String },
     #[error("bundle {bundle}: cannot {action} {}", path.display())]
     Io {
         bundle: String,
@@ -98,6 +100,23 @@ pub fn render(policy: &Policy, bundle: &str, inputs: &Inputs<'_>) -> Result<Poli
         previous: inputs.previous.map(|p| p.version.clone()),
         files,
     })
+}
+
+/// Renders every file `policy` delivers from `version` (with `extras`, its template secrets)
+/// and drops them: whether the value can be delivered at all. The rotation protocol asks this
+/// before it promotes a new value, so that no value a node would refuse becomes `current`.
+/// The error names the file and the rule, never the value.
+pub fn check_renders(
+    policy: &Policy,
+    version: &Version,
+    extras: &BTreeMap<String, Version>,
+    node: &str,
+) -> Result<(), String> {
+    let inputs = Inputs { version, extras, previous: None, node };
+    for bundle in policy.bundles() {
+        render(policy, bundle, &inputs).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The version before `current` as a verification set sees it: its id and public key.

@@ -305,18 +305,27 @@ impl<S: SecretStore + 'static> Engine<S> {
         let rotate = policy.rotate.as_ref().expect("only rotating policies are rotated");
         let turn = self.state.rotation_turn(&policy.name);
         let _turn = turn.lock().await;
-        let rotator = Rotator {
-            store: self.store(policy).as_ref(),
-            policy,
-            rotate,
-            node: &self.config.agent.node,
-            pid: std::process::id(),
-            pause_at: self.seams.pause_at.as_deref(),
-            progress,
-            clock: self.seams.clock.as_ref(),
-        };
         let started = Instant::now();
-        let result = rotator.run(trigger).await;
+        // A new value must render into every file with the template secrets as they are now.
+        let result = match self.template_secrets(policy).await {
+            Ok(extras) => {
+                let node = &self.config.agent.node;
+                let deliverable = |version: &Version| deliver::check_renders(policy, version, &extras, node);
+                let rotator = Rotator {
+                    store: self.store(policy).as_ref(),
+                    policy,
+                    rotate,
+                    node,
+                    pid: std::process::id(),
+                    pause_at: self.seams.pause_at.as_deref(),
+                    progress,
+                    clock: self.seams.clock.as_ref(),
+                    deliverable: &deliverable,
+                };
+                rotator.run(trigger).await
+            }
+            Err(source) => Err(RotationError::Store { step: Step::Check, source }),
+        };
         let took = started.elapsed();
         match &result {
             Ok(Outcome::Rotated { version, previous, disabled }) => {
@@ -337,6 +346,15 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
         result
+    }
+
+    /// The current versions of the policy's `[secrets.NAME]`, which its templates use.
+    async fn template_secrets(&self, policy: &Policy) -> Result<BTreeMap<String, Version>, StoreError> {
+        let mut extras = BTreeMap::new();
+        for (name, extra) in &policy.extras {
+            extras.insert(name.clone(), self.stores[&extra.store].access(&extra.secret, &Selector::current()).await?);
+        }
+        Ok(extras)
     }
 
     /// Reads the version the policy delivers (`current`, unless it says otherwise), and (only
@@ -393,11 +411,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             _ => true,
         });
         // Template secrets: one access each per poll, like the policy's own secret.
-        let mut extras = BTreeMap::new();
-        for (name, extra) in &policy.extras {
-            let version = self.stores[&extra.store].access(&extra.secret, &Selector::current()).await?;
-            extras.insert(name.clone(), version);
-        }
+        let extras = self.template_secrets(policy).await?;
         Ok(Fetched { version, previous, extras })
     }
 

@@ -40,6 +40,17 @@ pub enum Generator {
     Rsa(RsaBits),
 }
 
+/// What a generator's values look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Any bytes, not text.
+    Bytes,
+    /// Text drawn from `alphabet` (the charset named `charset`), any character anywhere.
+    Text { charset: String, alphabet: Vec<char> },
+    /// A PKCS#8 PEM private key: ASCII lines.
+    Pem,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RsaBits {
     B2048,
@@ -170,6 +181,17 @@ impl Generator {
             return Err(CheckError::Length { generator: self.name(), expected, actual: value.len() });
         }
         Ok(())
+    }
+
+    /// What its values look like, for formats that cannot deliver every value.
+    pub fn output(&self) -> Output {
+        match self {
+            Generator::Random { .. } | Generator::HmacSha256 | Generator::Aes256 => Output::Bytes,
+            Generator::Password { charset, .. } => {
+                Output::Text { charset: charset.name(), alphabet: charset.alphabet() }
+            }
+            Generator::Ed25519 | Generator::EcdsaP256 | Generator::EcdsaP384 | Generator::Rsa(_) => Output::Pem,
+        }
     }
 
     pub fn is_asymmetric(&self) -> bool {

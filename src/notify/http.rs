@@ -1,12 +1,13 @@
 //! `http = { url = "http://127.0.0.1:8000/-/reload", bearer_token_file = "/etc/api/reload-token" }`:
 //! a POST with a small JSON body naming the policy, version and bundles, never the value.
+//! Sent under [`crate::http`]'s policy: no redirect is followed and no proxy is used for
+//! loopback; the token file is read as hostile input ([`crate::sys::read_small_file`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use zeroize::Zeroizing;
 
 use super::{Change, Kind, NotifyError, Resources, Sent};
 use crate::config::Section;
@@ -61,7 +62,7 @@ impl Kind for Http {
             url: config.url.clone(),
             timeout: config.timeout,
             bearer_token_file: config.bearer_token_file.clone(),
-            client: resources.http_client(),
+            client: resources.http_client(&config.url),
         }
     }
 
@@ -74,20 +75,21 @@ impl Kind for Http {
         let mut request = self.client.post(&self.url).timeout(self.timeout).json(&body);
         if let Some(path) = &self.bearer_token_file {
             // Read at every attempt: the token may be rotated by keyturn itself.
-            let token = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                NotifyError::Failed(format!("cannot read the bearer token file {}: {e}", path.display()))
-            })?);
+            let token = crate::http::read_token(path, self.timeout).await.map_err(NotifyError::Failed)?;
             request = request.bearer_auth(token.trim());
         }
+        let shown = crate::http::shown(&self.url);
         let response = request
             .send()
             .await
-            .map_err(|e| NotifyError::Failed(format!("POST {}: {}", self.url, crate::error_chain(&e))))?;
+            .map_err(|e| NotifyError::Failed(format!("POST {shown}: {}", crate::http::error(e))))?;
         let status = response.status();
         if status.is_success() {
             Ok(Sent::Done)
+        } else if status.is_redirection() {
+            Err(NotifyError::Failed(format!("POST {shown} answered {status}; redirects are not followed")))
         } else {
-            Err(NotifyError::Failed(format!("POST {} answered {status}", self.url)))
+            Err(NotifyError::Failed(format!("POST {shown} answered {status}")))
         }
     }
 }

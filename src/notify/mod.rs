@@ -76,20 +76,20 @@ pub trait Kind: Sized + fmt::Debug + Send + Sync + 'static {
 /// the fleet is not spent on what a node does not use.
 #[derive(Debug, Default)]
 pub struct Resources {
-    http: OnceLock<reqwest::Client>,
+    /// For loopback URLs: no proxy.
+    loopback: OnceLock<reqwest::Client>,
+    /// For the rest: https only, the environment's proxies.
+    remote: OnceLock<reqwest::Client>,
 }
 
 impl Resources {
-    /// One HTTP client (and one set of TLS roots) for every notifier that speaks HTTP.
-    pub fn http_client(&self) -> reqwest::Client {
-        self.http
-            .get_or_init(|| {
-                reqwest::Client::builder()
-                    .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .unwrap_or_default()
-            })
-            .clone()
+    /// One HTTP client (and one set of TLS roots) for every notifier that speaks HTTP to the
+    /// same side of loopback, under [`crate::http`]'s policy.
+    pub fn http_client(&self, url: &str) -> reqwest::Client {
+        let loopback = url::Url::parse(url).is_ok_and(|u| crate::config::units::is_loopback(&u));
+        let (cell, example) =
+            if loopback { (&self.loopback, "http://127.0.0.1/") } else { (&self.remote, "https://example.com/") };
+        cell.get_or_init(|| crate::http::builder(example).build().unwrap_or_default()).clone()
     }
 }
 

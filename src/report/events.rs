@@ -8,7 +8,11 @@
 //! outage nor an agent restart loses one. Delivery is **at least once**: an event acknowledged
 //! just before a crash is sent again after the restart with the same `id`, which collectors use
 //! to drop duplicates. The spool is bounded (`spool_max_events`); when full, the oldest event
-//! is dropped, counted in `keyturn_report_events_total{result="dropped"}` and logged.
+//! is dropped, counted in `keyturn_report_events_total{result="dropped"}` and logged. A spool
+//! file is read within that bound too (the newest lines that fit, each at most 16 KiB, links
+//! not followed), whatever it holds. Events are posted under [`crate::http`]'s policy (no
+//! redirect, no proxy for loopback), with a bearer token read as [`crate::http::read_token`]
+//! reads one.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -19,7 +23,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use zeroize::Zeroizing;
 
 use super::metrics::{Metrics, ResultLabel};
 use crate::backoff::{retry_delay_from, unit_random};
@@ -136,21 +139,13 @@ impl Reporter {
     ) -> std::io::Result<Reporter> {
         crate::sys::create_dir(state_dir, 0o700)?;
         let path = state_dir.join(SPOOL);
-        let events: VecDeque<String> = match std::fs::read_to_string(&path) {
-            Ok(text) => text.lines().filter(|l| serde_json::from_str::<Event>(l).is_ok()).map(String::from).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => VecDeque::new(),
-            Err(e) => return Err(e),
-        };
+        let events = read_spool(&path, config.spool_max_events)?;
         if !events.is_empty() {
             tracing::info!(events = events.len(), spool = %path.display(), "unsent report events from an earlier run");
         }
         metrics.report_spool.set(events.len() as i64);
         let started = clock.now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.timeout)
-            .build()
-            .map_err(std::io::Error::other)?;
+        let client = crate::http::client(&config.url, config.timeout).map_err(std::io::Error::other)?;
         Ok(Reporter {
             config: config.clone(),
             node: node.to_string(),
@@ -253,18 +248,61 @@ impl Reporter {
             .header("content-type", "application/cloudevents+json; charset=utf-8")
             .body(line.to_string());
         if let Some(path) = &self.config.bearer_token_file {
-            let token = Zeroizing::new(
-                std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            );
+            let token = crate::http::read_token(path, self.config.timeout).await?;
             request = request.bearer_auth(token.trim());
         }
-        let response = request.send().await.map_err(|e| crate::error_chain(&e))?;
+        let response = request.send().await.map_err(crate::http::error)?;
         if response.status().is_success() {
             Ok(())
+        } else if response.status().is_redirection() {
+            Err(format!("the collector answered {}; redirects are not followed", response.status()))
         } else {
             Err(format!("the collector answered {}", response.status()))
         }
     }
+}
+
+/// The longest line a spool holds: an event is a few hundred bytes.
+const MAX_EVENT_LINE: usize = 16 * 1024;
+
+/// The unsent events of a spool file, newest `max` at most. The file is state, but state a
+/// crash, a full disk or a hand may have damaged: only its last `max` lines' worth of bytes is
+/// read, lines that are not events (or are longer than [`MAX_EVENT_LINE`]) are skipped, and a
+/// link is not followed.
+fn read_spool(path: &Path, max: usize) -> std::io::Result<VecDeque<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VecDeque::new()),
+        Err(e) => return Err(e),
+    };
+    let length = file.metadata()?.len();
+    let budget = (max.saturating_add(1)).saturating_mul(MAX_EVENT_LINE) as u64;
+    let start = length.saturating_sub(budget);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(budget).read_to_end(&mut bytes)?;
+    let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+    if start > 0 && !lines.is_empty() {
+        // The first line was cut by the seek.
+        lines.remove(0);
+    }
+    let mut events: VecDeque<String> = lines
+        .into_iter()
+        .filter(|line| line.len() <= MAX_EVENT_LINE)
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter(|line| serde_json::from_str::<Event>(line).is_ok())
+        .map(String::from)
+        .collect();
+    while events.len() > max {
+        events.pop_front();
+    }
+    Ok(events)
 }
 
 impl Spool {
@@ -331,5 +369,56 @@ mod tests {
         let mut ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         ids.dedup();
         assert_eq!(ids.len(), 10, "ids are unique");
+    }
+
+    /// A spool left by another configuration, damaged, or grown by hand is read within its
+    /// bound: the newest events that fit, never more than `spool_max_events`.
+    #[tokio::test]
+    async fn a_spool_is_read_within_its_bound_whatever_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let reporter =
+            Reporter::open(&config(1000), "edge-17", dir.path(), metrics.clone(), crate::clock::system()).unwrap();
+        for i in 0..50 {
+            let facts = Facts { policy: "db".into(), version: Some(i.to_string()), ..Facts::default() };
+            reporter.record(Kind::Delivered, "ok", facts);
+        }
+        drop(reporter);
+        let path = dir.path().join(SPOOL);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(0, &"x".repeat(5 * MAX_EVENT_LINE));
+        text.push_str("not an event\n\u{0}\u{ff}\n");
+        crate::sys::replace_file(&path, text.as_bytes(), 0o600).unwrap();
+        let reopened =
+            Reporter::open(&config(10), "edge-17", dir.path(), metrics.clone(), crate::clock::system()).unwrap();
+        let events: Vec<Event> = reopened.spool().events.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(events.len(), 10, "the newest ten");
+        assert_eq!(events[9].data.facts.version.as_deref(), Some("49"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Whatever a spool file holds, reading it keeps at most `max` events, each an event.
+        #[test]
+        fn any_spool_file_reads_as_at_most_max_events(
+            lines in proptest::collection::vec(proptest::prelude::any::<Vec<u8>>(), 0..40),
+            max in 1usize..20,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(SPOOL);
+            let event = r#"{"specversion":"1.0","id":"n-1-0","source":"keyturn://n","type":"t","time":"x","subject":"p","datacontenttype":"application/json","data":{"node":"n","result":"ok","policy":"p","secret":"s","store":"d"}}"#;
+            let mut bytes = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                bytes.extend_from_slice(if i % 3 == 0 { event.as_bytes() } else { line });
+                bytes.push(b'\n');
+            }
+            crate::sys::replace_file(&path, &bytes, 0o600).unwrap();
+            let events = read_spool(&path, max).unwrap();
+            proptest::prop_assert!(events.len() <= max);
+            for line in &events {
+                proptest::prop_assert!(serde_json::from_str::<Event>(line).is_ok());
+            }
+        }
     }
 }

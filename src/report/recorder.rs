@@ -120,7 +120,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(node: &str, clock: SharedClock, metrics: Arc<Metrics>, reporter: Option<Arc<Reporter>>) -> Self {
-        let status = Status { node: node.to_string(), pid: std::process::id(), ..Status::default() };
+        let status = Status {
+            node: node.to_string(),
+            pid: std::process::id(),
+            process: crate::sys::ProcessIdentity::own().map(|p| p.as_str().to_string()),
+            ..Status::default()
+        };
         Recorder {
             clock,
             status: Mutex::new(status),
@@ -510,6 +515,18 @@ impl Recorder {
             tokio::time::sleep(STATUS_DEBOUNCE).await;
             self.save(&state_dir);
         }
+    }
+
+    /// The last save of a process that is about to exit: the status keeps what was
+    /// delivered, and names no process, so that nothing signals or trusts a pid that may soon
+    /// belong to another process.
+    pub fn save_stopped(&self, state_dir: &Path) {
+        {
+            let mut status = self.status();
+            status.pid = 0;
+            status.process = None;
+        }
+        self.save(state_dir);
     }
 
     pub fn save(&self, state_dir: &Path) {

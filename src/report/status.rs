@@ -18,8 +18,12 @@ pub const FILE_NAME: &str = "status.json";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub node: String,
-    /// The agent process that last wrote this file.
+    /// The agent process that last wrote this file; 0 once it has stopped.
     pub pid: u32,
+    /// That process's identity (boot and start time), to tell it from a later process that
+    /// got the same pid: nothing trusts `pid` without it. See [`Status::running_agent`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
     pub updated_at: String,
     /// Where the admin listener (`/metrics`, `/healthz`, `/readyz`) is bound, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,13 @@ impl Status {
         sys::create_dir(state_dir, 0o700)?;
         let bytes = serde_json::to_vec_pretty(self).expect("status serializes");
         sys::replace_file(&Status::path(state_dir), &bytes, 0o644)
+    }
+
+    /// The pid of the agent that wrote this file, if that process still runs: not a process
+    /// that got its pid after it stopped, and not the caller itself.
+    pub fn running_agent(&self) -> Option<u32> {
+        let identity = self.process.as_deref()?;
+        (self.pid != std::process::id() && sys::is_same_process(self.pid, identity)).then_some(self.pid)
     }
 
     /// Whether every required policy has a version on disk.

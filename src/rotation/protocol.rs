@@ -3,8 +3,10 @@
 //! 1. **Lease** (fleet-owned secrets): write `keyturn.lease` with the secret's etag. If the
 //!    swap fails or a live lease is held elsewhere, another node is rotating: back off.
 //! 2. **Add**: generate a value, add it as a version, point `pending` at it.
-//! 3. **Check**: the value parses and matches its kind; the policy's `check` command, if any,
-//!    gets it on stdin and must exit 0. A failure discards the pending version.
+//! 3. **Check**: the value parses and matches its kind; every file the policy delivers renders
+//!    from it (a value a format refuses would leave every node on the old one); the policy's
+//!    `check` command, if any, gets it on stdin and must exit 0. A failure discards the
+//!    pending version.
 //! 4. **Promote**, in one compare-and-swap: `current` = new, `previous` = old current,
 //!    `pending` dropped, lease released.
 //! 5. **Clean up**: disable versions that are neither current nor previous, beyond the `keep`
@@ -26,7 +28,7 @@ use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
 use crate::clock::Clock;
 use crate::config::{Owner, Policy, Rotate};
-use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, VersionId};
+use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, Version, VersionId};
 use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
 
 /// What started a rotation.
@@ -113,6 +115,9 @@ pub struct Rotator<'a, S> {
     pub progress: &'a (dyn Fn(Step, &str) + Send + Sync),
     /// Where "now" comes from: due times and lease expiry are decided by it.
     pub clock: &'a dyn Clock,
+    /// Whether a value can be delivered: every file of the policy renders from it (see
+    /// `deliver::check_renders`). Part of the check step.
+    pub deliverable: &'a (dyn Fn(&Version) -> Result<(), String> + Send + Sync),
 }
 
 impl<S> std::fmt::Debug for Rotator<'_, S> {
@@ -411,9 +416,11 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
     }
 
-    /// "Parses and matches its kind", then the policy's own check command.
+    /// "Parses and matches its kind", renders into every file of the policy, then the
+    /// policy's own check command.
     async fn check(&self, value: &SecretBytes, version: &VersionId) -> Result<(), String> {
         self.rotate.generator.check(value).map_err(|e| e.to_string())?;
+        (self.deliverable)(&Version::new(version.clone(), value.clone()))?;
         match &self.rotate.check {
             Some(command) => self.run_check_command(command, value, version).await,
             None => Ok(()),
@@ -542,6 +549,7 @@ mod tests {
             pause_at: None,
             progress: &|_, _| {},
             clock: &crate::clock::SystemClock,
+            deliverable: &|_| Ok(()),
         };
         rotator.run(trigger).await
     }
@@ -670,6 +678,36 @@ mod tests {
         async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
             self.0.destroy(id, version).await
         }
+    }
+
+    /// A value one of the policy's files cannot be rendered from is discarded, not promoted.
+    #[tokio::test]
+    async fn a_value_that_cannot_be_delivered_is_never_promoted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        run(&store, "node-a", Trigger::Now).await;
+        let rotate = rotate();
+        let policy = policy(&rotate);
+        let rotator = Rotator {
+            store: &store,
+            policy: &policy,
+            rotate: &rotate,
+            node: "node-a",
+            pid: std::process::id(),
+            pause_at: None,
+            progress: &|_, _| {},
+            clock: &crate::clock::SystemClock,
+            deliverable: &|_| Err("policy signing, file api/key: refused".to_string()),
+        };
+        let refused = rotator.run(Trigger::Now).await;
+        assert!(
+            matches!(&refused, Err(RotationError::Check { reason, .. }) if reason.contains("api/key")),
+            "{refused:?}"
+        );
+        let meta = store.describe(&id).await.unwrap();
+        assert_eq!(meta.aliases.get(CURRENT), Some(&VersionId::new("1")), "nothing promoted");
+        assert_eq!(meta.aliases.get(PENDING), None);
     }
 
     #[tokio::test]

@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::registry::{Backend, OpenContext};
-use super::{AliasMove, Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo, VersionState};
+use super::{
+    AliasMove, Etag, MAX_VALUE_BYTES, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo,
+    VersionState,
+};
 use crate::clock::SharedClock;
 use crate::config::Section;
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
@@ -41,6 +44,8 @@ const LOCK: &str = "lock";
 const VERSIONS: &str = "versions";
 /// How long a writer waits for another writer (another agent, `keyturn store put`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A seed file larger than this is not one (a few hundred values at most).
+const SEED_MAX: u64 = 4 * 1024 * 1024;
 
 /// `[stores.NAME]` with `kind = "file"`.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,14 +145,20 @@ impl FileStore {
         if entries.next().is_some() {
             return Ok(());
         }
-        let text = zeroize::Zeroizing::new(fs::read_to_string(seed).map_err(|e| self.io("read seed file", seed, e))?);
-        let values: BTreeMap<String, String> = toml::from_str(&text).map_err(|e| {
-            StoreError::Invalid(format!(
-                "seed file {}: expected lines of secret-id = \"value\": {}",
-                seed.display(),
-                e.message()
-            ))
-        })?;
+        let file = sys::read_small_file(seed, SEED_MAX, sys::Links::Follow).map_err(|e| self.io("read seed file", seed, e))?;
+        let text = std::str::from_utf8(&file.bytes)
+            .map_err(|_| StoreError::Invalid(format!("seed file {}: not UTF-8 text", seed.display())))?;
+        // The parser's own messages may quote what it read, and a seed holds values: say where
+        // the mistake is, never what it is.
+        let values: BTreeMap<String, String> = toml::from_str(text).map_err(|e| {
+                let line = e.span().map_or(String::new(), |span| {
+                    format!(" at line {}", text[..span.start.min(text.len())].matches('\n').count() + 1)
+                });
+                StoreError::Invalid(format!(
+                    "seed file {}{line}: expected lines of secret-id = \"value\" (a string, at most {MAX_VALUE_BYTES} bytes)",
+                    seed.display()
+                ))
+            })?;
         for (id, value) in values {
             let id = SecretId::new(id);
             let version = self.add_version(&id, &SecretBytes::from(value)).await?;
@@ -259,7 +270,10 @@ impl SecretStore for FileStore {
             });
         }
         let path = self.version_path(id, number)?;
-        let value = SecretBytes::new(fs::read(&path).map_err(|e| self.io("read", &path, e))?);
+        let value = read_version(&path).map_err(|e| match e {
+            Err(e) => self.io("read", &path, e),
+            Ok(()) => StoreError::TooLarge { id: id.clone(), version: version_id.clone(), max: MAX_VALUE_BYTES },
+        })?;
         if value.is_empty() {
             return Err(StoreError::Empty { id: id.clone(), version: version_id });
         }
@@ -286,6 +300,12 @@ impl SecretStore for FileStore {
     async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
         if value.is_empty() {
             return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
+        }
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "refusing to add a version of {} bytes to secret \"{id}\": at most {MAX_VALUE_BYTES} bytes",
+                value.len()
+            )));
         }
         self.locked(id, true, |meta| {
             let mut number = meta.next_version.max(1);
@@ -410,6 +430,22 @@ impl FileStore {
 
 fn info(id: VersionId, version: &VersionMeta) -> VersionInfo {
     VersionInfo { id, state: version.state, created: humantime::parse_rfc3339(&version.created).ok() }
+}
+
+/// A version file's value, its size checked before a byte is read; `Err(Ok(()))` when it is
+/// too large.
+fn read_version(path: &Path) -> Result<SecretBytes, Result<(), io::Error>> {
+    use std::io::Read;
+    let file = fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path).map_err(Err)?;
+    if file.metadata().map_err(Err)?.len() > MAX_VALUE_BYTES as u64 {
+        return Err(Ok(()));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_VALUE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(Err)?;
+    if bytes.len() > MAX_VALUE_BYTES {
+        return Err(Ok(()));
+    }
+    Ok(SecretBytes::copy_from(&bytes))
 }
 
 /// Writes a version file that must not exist yet, durably, before metadata names it.

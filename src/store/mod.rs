@@ -33,6 +33,11 @@ use std::time::SystemTime;
 
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 
+/// The largest value a version may hold: Google Secret Manager's limit (64 KiB), which every
+/// store keeps, so that a value moves between stores and a store can be read without trusting
+/// its sizes. Checked before a value is read, and before one is added.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 /// Which version of a secret to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -235,6 +240,10 @@ pub enum StoreError {
     Empty { id: SecretId, version: VersionId },
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "version {version} of secret \"{id}\" is larger than {max} bytes, the most a secret may hold; it was not read"
+    )]
+    TooLarge { id: SecretId, version: VersionId, max: usize },
     /// `advice` is the backend's: which role or policy grants `permission`.
     #[error("store \"{store}\": permission denied: {message}{advice}")]
     PermissionDenied { store: String, permission: Option<String>, message: String, advice: String },

@@ -59,7 +59,7 @@ pub(super) fn section(section: &mut Section<'_, '_>, context: &Context<'_>) -> O
         && !generator.is_asymmetric()
     {
         section.problem(
-            name_span,
+            name_span.clone(),
             "format",
             format!(
                 "\"{}\" needs a private key, but generate = \"{}\"; use ed25519, ecdsa-p256, ecdsa-p384 or rsa-*",
@@ -67,6 +67,11 @@ pub(super) fn section(section: &mut Section<'_, '_>, context: &Context<'_>) -> O
                 generator.name()
             ),
         );
+    }
+    if let (Some(format), Some(generator)) = (&format, context.generator)
+        && let Err(problem) = format.check_generator(generator)
+    {
+        section.problem(name_span.clone(), "format", problem);
     }
     let mode = mode(section, raw.mode.as_ref());
     let owner = section.account(raw.user.as_ref(), "user", Account::User);
@@ -123,6 +128,19 @@ fn mode(section: &mut Section<'_, '_>, mode: Option<&Spanned<raw::Mode>>) -> Opt
 /// and clear of the hidden names keyturn keeps for itself (`..data` and version directories).
 fn check_path(path: &str) -> Result<(String, PathBuf), String> {
     let accepted = "a relative path \"BUNDLE/FILE\" inside the runtime directory, such as \"api/signing.pem\"";
+    if let Some(c) = path.chars().find(|c| is_hostile_char(*c)) {
+        // The path is not quoted: it holds a character that would make any quote lie.
+        return Err(format!(
+            "has a {} character (U+{:04X}); expected {accepted}",
+            if c.is_control() { "control" } else { "bidirectional-override" },
+            c as u32
+        ));
+    }
+    if path.contains(':') {
+        return Err(format!(
+            "\"{path}\": \":\" separates bundles in KEYTURN_BUNDLES, so no path may hold one; expected {accepted}"
+        ));
+    }
     if path.starts_with('/') {
         return Err(format!("\"{path}\" is absolute; expected {accepted}"));
     }
@@ -157,6 +175,13 @@ fn check_path(path: &str) -> Result<(String, PathBuf), String> {
         [bundle, rest @ ..] if !rest.is_empty() => Ok((bundle.to_string(), rest.iter().collect())),
         _ => Err(format!("\"{path}\" names no file inside a bundle; expected {accepted}")),
     }
+}
+
+/// Characters that make a name show something else than it is: control characters, and the
+/// bidirectional formatting characters that reorder text on screen ("Trojan Source").
+fn is_hostile_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -264,6 +289,10 @@ path = "api/raw/db-password"
             (".hidden/x", Err("reserved")),
             ("api//x", Err("empty component")),
             ("./api/x", Err("\".\" is not allowed")),
+            ("api/\u{202E}lmth.exe", Err("bidirectional-override character (U+202E)")),
+            ("api/a\u{7}b", Err("control character (U+0007)")),
+            ("api/a\nb", Err("control character (U+000A)")),
+            ("api:x/key", Err("separates bundles")),
         ];
         for (path, want) in cases {
             match (check_path(path), want) {

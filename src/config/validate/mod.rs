@@ -16,6 +16,8 @@ mod agent;
 mod deliver;
 mod notify;
 mod policy;
+#[cfg(test)]
+mod properties;
 mod rotate;
 mod source;
 mod stores;
@@ -23,8 +25,8 @@ mod stores;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-pub use source::Section;
 pub(crate) use source::Source;
+pub use source::{Account, Section};
 use toml::Spanned;
 
 use super::load::SourceFile;

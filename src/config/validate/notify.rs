@@ -84,7 +84,8 @@ mod tests {
             [
                 NotifierConfig::Signal(SignalConfig {
                     target: SignalTarget::Pidfile(PathBuf::from("/run/api.pid")),
-                    signal: "USR1".into()
+                    signal: "USR1".into(),
+                    user: None,
                 }),
                 NotifierConfig::Exec(ExecConfig {
                     command: vec!["/usr/bin/reload".into()],

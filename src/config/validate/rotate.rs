@@ -37,7 +37,7 @@ pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<
     let parsed = Generator::parse(raw.generate.get_ref())
         .map_err(|m| section.problem(Some(raw.generate.span()), "generate", m))
         .ok();
-    let generator = parsed.clone().and_then(|generator| match &raw.charset {
+    let generator_with_charset = parsed.clone().and_then(|generator| match &raw.charset {
         None => Some(generator),
         Some(charset) => Charset::parse(charset.get_ref())
             .and_then(|c| generator.with_charset(c))
@@ -128,7 +128,7 @@ pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<
     let rotate = (|| {
         Some(Rotate {
             schedule: schedule?,
-            generator: generator?,
+            generator: generator_with_charset.clone()?,
             owner: owner?,
             grace: grace?,
             keep: keep?,
@@ -138,7 +138,9 @@ pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<
             check_timeout: check_timeout?,
         })
     })();
-    (rotate, parsed)
+    // With its charset, when that is valid: formats refuse some characters (issue 14).
+    let checked = rotate.as_ref().map(|r| r.generator.clone()).or(generator_with_charset).or(parsed);
+    (rotate, checked)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{Context, Input, Kind, RenderError, parse_json, zeroize_json};
 use crate::config::Section;
+use crate::generate::Generator;
 use crate::secret::SecretBytes;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,16 @@ impl Kind for Json {
             }
             key => Some(Json { key: key.map(Spanned::into_inner) }),
         }
+    }
+
+    fn check_generator(&self, generator: &Generator) -> Result<(), String> {
+        if self.key.is_none() {
+            return Err(format!(
+                "format json without `key` needs a JSON value, and generate = \"{}\" makes none; set key = \"NAME\"",
+                generator.name()
+            ));
+        }
+        super::binary_refused(generator, "json")
     }
 
     fn render(&self, input: &Input<'_>) -> Result<SecretBytes, RenderError> {

@@ -16,7 +16,7 @@ use std::ops::Range;
 use zeroize::Zeroize;
 
 use crate::config::Section;
-use crate::generate::{PrivateKey, PublicKey};
+use crate::generate::{Generator, Output, PrivateKey, PublicKey};
 use crate::secret::{SecretBytes, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum RenderError {
     #[error("format env: member {index} of the JSON object is not a variable name (letters, digits, \"_\")")]
     BadVariableName { index: usize },
     #[error(
-        "format env: the value has a newline or a single quote, which .env dialects read differently; use format \"raw\" or \"json\""
+        "format env: the value has a control character, a single quote, a backslash or \"${{\", which .env readers (python-dotenv, a POSIX shell, systemd) read differently; use format \"raw\", \"json\" or a template with shellquote"
     )]
     Unquotable,
     #[error("format {format} needs a PKCS#8 private key: {reason}")]
@@ -56,6 +56,15 @@ pub trait Kind: Sized + Clone + PartialEq + Eq + fmt::Debug {
 
     /// Checks its own settings (the section holds only those) and builds the format.
     fn configure(section: &mut Section<'_, '_>, context: &Context<'_>) -> Option<Self>;
+
+    /// Whether it can render every value `generator` may make; the error says why not and
+    /// what to choose instead. A format that refuses some values must say so here, or a
+    /// rotation could make a value no node can deliver (the rotation's own check catches it
+    /// then, and promotes nothing, but the policy never rotates).
+    fn check_generator(&self, generator: &Generator) -> Result<(), String> {
+        let _ = generator;
+        Ok(())
+    }
 
     fn render(&self, input: &Input<'_>) -> Result<SecretBytes, RenderError>;
 }
@@ -109,6 +118,17 @@ fn parse_json(value: &SecretBytes, format: &'static str) -> Result<serde_json::V
         line: e.line(),
         column: e.column(),
     })
+}
+
+/// Why a format that needs text cannot take a generator's binary values, if it makes them.
+fn binary_refused(generator: &Generator, format: &str) -> Result<(), String> {
+    match generator.output() {
+        Output::Bytes => Err(format!(
+            "generate = \"{}\" makes binary values, which format {format} cannot hold; use format \"base64\" or \"raw\", or generate a password",
+            generator.name()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Wipes the strings of a parsed JSON value before it is dropped (keys are field names and
@@ -180,6 +200,13 @@ macro_rules! formats {
                     $(Format::$variant(format) => format.render(input),)*
                 }
             }
+
+            /// Whether it can render every value `generator` may make.
+            pub fn check_generator(&self, generator: &Generator) -> Result<(), String> {
+                match self {
+                    $(Format::$variant(format) => format.check_generator(generator),)*
+                }
+            }
         }
 
         /// As the format's own type: `Env { key: Some("DB") }`. Part of a delivery's settings
@@ -212,6 +239,9 @@ impl Default for Format {
         Format::Raw(raw::Raw)
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 pub(super) mod tests {

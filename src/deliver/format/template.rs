@@ -2,9 +2,14 @@
 //! minijinja, strict about undefined names.
 //!
 //! A template sees `secret` (the policy's secret, as text), `secrets.NAME` (each
-//! `[secrets.NAME]` of the policy), `node`, `policy` and `version`, and two filters beyond
-//! minijinja's own: `fromjson` (a JSON secret's fields: `(secret | fromjson).user`) and
-//! `b64encode`. [`check`] finds syntax errors and undefined names without rendering anything,
+//! `[secrets.NAME]` of the policy), `node`, `policy` and `version`, and filters beyond
+//! minijinja's own: `fromjson` (a JSON secret's fields: `(secret | fromjson).user`),
+//! `b64encode`, and three that quote a value for where it goes, so that no value can end its
+//! field early or inject more: `envquote` (a value on a .env line, as format env writes it,
+//! refused where .env readers disagree), `shellquote` (a word for a POSIX shell script:
+//! single quotes, `'\''` for a quote inside) and `urlencode` (a URL component, such as the
+//! password in `postgres://user:PASSWORD@host`: everything but `A-Z a-z 0-9 - . _ ~` is
+//! percent-encoded). [`check`] finds syntax errors and undefined names without rendering anything,
 //! so `keyturn validate` reports them with their line; [`render`] reports only the kind and
 //! line of an error, never its detail, which could quote a value. minijinja keeps its own
 //! copies of the values while rendering and does not wipe them: the rendered file itself is a
@@ -20,7 +25,12 @@ use toml::Spanned;
 
 use super::{Context as Policy, Input, Kind, RenderError};
 use crate::config::Section;
+use crate::generate::{Generator, Output};
 use crate::secret::SecretBytes;
+
+/// Everything but RFC 3986's unreserved characters is percent-encoded.
+const URL_COMPONENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// `template = """..."""`: the text to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +71,24 @@ impl Kind for Template {
         found.is_empty().then(|| Template { source: template.into_inner() })
     }
 
+    fn check_generator(&self, generator: &Generator) -> Result<(), String> {
+        super::binary_refused(generator, "template")?;
+        // Only `envquote` refuses text; a template that uses it on a password whose charset has
+        // what .env readers disagree on would fail some rotations.
+        if !self.source.contains("envquote") {
+            return Ok(());
+        }
+        match generator.output() {
+            Output::Text { charset, alphabet } => super::env::alphabet_refused(&alphabet).map_or(Ok(()), |refused| {
+                Err(format!(
+                    "the template uses envquote, and charset \"{charset}\" can make values it refuses (it has {refused}); use charset \"alphanumeric\", or shellquote"
+                ))
+            }),
+            Output::Pem => Err("the template uses envquote, which refuses the newlines of a PEM key".to_string()),
+            Output::Bytes => Ok(()),
+        }
+    }
+
     fn render(&self, input: &Input<'_>) -> Result<SecretBytes, RenderError> {
         let context = Context {
             secret: input.value(),
@@ -89,7 +117,31 @@ fn environment() -> Environment<'static> {
             .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("fromjson: not JSON ({e})")))
     });
     env.add_filter("b64encode", |text: String| base64::engine::general_purpose::STANDARD.encode(text));
+    env.add_filter("envquote", |text: String| -> Result<String, minijinja::Error> {
+        let mut out = String::with_capacity(text.len() + 2);
+        // The value is never quoted in the error: only the rule it broke.
+        super::env::push_value(&mut out, &text).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+        Ok(out)
+    });
+    env.add_filter("shellquote", |text: String| -> Result<String, minijinja::Error> {
+        shell_quote(&text).ok_or_else(|| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, "shellquote: a shell word cannot hold a NUL byte")
+        })
+    });
+    env.add_filter("urlencode", |text: String| percent_encoding::utf8_percent_encode(&text, URL_COMPONENT).to_string());
     env
+}
+
+/// One word for a POSIX shell: in single quotes, each `'` written as `'\''`; plain if it
+/// has only characters no shell interprets. `None` for a NUL, which no shell word holds.
+pub fn shell_quote(text: &str) -> Option<String> {
+    if text.contains('\0') {
+        return None;
+    }
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:@%+,=".contains(c)) {
+        return Some(text.to_string());
+    }
+    Some(format!("'{}'", text.replace('\'', "'\\''")))
 }
 
 /// A problem in a template's source: the template's own line (1-based), if known.
@@ -186,6 +238,25 @@ mod tests {
             String::from_utf8(out.expose().to_vec()).unwrap(),
             "# app v4 on edge-17\nDATABASE_URL=postgres://app:pw-1@db/app\nAPI_TOKEN=tok-9\nB64=dG9rLTk=\n"
         );
+    }
+
+    #[test]
+    fn quoting_filters_keep_values_in_their_field() {
+        let secret = SecretBytes::from("p@ss w/rd'$x".to_string());
+        let extras = BTreeMap::new();
+        let render_text = |source: &str| {
+            render(source, &context(&secret, &extras)).map(|out| String::from_utf8(out.expose().to_vec()).unwrap())
+        };
+        assert_eq!(render_text("{{ secret | urlencode }}").unwrap(), "p%40ss%20w%2Frd%27%24x");
+        assert_eq!(render_text("X={{ secret | shellquote }}").unwrap(), "X='p@ss w/rd'\\''$x'");
+        let refused = render_text("X={{ secret | envquote }}").unwrap_err();
+        assert!(!refused.to_string().contains("rd'"), "{refused}");
+        let plain = SecretBytes::from("has space".to_string());
+        let out = render("X={{ secret | envquote }}", &context(&plain, &extras)).unwrap();
+        assert_eq!(out.expose(), b"X='has space'");
+        assert_eq!(shell_quote("simple"), Some("simple".into()));
+        assert_eq!(shell_quote(""), Some("''".into()));
+        assert_eq!(shell_quote("a\0b"), None);
     }
 
     #[test]

@@ -55,6 +55,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// An error body is quoted into messages only this far: enough for Google's envelope, not for
 /// a proxy's whole HTML page.
 const MAX_QUOTED: usize = 300;
+/// The largest response body read: a 64 KiB value is about 88 KB of base64 in its JSON, and a
+/// page of 250 versions about 100 KB. A larger body is refused before it is read whole.
+const MAX_RESPONSE: usize = 1024 * 1024;
 /// Where credentials come from, for errors that say to check them.
 const CREDENTIALS_ADVICE: &str = "; check the node's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity, or `credentials` in the store's configuration)";
 
@@ -157,13 +160,8 @@ impl GcpStore {
             Some(location) => format!("projects/{}/locations/{location}", config.project),
             None => format!("projects/{}", config.project),
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            // Plain HTTP only where validation allowed it: a loopback endpoint.
-            .https_only(endpoint.starts_with("https://"))
-            .build()
+        // No redirects, no proxy for a loopback endpoint, https beyond it (crate::http).
+        let http = crate::http::client(&endpoint, config.request_timeout)
             .map_err(|e| StoreError::Invalid(format!("store \"{name}\": cannot build an HTTP client: {e}")))?;
         Ok(GcpStore {
             name: name.to_string(),
@@ -245,8 +243,19 @@ impl GcpStore {
             |e: reqwest::Error| StoreError::Unavailable { store: self.name.clone(), message: crate::error_chain(&e) };
         let mut response = request.send().await.map_err(unavailable)?;
         let status = response.status();
+        let too_large = || StoreError::Api {
+            store: self.name.clone(),
+            status: "MALFORMED_RESPONSE".into(),
+            message: format!("the response is larger than {MAX_RESPONSE} bytes; it was not read"),
+        };
+        if response.content_length().is_some_and(|length| length > MAX_RESPONSE as u64) {
+            return Err(too_large());
+        }
         let mut bytes = Zeroizing::new(Vec::new());
         while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(too_large());
+            }
             bytes.extend_from_slice(&chunk);
         }
         if status.is_success() {
@@ -380,19 +389,6 @@ impl GcpStore {
     }
 
     async fn access_once(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
-        #[derive(Deserialize)]
-        struct Access<'a> {
-            name: String,
-            #[serde(borrow)]
-            payload: Payload<'a>,
-        }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Payload<'a> {
-            #[serde(borrow)]
-            data: Option<&'a str>,
-            data_crc32c: Option<serde_json::Value>,
-        }
         let url = format!("{}:access", self.version_url(id, selector)?);
         let body = match self.call(Method::GET, &url, None).await {
             Err(StoreError::Api { status, message, .. }) if status == "FAILED_PRECONDITION" => {
@@ -418,9 +414,31 @@ impl GcpStore {
             }
             other => other.map_err(|e| self.not_found(e, id))?,
         };
-        let access: Access<'_> = serde_json::from_slice(&body).map_err(|e| self.malformed("versions.access", &e))?;
+        self.decode_access(id, &body)
+    }
+
+    /// An access response's version, its payload decoded and checked: at most
+    /// [`super::MAX_VALUE_BYTES`], not empty, and matching its CRC32C when Google sends one.
+    fn decode_access(&self, id: &SecretId, body: &[u8]) -> Result<Version, StoreError> {
+        #[derive(Deserialize)]
+        struct Access<'a> {
+            name: String,
+            #[serde(borrow)]
+            payload: Payload<'a>,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Payload<'a> {
+            #[serde(borrow)]
+            data: Option<&'a str>,
+            data_crc32c: Option<serde_json::Value>,
+        }
+        let access: Access<'_> = serde_json::from_slice(body).map_err(|e| self.malformed("versions.access", &e))?;
         let version = VersionId::new(access.name.rsplit('/').next().unwrap_or_default());
         let data = access.payload.data.unwrap_or("");
+        if data.len() > super::MAX_VALUE_BYTES.div_ceil(3) * 4 {
+            return Err(StoreError::TooLarge { id: id.clone(), version, max: super::MAX_VALUE_BYTES });
+        }
         let value =
             SecretBytes::new(base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| StoreError::Api {
                 store: self.name.clone(),
@@ -569,6 +587,13 @@ impl SecretStore for GcpStore {
         }
         if value.is_empty() {
             return Err(StoreError::Invalid(format!("refusing to add an empty version to secret \"{id}\"")));
+        }
+        if value.len() > super::MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "refusing to add a version of {} bytes to secret \"{id}\": Google keeps at most {} bytes",
+                value.len(),
+                super::MAX_VALUE_BYTES
+            )));
         }
         let url = format!("{}:addVersion", self.secret_url(id)?);
         let body = || {
@@ -733,6 +758,45 @@ mod tests {
         assert_eq!(local.parent_url, "http://127.0.0.1:8085/v1/projects/acme-edge/locations/us");
         assert!(global.version_url(&SecretId::new("x"), &Selector::Alias("a/b".into())).is_err());
         assert!(global.secret_url(&SecretId::new("../x")).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever Google (or something in its place) answers, the parsers return a value or
+        /// an error: no panic, no value larger than a secret may be, no error longer than a
+        /// quote.
+        #[test]
+        fn any_response_body_parses_or_is_refused(
+            raw in proptest::prelude::any::<Vec<u8>>(),
+            data in "[A-Za-z0-9+/=]{0,200}",
+            crc in proptest::prelude::any::<u64>(),
+            name in "[a-z/0-9]{0,40}",
+        ) {
+            let store = GcpStore::new("edge", &config(None, None)).unwrap();
+            let id = SecretId::new("db");
+            let shaped = format!(r#"{{"name":"{name}","payload":{{"data":"{data}","dataCrc32c":"{crc}"}}}}"#);
+            for body in [raw.as_slice(), shaped.as_bytes()] {
+                if let Ok(version) = store.decode_access(&id, body) {
+                    proptest::prop_assert!(!version.value.is_empty() && version.value.len() <= super::super::MAX_VALUE_BYTES);
+                }
+                let _ = serde_json::from_slice::<SecretResource>(body).map(SecretResource::meta);
+                let _ = serde_json::from_slice::<VersionResource>(body).map(VersionResource::info);
+                for status in [400, 403, 404, 429, 500, 503] {
+                    let error = store.api_error(StatusCode::from_u16(status).unwrap(), body).to_string();
+                    proptest::prop_assert!(error.chars().count() <= MAX_QUOTED + 200, "{error}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_payload_is_refused_before_it_is_decoded() {
+        let store = GcpStore::new("edge", &config(None, None)).unwrap();
+        let data = "A".repeat(super::super::MAX_VALUE_BYTES * 2);
+        let body = format!(r#"{{"name":"projects/1/secrets/db/versions/3","payload":{{"data":"{data}"}}}}"#);
+        let err = store.decode_access(&SecretId::new("db"), body.as_bytes()).unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
     }
 
     #[test]
