@@ -554,11 +554,19 @@ fn two_examples_run_side_by_side() {
             .args(["agent", "--config"])
             .arg(home.join("keyturn.toml"))
             .env_remove("KEYTURN_CONFIG")
+            // The quickstart delivers under the user's own runtime directory and home.
+            .env("XDG_RUNTIME_DIR", shm.path())
+            .env("HOME", &home)
             .stderr(log)
             .spawn()
             .unwrap();
         agents.push(common::Agent { child: Some(child), log: home.join("agent.log") });
-        let file = shm.path().join(name).join(bundle);
+        let runtime = if moved.contains("${XDG_RUNTIME_DIR}/keyturn-quickstart") {
+            shm.path().join("keyturn-quickstart")
+        } else {
+            shm.path().join(name)
+        };
+        let file = runtime.join(bundle);
         wait_for(&format!("{name}: {bundle}"), std::time::Duration::from_secs(20), || file.exists());
     }
     for (agent, port) in agents.iter().zip(["9471", "9472"]) {
