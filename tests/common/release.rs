@@ -164,7 +164,7 @@ pub fn deb(revision: &str) -> PathBuf {
     let lock = fs::File::create(Path::new(REPO).join("target/container-recipe.lock")).unwrap();
     lock.lock().unwrap();
     let out = Command::new("cargo")
-        .args(["deb", "--no-build", "--locked", "--deb-revision", revision, "--output"])
+        .args(["deb", "--no-build", "--locked", "--fast", "--deb-revision", revision, "--output"])
         .arg(&out_dir)
         .current_dir(REPO)
         .env("CARGO_TARGET_DIR", &target_dir)
