@@ -345,14 +345,23 @@ fn with_owners_conf_etc_keyturn_stays_read_only_and_notifiers_reach_a_real_unit(
         "{DB}\n[notify]\nexec = {{ command = [\"/bin/chown\", \"keyturn\", \"/etc/keyturn/policies\"] }}\nattempts = 1\n"
     );
     let api = format!("{API}\n[notify]\nsystemd = {{ unit = \"api.service\", action = \"reload\" }}\n");
-    install_as_the_readme_says(&machine, &format!("{AGENT}{CONTROL}"), &[("db", &chown), ("api", &api)]);
+    // This time the short install of README.md ("The unit, by hand"), with the configuration
+    // written first, as its last step asks.
+    machine.put("/etc/keyturn/keyturn.toml", format!("{AGENT}{CONTROL}").as_bytes(), 0o644);
+    machine.put("/etc/keyturn/policies/db.toml", chown.as_bytes(), 0o644);
+    machine.put("/etc/keyturn/policies/api.toml", api.as_bytes(), 0o644);
+    let readme = read(Path::new(REPO).join("README.md"));
+    let install = section(&readme, "## Install");
+    let by_hand = &install[install.find("**The unit, by hand**").expect("README.md: The unit, by hand")..];
+    run_install_steps(&machine, &fenced_block(by_hand, "```sh"));
+    assert_eq!(machine.ok("systemctl is-active keyturn"), "active\n");
 
     // owners.conf, as the README installs it.
     let readme = read(Path::new(REPO).join("systemd/README.md"));
     let owners = section(&readme, "## Handing files to other users");
     let steps = fenced_block(owners, "```sh");
     assert!(steps.contains("owners.conf") && steps.contains("systemctl restart keyturn"), "{steps}");
-    machine.ok(&format!("cd /root/keyturn\n{steps}"));
+    machine.ok(&format!("cd {CHECKOUT}\n{steps}"));
     let caps = machine.ok("grep CapAmb /proc/$(systemctl show -P MainPID keyturn)/status");
     assert!(!caps.trim().ends_with("0000000000000000"), "owners.conf gives ambient capabilities: {caps}");
 
@@ -489,21 +498,38 @@ fn the_debian_package_installs_starts_when_configured_upgrades_and_purges_clean(
 fn install_as_the_readme_says(machine: &Machine, agent: &str, policies: &[(&str, &str)]) {
     let readme = read(Path::new(REPO).join("systemd/README.md"));
     let steps = fenced_block(section(&readme, "## Install"), "```sh");
-    let (build, steps) = steps.split_once('\n').unwrap();
-    assert_eq!(build.trim(), "cargo build --release --locked", "the README's first install step changed");
-    let work = "/root/keyturn";
-    machine.copy(&release::binary(), &format!("{work}/target/release/keyturn"), 0o755);
+    assert!(steps.starts_with("cargo build --release --locked\n"), "the README's first install step changed");
+    machine.put(&format!("{CHECKOUT}/your-agent.toml"), agent.as_bytes(), 0o644);
+    for (name, text) in policies {
+        machine.put(&format!("{CHECKOUT}/your-policies/{name}.toml"), text.as_bytes(), 0o644);
+    }
+    machine.put(&format!("{CHECKOUT}/sa.json"), b"{}\n", 0o600);
+    run_install_steps(machine, &steps);
+}
+
+/// Where install steps run in a machine: a checkout's `systemd/`, with the release binary at
+/// `target/release/keyturn`.
+const CHECKOUT: &str = "/root/keyturn";
+
+/// Runs `steps` (a README's shell block) in [`CHECKOUT`] inside `machine`, as root: `sudo`
+/// dropped, and the build (`cargo build --release --locked`) not run, since
+/// `common::release` made the binary. Fails naming the step that failed.
+fn run_install_steps(machine: &Machine, steps: &str) {
+    machine.copy(&release::binary(), &format!("{CHECKOUT}/target/release/keyturn"), 0o755);
     for file in common::walk(&Path::new(REPO).join("systemd")) {
         let relative = file.strip_prefix(REPO).unwrap().to_string_lossy().into_owned();
-        machine.copy(&file, &format!("{work}/{relative}"), 0o644);
+        machine.copy(&file, &format!("{CHECKOUT}/{relative}"), 0o644);
     }
-    machine.put(&format!("{work}/your-agent.toml"), agent.as_bytes(), 0o644);
-    for (name, text) in policies {
-        machine.put(&format!("{work}/your-policies/{name}.toml"), text.as_bytes(), 0o644);
-    }
-    machine.put(&format!("{work}/sa.json"), b"{}\n", 0o600);
-    let out = machine.sh(&format!("cd {work}\nset -x\n{steps}"));
-    assert!(out.status.success(), "systemd/README.md's install steps failed:\n{}\n{}", text(&out), machine.journal_tail());
+    let build = "cargo build --release --locked";
+    assert!(steps.contains(build), "the install steps no longer build the release binary:\n{steps}");
+    let steps = steps
+        .lines()
+        .map(|l| l.replace("sudo ", "").replace(&format!("{build} && "), ""))
+        .filter(|l| l.trim() != build)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = machine.sh(&format!("cd {CHECKOUT}\nset -x\n{steps}"));
+    assert!(out.status.success(), "install steps failed:\n{steps}\n{}\n{}", text(&out), machine.journal_tail());
 }
 
 /// The text of `markdown` after the heading line that starts with `heading`, up to the next
