@@ -246,9 +246,14 @@ fn the_container_recipe_builds_the_release_binary_without_an_engine() {
     let members = manifest["workspace"]["members"].as_array().unwrap();
     let stages = release::stages();
     let build = release::build_stage(&stages);
-    let copied: Vec<&str> = build.copies.iter().flat_map(|(_, sources, _)| sources.iter().map(String::as_str)).collect();
+    let copied: Vec<&str> =
+        build.copies.iter().flat_map(|(_, sources, _)| sources.iter().map(String::as_str)).collect();
     for member in members.iter().map(|m| m.as_str().unwrap()).filter(|m| *m != ".") {
-        assert!(copied.iter().any(|c| Path::new(member).starts_with(c)), "{} does not copy the workspace member {member}", release::RECIPE);
+        assert!(
+            copied.iter().any(|c| Path::new(member).starts_with(c)),
+            "{} does not copy the workspace member {member}",
+            release::RECIPE
+        );
     }
     for file in ["Cargo.toml", "Cargo.lock", "rust-toolchain.toml", "src"] {
         assert!(copied.contains(&file), "{} does not copy {file}", release::RECIPE);
@@ -302,14 +307,18 @@ fn the_container_recipe_and_the_manifests_agree() {
     let (uid, gid): (u64, u64) = (uid.parse().unwrap(), gid.parse().unwrap());
     assert_ne!(uid, 0, "the image runs as root");
 
-    let workloads = [("daemonset.yaml", "DaemonSet", "configmap.yaml"), ("sidecar/deployment.yaml", "Deployment", "sidecar/configmap.yaml")];
+    let workloads = [
+        ("daemonset.yaml", "DaemonSet", "configmap.yaml"),
+        ("sidecar/deployment.yaml", "Deployment", "sidecar/configmap.yaml"),
+    ];
     for (file, kind, configmap) in workloads {
         let workload = document(file, kind);
         let pod = &workload["spec"]["template"]["spec"];
         let keyturn = container(&workload);
         assert_eq!(keyturn["image"], tag, "{file}");
         // The same user as the image's, and nothing of the image to write to.
-        let setting = |field: &str| keyturn["securityContext"][field].as_u64().or_else(|| pod["securityContext"][field].as_u64());
+        let setting =
+            |field: &str| keyturn["securityContext"][field].as_u64().or_else(|| pod["securityContext"][field].as_u64());
         assert_eq!((setting("runAsUser"), setting("runAsGroup")), (Some(uid), Some(gid)), "{file}");
         assert_eq!(keyturn["securityContext"]["readOnlyRootFilesystem"], true, "{file}");
         // The command: the image's, restated; its configuration is the ConfigMap's mount.
@@ -319,7 +328,8 @@ fn the_container_recipe_and_the_manifests_agree() {
         let config = &args[args.iter().position(|a| *a == "--config").unwrap() + 1];
         let config_dir = Path::new(config).parent().unwrap();
         let configmap_volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["configMap"].is_object()).unwrap();
-        let mount = keyturn["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == configmap_volume["name"]).unwrap();
+        let mount =
+            keyturn["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == configmap_volume["name"]).unwrap();
         assert_eq!(mount["mountPath"], config_dir.to_str().unwrap(), "{file}");
         // The probes: on the admin port the configuration listens on.
         let listen = document(configmap, "ConfigMap")["data"]["keyturn.toml"]
@@ -340,17 +350,30 @@ fn the_container_recipe_and_the_manifests_agree() {
     let keyturn = container(&sidecar);
     assert_eq!(keyturn["restartPolicy"], "Always", "a native sidecar");
     assert_eq!(keyturn["startupProbe"]["httpGet"]["path"], "/readyz");
-    let secrets = sidecar["spec"]["template"]["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "secrets").unwrap();
+    let secrets = sidecar["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "secrets")
+        .unwrap();
     assert_eq!(secrets["emptyDir"]["medium"], "Memory", "delivery must be onto tmpfs");
     for app in sidecar["spec"]["template"]["spec"]["containers"].as_array().unwrap() {
         let mount = app["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "secrets");
-        assert_eq!(mount.map(|m| &m["readOnly"]), Some(&Value::Bool(true)), "{} mounts the secrets read-only", app["name"]);
+        assert_eq!(
+            mount.map(|m| &m["readOnly"]),
+            Some(&Value::Bool(true)),
+            "{} mounts the secrets read-only",
+            app["name"]
+        );
     }
 }
 
 #[test]
 fn each_workload_passes_the_pod_security_level_its_namespace_enforces() {
-    for (file, kind, namespace) in [("daemonset.yaml", "DaemonSet", "namespace.yaml"), ("sidecar/deployment.yaml", "Deployment", "sidecar/namespace.yaml")] {
+    for (file, kind, namespace) in [
+        ("daemonset.yaml", "DaemonSet", "namespace.yaml"),
+        ("sidecar/deployment.yaml", "Deployment", "sidecar/namespace.yaml"),
+    ] {
         let workload = document(file, kind);
         let namespace = document(namespace, "Namespace");
         assert_eq!(workload["metadata"]["namespace"], namespace["metadata"]["name"]);
@@ -362,7 +385,10 @@ fn each_workload_passes_the_pod_security_level_its_namespace_enforces() {
         assert_eq!(format!("{level:?}").to_lowercase(), enforced, "{file}");
     }
     let sidecar = document("sidecar/deployment.yaml", "Deployment");
-    assert_eq!(pod_security::violations(&sidecar["spec"]["template"], pod_security::Level::Restricted), Vec::<String>::new());
+    assert_eq!(
+        pod_security::violations(&sidecar["spec"]["template"], pod_security::Level::Restricted),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -382,32 +408,95 @@ fn the_pod_security_rules_catch_each_thing_they_forbid() {
     let cases: &[(&str, Value, Level, &str)] = &[
         ("/spec/hostNetwork", Value::Bool(true), Level::Baseline, "host namespaces"),
         ("/spec/hostPID", Value::Bool(true), Level::Baseline, "host namespaces"),
-        ("/spec/securityContext/windowsOptions", serde_json::json!({"hostProcess": true}), Level::Baseline, "HostProcess"),
+        (
+            "/spec/securityContext/windowsOptions",
+            serde_json::json!({"hostProcess": true}),
+            Level::Baseline,
+            "HostProcess",
+        ),
         ("/spec/containers/0/securityContext/privileged", Value::Bool(true), Level::Baseline, "privileged"),
-        ("/spec/containers/0/securityContext/capabilities/add", serde_json::json!(["SYS_ADMIN"]), Level::Baseline, "capabilities"),
+        (
+            "/spec/containers/0/securityContext/capabilities/add",
+            serde_json::json!(["SYS_ADMIN"]),
+            Level::Baseline,
+            "capabilities",
+        ),
         ("/spec/volumes/0", serde_json::json!({"name": "v", "hostPath": {"path": "/"}}), Level::Baseline, "hostPath"),
-        ("/spec/containers/0/ports", serde_json::json!([{"containerPort": 80, "hostPort": 80}]), Level::Baseline, "host ports"),
+        (
+            "/spec/containers/0/ports",
+            serde_json::json!([{"containerPort": 80, "hostPort": 80}]),
+            Level::Baseline,
+            "host ports",
+        ),
         ("/spec/securityContext/seccompProfile/type", Value::from("Unconfined"), Level::Baseline, "seccomp"),
-        ("/spec/securityContext/sysctls", serde_json::json!([{"name": "kernel.msgmax", "value": "1"}]), Level::Baseline, "sysctls"),
+        (
+            "/spec/securityContext/sysctls",
+            serde_json::json!([{"name": "kernel.msgmax", "value": "1"}]),
+            Level::Baseline,
+            "sysctls",
+        ),
         ("/spec/containers/0/securityContext/procMount", Value::from("Unmasked"), Level::Baseline, "procMount"),
-        ("/metadata/annotations", serde_json::json!({"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}), Level::Baseline, "AppArmor"),
-        ("/spec/containers/0/securityContext/appArmorProfile", serde_json::json!({"type": "Unconfined"}), Level::Baseline, "AppArmor"),
-        ("/spec/containers/0/securityContext/seLinuxOptions", serde_json::json!({"type": "spc_t"}), Level::Baseline, "SELinux"),
-        ("/spec/containers/0/securityContext/allowPrivilegeEscalation", Value::Null, Level::Restricted, "allowPrivilegeEscalation"),
+        (
+            "/metadata/annotations",
+            serde_json::json!({"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}),
+            Level::Baseline,
+            "AppArmor",
+        ),
+        (
+            "/spec/containers/0/securityContext/appArmorProfile",
+            serde_json::json!({"type": "Unconfined"}),
+            Level::Baseline,
+            "AppArmor",
+        ),
+        (
+            "/spec/containers/0/securityContext/seLinuxOptions",
+            serde_json::json!({"type": "spc_t"}),
+            Level::Baseline,
+            "SELinux",
+        ),
+        (
+            "/spec/containers/0/securityContext/allowPrivilegeEscalation",
+            Value::Null,
+            Level::Restricted,
+            "allowPrivilegeEscalation",
+        ),
         ("/spec/securityContext/runAsNonRoot", Value::Null, Level::Restricted, "runAsNonRoot"),
         ("/spec/containers/0/securityContext/runAsNonRoot", Value::Bool(false), Level::Restricted, "runAsNonRoot"),
         ("/spec/containers/0/securityContext/runAsUser", Value::from(0), Level::Restricted, "runAsUser"),
         ("/spec/securityContext/seccompProfile", Value::Null, Level::Restricted, "seccomp"),
-        ("/spec/containers/0/securityContext/capabilities/drop", serde_json::json!(["NET_RAW"]), Level::Restricted, "drop"),
-        ("/spec/containers/0/securityContext/capabilities/add", serde_json::json!(["CHOWN"]), Level::Restricted, "capabilities"),
-        ("/spec/volumes/0", serde_json::json!({"name": "v", "nfs": {"server": "x", "path": "/"}}), Level::Restricted, "volume"),
-        ("/spec/initContainers", serde_json::json!([{"name": "init", "securityContext": {"allowPrivilegeEscalation": true}}]), Level::Restricted, "allowPrivilegeEscalation"),
+        (
+            "/spec/containers/0/securityContext/capabilities/drop",
+            serde_json::json!(["NET_RAW"]),
+            Level::Restricted,
+            "drop",
+        ),
+        (
+            "/spec/containers/0/securityContext/capabilities/add",
+            serde_json::json!(["CHOWN"]),
+            Level::Restricted,
+            "capabilities",
+        ),
+        (
+            "/spec/volumes/0",
+            serde_json::json!({"name": "v", "nfs": {"server": "x", "path": "/"}}),
+            Level::Restricted,
+            "volume",
+        ),
+        (
+            "/spec/initContainers",
+            serde_json::json!([{"name": "init", "securityContext": {"allowPrivilegeEscalation": true}}]),
+            Level::Restricted,
+            "allowPrivilegeEscalation",
+        ),
     ];
     for (pointer, value, level, word) in cases {
         let mut pod = restricted.clone();
         set(&mut pod, pointer, value.clone());
         let found = violations(&pod, *level);
-        assert!(found.iter().any(|v| v.contains(word)), "{pointer} = {value}: {level:?} should say {word:?}, said {found:?}");
+        assert!(
+            found.iter().any(|v| v.contains(word)),
+            "{pointer} = {value}: {level:?} should say {word:?}, said {found:?}"
+        );
         if *level == Level::Restricted {
             assert_eq!(violations(&pod, Level::Baseline), Vec::<String>::new(), "{pointer} = {value} is baseline");
             assert_eq!(pod_security::strictest(&pod), Level::Baseline);
@@ -465,13 +554,30 @@ mod pod_security {
     }
 
     const BASELINE_CAPABILITIES: &[&str] = &[
-        "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "SETFCAP",
-        "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
     ];
     const SAFE_SYSCTLS: &[&str] = &[
-        "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-        "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-        "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
         "net.ipv4.tcp_keepalive_probes",
     ];
     const SELINUX_TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];

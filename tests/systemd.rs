@@ -7,9 +7,10 @@
 //!   journal priorities, reloads (good, bad, and one the file watch applied first), a store
 //!   change, a restart after SIGKILL that rewrites nothing, the watchdog, `systemd-analyze
 //!   security` on the running unit, and `systemctl stop`;
-//! - `owners.conf` as the README adds it: `/etc/keyturn` stays read-only even to an `exec`
-//!   notifier holding CAP_CHOWN, the `systemd` notifier reloads a real second unit through
-//!   polkit, and operators in `keyturn-admin` by primary or supplementary group;
+//! - README.md's short unit install, then `owners.conf` as systemd/README.md adds it:
+//!   `/etc/keyturn` stays read-only even to an `exec` notifier holding CAP_CHOWN, the `systemd`
+//!   notifier reloads a real second unit through polkit, and operators in `keyturn-admin` by
+//!   primary or supplementary group;
 //! - the Debian package (`common::release::deb`): `dpkg -i`, not started until configured,
 //!   `systemctl enable --now` delivering the packaged examples, an upgrade that restarts it,
 //!   remove, and purge leaving nothing but the administrator's own files.
@@ -117,7 +118,8 @@ fn log_lines_carry_syslog_priorities_only_on_the_journal_stream() {
     // connects stderr to the journal; journald reads `<N>` at a line's start as its priority.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("keyturn.toml");
-    common::write(&config, "[agent]\npolicies = \".\"\npoll = \"often\"\n");
+    common::write(&config, "[agent]\npolicies = \"policies\"\npoll = \"often\"\n");
+    fs::create_dir(dir.path().join("policies")).unwrap();
     let log = dir.path().join("stderr");
     let run = |journal_stream: &dyn Fn(&Path) -> String| {
         let file = fs::File::create(&log).unwrap();
@@ -152,7 +154,11 @@ fn the_readme_install_runs_and_the_unit_lives_through_reloads_a_kill_the_watchdo
 
     // `systemctl enable --now` returned: systemd saw READY=1, so the required files are there.
     let unit = show(&machine, "keyturn");
-    assert_eq!((unit["ActiveState"].as_str(), unit["SubState"].as_str()), (Some("active"), Some("running")), "{unit:?}");
+    assert_eq!(
+        (unit["ActiveState"].as_str(), unit["SubState"].as_str()),
+        (Some("active"), Some("running")),
+        "{unit:?}"
+    );
     assert_eq!(unit["StatusText"], "2 of 3 policies delivered, 1 failing", "{unit:?}");
     let main_pid = unit["MainPID"].clone();
 
@@ -208,10 +214,7 @@ fn the_readme_install_runs_and_the_unit_lives_through_reloads_a_kill_the_watchdo
     let reloaded = journal_count(&machine, "configuration reloaded");
     assert!(reloaded >= 1);
     let reload = machine.ok("keyturn reload");
-    assert!(
-        reload.contains("3 policies, was loaded at") || reload.contains("4 policies, was loaded at"),
-        "{reload}"
-    );
+    assert!(reload.contains("3 policies, was loaded at") || reload.contains("4 policies, was loaded at"), "{reload}");
     assert!(reload.contains("(a configuration file changed)"), "{reload}");
 
     // A bad configuration: refused with every problem at priority err; the agent keeps running.
@@ -273,7 +276,11 @@ fn the_readme_install_runs_and_the_unit_lives_through_reloads_a_kill_the_watchdo
     assert_eq!(machine.ok("readlink /run/keyturn/app/..data /run/keyturn/web/..data"), bundles_before);
 
     // The watchdog: pings arrive, and a hung agent is killed and restarted.
-    machine.put("/etc/systemd/system/keyturn.service.d/watchdog.conf", b"[Service]\nWatchdogSec=2s\nRestartSec=1s\n", 0o644);
+    machine.put(
+        "/etc/systemd/system/keyturn.service.d/watchdog.conf",
+        b"[Service]\nWatchdogSec=2s\nRestartSec=1s\n",
+        0o644,
+    );
     machine.ok("systemctl daemon-reload && systemctl restart keyturn");
     let first = show(&machine, "keyturn")["WatchdogTimestampMonotonic"].clone();
     machine.wait_until(
@@ -423,19 +430,20 @@ fn the_debian_package_installs_starts_when_configured_upgrades_and_purges_clean(
     assert_eq!(machine.sh("systemctl is-enabled keyturn").stdout, b"disabled\n");
     assert_eq!(machine.sh("systemctl is-active keyturn").stdout, b"inactive\n");
     assert_eq!(machine.ok("getent passwd keyturn | cut -d: -f6,7"), "/var/lib/keyturn:/usr/sbin/nologin\n");
-    assert_eq!(machine.ok("stat -c '%U:%G %a' /var/lib/keyturn /etc/keyturn/policies"), "keyturn:keyturn 700\nroot:root 755\n");
+    assert_eq!(
+        machine.ok("stat -c '%U:%G %a' /var/lib/keyturn /etc/keyturn/policies"),
+        "keyturn:keyturn 700\nroot:root 755\n"
+    );
     machine.ok("keyturn --version && man -w keyturn && systemd-analyze verify keyturn.service");
 
     // The administrator configures it from the packaged examples, then enables it.
-    let admin_files = machine.ok(
-        "cd /usr/share/doc/keyturn/examples && install -m 0644 keyturn.toml seed.toml /etc/keyturn/ && \
-         install -m 0644 policies/*.toml /etc/keyturn/policies/ && find /etc/keyturn -type f | sort",
-    );
+    let admin_files = machine
+        .ok("cd /usr/share/doc/keyturn/examples && install -m 0644 keyturn.toml seed.toml /etc/keyturn/ && \
+         install -m 0644 policies/*.toml /etc/keyturn/policies/ && find /etc/keyturn -type f | sort");
     machine.ok("systemctl enable --now keyturn");
-    let delivered = machine.ok(
-        "cd /run/keyturn && stat -L -c '%n %U:%G %a' app/api.env app/api.json app/db-password app/db.env \
-         web/session.key web/signing.pem web/jwks.json",
-    );
+    let delivered = machine
+        .ok("cd /run/keyturn && stat -L -c '%n %U:%G %a' app/api.env app/api.json app/db-password app/db.env \
+         web/session.key web/signing.pem web/jwks.json");
     let expected = [
         "app/api.env keyturn:keyturn 400",
         "app/api.json keyturn:keyturn 400",
@@ -476,12 +484,15 @@ fn the_debian_package_installs_starts_when_configured_upgrades_and_purges_clean(
     let after = snapshot(&machine.upper());
     let mut left: Vec<String> = after
         .iter()
-        .filter(|(path, state)| before.get(*path).cloned().or_else(|| state_of(Path::new(path))).as_ref() != Some(state))
+        .filter(|(path, state)| {
+            before.get(*path).cloned().or_else(|| state_of(Path::new(path))).as_ref() != Some(state)
+        })
         .map(|(path, _)| path.clone())
         .filter(|path| !bookkeeping(path))
         .collect();
     left.sort();
-    let admin: Vec<String> = admin_files.lines().map(String::from).chain(["/etc/keyturn/policies".into(), "/etc/keyturn".into()]).collect();
+    let admin: Vec<String> =
+        admin_files.lines().map(String::from).chain(["/etc/keyturn/policies".into(), "/etc/keyturn".into()]).collect();
     let unexpected: Vec<&String> = left.iter().filter(|p| !admin.contains(p)).collect();
     assert!(unexpected.is_empty(), "left behind by the purge: {unexpected:#?}\n(dpkg said: {purge})");
 
@@ -618,9 +629,19 @@ fn md5ish(bytes: &[u8]) -> u64 {
 /// log, the journal, the shadow suite's backups (`/etc/passwd-`, the file before the last
 /// change) and lock, man-db's index, and deb-systemd-helper's (empty) state directories.
 fn bookkeeping(path: &str) -> bool {
-    const KEPT: &[&str] =
-        &["/var/lib/dpkg", "/var/log", "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/.pwd.lock", "/var/cache/man"];
-    const DIRECTORIES: &[&str] =
-        &["/var/lib/systemd/deb-systemd-helper-enabled", "/var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants"];
+    const KEPT: &[&str] = &[
+        "/var/lib/dpkg",
+        "/var/log",
+        "/etc/passwd-",
+        "/etc/group-",
+        "/etc/shadow-",
+        "/etc/gshadow-",
+        "/etc/.pwd.lock",
+        "/var/cache/man",
+    ];
+    const DIRECTORIES: &[&str] = &[
+        "/var/lib/systemd/deb-systemd-helper-enabled",
+        "/var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants",
+    ];
     KEPT.iter().any(|kept| path == *kept || path.starts_with(&format!("{kept}/"))) || DIRECTORIES.contains(&path)
 }

@@ -135,9 +135,10 @@ impl Recorder {
     /// for a version that is found on disk unchanged; readiness still waits for this run to see
     /// every required policy on disk.
     pub fn resume(&self, earlier: &Status) {
-        let delivered = earlier.policies.iter().filter_map(|(name, p)| {
-            Some((name.clone(), (p.version.clone()?, p.delivered_at.clone()?)))
-        });
+        let delivered = earlier
+            .policies
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), (p.version.clone()?, p.delivered_at.clone()?))));
         *self.earlier.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = delivered.collect();
     }
 
@@ -490,11 +491,14 @@ mod tests {
 
         // A version found on disk unchanged keeps the delivery time an earlier run recorded.
         let earlier = Status {
-            policies: [("api".to_string(), PolicyStatus {
-                version: Some(VersionId::from(7)),
-                delivered_at: Some("2026-11-30T08:00:00Z".into()),
-                ..PolicyStatus::default()
-            })]
+            policies: [(
+                "api".to_string(),
+                PolicyStatus {
+                    version: Some(VersionId::from(7)),
+                    delivered_at: Some("2026-11-30T08:00:00Z".into()),
+                    ..PolicyStatus::default()
+                },
+            )]
             .into(),
             ..Status::default()
         };

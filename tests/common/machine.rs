@@ -203,7 +203,8 @@ fn remove_cgroup(dir: &Path) {
 }
 
 fn mount_tmpfs(dir: &Path) {
-    let out = Command::new("mount").args(["-t", "tmpfs", "-o", "mode=700,size=512m", "keyturn-machine"]).arg(dir).output();
+    let out =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "mode=700,size=512m", "keyturn-machine"]).arg(dir).output();
     let out = out.expect("mount from util-linux");
     assert!(out.status.success(), "cannot mount a tmpfs at {}: {}", dir.display(), text(&out));
 }
@@ -213,7 +214,9 @@ fn mount_tmpfs(dir: &Path) {
 fn prerequisites() -> Result<PathBuf, String> {
     let uid = fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1).map(String::from)))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|u| u.split_whitespace().nth(1).map(String::from))
+        })
         .flatten();
     if uid.as_deref() != Some("0") {
         return Err("not root (mounting an overlay root, device nodes and a cgroup for a booted systemd needs root; CI runs as root)".into());
@@ -235,7 +238,8 @@ fn prerequisites() -> Result<PathBuf, String> {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup2 = mounts.lines().find_map(|line| {
         let (fields, rest) = line.split_once(" - ")?;
-        (rest.split_whitespace().next() == Some("cgroup2")).then(|| fields.split_whitespace().nth(4).map(PathBuf::from))?
+        (rest.split_whitespace().next() == Some("cgroup2"))
+            .then(|| fields.split_whitespace().nth(4).map(PathBuf::from))?
     });
     let Some(cgroup2) = cgroup2 else {
         return Err("no cgroup2 hierarchy is mounted (systemd needs one of its own; mount -t cgroup2 none /sys/fs/cgroup/unified)".into());

@@ -116,7 +116,8 @@ pub fn stages() -> Vec<Stage> {
 /// The stage that builds the binary: the one the last stage copies it from.
 pub fn build_stage(stages: &[Stage]) -> &Stage {
     let runtime = stages.last().expect("a stage");
-    let from = runtime.copies.iter().find_map(|(from, _, _)| from.clone()).expect("the last stage copies from a build stage");
+    let from =
+        runtime.copies.iter().find_map(|(from, _, _)| from.clone()).expect("the last stage copies from a build stage");
     stages.iter().find(|s| s.name.as_deref() == Some(from.as_str())).unwrap_or_else(|| panic!("no stage named {from}"))
 }
 
@@ -178,7 +179,11 @@ pub fn deb(revision: &str) -> PathBuf {
     assert!(out.status.success(), "cargo deb failed:\n{}", text(&out));
     // It prints the package's path last.
     let path = String::from_utf8_lossy(&out.stdout).lines().last().map(|l| PathBuf::from(l.trim())).unwrap_or_default();
-    assert!(path.extension().is_some_and(|e| e == "deb") && path.exists(), "cargo deb made no package:\n{}", text(&out));
+    assert!(
+        path.extension().is_some_and(|e| e == "deb") && path.exists(),
+        "cargo deb made no package:\n{}",
+        text(&out)
+    );
     path
 }
 
