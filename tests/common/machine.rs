@@ -137,7 +137,8 @@ impl Machine {
         use std::os::unix::fs::PermissionsExt;
         let target = self.path(path);
         fs::create_dir_all(target.parent().unwrap()).unwrap();
-        fs::write(&target, bytes).unwrap_or_else(|e| panic!("write {path} in the machine: {e}"));
+        let written = fs::File::create(&target).and_then(|mut file| std::io::Write::write_all(&mut file, bytes));
+        written.unwrap_or_else(|e| panic!("write {path} in the machine: {e}"));
         fs::set_permissions(&target, fs::Permissions::from_mode(mode)).unwrap();
     }
 

@@ -235,7 +235,7 @@ fn place(from: &Path, to: &Path) -> PathBuf {
     let bytes = fs::read(from).unwrap();
     if fs::read(to).ok().as_deref() != Some(bytes.as_slice()) {
         fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::write(to, &bytes).unwrap();
+        std::io::Write::write_all(&mut fs::File::create(to).unwrap(), &bytes).unwrap();
     }
     let mode = fs::metadata(from).unwrap().permissions();
     fs::set_permissions(to, mode).unwrap();
