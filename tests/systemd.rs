@@ -242,6 +242,16 @@ fn the_readme_install_runs_and_the_unit_lives_through_reloads_a_kill_the_watchdo
     assert!(String::from_utf8_lossy(&reload.stderr).contains("broken.toml:6"), "{}", text(&reload));
     assert_eq!(show(&machine, "keyturn")["MainPID"], main_pid, "the agent kept running");
     machine.ok("rm /etc/keyturn/policies/broken.toml && keyturn reload");
+    // And a good one through `systemctl reload` (SIGHUP): taken, not refused.
+    let hangups = journal_count(&machine, "\"reason\":\"SIGHUP\"");
+    machine.ok("systemctl reload keyturn");
+    machine.wait_until(
+        "the SIGHUP reload",
+        SOON,
+        &format!("test $(journalctl -u keyturn -o cat | grep -c '\"reason\":\"SIGHUP\"') -gt {hangups}"),
+    );
+    let last = machine.ok("journalctl -u keyturn -o cat | grep '\"reason\":\"SIGHUP\"' | tail -1");
+    assert!(last.contains("configuration unchanged") || last.contains("configuration reloaded"), "{last}");
 
     // A change in the store is delivered within a poll.
     machine.ok("printf %s systemd-tier-db-password-2 | runuser -u keyturn -- keyturn store put dev db-password");
