@@ -285,10 +285,11 @@ fn the_readme_install_runs_and_the_unit_lives_through_reloads_a_kill_the_watchdo
     }
     assert_eq!(machine.ok("readlink /run/keyturn/app/..data /run/keyturn/web/..data"), bundles_before);
 
-    // The watchdog: pings arrive, and a hung agent is killed and restarted.
+    // The watchdog: pings arrive, and a hung agent is killed and restarted. A short interval
+    // so the test waits seconds, not the unit's minute; the agent pings at half of it.
     machine.put(
         "/etc/systemd/system/keyturn.service.d/watchdog.conf",
-        b"[Service]\nWatchdogSec=2s\nRestartSec=1s\n",
+        b"[Service]\nWatchdogSec=3s\nRestartSec=1s\n",
         0o644,
     );
     machine.ok("systemctl daemon-reload && systemctl restart keyturn");
