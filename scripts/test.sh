@@ -4,7 +4,9 @@
 # own tests). Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test faults`.
 #
 # Needs: the Rust toolchain pinned in rust-toolchain.toml, python3, and root or unprivileged
-# user namespaces (the full-disk test mounts a small tmpfs inside `unshare -m`).
+# user namespaces (the full-disk test mounts a small tmpfs inside `unshare -m`). The
+# real-systemd tier (tests/systemd.rs) boots systemd in namespaces and needs root: as root
+# (CI) it must run, elsewhere it says why it cannot and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,5 +59,27 @@ apt_install() {
 command -v promtool >/dev/null 2>&1 || apt_install promtool prometheus
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd-analyze systemd
 command -v setpriv >/dev/null 2>&1 || apt_install setpriv util-linux
+# The real-systemd tier (tests/systemd.rs): D-Bus and polkit for the `systemd` notifier, which
+# reloads a second unit as the keyturn user; man for keyturn(8) (tests/packaging.rs);
+# dpkg-shlibdeps, which cargo-deb asks for the package's library dependencies.
+command -v dbus-daemon >/dev/null 2>&1 || apt_install dbus-daemon dbus
+[ -x /usr/lib/polkit-1/polkitd ] || apt_install polkitd polkitd
+command -v man >/dev/null 2>&1 || apt_install man man-db
+command -v dpkg-shlibdeps >/dev/null 2>&1 || apt_install dpkg-shlibdeps dpkg-dev
+
+# cargo-deb builds the Debian package (tests/systemd.rs installs it). Pinned: its generated
+# maintainer-script snippets are part of what the tests check.
+cargo_deb_version=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    echo "scripts/test.sh: installing cargo-deb $cargo_deb_version" >&2
+    cargo install --quiet --locked cargo-deb --version "$cargo_deb_version"
+fi
+
+# As root the real-systemd tier can run, so it must: a missing prerequisite fails it.
+if [ "$(id -u)" -eq 0 ]; then
+    export KEYTURN_SYSTEMD_TIER=required
+else
+    echo "scripts/test.sh: not root: the real-systemd tier (tests/systemd.rs) will say why it does not run" >&2
+fi
 
 cargo test --workspace --all-targets "$@"

@@ -84,6 +84,9 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
         "agent starting"
     );
 
+    // When and why the running configuration was loaded: a `keyturn reload` that finds
+    // nothing new says so, since the file watch may have applied the change before it asked.
+    let mut loaded = (crate::clock::rfc3339(seams.clock.now()), "agent start");
     loop {
         let (changes_tx, mut changes) = mpsc::channel(16);
         let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
@@ -123,11 +126,16 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(format!("reloaded: {} policies", next.config.policies.len())));
                     }
+                    loaded = (crate::clock::rfc3339(seams.clock.now()), reason);
                     break Some(next);
                 }
                 Ok(None) => {
                     recorder.config_unchanged(reason);
-                    Ok("configuration unchanged".to_string())
+                    let (at, why) = &loaded;
+                    Ok(format!(
+                        "configuration unchanged: the running one, {} policies, was loaded at {at} ({why})",
+                        config.policies.len()
+                    ))
                 }
                 Err(e) => {
                     let problems: Vec<String> = match &e {

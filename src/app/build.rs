@@ -13,6 +13,7 @@ use crate::deliver::{BundleWriter, DeliverError};
 use crate::report::Recorder;
 use crate::report::events::Reporter;
 use crate::report::metrics::Metrics;
+use crate::report::status::Status;
 use crate::store::{AnyStore, Metered, OpenContext, StoreConfig, StoreError};
 
 /// The stores the engine uses, each counted in the metrics.
@@ -102,5 +103,10 @@ pub fn recorder(
     reporter: Option<Arc<Reporter>>,
     seams: &Seams,
 ) -> Arc<Recorder> {
-    Arc::new(Recorder::new(&config.agent.node, seams.clock.clone(), metrics, reporter))
+    let recorder = Recorder::new(&config.agent.node, seams.clock.clone(), metrics, reporter);
+    // A restart that rewrites nothing keeps the delivery times its predecessor recorded.
+    if let Ok(earlier) = Status::load(&config.agent.state_dir) {
+        recorder.resume(&earlier);
+    }
+    Arc::new(recorder)
 }

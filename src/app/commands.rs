@@ -174,7 +174,12 @@ pub async fn status(path: &Path, json: bool) -> Result<(), AppError> {
         Ok(Some(Ok(other))) => {
             return Err(AppError::Agent(format!("the agent answered a status request with {other:?}")));
         }
-        Ok(Some(Err(message))) => return Err(AppError::Agent(message)),
+        // Refused (this user is not on the socket's allow-list), or the agent could not
+        // answer: the status file, which the agent keeps current, says what is known.
+        Ok(Some(Err(message))) => {
+            eprintln!("keyturn: the running agent did not answer ({message}); showing its status file instead");
+            (status_file(&agent.state_dir, None)?, false)
+        }
         // No agent, or a socket this user may not open: the status file says what is known.
         Ok(None) => (status_file(&agent.state_dir, None)?, false),
         Err(e) => (status_file(&agent.state_dir, Some(socket_error(&socket, &e)))?, false),

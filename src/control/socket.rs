@@ -3,8 +3,11 @@
 //!
 //! Two locks guard it: the socket file's mode and group (0600, or 0660 with an admin group),
 //! and the caller's credentials as the kernel reports them (`SO_PEERCRED`), checked against
-//! `[control] allow_users` and `allow_groups` (supplementary groups included). A refused
-//! caller gets one error line and the connection is closed.
+//! `[control] allow_users` and `allow_groups` (supplementary groups included, read from
+//! `/proc/PID/status`). Root is always allowed: it can open the socket whatever its mode and
+//! read every value on the node anyway, and `keyturn status` as root is an operator's first
+//! check. A refused caller gets one error line saying which of its ids were checked, and the
+//! connection is closed.
 //!
 //! The protocol is one JSON request line, then JSON response lines: any number of
 //! `{"progress": "..."}`, then one `{"ok": ANSWER}` or `{"error": "..."}`. Both ends use the
@@ -131,22 +134,18 @@ async fn connection(
 ) {
     let (read, mut write) = stream.into_split();
     let peer = rustix::net::sockopt::socket_peercred(write.as_ref());
-    let allowed = match &peer {
-        Ok(peer) => is_allowed(
-            &access,
-            peer.uid.as_raw(),
-            peer.gid.as_raw(),
-            &supplementary_groups(peer.pid.as_raw_nonzero().get()),
-        ),
-        Err(_) => false,
+    let refusal = match &peer {
+        Ok(peer) => {
+            let pid = peer.pid.as_raw_nonzero().get();
+            let groups = supplementary_groups(pid);
+            let (uid, gid) = (peer.uid.as_raw(), peer.gid.as_raw());
+            let allowed = is_allowed(&access, uid, gid, groups.as_deref().unwrap_or_default());
+            (!allowed).then(|| refusal(uid, gid, pid, groups.as_deref()))
+        }
+        Err(e) => Some(format!("the caller's credentials cannot be read ({e}); refused")),
     };
-    if !allowed {
-        let who = peer.map_or("an unknown caller".to_string(), |p| {
-            format!("uid {} (pid {})", p.uid.as_raw(), p.pid.as_raw_nonzero())
-        });
-        tracing::warn!(caller = %who, "control socket: caller refused");
-        let refusal =
-            format!("{who} is not allowed to use the control socket; see [control] allow_users and allow_groups");
+    if let Some(refusal) = refusal {
+        tracing::warn!(reason = %refusal, "control socket: caller refused");
         let _ = send(&mut write, &Line::Error(refusal)).await;
         return;
     }
@@ -249,24 +248,43 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, line: &Line) -> std:
     write.write_all(text.as_bytes()).await
 }
 
-/// The allow-list: the caller's user, or its primary or any supplementary group.
+/// The allow-list: root, the caller's user, or its primary or any supplementary group.
 pub fn is_allowed(access: &Control, uid: u32, gid: u32, groups: &[u32]) -> bool {
-    access.allow_users.contains(&uid)
+    uid == ROOT
+        || access.allow_users.contains(&uid)
         || access.allow_groups.contains(&gid)
         || groups.iter().any(|g| access.allow_groups.contains(g))
 }
 
-/// A process's supplementary groups, from `/proc/PID/status` (empty if it cannot be read).
-fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
-        })
-        .unwrap_or_default()
+const ROOT: u32 = 0;
+
+/// Why a caller is refused, in words that say what was checked and what would let it in.
+fn refusal(uid: u32, gid: u32, pid: i32, groups: Option<&[u32]>) -> String {
+    let checked = match groups {
+        Some(groups) if !groups.is_empty() => {
+            let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
+            format!("its uid, its primary group {gid} and its supplementary groups {} are", groups.join(" "))
+        }
+        Some(_) => format!("its uid and its primary group {gid} are (it has no supplementary groups)"),
+        // systemd's ProtectProc=invisible (the shipped unit) hides other users' processes.
+        None => format!(
+            "its uid and its primary group {gid} are; its supplementary groups cannot be read, because \
+             /proc/{pid} is hidden from the agent (ProtectProc=invisible in its systemd unit), so a \
+             supplementary group never matches: list the user in allow_users, make an allowed group its \
+             primary group, or set ProtectProc=default in a drop-in"
+        ),
+    };
+    format!(
+        "uid {uid} (pid {pid}) is not allowed to use the control socket: {checked} not in [control] \
+         allow_users / allow_groups"
+    )
+}
+
+/// A process's supplementary groups, from `/proc/PID/status`; `None` if it cannot be read.
+fn supplementary_groups(pid: i32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let groups = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    Some(groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
 }
 
 /// The client: sends `request` to the agent at `runtime_dir` and calls `progress` for each
@@ -311,6 +329,18 @@ mod tests {
         assert!(is_allowed(&access, 1000, 50, &[]), "primary group");
         assert!(is_allowed(&access, 1000, 1000, &[27, 50]), "supplementary group");
         assert!(!is_allowed(&access, 1000, 1000, &[27]));
+        let agent_only = Control { mode: 0o600, group: None, allow_users: vec![999], allow_groups: vec![] };
+        assert!(is_allowed(&agent_only, 0, 0, &[]), "root, whatever the lists say");
+    }
+
+    #[test]
+    fn a_refusal_says_what_was_checked() {
+        let hidden = refusal(1001, 1001, 42, None);
+        assert!(hidden.starts_with("uid 1001 (pid 42) is not allowed"), "{hidden}");
+        assert!(hidden.contains("supplementary groups cannot be read") && hidden.contains("ProtectProc"), "{hidden}");
+        let seen = refusal(1001, 1001, 42, Some(&[27, 100]));
+        assert!(seen.contains("supplementary groups 27 100 are not in"), "{seen}");
+        assert!(!seen.contains("ProtectProc"), "{seen}");
     }
 
     #[test]

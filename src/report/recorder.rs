@@ -116,6 +116,10 @@ pub struct Recorder {
     ready: watch::Sender<bool>,
     /// Central event reports, when `[report]` is configured.
     reporter: Option<Arc<Reporter>>,
+    /// Per policy, the version an earlier agent recorded as delivered and when (its status
+    /// file, see [`Recorder::resume`]): a restart that finds that version on disk and writes
+    /// nothing shows the original delivery time, not its own start.
+    earlier: Mutex<BTreeMap<String, (VersionId, String)>>,
 }
 
 impl Recorder {
@@ -134,7 +138,25 @@ impl Recorder {
             metrics,
             ready: watch::Sender::new(false),
             reporter,
+            earlier: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Takes the delivery times an earlier run recorded (its status file). They are used only
+    /// for a version that is found on disk unchanged; readiness still waits for this run to see
+    /// every required policy on disk.
+    pub fn resume(&self, earlier: &Status) {
+        let delivered = earlier
+            .policies
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), (p.version.clone()?, p.delivered_at.clone()?))));
+        *self.earlier.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = delivered.collect();
+    }
+
+    /// When `version` of `policy` was delivered, if an earlier run recorded it.
+    fn delivered_earlier(&self, policy: &str, version: &VersionId) -> Option<String> {
+        let earlier = self.earlier.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        earlier.get(policy).filter(|(v, _)| v == version).map(|(_, at)| at.clone())
     }
 
     /// Records an outcome about `subject` in the log, the metrics, the status and the events.
@@ -186,11 +208,13 @@ impl Recorder {
             Outcome::Unchanged { version } => {
                 self.on_disk(subject, version, now);
                 self.fresh(subject);
+                let earlier = self.delivered_earlier(policy, version);
                 self.update(subject, |s| {
                     if s.version.as_ref() != Some(version) {
-                        // Already on disk from an earlier run.
+                        // Already on disk from an earlier run, delivered when that run said;
+                        // if no run recorded it, when is unknown, not now.
                         s.version = Some(version.clone());
-                        s.delivered_at.get_or_insert_with(|| at.clone());
+                        s.delivered_at = earlier;
                     }
                     s.checked_at = Some(at);
                     s.last_error = None;
@@ -586,6 +610,30 @@ mod tests {
         assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"error\"} 2"), "{metrics}");
         assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"ok\"} 1"), "{metrics}");
         assert!(metrics.contains("keyturn_secret_info{policy=\"db\",version=\"3\"} 1"), "{metrics}");
+
+        // A version found on disk unchanged keeps the delivery time an earlier run recorded.
+        let earlier = Status {
+            policies: [(
+                "api".to_string(),
+                PolicyStatus {
+                    version: Some(VersionId::from(7)),
+                    delivered_at: Some("2026-11-30T08:00:00Z".into()),
+                    ..PolicyStatus::default()
+                },
+            )]
+            .into(),
+            ..Status::default()
+        };
+        recorder.resume(&earlier);
+        let api = Subject { required: false, ..subject("api") };
+        recorder.record(api, Outcome::Unchanged { version: &VersionId::from(7) });
+        let status = recorder.snapshot();
+        assert_eq!(status.policies["api"].delivered_at.as_deref(), Some("2026-11-30T08:00:00Z"));
+        assert_eq!(status.policies["api"].checked_at.as_deref(), Some("2026-12-01T00:00:00Z"));
+        // A version no earlier run recorded: when it came is unknown.
+        let fresh = Recorder::new("edge-17", recorder.clock.clone(), Arc::new(Metrics::new()), None);
+        fresh.record(api, Outcome::Unchanged { version: &VersionId::from(8) });
+        assert_eq!(fresh.snapshot().policies["api"].delivered_at, None);
 
         // A policy that is no longer configured leaves the status and the metrics.
         recorder.plan([Subject { required: false, ..subject("api") }]);

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod machine;
+pub mod release;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyturn");
 
