@@ -220,13 +220,19 @@ impl Identities {
     }
 
     pub(crate) fn caller(&self, token: &str, now: SystemTime) -> Caller {
+        self.caller_with_scopes(token, now, &[CLOUD_PLATFORM_SCOPE])
+    }
+
+    /// [`Identities::caller`] for a service that takes any of `scopes` (IAM Credentials takes
+    /// `auth/iam` besides cloud-platform).
+    pub(crate) fn caller_with_scopes(&self, token: &str, now: SystemTime, scopes: &[&str]) -> Caller {
         let Some(grant) = self.tokens.get(token) else {
             return self.self_signed_caller(token, now);
         };
         if grant.expires <= now {
             return Caller::Expired;
         }
-        if !grant.scopes.iter().any(|s| s == CLOUD_PLATFORM_SCOPE) {
+        if !grant.scopes.iter().any(|s| scopes.contains(&s.as_str())) {
             return Caller::WrongScope;
         }
         // An issued token always names someone: one granted nothing gets 403s, not 401s.

@@ -15,12 +15,15 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Caller, Identities};
+use crate::auth::{CLOUD_PLATFORM_SCOPE, Caller, Identities};
 use crate::clock::{format_timestamp, parse_duration};
 use crate::status::{ApiError, Code};
 
 const PERMISSION: &str = "iam.serviceAccounts.getAccessToken";
 const SERVICE: &str = "iamcredentials.googleapis.com";
+/// The scope IAM Credentials takes besides cloud-platform (google-auth asks STS for it when it
+/// impersonates).
+const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
 const METHOD: &str = "google.iam.credentials.v1.IAMCredentials.GenerateAccessToken";
 /// The longest token IAM issues without the organization policy that allows 12 hours.
 const MAX_LIFETIME: Duration = Duration::from_secs(3600);
@@ -32,8 +35,9 @@ struct Body {
     scope: Vec<String>,
     #[serde(default)]
     lifetime: Option<String>,
+    /// google-auth sends `null` when there are none.
     #[serde(default)]
-    delegates: Vec<String>,
+    delegates: Option<Vec<String>>,
 }
 
 /// The 403 Google answers when the caller may not mint tokens for `account`, or `account`
@@ -57,7 +61,7 @@ pub(crate) fn generate_access_token(
     let Some(token) = bearer else {
         return Err(ApiError::unauthenticated_at(SERVICE, "CREDENTIALS_MISSING", METHOD));
     };
-    let caller = match identities.caller(token, now) {
+    let caller = match identities.caller_with_scopes(token, now, &[CLOUD_PLATFORM_SCOPE, IAM_SCOPE]) {
         Caller::Principal { email, .. } => email,
         Caller::Expired => return Err(ApiError::unauthenticated_at(SERVICE, "ACCESS_TOKEN_EXPIRED", METHOD)),
         Caller::Unknown => return Err(ApiError::unauthenticated_at(SERVICE, "ACCESS_TOKEN_TYPE_UNSUPPORTED", METHOD)),
@@ -72,7 +76,7 @@ pub(crate) fn generate_access_token(
     if body.scope.is_empty() {
         return Err(ApiError::invalid_argument("Scope is required: name at least one OAuth scope."));
     }
-    if !body.delegates.is_empty() {
+    if body.delegates.as_ref().is_some_and(|d| !d.is_empty()) {
         return Err(ApiError::new(Code::Unimplemented, "Delegation chains are not emulated."));
     }
     let lifetime = match body.lifetime.as_deref() {
