@@ -180,9 +180,12 @@ fn the_repository_policies_validate() {
 #[test]
 fn the_examples_validate() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for example in
-        ["examples/quickstart/keyturn.toml", "examples/gcp/keyturn.toml", "examples/gcp/keyturn-emulator.toml", "examples/ci/keyturn.toml"]
-    {
+    for example in [
+        "examples/quickstart/keyturn.toml",
+        "examples/gcp/keyturn.toml",
+        "examples/gcp/keyturn-emulator.toml",
+        "examples/ci/keyturn.toml",
+    ] {
         let out = std::process::Command::new(common::BIN)
             .arg("validate")
             .arg("--config")

@@ -99,7 +99,12 @@ impl Federated {
     }
 
     fn sync(&self, credentials: &Path, env: &[(&str, &str)]) -> Output {
-        self.world.command(&["sync", "--once"]).env(CREDENTIALS, credentials).envs(env.iter().copied()).output().unwrap()
+        self.world
+            .command(&["sync", "--once"])
+            .env(CREDENTIALS, credentials)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
     }
 
     fn agent(&self, credentials: &Path) -> Agent {
@@ -208,7 +213,11 @@ fn a_url_source_is_fetched_with_its_headers_and_read_as_json() {
     );
     let out = fed.sync(&refusing, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(stderr(&out).contains(&format!("the subject token URL http://{}/idtoken answered HTTP 401", server.address)), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("the subject token URL http://{}/idtoken answered HTTP 401", server.address)),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -350,11 +359,16 @@ fn each_refusal_names_the_file_the_audience_and_what_google_answered() {
     let mut expired = SubjectToken::new(NODE);
     expired.issued_ago = Duration::from_secs(7200);
     let token = fed.write_token(&expired);
-    refused(&config, &[&preamble, "invalid_grant", "has expired", &format!("from file {}", fed.token.display()), "check what file"], Some(&token));
+    refused(
+        &config,
+        &[&preamble, "invalid_grant", "has expired", &format!("from file {}", fed.token.display()), "check what file"],
+        Some(&token),
+    );
 
     // A token for another audience.
     let mut elsewhere = SubjectToken::new(NODE);
-    elsewhere.audience = Some("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/x".into());
+    elsewhere.audience =
+        Some("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/other/providers/x".into());
     let token = fed.write_token(&elsewhere);
     refused(&config, &["invalid_grant", "does not match the expected audience", "allowed audiences"], Some(&token));
 

@@ -72,7 +72,8 @@ fn the_unit_with_a_federated_identity_keeps_its_exposure() {
     let text = common::read(Path::new(REPO).join("systemd/gcp-credentials.json"));
     let config = ExternalAccountConfig::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     let drop_in = common::read(Path::new(REPO).join("systemd/federated-identity.conf"));
-    let credential = drop_in.lines().find_map(|l| l.strip_prefix("LoadCredential=")).unwrap().split(':').next().unwrap();
+    let credential =
+        drop_in.lines().find_map(|l| l.strip_prefix("LoadCredential=")).unwrap().split(':').next().unwrap();
     let SubjectTokenSource::File { path, .. } = &config.source else { panic!("{:?}", config.source) };
     assert_eq!(path, &Path::new("/run/credentials/keyturn.service").join(credential));
     assert!(drop_in.contains("Environment=GOOGLE_APPLICATION_CREDENTIALS=/etc/keyturn/gcp-credentials.json"));

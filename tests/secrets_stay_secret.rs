@@ -121,7 +121,8 @@ fn no_subject_federated_or_access_token_appears_in_logs_status_or_events() {
     wait_for("a refresh", Duration::from_secs(20), || exchanges() >= 2);
     // A refresh STS refuses: a token for another audience.
     let mut stray = SubjectToken::new(node);
-    stray.audience = Some("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x".into());
+    stray.audience =
+        Some("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x".into());
     subject_tokens.push(emu.subject_token(&stray));
     common::write(&token_file, &subject_tokens[2]);
     emu.advance_clock(Duration::from_secs(3599 - 200));

@@ -196,7 +196,14 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
             bench.progress("cold start: emulator, external account, 100 policies, agent to READY=1");
             let ready: Vec<f64> =
                 (0..7).map(|_| agent_ready(bench, &agent, Some(&federated))).collect::<Result<_, _>>()?;
-            table.push_str(&row("emulator, external account", "`agent` → READY=1", 100, &Summary::of(&ready), &http, "HTTP"));
+            table.push_str(&row(
+                "emulator, external account",
+                "`agent` → READY=1",
+                100,
+                &Summary::of(&ready),
+                &http,
+                "HTTP",
+            ));
         }
     }
     fixture::remove(&dir)?;

@@ -291,7 +291,10 @@ impl Emulator {
             spec.issued_ago,
             spec.lifetime,
         );
-        self.app.issuer.mint(&claims, spec.algorithm, spec.key_id.as_deref(), spec.foreign_key).expect("test issuer keys")
+        self.app
+            .issuer
+            .mint(&claims, spec.algorithm, spec.key_id.as_deref(), spec.foreign_key)
+            .expect("test issuer keys")
     }
 
     /// A working external-account credential configuration (Google's `"type":

@@ -176,8 +176,8 @@ pub(crate) fn read_body(content_type: Option<&str>, body: &[u8]) -> Result<HashM
         return Ok(form_urlencoded::parse(body).into_owned().collect());
     }
     if content_type.starts_with("application/json") {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| invalid_request(format!("Invalid JSON payload received. {e}")))?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| invalid_request(format!("Invalid JSON payload received. {e}")))?;
         let object = value.as_object().ok_or_else(|| invalid_request("The request body must be a JSON object."))?;
         let mut form = HashMap::new();
         for (key, value) in object {
@@ -213,7 +213,8 @@ pub(crate) fn exchange(
         ));
     }
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
-    let required = |name: &str| field(name).ok_or_else(|| invalid_request(format!("Missing required parameter: {name}")));
+    let required =
+        |name: &str| field(name).ok_or_else(|| invalid_request(format!("Missing required parameter: {name}")));
     let grant_type = required("grant_type")?;
     if grant_type != GRANT_TYPE {
         return Err(OAuthError::new("unsupported_grant_type", format!("Invalid grant_type: {grant_type}")));
@@ -354,7 +355,10 @@ mod tests {
         let workload = "//iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/p/providers/x";
         let (pool, name) = Pool::parse(workload).unwrap();
         assert_eq!(name, "projects/42/locations/global/workloadIdentityPools/p/providers/x");
-        assert_eq!(pool.principal("system:serviceaccount:keyturn:keyturn"), "principal://iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/p/subject/system:serviceaccount:keyturn:keyturn");
+        assert_eq!(
+            pool.principal("system:serviceaccount:keyturn:keyturn"),
+            "principal://iam.googleapis.com/projects/42/locations/global/workloadIdentityPools/p/subject/system:serviceaccount:keyturn:keyturn"
+        );
         let workforce = "//iam.googleapis.com/locations/global/workforcePools/w/providers/x";
         assert!(matches!(Pool::parse(workforce), Some((Pool::Workforce { .. }, _))));
         for bad in [

@@ -76,5 +76,5 @@ pub use auth::{Role, UnknownRole};
 pub use checksum::crc32c;
 pub use counts::{Method, RequestCounts, UnknownMethod};
 pub use emulator::{Emulator, EmulatorBuilder, StartError, SubjectToken};
-pub use oidc::SigningAlgorithm;
 pub use faults::{Failure, Faults, QuotaKind};
+pub use oidc::SigningAlgorithm;

@@ -70,7 +70,8 @@ impl fmt::Debug for TestIssuer {
 
 fn generate() -> Result<Keys, IssuerError> {
     let rsa = RsaKeyPair::generate(KeySize::Rsa2048).map_err(|_| IssuerError("generate its RSA key"))?;
-    let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| IssuerError("generate its EC key"))?;
+    let ec =
+        EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(|_| IssuerError("generate its EC key"))?;
     let mut id = [0u8; 8];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| IssuerError("draw key IDs"))?;
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
@@ -105,11 +106,8 @@ impl TestIssuer {
             self.keys()?
         };
         let header = json!({ "alg": algorithm.as_str(), "typ": "JWT", "kid": kid });
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let input =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let signature = match algorithm {
             SigningAlgorithm::Rs256 => {
                 let mut signature = vec![0; keys.rsa.public_modulus_len()];

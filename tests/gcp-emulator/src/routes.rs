@@ -62,7 +62,10 @@ pub(crate) enum Route {
     Sts,
     /// `POST /v1/projects/{project}/serviceAccounts/{email}:generateAccessToken`: IAM
     /// Credentials (on `iamcredentials.googleapis.com` at Google).
-    GenerateAccessToken { project: String, account: String },
+    GenerateAccessToken {
+        project: String,
+        account: String,
+    },
     /// `GET /oidc/.well-known/openid-configuration` and `GET /oidc/jwks`: the test issuer.
     Oidc(OidcDocument),
     /// Anything under `/emulator/`.
@@ -88,7 +91,9 @@ pub(crate) fn route(method: &Http, path: &str) -> Option<Route> {
         return (method == Http::POST).then_some(Route::Sts);
     }
     match path {
-        "/oidc/.well-known/openid-configuration" => return (method == Http::GET).then_some(Route::Oidc(OidcDocument::Discovery)),
+        "/oidc/.well-known/openid-configuration" => {
+            return (method == Http::GET).then_some(Route::Oidc(OidcDocument::Discovery));
+        }
         "/oidc/jwks" => return (method == Http::GET).then_some(Route::Oidc(OidcDocument::Jwks)),
         _ => {}
     }

@@ -159,7 +159,9 @@ async fn respond(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<
         Route::Admin => admin::handle(&app, &parts, &bytes),
         Route::Token => token(&app, &parts, &bytes),
         Route::Sts => sts(&app, &parts, &bytes),
-        Route::GenerateAccessToken { project, account } => generate_access_token(&app, &parts, &project, &account, &bytes),
+        Route::GenerateAccessToken { project, account } => {
+            generate_access_token(&app, &parts, &project, &account, &bytes)
+        }
         Route::Oidc(document) => oidc(&app, document),
         Route::Api(operation) => {
             let query = api::parse_query(parts.uri.query());

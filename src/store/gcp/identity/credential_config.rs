@@ -324,7 +324,7 @@ fn read_impersonation(
         .rsplit_once("/serviceAccounts/")
         .and_then(|(_, rest)| rest.strip_suffix(":generateAccessToken"))
         .filter(|account| !account.is_empty() && !account.contains('/'))
-        .map(|account| percent_decode(account));
+        .map(percent_decode);
     let Some(account) = account else {
         problems.push(format!(
             "service_account_impersonation_url {url:?} is not IAM Credentials' \

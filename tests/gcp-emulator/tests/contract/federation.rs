@@ -53,8 +53,13 @@ async fn federated_token(h: &Harness, subject: &str) -> String {
 }
 
 async fn access(h: &Harness, token: &str) -> Reply {
-    h.call_as(Some(token), reqwest::Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/current:access"), None)
-        .await
+    h.call_as(
+        Some(token),
+        reqwest::Method::GET,
+        &format!("projects/{PROJECT_ID}/secrets/db/versions/current:access"),
+        None,
+    )
+    .await
 }
 
 async fn generate(h: &Harness, bearer: Option<&str>, account: &str, body: Value) -> Reply {
@@ -84,12 +89,19 @@ async fn a_subject_token_of_the_trusted_issuer_is_exchanged_for_a_federated_toke
     assert_eq!(code, 403, "{denied}");
     h.emu.grant_federated(NODE, Role::Accessor);
     let (code, _) = h
-        .call_as(Some(federated), reqwest::Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"), None)
+        .call_as(
+            Some(federated),
+            reqwest::Method::GET,
+            &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"),
+            None,
+        )
         .await;
     assert_eq!(code, 200, "the federated token reads once its principal is granted");
     assert_eq!(
         h.emu.workload_principal(NODE),
-        format!("principal://iam.googleapis.com/projects/{PROJECT_NUMBER}/locations/global/workloadIdentityPools/emulator-pool/subject/{NODE}")
+        format!(
+            "principal://iam.googleapis.com/projects/{PROJECT_NUMBER}/locations/global/workloadIdentityPools/emulator-pool/subject/{NODE}"
+        )
     );
 }
 
@@ -118,7 +130,11 @@ async fn the_request_is_checked_before_the_token() {
     let token = h.emu.subject_token(&SubjectToken::new(NODE));
     let mut malformed = form(&audience, &token);
     malformed[1].1 = audience.trim_start_matches("//iam.googleapis.com/").to_owned();
-    assert_oauth_error(&exchange(&h, &malformed).await, "invalid_request", "Invalid value for \"audience\". This value should be the full resource name of the Identity Provider.");
+    assert_oauth_error(
+        &exchange(&h, &malformed).await,
+        "invalid_request",
+        "Invalid value for \"audience\". This value should be the full resource name of the Identity Provider.",
+    );
     let mut unknown = form(&audience, &token);
     unknown[1].1 = audience.replace("emulator-pool", "no-such-pool");
     assert_oauth_error(&exchange(&h, &unknown).await, "invalid_target", "the pool or provider is disabled or deleted");
@@ -190,7 +206,12 @@ async fn generate_access_token_impersonates_only_for_granted_principals() {
     let body = json!({ "scope": [SCOPE], "lifetime": "1800s" });
 
     let denied = generate(&h, Some(&federated), ACCOUNT, body.clone()).await;
-    assert_error(&denied, 403, "PERMISSION_DENIED", "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).");
+    assert_error(
+        &denied,
+        403,
+        "PERMISSION_DENIED",
+        "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+    );
     assert_eq!(denied.1["error"]["details"][0]["metadata"]["permission"], "iam.serviceAccounts.getAccessToken");
     let unknown = generate(&h, Some(&federated), "nobody@acme-edge.iam.gserviceaccount.com", body.clone()).await;
     assert_eq!(unknown.1["error"]["message"], denied.1["error"]["message"], "existence is not revealed");
@@ -202,13 +223,23 @@ async fn generate_access_token_impersonates_only_for_granted_principals() {
     assert!(expire_time.ends_with('Z') && !expire_time.contains('.'), "RFC 3339 in whole seconds: {expire_time}");
     let token = issued["accessToken"].as_str().unwrap();
     let (code, _) = h
-        .call_as(Some(token), reqwest::Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"), None)
+        .call_as(
+            Some(token),
+            reqwest::Method::GET,
+            &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"),
+            None,
+        )
         .await;
     assert_eq!(code, 200, "the token acts as the account, with its role");
     // It lives the lifetime asked for.
     h.emu.advance_clock(Duration::from_secs(1801));
     let (code, _) = h
-        .call_as(Some(token), reqwest::Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"), None)
+        .call_as(
+            Some(token),
+            reqwest::Method::GET,
+            &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"),
+            None,
+        )
         .await;
     assert_eq!(code, 401);
     assert_eq!(h.emu.request_counts().get(Method::GenerateAccessToken), 3);
@@ -263,10 +294,16 @@ async fn the_admin_api_mints_subject_tokens_and_grants_principals() {
     let (code, granted) = h.admin("federation/grants", json!({ "subject": "ci-job", "role": "accessor" })).await;
     assert_eq!(code, 200, "{granted}");
     assert!(granted["principal"].as_str().unwrap().ends_with("/subject/ci-job"));
-    let (code, body) = exchange(&h, &form(&h.emu.workload_identity_audience(), minted["token"].as_str().unwrap())).await;
+    let (code, body) =
+        exchange(&h, &form(&h.emu.workload_identity_audience(), minted["token"].as_str().unwrap())).await;
     assert_eq!(code, 200, "{body}");
     let (code, _) = h
-        .call_as(body["access_token"].as_str(), reqwest::Method::GET, &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"), None)
+        .call_as(
+            body["access_token"].as_str(),
+            reqwest::Method::GET,
+            &format!("projects/{PROJECT_ID}/secrets/db/versions/1:access"),
+            None,
+        )
         .await;
     assert_eq!(code, 200);
     let (code, _) = h

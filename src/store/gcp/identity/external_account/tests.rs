@@ -28,7 +28,7 @@ impl Fixture {
         let emu = Emulator::builder().start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, emu.subject_token(&Spec::new("node-1"))).unwrap();
+        crate::sys::replace_file(&token_file, emu.subject_token(&Spec::new("node-1")).as_bytes(), 0o600).unwrap();
         if impersonate {
             emu.allow_impersonation("node-1", ACCOUNT, Role::Accessor);
         } else {
@@ -88,7 +88,8 @@ async fn a_stale_token_is_served_while_it_is_refreshed_in_the_background() {
     // Google's clock moves to 200 s before the token's end; the store learns it from an answer.
     fixture.emu.advance_clock(Duration::from_secs(3599 - 200));
     fixture.observe_the_servers_time().await;
-    std::fs::write(&fixture.token_file, fixture.emu.subject_token(&Spec::new("node-1"))).unwrap();
+    crate::sys::replace_file(&fixture.token_file, fixture.emu.subject_token(&Spec::new("node-1")).as_bytes(), 0o600)
+        .unwrap();
     fixture.emu.faults().set_latency(Duration::from_secs(3));
     let during = fixture.provider.access_token(SCOPE).await.unwrap();
     // Had the call waited for the refresh (3 s of latency), it would hold the new token.
