@@ -293,7 +293,8 @@ fn an_expiring_access_token_is_refreshed_before_google_refuses_it() {
     // Google's clock moves to 200 s before the token's end (STS tokens live 3599 s). The
     // agent learns it from its next answer, and refreshes while the old token still works.
     fed.emu.advance_clock(Duration::from_secs(3599 - 200));
-    wait_for("a refresh ahead of expiry", Duration::from_secs(20), || fed.exchanges() >= 2);
+    // Logged by the refresh task just before it stores the token, with no await between.
+    agent.wait_log("external account: new access token", 2);
     // Past the old token's end: every read uses the new one.
     fed.emu.advance_clock(Duration::from_secs(400));
     fed.world.wait_store_reads("edge", 3);
@@ -322,7 +323,7 @@ fn a_subject_token_replaced_on_disk_is_used_at_the_next_exchange() {
     // token's end and nears the access token's.
     fed.write_token(&SubjectToken::new(NODE));
     fed.emu.advance_clock(Duration::from_secs(3599 - 200));
-    wait_for("a refresh ahead of expiry", Duration::from_secs(20), || fed.exchanges() >= 2);
+    agent.wait_log("external account: new access token", 2);
     fed.emu.advance_clock(Duration::from_secs(400));
     fed.put("db-password", "second");
     fed.wait_delivered("db", "second");
