@@ -28,9 +28,10 @@
 //! 100 policies): with it the binary is 8.07 MB instead of 7.66 MB, idle memory on the file
 //! store 7.89 MiB instead of 7.70 MiB (the budget is 8 MiB), and 9.18 MiB instead of 8.85 MiB
 //! with an external account on the emulator; it adds 47 crates. It also runs executables with
-//! its own process code rather than [`crate::process::run`], judges expiry by the node's clock,
-//! and its errors do not say which file or audience failed. This module and its siblings are
-//! about 1,400 lines (tests aside) over the reqwest client keyturn already has.
+//! its own process code rather than [`crate::process::run`], reads an impersonated token's
+//! `expireTime` against the node's clock, and its errors are its own where keyturn's name the
+//! file, the audience and what the endpoint answered. This module and its siblings are about
+//! 1,400 lines (tests aside) over the reqwest client keyturn already has.
 //!
 //! # What never leaks
 //!
