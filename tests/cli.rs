@@ -249,6 +249,7 @@ fn the_examples_validate() {
         "examples/fastapi/keyturn.toml",
         "examples/gcp/keyturn.toml",
         "examples/gcp/keyturn-emulator.toml",
+        "examples/ci/keyturn.toml",
     ] {
         let out = validate(&["--config", example]);
         assert_eq!(out.status.code(), Some(0), "{example}: {}", text(&out));

@@ -37,10 +37,19 @@ const CRD_KINDS: [&str; 1] = ["PodMonitor"];
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify() {
-    for variant in [Variant::Plain, Variant::Owners, Variant::Cache, Variant::Package] {
+    for variant in [Variant::Plain, Variant::Owners, Variant::Cache, Variant::FederatedIdentity, Variant::Package] {
         let dir = tempfile::tempdir().unwrap();
         let unit = install_unit(dir.path(), variant);
-        let out = systemd_analyze(&["verify", "--man=no"], &unit);
+        let mut out = systemd_analyze(&["verify", "--man=no"], &unit);
+        if let Variant::FederatedIdentity = variant {
+            // The path unit, and the one-shot it starts, beside the agent's unit.
+            for file in ["keyturn-identity.path", "keyturn-identity.service"] {
+                common::write(&dir.path().join(file), &common::read(Path::new(REPO).join("systemd").join(file)));
+            }
+            let path_unit = systemd_analyze(&["verify", "--man=no"], &dir.path().join("keyturn-identity.path"));
+            out.status = if path_unit.status.success() { out.status } else { path_unit.status };
+            out.stderr.extend(path_unit.stderr);
+        }
         let stderr = String::from_utf8_lossy(&out.stderr);
         // verify exits 0 even for unknown keys and unparsable values; it reports them on stderr,
         // naming the file. Lines about other units (of the host) are not ours to fix.
@@ -64,6 +73,23 @@ fn the_unit_scores_1_5_or_better_in_systemd_analyze_security() {
     let dir = tempfile::tempdir().unwrap();
     let score = security_score(&install_unit(dir.path(), Variant::Plain), UNIT_THRESHOLD);
     println!("systemd/keyturn.service: exposure {score}");
+}
+
+#[test]
+fn the_unit_with_a_federated_identity_keeps_its_exposure() {
+    let dir = tempfile::tempdir().unwrap();
+    let score = security_score(&install_unit(dir.path(), Variant::FederatedIdentity), UNIT_THRESHOLD);
+    println!("systemd/keyturn.service + federated-identity.conf: exposure {score}");
+    // The configuration it names is one keyturn reads, with the credential systemd hands over.
+    use keyturn::store::gcp::identity::credential_config::{ExternalAccountConfig, SubjectTokenSource};
+    let text = common::read(Path::new(REPO).join("systemd/gcp-credentials.json"));
+    let config = ExternalAccountConfig::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let drop_in = common::read(Path::new(REPO).join("systemd/federated-identity.conf"));
+    let credential =
+        drop_in.lines().find_map(|l| l.strip_prefix("LoadCredential=")).unwrap().split(':').next().unwrap();
+    let SubjectTokenSource::File { path, .. } = &config.source else { panic!("{:?}", config.source) };
+    assert_eq!(path, &Path::new("/run/credentials/keyturn.service").join(credential));
+    assert!(drop_in.contains("Environment=GOOGLE_APPLICATION_CREDENTIALS=/etc/keyturn/gcp-credentials.json"));
 }
 
 #[test]
@@ -727,6 +753,8 @@ enum Variant {
     Owners,
     /// With `systemd/cache.conf` as a drop-in.
     Cache,
+    /// With `systemd/federated-identity.conf` as a drop-in.
+    FederatedIdentity,
     /// The Debian package's unit, `packaging/debian/keyturn.service`.
     Package,
 }
@@ -737,7 +765,9 @@ enum Variant {
 fn install_unit(dir: &Path, variant: Variant) -> PathBuf {
     let (file, binary) = match variant {
         Variant::Package => ("packaging/debian/keyturn.service", "/usr/bin/keyturn"),
-        Variant::Plain | Variant::Owners | Variant::Cache => ("systemd/keyturn.service", "/usr/local/bin/keyturn"),
+        Variant::Plain | Variant::Owners | Variant::Cache | Variant::FederatedIdentity => {
+            ("systemd/keyturn.service", "/usr/local/bin/keyturn")
+        }
     };
     let unit = common::read(Path::new(REPO).join(file));
     assert!(unit.contains(&format!("{binary} ")), "the unit no longer runs {binary}");
@@ -747,6 +777,7 @@ fn install_unit(dir: &Path, variant: Variant) -> PathBuf {
         Variant::Plain | Variant::Package => None,
         Variant::Owners => Some("owners.conf"),
         Variant::Cache => Some("cache.conf"),
+        Variant::FederatedIdentity => Some("federated-identity.conf"),
     };
     if let Some(name) = drop_in {
         let text = common::read(Path::new(REPO).join("systemd").join(name));
@@ -792,6 +823,76 @@ fn systemd_analyze(args: &[&str], unit: &Path) -> Output {
 
 fn venv() -> PathBuf {
     std::env::var_os("KEYTURN_TEST_VENV").map(PathBuf::from).unwrap_or_else(|| Path::new(REPO).join(".venv"))
+}
+
+/// The DaemonSet's Google identity: `identity.yaml`'s `external_account` configuration is one
+/// keyturn reads, it is what `GOOGLE_APPLICATION_CREDENTIALS` names, its subject token is the
+/// projected token mounted beside it, and the token is issued for the provider it names.
+#[test]
+fn the_identity_configuration_reads_the_projected_token_for_its_own_provider() {
+    use keyturn::store::gcp::identity::credential_config::{ExternalAccountConfig, SubjectTokenSource};
+
+    let identity = document("identity.yaml", "ConfigMap");
+    let daemonset = document("daemonset.yaml", "DaemonSet");
+    let credentials = identity["data"]["credentials.json"].as_str().expect("credentials.json in identity.yaml");
+    let config = ExternalAccountConfig::parse(credentials.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.impersonation.is_none() && config.token_url == "https://sts.googleapis.com/v1/token");
+
+    let keyturn = container(&daemonset);
+    let volume = daemonset["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["projected"]["sources"].is_array())
+        .expect("a projected volume");
+    let mount = keyturn["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == volume["name"]).unwrap();
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(mount["readOnly"], true);
+    let env = keyturn["env"].as_array().unwrap().iter().find(|e| e["name"] == "GOOGLE_APPLICATION_CREDENTIALS");
+    let sources = volume["projected"]["sources"].as_array().unwrap();
+    let token = sources.iter().find_map(|s| s.get("serviceAccountToken")).expect("a projected service-account token");
+    let items = sources.iter().find_map(|s| s.get("configMap")).expect("the configuration in the same volume");
+    assert_eq!(items["name"], identity["metadata"]["name"]);
+    assert_eq!(
+        env.and_then(|e| e["value"].as_str()),
+        Some(format!("{dir}/{}", items["items"][0]["path"].as_str().unwrap()).as_str())
+    );
+    let SubjectTokenSource::File { path, .. } = &config.source else { panic!("a file source: {:?}", config.source) };
+    assert_eq!(path, &Path::new(dir).join(token["path"].as_str().unwrap()));
+    assert_eq!(
+        token["audience"].as_str().unwrap(),
+        config.audience.replace("//iam.googleapis.com/", "https://iam.googleapis.com/"),
+        "STS accepts the projected token only for the provider the configuration names"
+    );
+    assert!(token["expirationSeconds"].as_u64().unwrap() <= 48 * 3600, "STS refuses longer-lived tokens");
+    assert!(!identity.to_string().contains("private_key"), "no key anywhere");
+}
+
+/// The CI example's workflow: YAML GitHub reads, that mints the job's OIDC token and runs the
+/// script `tests/identity.rs` runs, with the agent file `tests/cli.rs` validates.
+#[test]
+fn the_ci_workflow_runs_the_tested_script_with_an_oidc_token() {
+    let workflow = yaml(&Path::new(REPO).join("examples/ci/emergency-rotation.yml"));
+    assert_eq!(workflow["permissions"]["id-token"], "write");
+    assert_eq!(workflow["permissions"]["contents"], "read");
+    let steps = workflow["jobs"]["rotate"]["steps"].as_array().unwrap();
+    let rotate = steps.iter().find(|s| s["run"] == "sh examples/ci/rotate.sh").expect("a step runs rotate.sh");
+    let config = rotate["env"]["KEYTURN_CONFIG"].as_str().unwrap();
+    assert!(Path::new(REPO).join(config).is_file(), "{config}");
+    for name in ["POLICY", "WORKLOAD_IDENTITY_PROVIDER", "SERVICE_ACCOUNT"] {
+        assert!(rotate["env"][name].is_string(), "the step sets {name}");
+    }
+}
+
+/// Every document of a YAML file, read by PyYAML; the only one when there is one.
+fn yaml(path: &Path) -> Value {
+    let python = venv().join("bin/python");
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let out = Command::new(&python).args(["-c", script]).arg(path).output().unwrap();
+    assert!(out.status.success(), "{} is not YAML PyYAML can read: {}", path.display(), common::text(&out));
+    let mut documents: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(documents.len(), 1, "{}", path.display());
+    documents.remove(0)
 }
 
 /// `examples/kubernetes/**/*.yaml` (the DaemonSet layout and the sidecar's), sorted.

@@ -75,3 +75,85 @@ fn no_value_appears_in_logs_errors_or_status() {
     assert!(written.contains("delivered") && written.contains("CRC32C"), "the logs were collected");
     assert_clean("files the agent wrote", &written);
 }
+
+/// Workload Identity Federation handles three credentials: the subject token read from the
+/// node's identity provider, the federated token STS gives for it, and the service account's
+/// access token IAM Credentials gives for that. None may reach a log (every dependency at
+/// trace level), the status file, `keyturn status` or a central event, through a start, a
+/// refresh ahead of expiry, and a refresh STS refuses.
+#[test]
+fn no_subject_federated_or_access_token_appears_in_logs_status_or_events() {
+    use gcp_emulator::{Emulator, Role, SubjectToken, blocking};
+
+    let collector = common::http::Recorder::start(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Vec::new());
+    let world = World::new(&format!(
+        "poll = \"1s\"\njitter = \"0%\"\n\n[report]\nurl = \"http://{}/events\"\ntimeout = \"10s\"",
+        collector.address
+    ));
+    let emu =
+        blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770)).unwrap();
+    world.add_stores(&format!(
+        "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n",
+        emu.base_url()
+    ));
+    let node = "system:serviceaccount:keyturn:keyturn";
+    let account = "keyturn-node@acme-edge.iam.gserviceaccount.com";
+    emu.allow_impersonation(node, account, Role::Accessor);
+    // The credentials themselves live outside the world, whose every file is searched.
+    let identity = tempfile::tempdir().unwrap();
+    let admin = identity.path().join("operator.json");
+    common::write(&admin, &emu.service_account_key("operator@acme-edge.iam.gserviceaccount.com", Role::Admin));
+    let token_file = identity.path().join("tokens/gcp");
+    let mut subject_tokens = vec![emu.subject_token(&SubjectToken::new(node))];
+    common::write(&token_file, &subject_tokens[0]);
+    let credentials = identity.path().join("wif.json");
+    common::write(&credentials, &emu.external_account_config(&token_file, Some(account)));
+    world.policy("db", "[secret]\nstore = \"edge\"\nid = \"db-password\"\n[[deliver]]\npath = \"db/value\"\n");
+    let out = world.put_into("edge", "db-password", "FIXTURE-wif-41d0", &[("GOOGLE_APPLICATION_CREDENTIALS", &admin)]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let filter = "trace,gcp_auth=trace,reqwest=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace";
+    let agent = world.agent_with(&[("KEYTURN_LOG", filter)], &[("GOOGLE_APPLICATION_CREDENTIALS", &credentials)]);
+    wait_for("the first delivery", Duration::from_secs(20), || {
+        std::fs::read_to_string(world.bundle("db/value")).is_ok_and(|v| v == "FIXTURE-wif-41d0")
+    });
+    let exchanges = || emu.request_counts().get(gcp_emulator::Method::Sts);
+    // A refresh ahead of expiry, with a renewed subject token.
+    subject_tokens.push(emu.subject_token(&SubjectToken::new(node)));
+    common::write(&token_file, &subject_tokens[1]);
+    emu.advance_clock(Duration::from_secs(3599 - 200));
+    wait_for("a refresh", Duration::from_secs(20), || exchanges() >= 2);
+    // A refresh STS refuses: a token for another audience.
+    let mut stray = SubjectToken::new(node);
+    stray.audience =
+        Some("//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x".into());
+    subject_tokens.push(emu.subject_token(&stray));
+    common::write(&token_file, &subject_tokens[2]);
+    emu.advance_clock(Duration::from_secs(3599 - 200));
+    agent.wait_log("refreshing the access token failed", 1);
+    let mut outputs = vec![
+        ("status", text(&world.keyturn(&["status"]))),
+        ("status --json", text(&world.keyturn(&["status", "--json"]))),
+    ];
+    drop(agent);
+
+    let written = world.readable_outputs();
+    assert!(written.contains("invalid_grant") && written.contains("TRACE"), "the logs were collected:\n{written}");
+    let events: Vec<String> =
+        collector.requests().iter().map(|r| String::from_utf8_lossy(&r.body).into_owned()).collect();
+    assert!(!events.is_empty(), "events were sent");
+    outputs.push(("events", events.join("\n")));
+    outputs.push(("files the agent wrote", written));
+    let issued = emu.issued_tokens();
+    assert!(issued.len() >= 4, "federated and access tokens were issued: {}", issued.len());
+    for (what, output) in &outputs {
+        for token in subject_tokens.iter().chain(&issued) {
+            // The whole token, and the signature or random part that makes it a credential.
+            let tail = token.rsplit('.').next().unwrap();
+            assert!(!output.contains(token.as_str()) && !output.contains(tail), "{what} contains a token:\n{output}");
+        }
+        for marker in ["subject_token=", "Bearer ya29", "\"access_token\":\"ya29", "accessToken"] {
+            assert!(!output.contains(marker), "{what} contains {marker:?}:\n{output}");
+        }
+    }
+}

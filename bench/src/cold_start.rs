@@ -231,6 +231,38 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
             table.push_str(&row("emulator", "`agent` → READY=1", 100, &Summary::of(&ready), &http, "HTTP"));
         }
     }
+    // The same with a federated identity: a subject token read from a file and exchanged at
+    // STS, where the key file's RS256 assertion was signed.
+    let federated = setup.emulator.external_account.clone();
+    for size in [1, 100] {
+        bench.progress(&format!("cold start: emulator, external account, {size} policies"));
+        let spec = fixture::AgentSpec {
+            node: "bench",
+            policies: &setup.gcp_policies[&size],
+            poll: "60s",
+            stores: &setup.gcp_stores(),
+        };
+        let agent = fixture::agent(&dir.join(format!("gcp-wif-{size}")), &spec)?;
+        let (keyturn, http) = alternate(
+            runs(size, true),
+            || sync_once(bench, &agent, Some(&federated)),
+            || baseline_http(bench, &setup.emulator, size),
+        )?;
+        table.push_str(&row("emulator, external account", "`sync --once`", size, &keyturn, &http, "HTTP"));
+        if size == 100 {
+            bench.progress("cold start: emulator, external account, 100 policies, agent to READY=1");
+            let ready: Vec<f64> =
+                (0..7).map(|_| agent_ready(bench, &agent, Some(&federated))).collect::<Result<_, _>>()?;
+            table.push_str(&row(
+                "emulator, external account",
+                "`agent` → READY=1",
+                100,
+                &Summary::of(&ready),
+                &http,
+                "HTTP",
+            ));
+        }
+    }
     for size in [1, 100] {
         bench.progress(&format!("cold start: store unreachable, {size} policies, agent to READY=1 from the cache"));
         let (keyturn, c) = from_cache(bench, setup, &dir.join(format!("cache-{size}")), size)?;
@@ -286,7 +318,10 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
          values over HTTP: configuration, delivery to tmpfs, logging, status. In both programs \
          the token exchange costs tens of milliseconds of CPU before the first request (loading \
          the RSA key from the key file and signing the assertion with aws-lc-rs), which is most \
-         of a one-policy start. *Store unreachable* (a node that reboots during a partition): the \
+         of a one-policy start. *External account* rows: keyturn authenticates with the emulator's \
+         `--print-external-account` configuration instead (Workload Identity Federation: the \
+         subject token read from a file, one STS exchange, no RSA signing); the baseline is the \
+         same key-file `baseline-http`. *Store unreachable* (a node that reboots during a partition): the \
          agent, with a cache key, delivers from the emulator once (sealing each value into \
          `STATE_DIR/cache`), then starts with its runtime directory empty and the store's endpoint \
          and token URI on a closed port, and is timed from spawn to `READY=1`, which it sends once \

@@ -1,5 +1,6 @@
 //! The Secret Manager emulator as a process (`gcp-emulator`), on 127.0.0.1, with a
-//! service-account key file for the agents and an admin token for the suite's own calls.
+//! service-account key file and an external-account configuration (Workload Identity
+//! Federation) for the agents, and an admin token for the suite's own calls.
 //!
 //! The suite talks to it over its REST API: creating secrets, promoting versions (add a
 //! version, move `current`: what a rotation by another node or `keyturn store put` does) and
@@ -26,6 +27,9 @@ pub struct Emulator {
     pub port: u16,
     /// A service-account key with the admin role (agents rotate as well as pull).
     pub key_file: PathBuf,
+    /// A Workload Identity Federation configuration (`external_account`) whose subject, with
+    /// the admin role too, reads its token from a file beside it.
+    pub external_account: PathBuf,
     token: String,
     /// Kept open: the emulator must not meet a closed pipe if it ever prints again.
     _stdout: BufReader<ChildStdout>,
@@ -38,8 +42,11 @@ impl Emulator {
     pub fn start(binary: &Path, dir: &Path, google_quotas: bool) -> Result<Emulator, Error> {
         std::fs::create_dir_all(dir)?;
         let key_file = dir.join("service-account.json");
+        let external_account = dir.join("external-account.json");
         let mut command = Command::new(binary);
         command.args(["--project-id", PROJECT, "--key-role", "admin", "--print-key"]).arg(&key_file);
+        command.arg("--print-external-account").arg(&external_account);
+        command.arg("--subject-token").arg(dir.join("subject-token.jwt"));
         if google_quotas {
             command.arg("--google-quotas");
         }
@@ -64,7 +71,7 @@ impl Emulator {
         )?;
         let token: serde_json::Value = serde_json::from_str(&answer.body)?;
         let token = token["access_token"].as_str().ok_or("no admin token from the emulator")?.to_owned();
-        Ok(Emulator { _process: process, port, key_file, token, _stdout: stdout })
+        Ok(Emulator { _process: process, port, key_file, external_account, token, _stdout: stdout })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, Error> {

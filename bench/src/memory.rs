@@ -134,6 +134,13 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
         .map(|&size| ("file store", size, setup.local_policies[&size].as_path(), local.as_str(), None))
         .collect();
     configurations.push(("emulator", 100, &setup.gcp_policies[&100], &gcp, Some(&setup.emulator.key_file)));
+    configurations.push((
+        "emulator, external account",
+        100,
+        &setup.gcp_policies[&100],
+        &gcp,
+        Some(&setup.emulator.external_account),
+    ));
     let mut anon = Vec::new();
     for (store, size, policies, stores, key) in configurations {
         bench.progress(&format!("memory: {INSTANCES} idle agents, {store}, {size} policies"));

@@ -82,3 +82,58 @@ impl Recorder {
         self.requests.lock().unwrap().clone()
     }
 }
+
+/// A one-thread server that answers each request with what `answer` makes of it (status and
+/// body, served as JSON). The request line keeps its case (queries are case-sensitive); header
+/// names are lowercased.
+pub struct Responder {
+    pub address: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Responder {
+    pub fn start(answer: impl Fn(&Recorded) -> (u16, String) + Send + 'static) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if head.is_empty() {
+                        head.push_str(&line);
+                    } else {
+                        head.push_str(&line.to_ascii_lowercase());
+                    }
+                }
+                let recorded = Recorded { head, body: Vec::new() };
+                let (status, body) = answer(&recorded);
+                seen.lock().unwrap().push(recorded);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Responder { address, requests }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Recorded {
+    /// The request line's target: `/path?query`.
+    pub fn target(&self) -> String {
+        self.head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or_default().to_string()
+    }
+}

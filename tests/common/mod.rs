@@ -100,7 +100,10 @@ impl World {
         command.env_remove("KEYTURN_TEST_PAUSE_AT").env_remove("KEYTURN_LOG").env_remove("KEYTURN_LOG_FORMAT");
         // Never the developer's own Google credentials, and never a metadata-server probe:
         // tests that talk to the emulator name their key file.
-        command.env_remove("GOOGLE_APPLICATION_CREDENTIALS").env("HOME", self.disk.path());
+        command
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .env_remove("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES")
+            .env("HOME", self.disk.path());
         command
     }
 

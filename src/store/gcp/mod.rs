@@ -7,10 +7,13 @@
 //!   (`projects/P/locations/L/secrets/S`) must be called on `secretmanager.L.rep.googleapis.com`,
 //!   which also keeps the data in its region. `endpoint` overrides both (private access, tests);
 //!   plain `http://` is accepted only for loopback.
-//! - **Auth.** `gcp_auth` with Application Default Credentials (a service-account key from
-//!   `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's credentials, or the metadata server), or a key
-//!   file named in the store's configuration. The crate sets no timeouts; every token request
-//!   here runs under `token_timeout`.
+//! - **Auth.** Application Default Credentials' order ([`identity`]): the store's
+//!   `credentials` file, `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's file, the metadata server.
+//!   A file may be a service-account key (`gcp_auth`) or an `external_account` configuration
+//!   (Workload Identity Federation, [`identity::external_account`], a `gcp_auth`
+//!   `TokenProvider` of our own). `gcp_auth` sets no timeouts; every token request here runs
+//!   under `token_timeout`. Every response's `Date` tells [`identity::server_time`] Google's
+//!   time, by which federated tokens are refreshed.
 //! - **Integrity.** Every access checks `payload.dataCrc32c`; a mismatch is an error and
 //!   nothing is delivered. `addVersion` sends the checksum so Google verifies the upload.
 //! - **Concurrency.** Alias moves carry the secret's etag, disables and destroys the version's
@@ -37,6 +40,7 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 mod config;
+pub mod identity;
 
 pub use config::GcpStoreConfig;
 
@@ -45,6 +49,7 @@ use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, V
 use crate::backoff::{retry_delay_from, unit_random};
 use crate::config::Section;
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
+use identity::server_time::ServerTime;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
@@ -101,6 +106,17 @@ impl Backend for GcpStore {
     }
 }
 
+/// A token provider's error as a sentence: our own external account's error says everything
+/// itself; `gcp_auth`'s are joined with their causes.
+fn token_error(error: &gcp_auth::Error) -> String {
+    match error {
+        gcp_auth::Error::Other(_, source) if source.is::<identity::external_account::ExternalAccountError>() => {
+            source.to_string()
+        }
+        other => crate::error_chain(other),
+    }
+}
+
 /// Which predefined Google role grants a permission, so a denial says what to ask for.
 fn role_hint(permission: Option<&str>) -> String {
     let role = match permission {
@@ -129,7 +145,10 @@ pub struct GcpStore {
     credentials: Option<std::path::PathBuf>,
     /// Created on first use: finding Application Default Credentials may probe the metadata
     /// server, which should not delay start-up or fail it for good.
-    tokens: OnceCell<Arc<dyn gcp_auth::TokenProvider>>,
+    identity: OnceCell<identity::Identity>,
+    /// Google's time, from the `Date` of every answer; federated tokens are refreshed by it.
+    server_time: Arc<ServerTime>,
+    request_timeout: Duration,
     token_timeout: Duration,
     retry_backoff: Duration,
 }
@@ -168,7 +187,9 @@ impl GcpStore {
             http,
             parent_url: format!("{endpoint}/v1/{parent}"),
             credentials: config.credentials.clone(),
-            tokens: OnceCell::new(),
+            identity: OnceCell::new(),
+            server_time: Arc::new(ServerTime::new(crate::clock::system())),
+            request_timeout: config.request_timeout,
             token_timeout: config.token_timeout,
             retry_backoff: config.retry_backoff,
         })
@@ -198,30 +219,30 @@ impl GcpStore {
         self.token().await.map(|_| ())
     }
 
-    async fn token(&self) -> Result<Arc<gcp_auth::Token>, StoreError> {
+    async fn token(&self) -> Result<(Arc<gcp_auth::Token>, Option<&str>), StoreError> {
         let auth =
             |message: String| StoreError::Auth { store: self.name.clone(), message, advice: CREDENTIALS_ADVICE.into() };
-        let provider = self
-            .tokens
+        let identity = self
+            .identity
             .get_or_try_init(|| async {
-                let found = tokio::time::timeout(self.token_timeout, async {
-                    match &self.credentials {
-                        Some(path) => gcp_auth::CustomServiceAccount::from_file(path)
-                            .map(|p| Arc::new(p) as Arc<dyn gcp_auth::TokenProvider>),
-                        None => gcp_auth::provider().await,
-                    }
-                })
-                .await;
-                match found {
-                    Ok(Ok(provider)) => Ok(provider),
-                    Ok(Err(e)) => Err(auth(format!("no usable credentials: {}", crate::error_chain(&e)))),
+                let environment = identity::Environment::from_process();
+                let discovery = identity::Discovery {
+                    configured: self.credentials.as_deref(),
+                    environment: &environment,
+                    request_timeout: self.request_timeout,
+                    time: self.server_time.clone(),
+                    clock: crate::clock::system(),
+                };
+                match tokio::time::timeout(self.token_timeout, identity::find(discovery)).await {
+                    Ok(Ok(identity)) => Ok(identity),
+                    Ok(Err(message)) => Err(auth(format!("no usable credentials: {message}"))),
                     Err(_) => Err(auth(format!("finding credentials took longer than {:?}", self.token_timeout))),
                 }
             })
             .await?;
-        match tokio::time::timeout(self.token_timeout, provider.token(&[SCOPE])).await {
-            Ok(Ok(token)) => Ok(token),
-            Ok(Err(e)) => Err(auth(format!("token request failed: {}", crate::error_chain(&e)))),
+        match tokio::time::timeout(self.token_timeout, identity.provider.token(&[SCOPE])).await {
+            Ok(Ok(token)) => Ok((token, identity.quota_project.as_deref())),
+            Ok(Err(e)) => Err(auth(format!("token request failed: {}", token_error(&e)))),
             Err(_) => Err(auth(format!("token request took longer than {:?}", self.token_timeout))),
         }
     }
@@ -234,14 +255,18 @@ impl GcpStore {
         url: &str,
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        let token = self.token().await?;
+        let (token, quota_project) = self.token().await?;
         let mut request = self.http.request(method, url).bearer_auth(token.as_str());
+        if let Some(project) = quota_project {
+            request = request.header("x-goog-user-project", project);
+        }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_vec());
         }
         let unavailable =
             |e: reqwest::Error| StoreError::Unavailable { store: self.name.clone(), message: crate::error_chain(&e) };
         let mut response = request.send().await.map_err(unavailable)?;
+        self.server_time.observe(response.headers());
         let status = response.status();
         let too_large = || StoreError::Api {
             store: self.name.clone(),

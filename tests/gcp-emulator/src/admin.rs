@@ -20,6 +20,9 @@
 //! | `POST /emulator/clock/advance` | `{"seconds":N}` | move the clock forward |
 //! | `POST /emulator/service-accounts` | `{"email":E,"role":R}` | returns a JSON key file |
 //! | `POST /emulator/tokens` | `{"email":E,"role":R}` | returns an access token |
+//! | `POST /emulator/oidc/tokens` | `{"subject":S,"audience":A?,"lifetimeSeconds":N?}` | returns `{"token"}`, a subject token of the test issuer |
+//! | `POST /emulator/federation/grants` | `{"subject":S,"role":R}` | the workload pool's `S` gets `R` |
+//! | `POST /emulator/federation/impersonation` | `{"subject":S,"serviceAccount":E,"role":R}` | `S` may impersonate `E`, which gets `R` |
 
 use std::time::Duration;
 
@@ -70,6 +73,31 @@ struct Advance {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MintSubjectToken {
+    subject: String,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    lifetime_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FederatedGrant {
+    subject: String,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Impersonation {
+    subject: String,
+    service_account: String,
+    role: String,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Principal {
     email: String,
@@ -115,6 +143,9 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
             "projectNumber": app.project_number.to_string(),
             "baseUrl": app.base_url,
             "tokenUri": app.token_uri(),
+            "stsUri": app.sts_uri(),
+            "oidcIssuer": app.issuer_url(),
+            "workloadIdentityAudience": crate::federation::workload_audience(app.project_number),
         })),
         (&Http::GET, "/emulator/requests") => Ok(app.counters.snapshot().to_json()),
         (&Http::POST, "/emulator/reset") => {
@@ -199,6 +230,36 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
                 "expires_in": crate::auth::TOKEN_LIFETIME.as_secs(),
                 "token_type": "Bearer",
             }))
+        }
+        (&Http::POST, "/emulator/oidc/tokens") => {
+            let MintSubjectToken { subject, audience, lifetime_seconds } = parse(body)?;
+            let audience = audience.unwrap_or_else(|| crate::federation::workload_audience(app.project_number));
+            let lifetime = Duration::from_secs(lifetime_seconds.unwrap_or(3600));
+            let claims = crate::federation::subject_claims(
+                &app.issuer_url(),
+                &subject,
+                &audience,
+                app.clock.now(),
+                Duration::ZERO,
+                lifetime,
+            );
+            let token = app
+                .issuer
+                .mint(&claims, crate::oidc::SigningAlgorithm::Rs256, None, false)
+                .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+            Ok(json!({ "token": token }))
+        }
+        (&Http::POST, "/emulator/federation/grants") => {
+            let FederatedGrant { subject, role: name } = parse(body)?;
+            let principal = crate::federation::workload_principal(app.project_number, &subject);
+            app.lock_identities().grant(&principal, role(&name)?);
+            Ok(json!({ "principal": principal }))
+        }
+        (&Http::POST, "/emulator/federation/impersonation") => {
+            let Impersonation { subject, service_account, role: name } = parse(body)?;
+            let principal = crate::federation::workload_principal(app.project_number, &subject);
+            app.lock_identities().allow_impersonation(&principal, &service_account, role(&name)?);
+            Ok(json!({ "principal": principal, "serviceAccount": service_account }))
         }
         _ => Err(AdminError::NotFound),
     }

@@ -52,7 +52,7 @@ pub(crate) fn call(
     };
     let project = &operation.parent().project;
     let ours = *project == app.project_id || *project == app.project_number.to_string();
-    if !ours || !role.grants(permission) {
+    if !ours || !role.is_some_and(|role| role.grants(permission)) {
         return Err(ApiError::permission_denied(permission, &operation.requested_resource()));
     }
     if let Some(kind) = operation.method().and_then(|m| m.quota_kind()) {
@@ -72,8 +72,8 @@ pub(crate) fn call(
 }
 
 /// The caller's role, from `Authorization: Bearer` or the `access_token` (`oauth_token`) query
-/// parameter: an issued token or a self-signed JWT. An API key alone is refused as Google
-/// refuses it for APIs that need a principal.
+/// parameter: an issued token or a self-signed JWT; `None` for a principal granted no role. An
+/// API key alone is refused as Google refuses it for APIs that need a principal.
 fn authenticate(
     app: &App,
     operation: &Operation,
@@ -81,7 +81,7 @@ fn authenticate(
     query: &Query,
     system: &SystemParameters,
     now: SystemTime,
-) -> Result<Role, ApiError> {
+) -> Result<Option<Role>, ApiError> {
     let header = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let token = match header {
         Some(value) => match value.split_once(' ') {
@@ -94,7 +94,7 @@ fn authenticate(
     };
     let Some(token) = token else {
         return if app.allow_anonymous {
-            Ok(Role::Admin)
+            Ok(Some(Role::Admin))
         } else if system.api_key {
             Err(ApiError::api_key_not_supported(&operation.rpc_name()))
         } else {

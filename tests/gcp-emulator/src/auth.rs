@@ -1,7 +1,9 @@
 //! Identity: service-account keys, the OAuth token exchange, bearer tokens and roles.
 //!
 //! The emulator plays both Google's OAuth token endpoint and IAM, reduced to what keyturn's
-//! tests need: a principal is a service-account email with one project-wide [`Role`]. The
+//! tests need: a principal is a service-account email, or a federated member
+//! (`principal://…`, see `federation`), with one project-wide [`Role`]; service accounts also
+//! list who may impersonate them (`iam_credentials`). The
 //! emulator generates each key pair, hands out the private half as a JSON key file, and keeps
 //! only the public half, under the key file's `private_key_id`, to verify JWTs. It never
 //! stores private keys, so nothing here can leak them through `Debug`.
@@ -11,7 +13,7 @@
 //! sends as is, as Google's own client libraries do with service-account keys. Both resolve
 //! to the same [`Caller`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -114,9 +116,12 @@ pub(crate) struct Grant {
 /// The outcome of looking up a bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Caller {
+    /// A principal: a service account's email, or a federated `principal://…` member. `role` is
+    /// `None` for a principal granted nothing (a federated identity with no binding), whose
+    /// every call is a 403, not a 401.
     Principal {
         email: String,
-        role: Role,
+        role: Option<Role>,
     },
     Unknown,
     Expired,
@@ -126,8 +131,11 @@ pub(crate) enum Caller {
 
 #[derive(Default)]
 pub(crate) struct Identities {
-    /// email → role. A principal may exist without keys (see `issue_token_directly`).
+    /// principal → role: a service account's email, or a federated `principal://…` member. A
+    /// principal may exist without keys (see `issue_token_directly`, `grant`).
     roles: HashMap<String, Role>,
+    /// service account email → the principals that may impersonate it (Workload Identity User).
+    impersonators: HashMap<String, HashSet<String>>,
     /// email → every key issued to it. gcp_auth sends no `kid`, so the token endpoint tries
     /// them all; a self-signed JWT names its key by `kid`.
     public_keys: HashMap<String, Vec<PublicKey>>,
@@ -174,25 +182,61 @@ impl Identities {
     }
 
     fn issue(&mut self, email: &str, scopes: Vec<String>, now: SystemTime) -> Result<String, KeyGenerationError> {
+        self.issue_for(email, scopes, TOKEN_LIFETIME, now)
+    }
+
+    /// Issues a token for `principal` (an email or a federated member) valid for `lifetime`.
+    pub(crate) fn issue_for(
+        &mut self,
+        principal: &str,
+        scopes: Vec<String>,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<String, KeyGenerationError> {
         let token = format!("ya29.emulator.{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?));
-        self.tokens.insert(token.clone(), Grant { email: email.to_owned(), expires: now + TOKEN_LIFETIME, scopes });
+        self.tokens.insert(token.clone(), Grant { email: principal.to_owned(), expires: now + lifetime, scopes });
         Ok(token)
     }
 
+    /// Grants `principal` (an email or a federated `principal://…` member) `role`, project-wide.
+    pub(crate) fn grant(&mut self, principal: &str, role: Role) {
+        self.roles.insert(principal.to_owned(), role);
+    }
+
+    /// Lets `principal` mint tokens for the service account `account` (which gets `role`).
+    pub(crate) fn allow_impersonation(&mut self, principal: &str, account: &str, role: Role) {
+        self.roles.insert(account.to_owned(), role);
+        self.impersonators.entry(account.to_owned()).or_default().insert(principal.to_owned());
+    }
+
+    /// Whether `principal` holds `iam.serviceAccounts.getAccessToken` on `account`.
+    pub(crate) fn may_impersonate(&self, principal: &str, account: &str) -> bool {
+        self.impersonators.get(account).is_some_and(|members| members.contains(principal))
+    }
+
+    /// Every token issued and not yet forgotten, for tests that prove none leaks.
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.keys().cloned().collect()
+    }
+
     pub(crate) fn caller(&self, token: &str, now: SystemTime) -> Caller {
+        self.caller_with_scopes(token, now, &[CLOUD_PLATFORM_SCOPE])
+    }
+
+    /// [`Identities::caller`] for a service that takes any of `scopes` (IAM Credentials takes
+    /// `auth/iam` besides cloud-platform).
+    pub(crate) fn caller_with_scopes(&self, token: &str, now: SystemTime, scopes: &[&str]) -> Caller {
         let Some(grant) = self.tokens.get(token) else {
             return self.self_signed_caller(token, now);
         };
         if grant.expires <= now {
             return Caller::Expired;
         }
-        if !grant.scopes.iter().any(|s| s == CLOUD_PLATFORM_SCOPE) {
+        if !grant.scopes.iter().any(|s| scopes.contains(&s.as_str())) {
             return Caller::WrongScope;
         }
-        match self.roles.get(&grant.email) {
-            Some(role) => Caller::Principal { email: grant.email.clone(), role: *role },
-            None => Caller::Unknown,
-        }
+        // An issued token always names someone: one granted nothing gets 403s, not 401s.
+        Caller::Principal { email: grant.email.clone(), role: self.roles.get(&grant.email).copied() }
     }
 
     /// A bearer token the emulator did not issue: a self-signed JWT, or nothing it knows.
@@ -223,7 +267,7 @@ impl Identities {
         let grant = jwt.claims.check(CLOUD_PLATFORM_SCOPE, unix_seconds(now))?;
         let role = *self.roles.get(&jwt.claims.iss).ok_or(JwtError::UnknownIssuer)?;
         Ok(match grant {
-            AccessGrant::Service => Caller::Principal { email: jwt.claims.iss.clone(), role },
+            AccessGrant::Service => Caller::Principal { email: jwt.claims.iss.clone(), role: Some(role) },
             AccessGrant::OtherScopes => Caller::WrongScope,
         })
     }
@@ -306,7 +350,7 @@ pub(crate) struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(error: &'static str, description: impl Into<String>) -> Self {
         OAuthError { error, description: description.into() }
     }
 
@@ -377,7 +421,7 @@ mod tests {
         let token = ids.issue_token_directly("a@p.iam.gserviceaccount.com", Role::Viewer, now).unwrap();
         assert_eq!(
             ids.caller(&token, now),
-            Caller::Principal { email: "a@p.iam.gserviceaccount.com".into(), role: Role::Viewer }
+            Caller::Principal { email: "a@p.iam.gserviceaccount.com".into(), role: Some(Role::Viewer) }
         );
         assert_eq!(ids.caller(&token, now + TOKEN_LIFETIME), Caller::Expired);
         assert_eq!(ids.caller("nope", now), Caller::Unknown);

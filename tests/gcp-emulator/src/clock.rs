@@ -53,6 +53,24 @@ pub(crate) fn format_timestamp(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `Tue, 08 Dec 2026 19:00:00 GMT`: the IMF-fixdate form of HTTP's `Date` header.
+pub(crate) fn format_http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+        MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Parses RFC 3339 (`Z` or a numeric offset, 0–9 fractional digits), as proto3 JSON accepts
 /// for `Timestamp`. Returns `None` for anything else, including times before 1970.
 pub(crate) fn parse_timestamp(text: &str) -> Option<SystemTime> {
@@ -189,6 +207,13 @@ mod tests {
         assert_eq!(format_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(format_timestamp(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn formats_http_dates() {
+        assert_eq!(format_http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let t = UNIX_EPOCH + Duration::new(1_790_946_170, 882_009_000);
+        assert_eq!(format_http_date(t), "Fri, 02 Oct 2026 13:02:50 GMT");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which methods exist, and how many times each was called.
 //!
-//! [`Method`] names every Secret Manager RPC the emulator serves plus the OAuth token
-//! endpoint; fault rules and quota kinds are keyed by it. [`RequestCounts`] is a snapshot that
+//! [`Method`] names every Secret Manager RPC the emulator serves plus the identity endpoints
+//! (the OAuth token endpoint, STS and IAM Credentials); fault rules and quota kinds are keyed by it. [`RequestCounts`] is a snapshot that
 //! benchmarks read to prove, for example, that a cache saved `access` calls. A request is counted
 //! when it has been routed, before any fault, authentication or quota check, so a request that
 //! failed still counts (it reached the server, as it would have reached Google).
@@ -42,10 +42,14 @@ pub enum Method {
     Delete,
     /// `POST /token`, the OAuth 2.0 JWT-bearer exchange.
     Token,
+    /// `POST /v1/token`, the Security Token Service's token exchange (RFC 8693).
+    Sts,
+    /// `POST /v1/projects/-/serviceAccounts/EMAIL:generateAccessToken` (IAM Credentials).
+    GenerateAccessToken,
 }
 
 impl Method {
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 15] = [
         Method::Access,
         Method::Get,
         Method::List,
@@ -59,7 +63,14 @@ impl Method {
         Method::Create,
         Method::Delete,
         Method::Token,
+        Method::Sts,
+        Method::GenerateAccessToken,
     ];
+
+    /// The identity methods: the token endpoint, STS and IAM Credentials. Not Secret Manager's.
+    pub fn is_identity(self) -> bool {
+        matches!(self, Method::Token | Method::Sts | Method::GenerateAccessToken)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,11 +87,13 @@ impl Method {
             Method::Create => "create",
             Method::Delete => "delete",
             Method::Token => "token",
+            Method::Sts => "sts",
+            Method::GenerateAccessToken => "generateAccessToken",
         }
     }
 
-    /// The per-project quota the method draws from (CONTRACT §12); the token endpoint is not a
-    /// Secret Manager method and has none.
+    /// The per-project quota the method draws from (CONTRACT §12); the identity endpoints are
+    /// not Secret Manager methods and have none.
     pub fn quota_kind(self) -> Option<QuotaKind> {
         match self {
             Method::Access => Some(QuotaKind::Access),
@@ -92,7 +105,7 @@ impl Method {
             | Method::Destroy
             | Method::Create
             | Method::Delete => Some(QuotaKind::Write),
-            Method::Token => None,
+            Method::Token | Method::Sts | Method::GenerateAccessToken => None,
         }
     }
 
@@ -110,7 +123,7 @@ impl fmt::Display for Method {
 /// A method name that is not one of [`Method::as_str`]'s spellings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown method {0:?} (expected one of access, get, list, getVersion, listVersions, addVersion, patch, enable, disable, destroy, create, delete, token)"
+    "unknown method {0:?} (expected one of access, get, list, getVersion, listVersions, addVersion, patch, enable, disable, destroy, create, delete, token, sts, generateAccessToken)"
 )]
 pub struct UnknownMethod(pub String);
 
@@ -125,7 +138,7 @@ impl FromStr for Method {
 /// Live counters, shared by every connection.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    counts: [AtomicU64; 13],
+    counts: [AtomicU64; 15],
 }
 
 impl Counters {
@@ -147,7 +160,7 @@ impl Counters {
 /// How many requests of each method the emulator has received since start or reset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestCounts {
-    counts: [u64; 13],
+    counts: [u64; 15],
 }
 
 impl RequestCounts {
@@ -155,9 +168,9 @@ impl RequestCounts {
         self.counts[method.index()]
     }
 
-    /// Every Secret Manager request, not counting the token endpoint.
+    /// Every Secret Manager request, not counting the identity endpoints.
     pub fn secret_manager_total(&self) -> u64 {
-        Method::ALL.into_iter().filter(|m| *m != Method::Token).map(|m| self.get(m)).sum()
+        Method::ALL.into_iter().filter(|m| !m.is_identity()).map(|m| self.get(m)).sum()
     }
 
     /// `{"access": 3, "get": 0, …, "token": 1}` — the admin API's `/emulator/requests` body.

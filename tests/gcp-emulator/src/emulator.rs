@@ -17,6 +17,7 @@ use crate::auth::{Identities, Role};
 use crate::clock::Clock;
 use crate::counts::{Counters, RequestCounts};
 use crate::faults::{Faults, QuotaKind};
+use crate::oidc::{SigningAlgorithm, TestIssuer};
 use crate::server::serve;
 use crate::service::App;
 use crate::store::Store;
@@ -118,12 +119,49 @@ impl EmulatorBuilder {
             clock: Clock::default(),
             store: Mutex::new(Store::new(self.project_number)),
             identities: Mutex::new(Identities::default()),
+            issuer: TestIssuer::default(),
             faults: Faults::with_quotas(self.quotas),
             counters: Counters::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(serve(listener, app.clone(), stopped));
         Ok(Emulator { app, address, stop, server: Some(server) })
+    }
+}
+
+/// What [`Emulator::subject_token`] mints: by default a token of the test issuer for the
+/// workload pool's provider, RS256, valid for an hour from the emulator's now.
+#[derive(Debug, Clone)]
+pub struct SubjectToken {
+    /// `sub`: the workload's identity (`system:serviceaccount:NS:NAME`, `repo:ORG/REPO:…`).
+    pub subject: String,
+    /// `aud`; default [`Emulator::workload_identity_audience`].
+    pub audience: Option<String>,
+    /// `iss`; default [`Emulator::oidc_issuer`].
+    pub issuer: Option<String>,
+    /// From `iat` to `exp`.
+    pub lifetime: Duration,
+    /// How long before the emulator's now `iat` lies (an expired token: more than `lifetime`).
+    pub issued_ago: Duration,
+    pub algorithm: SigningAlgorithm,
+    /// Replaces the header's `kid`.
+    pub key_id: Option<String>,
+    /// Signed by a key the issuer does not publish.
+    pub foreign_key: bool,
+}
+
+impl SubjectToken {
+    pub fn new(subject: impl Into<String>) -> Self {
+        SubjectToken {
+            subject: subject.into(),
+            audience: None,
+            issuer: None,
+            lifetime: Duration::from_secs(3600),
+            issued_ago: Duration::ZERO,
+            algorithm: SigningAlgorithm::Rs256,
+            key_id: None,
+            foreign_key: false,
+        }
     }
 }
 
@@ -182,6 +220,109 @@ impl Emulator {
     pub fn access_token(&self, email: &str, role: Role) -> String {
         let now = self.app.clock.now();
         self.app.lock_identities().issue_token_directly(email, role, now).expect("system random generator")
+    }
+
+    /// `http://127.0.0.1:PORT/v1/token`: the Security Token Service's exchange, the `token_url`
+    /// of an external-account configuration.
+    pub fn sts_uri(&self) -> String {
+        self.app.sts_uri()
+    }
+
+    /// `http://127.0.0.1:PORT/oidc`: the test OIDC issuer (`iss` of its tokens), which serves
+    /// `/.well-known/openid-configuration` and `/jwks` under it.
+    pub fn oidc_issuer(&self) -> String {
+        self.app.issuer_url()
+    }
+
+    /// The workload identity pool's provider, as STS takes it in `audience` and as subject
+    /// tokens carry it in `aud`:
+    /// `//iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/emulator-pool/providers/emulator-oidc`.
+    pub fn workload_identity_audience(&self) -> String {
+        crate::federation::workload_audience(self.app.project_number)
+    }
+
+    /// The workforce pool's provider (`//iam.googleapis.com/locations/global/workforcePools/…`).
+    pub fn workforce_audience(&self) -> String {
+        crate::federation::workforce_audience()
+    }
+
+    /// The IAM member a subject of the workload pool acts as:
+    /// `principal://iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/emulator-pool/subject/SUBJECT`.
+    pub fn workload_principal(&self, subject: &str) -> String {
+        crate::federation::workload_principal(self.app.project_number, subject)
+    }
+
+    /// `http://127.0.0.1:PORT/v1/projects/-/serviceAccounts/ACCOUNT:generateAccessToken`.
+    pub fn impersonation_url(&self, account: &str) -> String {
+        self.app.impersonation_url(account)
+    }
+
+    /// Grants the workload pool's `subject` `role` project-wide, so its federated tokens call
+    /// Secret Manager directly. (A principal of the workforce pool is granted with
+    /// [`Emulator::grant_principal`].)
+    pub fn grant_federated(&self, subject: &str, role: Role) {
+        self.grant_principal(&self.workload_principal(subject), role);
+    }
+
+    /// Grants any IAM member (`principal://…`, or a service account's email) `role`.
+    pub fn grant_principal(&self, principal: &str, role: Role) {
+        self.app.lock_identities().grant(principal, role);
+    }
+
+    /// Lets the workload pool's `subject` impersonate the service account `account` (Workload
+    /// Identity User on it), and grants `account` `role`.
+    pub fn allow_impersonation(&self, subject: &str, account: &str, role: Role) {
+        let principal = self.workload_principal(subject);
+        self.app.lock_identities().allow_impersonation(&principal, account, role);
+    }
+
+    /// A subject token signed by the test issuer.
+    ///
+    /// # Panics
+    /// If aws-lc fails to make or use the issuer's keys.
+    pub fn subject_token(&self, spec: &SubjectToken) -> String {
+        let audience = spec.audience.clone().unwrap_or_else(|| self.workload_identity_audience());
+        let issuer = spec.issuer.clone().unwrap_or_else(|| self.oidc_issuer());
+        let claims = crate::federation::subject_claims(
+            &issuer,
+            &spec.subject,
+            &audience,
+            self.app.clock.now(),
+            spec.issued_ago,
+            spec.lifetime,
+        );
+        self.app
+            .issuer
+            .mint(&claims, spec.algorithm, spec.key_id.as_deref(), spec.foreign_key)
+            .expect("test issuer keys")
+    }
+
+    /// A working external-account credential configuration (Google's `"type":
+    /// "external_account"` JSON) whose subject token is read from `subject_token_file`, for the
+    /// workload pool; with `impersonate`, through that service account.
+    pub fn external_account_config(&self, subject_token_file: &std::path::Path, impersonate: Option<&str>) -> String {
+        let mut config = serde_json::json!({
+            "type": "external_account",
+            "audience": self.workload_identity_audience(),
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": self.sts_uri(),
+            "credential_source": {
+                "file": subject_token_file,
+                "format": { "type": "text" },
+            },
+            "universe_domain": "googleapis.com",
+        });
+        if let Some(account) = impersonate {
+            config["service_account_impersonation_url"] = self.impersonation_url(account).into();
+            config["service_account_impersonation"] = serde_json::json!({ "token_lifetime_seconds": 3600 });
+        }
+        serde_json::to_string_pretty(&config).unwrap_or_default()
+    }
+
+    /// Every access token the emulator has issued and not forgotten (a reset forgets them):
+    /// for tests that prove no token reaches a log.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.app.lock_identities().issued_tokens()
     }
 
     /// The fault-injection handle. Clones drive the same emulator.

@@ -2,8 +2,8 @@
 //!
 //! Every fault is a counter, never a probability, so a test that asks for "the next 2 access
 //! calls fail with 503" gets exactly that. Rules are consumed in the order they were added; a
-//! rule without a method applies to every Secret Manager method but not to the token endpoint,
-//! which a rule must name (`Method::Token`) to reach. Quotas are real rolling one-minute
+//! rule without a method applies to every Secret Manager method but not to the identity
+//! endpoints (token, STS, IAM Credentials), which a rule must name (`Method::Token`, …) to reach. Quotas are real rolling one-minute
 //! windows per kind, counting admitted requests only, and use the emulator's clock.
 //!
 //! The order in which a request meets these (see `service`): drop → latency → injected
@@ -96,7 +96,7 @@ struct Rule<T> {
 fn take_matching<T: Copy>(rules: &mut Vec<Rule<T>>, method: Method) -> Option<T> {
     let position = rules.iter().position(|rule| match rule.method {
         Some(only) => only == method,
-        None => method != Method::Token,
+        None => !method.is_identity(),
     })?;
     let rule = &mut rules[position];
     rule.remaining -= 1;

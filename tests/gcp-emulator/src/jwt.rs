@@ -12,7 +12,7 @@
 //! Both share one lifetime rule. The module is pure: the caller supplies the issuer's public
 //! keys and the time.
 
-use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Deserialize;
@@ -40,7 +40,7 @@ pub(crate) const SERVICE_AUDIENCE: &str = "https://secretmanager.googleapis.com/
 pub(crate) enum JwtError {
     #[error("Invalid JWT: {0}")]
     Malformed(&'static str),
-    #[error("Invalid JWT: unsupported algorithm {0:?}; only RS256 is accepted")]
+    #[error("Invalid JWT: unsupported algorithm {0:?}")]
     Algorithm(String),
     #[error("Invalid grant: account not found")]
     UnknownIssuer,
@@ -105,6 +105,8 @@ pub(crate) struct Unverified<'a, C> {
     pub(crate) claims: C,
     /// The header's `kid`, when there is one.
     pub(crate) key_id: Option<String>,
+    /// The header's `alg`: `RS256`, or `ES256` where [`parse_signed_with`] allowed it.
+    pub(crate) algorithm: String,
     signing_input: &'a str,
     signature: Vec<u8>,
 }
@@ -113,8 +115,17 @@ pub(crate) fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
     URL_SAFE_ANY_PADDING.decode(segment).map_err(|_| JwtError::Malformed("a segment is not base64url"))
 }
 
-/// Splits, decodes and reads a JWT into claims of type `C`; checks only its shape and `alg`.
+/// Splits, decodes and reads a JWT into claims of type `C`; checks only its shape and that
+/// `alg` is RS256.
 pub(crate) fn parse<C: DeserializeOwned>(jwt: &str) -> Result<Unverified<'_, C>, JwtError> {
+    parse_signed_with(jwt, &["RS256"])
+}
+
+/// [`parse`] for a JWT whose `alg` may be any of `algorithms` (`RS256`, `ES256`).
+pub(crate) fn parse_signed_with<'a, C: DeserializeOwned>(
+    jwt: &'a str,
+    algorithms: &[&str],
+) -> Result<Unverified<'a, C>, JwtError> {
     let mut parts = jwt.split('.');
     let (Some(header), Some(claims), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -122,7 +133,7 @@ pub(crate) fn parse<C: DeserializeOwned>(jwt: &str) -> Result<Unverified<'_, C>,
     };
     let header: Header = serde_json::from_slice(&decode_segment(header)?)
         .map_err(|_| JwtError::Malformed("the header is not a JSON object with alg"))?;
-    if header.alg != "RS256" {
+    if !algorithms.contains(&header.alg.as_str()) {
         return Err(JwtError::Algorithm(header.alg));
     }
     if header.typ.as_deref().is_some_and(|t| t != "JWT") {
@@ -134,6 +145,7 @@ pub(crate) fn parse<C: DeserializeOwned>(jwt: &str) -> Result<Unverified<'_, C>,
     Ok(Unverified {
         claims,
         key_id: header.kid,
+        algorithm: header.alg,
         signing_input: &jwt[..signing_input_len],
         signature: decode_segment(signature)?,
     })
@@ -148,6 +160,14 @@ impl<C> Unverified<'_, C> {
                 .is_ok()
         });
         if verified { Ok(()) } else { Err(JwtError::Signature) }
+    }
+
+    /// ECDSA P-256 with SHA-256, the signature as JOSE writes it (r ‖ s, 64 bytes), against an
+    /// uncompressed public point.
+    pub(crate) fn verify_es256(&self, public_point: &[u8]) -> Result<(), JwtError> {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_point)
+            .verify(self.signing_input.as_bytes(), &self.signature)
+            .map_err(|_| JwtError::Signature)
     }
 }
 

@@ -4,8 +4,10 @@
 //! Google ships no emulator, so this one follows Google's contract
 //! (`shared/reference/gcp-secret-manager/CONTRACT.md`), not merely what keyturn sends: exact
 //! status codes, `status` names and message shapes; `latest` and alias resolution; etags;
-//! version states and delayed destroy; CRC32C; pagination; quotas; and an OAuth token endpoint
-//! that verifies the RS256 JWT assertions gcp_auth signs. It listens on 127.0.0.1 only.
+//! version states and delayed destroy; CRC32C; pagination; quotas; an OAuth token endpoint
+//! that verifies the RS256 JWT assertions gcp_auth signs; and Workload Identity Federation
+//! (`shared/reference/gcp-identity/CONTRACT.md`): STS, IAM Credentials and a test OIDC issuer.
+//! It listens on 127.0.0.1 only.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), gcp_emulator::StartError> {
@@ -36,7 +38,10 @@
 //!   `$.xgafv`, `callback`, `key`, …) and how they shape a response.
 //! - `filter`: the `filter=` list language subset.
 //! - `auth` / `jwt`: service-account keys, the token exchange, bearer tokens (issued or
-//!   self-signed JWTs), roles.
+//!   self-signed JWTs), roles, who may impersonate whom.
+//! - `oidc`: the test OIDC issuer (its keys, discovery document and JWKS, minted tokens).
+//! - `federation`: pools, providers and the STS token exchange with its subject-token checks.
+//! - `iam_credentials`: `generateAccessToken`.
 //! - `faults`: fault injection and quotas; `counts`: per-method request counts.
 //! - `admin`: the `/emulator/…` HTTP API that exposes faults, time and identities to scripts.
 //! - `status`, `names`, `clock`, `checksum`: errors, resource names, time, CRC32C.
@@ -52,9 +57,12 @@ mod clock;
 mod counts;
 mod emulator;
 mod faults;
+mod federation;
 mod filter;
+mod iam_credentials;
 mod jwt;
 mod names;
+mod oidc;
 mod routes;
 mod rules;
 mod server;
@@ -67,5 +75,6 @@ mod wire;
 pub use auth::{Role, UnknownRole};
 pub use checksum::crc32c;
 pub use counts::{Method, RequestCounts, UnknownMethod};
-pub use emulator::{Emulator, EmulatorBuilder, StartError};
+pub use emulator::{Emulator, EmulatorBuilder, StartError, SubjectToken};
 pub use faults::{Failure, Faults, QuotaKind};
+pub use oidc::SigningAlgorithm;

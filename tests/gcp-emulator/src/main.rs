@@ -2,18 +2,22 @@
 //!
 //! Prints `listening on http://127.0.0.1:PORT` on stdout once it accepts connections, then
 //! serves until SIGINT or SIGTERM. Faults, time and identities are driven through the admin
-//! API (`/emulator/…`, see the crate README). Exit codes: 0 after a clean stop, 1 when the
+//! API (`/emulator/…`, see the crate README). `--print-external-account` writes a Workload
+//! Identity Federation configuration and a subject token, so a person or a script can try the
+//! federated flow in two commands. Exit codes: 0 after a clean stop, 1 when the
 //! emulator cannot start or the key file cannot be written, 64 for bad usage.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use gcp_emulator::{Emulator, Role};
+use gcp_emulator::{Emulator, Role, SubjectToken};
 
 const USAGE: &str = "\
 usage: gcp-emulator [--port N] [--project-id ID] [--project-number NUM]
                     [--print-key FILE [--key-email EMAIL] [--key-role ROLE]]
+                    [--print-external-account FILE --subject-token FILE
+                     [--impersonate EMAIL] [--subject SUB] [--key-role ROLE]]
                     [--allow-anonymous] [--google-quotas]
 
   --port N             port on 127.0.0.1 (default 0: any free port)
@@ -22,6 +26,15 @@ usage: gcp-emulator [--port N] [--project-id ID] [--project-number NUM]
   --print-key FILE     write a service-account JSON key file (mode 0600) before listening
   --key-email EMAIL    its client_email (default emulator@PROJECT_ID.iam.gserviceaccount.com)
   --key-role ROLE      accessor | viewer | versionManager | admin (default admin)
+  --print-external-account FILE
+                       write a Workload Identity Federation credential configuration
+                       (type external_account, mode 0600) that reads its subject token
+                       from the --subject-token file, and grant its subject ROLE
+  --subject-token FILE write a subject token (a JWT of the test OIDC issuer, valid one hour
+                       on the emulator's clock) for the workload identity pool (mode 0600)
+  --impersonate EMAIL  the configuration impersonates service account EMAIL, which gets
+                       ROLE; the subject may only impersonate it
+  --subject SUB        the token's subject (default emulator-workload)
   --allow-anonymous    requests without credentials act as admin
   --google-quotas      enforce 90,000 access / 600 read / 600 write requests per minute
 ";
@@ -36,6 +49,10 @@ struct Options {
     key_role: Role,
     allow_anonymous: bool,
     google_quotas: bool,
+    external_account: Option<PathBuf>,
+    subject_token: Option<PathBuf>,
+    impersonate: Option<String>,
+    subject: Option<String>,
 }
 
 fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -48,6 +65,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
         key_role: Role::Admin,
         allow_anonymous: false,
         google_quotas: false,
+        external_account: None,
+        subject_token: None,
+        impersonate: None,
+        subject: None,
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
@@ -72,16 +93,41 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
             "--key-role" => {
                 options.key_role = value()?.parse().map_err(|e| format!("--key-role: {e}"))?;
             }
+            "--print-external-account" => options.external_account = Some(PathBuf::from(value()?)),
+            "--subject-token" => options.subject_token = Some(PathBuf::from(value()?)),
+            "--impersonate" => options.impersonate = Some(value()?),
+            "--subject" => options.subject = Some(value()?),
             "--allow-anonymous" => options.allow_anonymous = true,
             "--google-quotas" => options.google_quotas = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    match (&options.external_account, &options.subject_token) {
+        (Some(_), None) => return Err("--print-external-account needs --subject-token FILE".into()),
+        (None, Some(_)) => return Err("--subject-token goes with --print-external-account FILE".into()),
+        _ => {}
+    }
+    if options.external_account.is_none() && (options.impersonate.is_some() || options.subject.is_some()) {
+        return Err("--impersonate and --subject go with --print-external-account FILE".into());
+    }
     Ok(options)
 }
 
-fn write_key(path: &PathBuf, key: &str) -> std::io::Result<()> {
+/// Writes the external-account configuration and its subject token, and grants the subject
+/// (or the account it impersonates) the role.
+fn write_external_account(emulator: &Emulator, options: &Options, config: &Path, token: &Path) -> std::io::Result<()> {
+    let subject = options.subject.as_deref().unwrap_or("emulator-workload");
+    let token_path = std::path::absolute(token)?;
+    match &options.impersonate {
+        Some(account) => emulator.allow_impersonation(subject, account, options.key_role),
+        None => emulator.grant_federated(subject, options.key_role),
+    }
+    write_key(token, &emulator.subject_token(&SubjectToken::new(subject)))?;
+    write_key(config, &emulator.external_account_config(&token_path, options.impersonate.as_deref()))
+}
+
+fn write_key(path: &Path, key: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(key.as_bytes())?;
@@ -150,6 +196,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        if let (Some(config), Some(token)) = (&options.external_account, &options.subject_token)
+            && let Err(error) = write_external_account(&emulator, &options, config, token)
+        {
+            eprintln!("gcp-emulator: writing the external account to {}: {error}", config.display());
+            return ExitCode::FAILURE;
+        }
         let stopped = match stop_signal() {
             Ok(stopped) => stopped,
             Err(error) => {
@@ -193,5 +245,11 @@ mod tests {
         assert!(parse(args("--port x")).is_err());
         assert!(parse(args("--colour red")).is_err());
         assert_eq!(parse(args("--help")).unwrap_err(), "");
+        assert!(parse(args("--print-external-account a.json")).unwrap_err().contains("--subject-token"));
+        assert!(parse(args("--subject-token t")).is_err());
+        assert!(parse(args("--impersonate a@b")).is_err());
+        let options =
+            parse(args("--print-external-account a.json --subject-token t --impersonate a@b --subject s")).unwrap();
+        assert_eq!(options.impersonate.as_deref(), Some("a@b"));
     }
 }

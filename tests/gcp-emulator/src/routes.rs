@@ -58,9 +58,26 @@ pub(crate) enum Operation {
 pub(crate) enum Route {
     /// `POST /token`
     Token,
+    /// `POST /v1/token`: the Security Token Service (on `sts.googleapis.com` at Google).
+    Sts,
+    /// `POST /v1/projects/{project}/serviceAccounts/{email}:generateAccessToken`: IAM
+    /// Credentials (on `iamcredentials.googleapis.com` at Google).
+    GenerateAccessToken {
+        project: String,
+        account: String,
+    },
+    /// `GET /oidc/.well-known/openid-configuration` and `GET /oidc/jwks`: the test issuer.
+    Oidc(OidcDocument),
     /// Anything under `/emulator/`.
     Admin,
     Api(Operation),
+}
+
+/// The test issuer's documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OidcDocument {
+    Discovery,
+    Jwks,
 }
 
 pub(crate) fn route(method: &Http, path: &str) -> Option<Route> {
@@ -70,9 +87,27 @@ pub(crate) fn route(method: &Http, path: &str) -> Option<Route> {
     if path == "/token" {
         return (method == Http::POST).then_some(Route::Token);
     }
+    if path == "/v1/token" {
+        return (method == Http::POST).then_some(Route::Sts);
+    }
+    match path {
+        "/oidc/.well-known/openid-configuration" => {
+            return (method == Http::GET).then_some(Route::Oidc(OidcDocument::Discovery));
+        }
+        "/oidc/jwks" => return (method == Http::GET).then_some(Route::Oidc(OidcDocument::Jwks)),
+        _ => {}
+    }
     let rest = path.strip_prefix("/v1/")?;
     let segments: Vec<String> =
         rest.split('/').map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+    if let [projects, project, accounts, last] = segments.as_slice()
+        && projects == "projects"
+        && accounts == "serviceAccounts"
+    {
+        let (account, verb) = split_verb(last);
+        return (method == Http::POST && verb == Some("generateAccessToken") && !account.is_empty())
+            .then(|| Route::GenerateAccessToken { project: project.clone(), account: account.to_owned() });
+    }
     api_operation(method, &segments).map(Route::Api)
 }
 
@@ -312,6 +347,14 @@ mod tests {
         assert_eq!(route(&Http::GET, "/v2/projects/p/secrets"), None);
         assert_eq!(route(&Http::GET, "/token"), None);
         assert_eq!(route(&Http::POST, "/token"), Some(Route::Token));
+        assert_eq!(route(&Http::POST, "/v1/token"), Some(Route::Sts));
+        assert_eq!(route(&Http::GET, "/v1/token"), None);
+        assert_eq!(route(&Http::GET, "/oidc/jwks"), Some(Route::Oidc(OidcDocument::Jwks)));
+        assert_eq!(
+            route(&Http::POST, "/v1/projects/-/serviceAccounts/a%40p.iam.gserviceaccount.com:generateAccessToken"),
+            Some(Route::GenerateAccessToken { project: "-".into(), account: "a@p.iam.gserviceaccount.com".into() })
+        );
+        assert_eq!(route(&Http::POST, "/v1/projects/-/serviceAccounts/a@p:signJwt"), None);
         assert_eq!(route(&Http::GET, "/emulator/requests"), Some(Route::Admin));
         assert!(matches!(
             route(&Http::GET, "/v1/projects/p/secrets/s:getIamPolicy"),

@@ -1,5 +1,6 @@
-//! One HTTP request, start to finish: routing, counting, faults, then the token endpoint, the
-//! admin API or a Secret Manager method, and the response.
+//! One HTTP request, start to finish: routing, counting, faults, then the token endpoint, STS,
+//! IAM Credentials, the test issuer's documents, the admin API or a Secret Manager method, and
+//! the response (with a `Date` from the emulator's clock).
 //!
 //! [`App`] is the emulator's whole shared state. [`handle`] is the hyper service function; it
 //! returns [`DropConnection`] when a fault says the request must get no response at all, which
@@ -11,19 +12,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, DATE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::auth::Identities;
-use crate::clock::Clock;
+use crate::clock::{Clock, format_http_date};
 use crate::counts::{Counters, Method};
 use crate::faults::{Failure, Faults};
-use crate::routes::{Route, route};
+use crate::oidc::TestIssuer;
+use crate::routes::{OidcDocument, Route, route};
 use crate::status::{ApiError, Code};
 use crate::store::Store;
 use crate::system::SystemParameters;
-use crate::{admin, api};
+use crate::{admin, api, federation, iam_credentials, oidc};
 
 /// Request bodies above this are refused (400) before parsing. Comfortably above the
 /// base64 of a 64 KiB payload, so the 64 KiB rule is what oversized payloads meet.
@@ -41,6 +43,8 @@ pub(crate) struct App {
     pub(crate) clock: Clock,
     pub(crate) store: Mutex<Store>,
     pub(crate) identities: Mutex<Identities>,
+    /// The OIDC issuer the workload identity pools trust.
+    pub(crate) issuer: TestIssuer,
     pub(crate) faults: Faults,
     pub(crate) counters: Counters,
 }
@@ -48,6 +52,21 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn token_uri(&self) -> String {
         format!("{}/token", self.base_url)
+    }
+
+    /// The Security Token Service's exchange endpoint (`https://sts.googleapis.com/v1/token`).
+    pub(crate) fn sts_uri(&self) -> String {
+        format!("{}/v1/token", self.base_url)
+    }
+
+    /// The test issuer's URL: the `iss` of its tokens, and the base of its documents.
+    pub(crate) fn issuer_url(&self) -> String {
+        format!("{}/oidc", self.base_url)
+    }
+
+    /// IAM Credentials' `generateAccessToken` URL for `account`.
+    pub(crate) fn impersonation_url(&self, account: &str) -> String {
+        format!("{}/v1/projects/-/serviceAccounts/{account}:generateAccessToken", self.base_url)
     }
 
     pub(crate) fn lock_store(&self) -> MutexGuard<'_, Store> {
@@ -86,7 +105,18 @@ pub(crate) struct DropConnection;
 
 pub(crate) type Body = Full<Bytes>;
 
+/// One request. Every answer carries a `Date` from the emulator's clock, as Google's do from
+/// Google's: clients that read the server's time see `advance_clock` move it.
 pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+    let mut response = respond(&app, request).await?;
+    if let Ok(date) = HeaderValue::from_str(&format_http_date(app.clock.now())) {
+        response.headers_mut().insert(DATE, date);
+    }
+    Ok(response)
+}
+
+async fn respond(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+    let app = app.clone();
     let (parts, body) = request.into_parts();
     let Some(route) = route(&parts.method, parts.uri.path()) else {
         let error = ApiError::new(
@@ -97,8 +127,10 @@ pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<
     };
     let method = match &route {
         Route::Token => Some(Method::Token),
+        Route::Sts => Some(Method::Sts),
+        Route::GenerateAccessToken { .. } => Some(Method::GenerateAccessToken),
         Route::Api(operation) => operation.method(),
-        Route::Admin => None,
+        Route::Admin | Route::Oidc(_) => None,
     };
     if let Some(method) = method {
         app.counters.record(method);
@@ -126,6 +158,11 @@ pub(crate) async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<
     Ok(match route {
         Route::Admin => admin::handle(&app, &parts, &bytes),
         Route::Token => token(&app, &parts, &bytes),
+        Route::Sts => sts(&app, &parts, &bytes),
+        Route::GenerateAccessToken { project, account } => {
+            generate_access_token(&app, &parts, &project, &account, &bytes)
+        }
+        Route::Oidc(document) => oidc(&app, document),
         Route::Api(operation) => {
             let query = api::parse_query(parts.uri.query());
             let system = match SystemParameters::parse(&query, &parts.headers) {
@@ -195,6 +232,69 @@ fn token(app: &App, parts: &hyper::http::request::Parts, body: &[u8]) -> Respons
     match result {
         Ok(token) => json_response(StatusCode::OK, &token, false),
         Err(error) => json_response(StatusCode::BAD_REQUEST, &error.to_json(), false),
+    }
+}
+
+/// `POST /v1/token`: the STS token exchange (`federation`).
+fn sts(app: &App, parts: &hyper::http::request::Parts, body: &[u8]) -> Response<Body> {
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let authorization = parts.headers.contains_key(AUTHORIZATION);
+    let issuer_url = app.issuer_url();
+    let trust = federation::Trust {
+        issuer_url: &issuer_url,
+        issuer: &app.issuer,
+        project_number: app.project_number,
+        project_id: &app.project_id,
+    };
+    let now = app.clock.now();
+    let result = federation::read_body(content_type, body)
+        .and_then(|form| federation::exchange(&mut app.lock_identities(), &trust, &form, authorization, now));
+    match result {
+        Ok(token) => json_response(StatusCode::OK, &token, false),
+        Err(error) => {
+            tracing::debug!(error = error.error, description = %error.description, "STS exchange refused");
+            json_response(StatusCode::BAD_REQUEST, &error.to_json(), false)
+        }
+    }
+}
+
+/// IAM Credentials `generateAccessToken` (`iam_credentials`).
+fn generate_access_token(
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    project: &str,
+    account: &str,
+    body: &[u8],
+) -> Response<Body> {
+    let project_ok = project == "-" || project == app.project_id || project == app.project_number.to_string();
+    let bearer = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    let now = app.clock.now();
+    let result = if project_ok {
+        iam_credentials::generate_access_token(&mut app.lock_identities(), account, bearer.as_deref(), body, now)
+    } else {
+        Err(iam_credentials::denied())
+    };
+    match result {
+        Ok(value) => json_response(StatusCode::OK, &value, true),
+        Err(error) => error_response(&error, true),
+    }
+}
+
+/// The test issuer's discovery document and JWKS.
+fn oidc(app: &App, document: OidcDocument) -> Response<Body> {
+    let value = match document {
+        OidcDocument::Discovery => Ok(oidc::discovery(&app.issuer_url())),
+        OidcDocument::Jwks => app.issuer.jwks(),
+    };
+    match value {
+        Ok(value) => json_response(StatusCode::OK, &value, true),
+        Err(error) => error_response(&ApiError::new(Code::Unavailable, error.to_string()), true),
     }
 }
 

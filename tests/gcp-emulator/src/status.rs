@@ -74,7 +74,7 @@ impl ApiError {
         ApiError::new(Code::FailedPrecondition, message)
     }
 
-    fn with_error_info(mut self, reason: &str, domain: &str, metadata: Value) -> Self {
+    pub(crate) fn with_error_info(mut self, reason: &str, domain: &str, metadata: Value) -> Self {
         self.details.push(json!({
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "reason": reason,
@@ -145,17 +145,18 @@ impl ApiError {
     /// 401 for a missing, unknown or expired bearer token. `reason` is the ErrorInfo reason
     /// Google's front end attaches (`CREDENTIALS_MISSING`, `ACCESS_TOKEN_EXPIRED`, …).
     pub(crate) fn unauthenticated(reason: &str, rpc_method: &str) -> Self {
+        ApiError::unauthenticated_at("secretmanager.googleapis.com", reason, rpc_method)
+    }
+
+    /// [`ApiError::unauthenticated`] as another service (`iamcredentials.googleapis.com`) says it.
+    pub(crate) fn unauthenticated_at(service: &str, reason: &str, rpc_method: &str) -> Self {
         ApiError::new(
             Code::Unauthenticated,
             "Request had invalid authentication credentials. Expected OAuth 2 access token, \
              login cookie or other valid authentication credential. See \
              https://developers.google.com/identity/sign-in/web/devconsole-project.",
         )
-        .with_error_info(
-            reason,
-            "googleapis.com",
-            json!({ "service": "secretmanager.googleapis.com", "method": rpc_method }),
-        )
+        .with_error_info(reason, "googleapis.com", json!({ "service": service, "method": rpc_method }))
     }
 
     /// 401 for an API key without a token: Secret Manager needs a principal. Google's wording
@@ -175,10 +176,14 @@ impl ApiError {
     }
 
     pub(crate) fn insufficient_scopes(rpc_method: &str) -> Self {
+        ApiError::insufficient_scopes_at("secretmanager.googleapis.com", rpc_method)
+    }
+
+    pub(crate) fn insufficient_scopes_at(service: &str, rpc_method: &str) -> Self {
         ApiError::new(Code::PermissionDenied, "Request had insufficient authentication scopes.").with_error_info(
             "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
             "googleapis.com",
-            json!({ "service": "secretmanager.googleapis.com", "method": rpc_method }),
+            json!({ "service": service, "method": rpc_method }),
         )
     }
 

@@ -12,6 +12,11 @@ HTTP status alone: 400 is `BadRequest` whether the status is INVALID_ARGUMENT or
 FAILED_PRECONDITION, 403 is `Forbidden` (not `PermissionDenied`) and 409 is `Conflict`. So each refusal is asserted by class *and* by the
 `status` of the error body, which is what tells them apart.
 
+The Workload Identity Federation cases use google-auth's own `identity_pool` credentials (an
+`external_account` configuration with a file-sourced subject token) against the emulator's
+STS and IAM Credentials: its exchange and impersonation requests, not keyturn's, are what the
+emulator must accept.
+
 Run by tests/gcp-emulator/tests/python_client.rs, which starts the emulator binary with
 `--print-key` and sets:
 
@@ -32,6 +37,8 @@ import uuid
 import google_crc32c
 from google.api_core import exceptions
 from google.api_core.client_options import ClientOptions
+from google.auth import exceptions as auth_exceptions
+from google.auth import identity_pool
 from google.cloud import secretmanager
 from google.oauth2 import service_account
 
@@ -392,6 +399,57 @@ class GoogleClient(unittest.TestCase):
             lambda: accessor.get_secret(request={"name": secret.name}),
             "Permission 'secretmanager.secrets.get' denied",
         )
+
+    # ---- Workload Identity Federation (google-auth's identity_pool credentials) ----
+
+    def federated_client(self, subject, impersonate=None, lifetime=3600, role="accessor"):
+        """A client whose credentials are an external_account configuration, as gcloud writes
+        one, with a subject token of the emulator's test issuer in a file."""
+        info = admin("info")
+        token = admin("oidc/tokens", {"subject": subject, "lifetimeSeconds": lifetime})["token"]
+        token_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), unique("subject-token"))
+        with open(token_file, "w") as f:
+            f.write(token)
+        self.addCleanup(os.remove, token_file)
+        config = {
+            "type": "external_account",
+            "audience": info["workloadIdentityAudience"],
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": info["stsUri"],
+            "credential_source": {"file": token_file, "format": {"type": "text"}},
+        }
+        if impersonate:
+            admin("federation/impersonation", {"subject": subject, "serviceAccount": impersonate, "role": role})
+            config["service_account_impersonation_url"] = (
+                f"{ENDPOINT}/v1/projects/-/serviceAccounts/{impersonate}:generateAccessToken"
+            )
+        else:
+            admin("federation/grants", {"subject": subject, "role": role})
+        return client(identity_pool.Credentials.from_info(config, scopes=[CLOUD_PLATFORM]))
+
+    def test_a_federated_workload_reads_with_its_own_principal(self):
+        secret = self.create()
+        self.add(secret, b"federated")
+        reader = self.federated_client(unique("workload"))
+        response = reader.access_secret_version(request={"name": f"{secret.name}/versions/latest"})
+        self.assertEqual(response.payload.data, b"federated")
+
+    def test_a_federated_workload_reads_through_an_impersonated_account(self):
+        secret = self.create()
+        self.add(secret, b"impersonated")
+        account = f"{unique('reader')}@{PROJECT_ID}.iam.gserviceaccount.com"
+        reader = self.federated_client(unique("workload"), impersonate=account)
+        response = reader.access_secret_version(request={"name": f"{secret.name}/versions/latest"})
+        self.assertEqual(response.payload.data, b"impersonated")
+
+    def test_an_expired_subject_token_is_refused_with_invalid_grant(self):
+        secret = self.create()
+        self.add(secret, b"v")
+        reader = self.federated_client(unique("workload"), lifetime=1)
+        admin("clock/advance", {"seconds": 5})
+        with self.assertRaises(auth_exceptions.OAuthError) as caught:
+            reader.access_secret_version(request={"name": f"{secret.name}/versions/latest"})
+        self.assertIn("invalid_grant", str(caught.exception))
 
 
 if __name__ == "__main__":

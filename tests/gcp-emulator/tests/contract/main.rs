@@ -5,6 +5,8 @@
 //!   `assert_error`, and the gcp_auth-style JWT signer. No tests.
 //! - `auth.rs`: the token endpoint, self-signed JWTs, 401s, 403s per role, and gcp_auth end to
 //!   end.
+//! - `federation.rs`: Workload Identity Federation: the STS exchange and its checks, IAM
+//!   Credentials `generateAccessToken`, the test OIDC issuer, `Date` on every answer.
 //! - `names.rs`: IDs, projects, locations, create/replication rules.
 //! - `secrets.rs`: get, patch, delete, list, labels, annotations, aliases, expiry, etags on secrets.
 //! - `versions.rs`: addVersion, `latest`, aliases, states, etags on versions, delayed destroy.
@@ -19,6 +21,7 @@
 
 mod auth;
 mod faults;
+mod federation;
 mod names;
 mod payload;
 mod process;

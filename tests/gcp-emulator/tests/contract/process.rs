@@ -166,3 +166,65 @@ fn binary_rejects_bad_usage_with_64() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--port"));
 }
+
+/// `--print-external-account` and `--subject-token`: two files that let a person (or keyturn)
+/// federate at once. The configuration is Google's `external_account` format pointing at this
+/// emulator, the token is its issuer's, and the subject (through the account it impersonates)
+/// holds the role.
+#[test]
+fn binary_prints_a_working_external_account_and_subject_token() {
+    let dir = std::env::temp_dir().join(format!("gcp-emulator-wif-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (config_path, token_path) = (dir.join("wif.json"), dir.join("token.jwt"));
+    let account = "reader@acme-edge.iam.gserviceaccount.com";
+    let child = Command::new(env!("CARGO_BIN_EXE_gcp-emulator"))
+        .args(["--project-id", PROJECT_ID, "--project-number", "435468002770", "--key-role", "accessor"])
+        .arg("--print-external-account")
+        .arg(&config_path)
+        .arg("--subject-token")
+        .arg(&token_path)
+        .args(["--impersonate", account, "--subject", "edge-node-7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("binary starts");
+    let mut running = Running(child);
+    let mut line = String::new();
+    BufReader::new(running.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    assert_eq!(config["type"], "external_account");
+    assert_eq!(config["token_url"], format!("{base}/v1/token"));
+    assert_eq!(config["credential_source"]["file"], token_path.to_str().unwrap());
+    assert_eq!(
+        config["service_account_impersonation_url"],
+        format!("{base}/v1/projects/-/serviceAccounts/{account}:generateAccessToken")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    let exchange = serde_json::json!({
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "audience": config["audience"],
+        "scope": "https://www.googleapis.com/auth/cloud-platform",
+        "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "subject_token": token,
+        "subject_token_type": config["subject_token_type"],
+    });
+    let (code, federated) = http(&base, "POST", "/v1/token", None, &exchange.to_string());
+    assert_eq!(code, 200, "{federated}");
+    let federated: serde_json::Value = serde_json::from_str(&federated).unwrap();
+    let url = config["service_account_impersonation_url"].as_str().unwrap().trim_start_matches(&base).to_owned();
+    let body = r#"{"scope":["https://www.googleapis.com/auth/cloud-platform"]}"#;
+    let (code, issued) = http(&base, "POST", &url, federated["access_token"].as_str(), body);
+    assert_eq!(code, 200, "{issued}");
+    let issued: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    // An accessor: reading a missing secret is a 404, listing is a 403.
+    let token = issued["accessToken"].as_str();
+    assert_eq!(http(&base, "GET", &format!("/v1/projects/{PROJECT_ID}/secrets/x/versions/1:access"), token, "").0, 404);
+    assert_eq!(http(&base, "GET", &format!("/v1/projects/{PROJECT_ID}/secrets"), token, "").0, 403);
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
