@@ -175,6 +175,7 @@ mod tests {
             spec: 1,
             previous: None,
             files: vec![RenderedFile { path: "y".into(), contents: value(), mode: 0o400, owner: None, group: None }],
+            read: "alias current".into(),
         };
         for shown in
             [format!("{version:?}"), format!("{file:#?}"), format!("{update:?}"), format!("{:?}", Some(value()))]

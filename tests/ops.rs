@@ -45,7 +45,10 @@ fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
     let address = world.admin();
     wait_for("the first key", Duration::from_secs(15), || world.bundle("api/key.pem").exists());
     wait_for("the first delivery in metrics", Duration::from_secs(5), || {
-        sample(&get(&address, "/metrics").1, "keyturn_secret_info{policy=\"signing\",version=\"1\"}") == Some(1.0)
+        sample(
+            &get(&address, "/metrics").1,
+            "keyturn_secret_info{node=\"test-node\",policy=\"signing\",store=\"dev\",secret=\"signing\",version=\"1\"}",
+        ) == Some(1.0)
     });
 
     let (status, before) = get(&address, "/metrics");
@@ -68,12 +71,17 @@ fn metrics_pass_promtool_and_follow_deliveries_and_rotations() {
     let out = world.keyturn(&["rotate", "signing", "--now"]);
     assert!(out.status.success(), "{}", text(&out));
     wait_for("the rotation in metrics", Duration::from_secs(5), || {
-        sample(&get(&address, "/metrics").1, "keyturn_secret_info{policy=\"signing\",version=\"2\"}") == Some(1.0)
+        sample(
+            &get(&address, "/metrics").1,
+            "keyturn_secret_info{node=\"test-node\",policy=\"signing\",store=\"dev\",secret=\"signing\",version=\"2\"}",
+        ) == Some(1.0)
     });
     let after = get(&address, "/metrics").1;
     assert!(promtool(&after).status.success());
     assert!(
-        !after.contains("keyturn_secret_info{policy=\"signing\",version=\"1\"}"),
+        !after.contains(
+            "keyturn_secret_info{node=\"test-node\",policy=\"signing\",store=\"dev\",secret=\"signing\",version=\"1\"}"
+        ),
         "the old version's series is gone"
     );
     let count = |text: &str, series| sample(text, series).unwrap_or(0.0);

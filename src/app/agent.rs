@@ -74,7 +74,7 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
 
     // At once, not after the first delivery: the file names this process, so `keyturn status`
     // and `keyturn rotate` find the agent while it is still starting.
-    recorder.config_loaded(None, config.policies.len());
+    recorder.config_loaded(None, &config);
     recorder.save(&config.agent.state_dir);
     let status_task = AbortOnDrop::spawn(recorder.clone().persist(config.agent.state_dir.clone()));
     tracing::info!(
@@ -116,7 +116,7 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
             };
             let answer = match reload(path, &config, seams, &metrics).await {
                 Ok(Some(next)) => {
-                    recorder.config_loaded(Some(reason), next.config.policies.len());
+                    recorder.config_loaded(Some(reason), &next.config);
                     if next.config.admin != config.admin
                         || next.config.control != config.control
                         || next.config.report != config.report

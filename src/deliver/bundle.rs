@@ -81,6 +81,10 @@ pub struct Delivered {
     pub files: Vec<PathBuf>,
     /// When this version was written, RFC 3339.
     pub at: String,
+    /// How the version was chosen (the policy's `version`, e.g. `alias current`): a read
+    /// that names an older version the same way is a lagging replica, not a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
 }
 
 /// One file to write, rendered and ready.
@@ -102,6 +106,8 @@ pub struct PolicyUpdate {
     pub spec: u32,
     pub previous: Option<VersionId>,
     pub files: Vec<RenderedFile>,
+    /// See [`Delivered::read`].
+    pub read: String,
 }
 
 /// What a policy's part of a bundle is made from; equal fingerprints mean equal files.
@@ -484,6 +490,7 @@ impl BundleWriter {
                     previous: update.previous,
                     files: update.files.into_iter().map(|f| f.path).collect(),
                     at: at.clone(),
+                    read: Some(update.read),
                 },
             );
         }
@@ -836,6 +843,7 @@ mod tests {
             crc32c: version as u32,
             spec: 7,
             previous: None,
+            read: "alias current".into(),
             files: files
                 .iter()
                 .map(|(path, text)| RenderedFile {

@@ -99,6 +99,7 @@ pub fn render(policy: &Policy, bundle: &str, inputs: &Inputs<'_>) -> Result<Poli
         spec: spec(policy, bundle),
         previous: inputs.previous.map(|p| p.version.clone()),
         files,
+        read: policy.version.to_string(),
     })
 }
 

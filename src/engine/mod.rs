@@ -45,7 +45,7 @@ use crate::report::recorder::{Notice, Outcome as Recorded, Recorder, Subject};
 use crate::rotation::protocol::{Outcome, RotationError, Rotator, Step, Trigger};
 use crate::rotation::schedule::in_grace;
 use crate::secret::{PREVIOUS, Version, VersionId};
-use crate::store::{SecretStore, Selector, StoreError};
+use crate::store::{SecretStore, Selector, StoreError, VersionState};
 use crate::task::AbortOnDrop;
 
 /// How many store requests the initial sync keeps in flight: enough to hide round trips to a
@@ -96,6 +96,9 @@ struct Fetched {
     previous: Option<Previous>,
     /// The current versions of the policy's `[secrets.NAME]`.
     extras: BTreeMap<String, Version>,
+    /// The newer version on disk, when the read named an older one the same way: a lagging
+    /// replica, refused (see [`Engine::newer_on_disk`]).
+    older_than: Option<VersionId>,
 }
 
 type PullResult = Result<Fetched, StoreError>;
@@ -375,6 +378,18 @@ impl<S: SecretStore + 'static> Engine<S> {
                 return Err(e);
             }
         };
+        if let Some(held) = self.newer_on_disk(policy, &version.id) {
+            // Refused, unless what is on disk may no longer be read (retired or revoked since:
+            // then the older version is the store's deliberate answer). By number, which is
+            // strongly consistent.
+            let retired = matches!(
+                store.version_info(&policy.secret, &held).await,
+                Ok(info) if info.state != VersionState::Enabled
+            );
+            if !retired {
+                return Ok(Fetched { version, previous: None, extras: BTreeMap::new(), older_than: Some(held) });
+            }
+        }
         let cached = match self.state.known().get(&policy.name) {
             Some(Known::Current { version: known, created, previous }) if *known == version.id => {
                 Some((*created, previous.clone()))
@@ -412,7 +427,23 @@ impl<S: SecretStore + 'static> Engine<S> {
         });
         // Template secrets: one access each per poll, like the policy's own secret.
         let extras = self.template_secrets(policy).await?;
-        Ok(Fetched { version, previous, extras })
+        Ok(Fetched { version, previous, extras, older_than: None })
+    }
+
+    /// The version on disk for `policy`, if `read` is older and was chosen the same way (the
+    /// policy's `version` unchanged since that delivery): versions never go backwards because
+    /// a read said so. A pinned number is a decision, never refused; versions that are not
+    /// numbers cannot be ordered, and are not refused either.
+    fn newer_on_disk(&self, policy: &Policy, read: &VersionId) -> Option<VersionId> {
+        if matches!(policy.version, Selector::Id(_)) {
+            return None;
+        }
+        let mut writer = self.state.writer();
+        let bundle = policy.bundles().next()?;
+        let delivered = writer.manifest(bundle).policies.get(&policy.name)?.clone();
+        let same_choice = delivered.read.as_deref().is_none_or(|r| r == policy.version.to_string());
+        let older = matches!((read.number(), delivered.version.number()), (Some(r), Some(d)) if r < d);
+        (same_choice && older).then_some(delivered.version)
     }
 
     fn read_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {
@@ -429,6 +460,9 @@ impl<S: SecretStore + 'static> Engine<S> {
         let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
         let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
         for Pulled { policy, fetched, .. } in &pulled {
+            if fetched.older_than.is_some() {
+                continue;
+            }
             outcome.insert(&policy.name, Ok(false));
             let inputs = deliver::Inputs {
                 version: &fetched.version,
@@ -483,6 +517,11 @@ impl<S: SecretStore + 'static> Engine<S> {
 
         for Pulled { policy, fetched, started, restored } in &pulled {
             let version = &fetched.version.id;
+            if let Some(held) = &fetched.older_than {
+                summary.unchanged += 1;
+                self.recorder().record(subject(policy), Recorded::OlderRefused { read: version, held });
+                continue;
+            }
             match outcome.remove(policy.name.as_str()) {
                 Some(Ok(true)) => {
                     summary.delivered += 1;

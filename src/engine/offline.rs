@@ -43,7 +43,7 @@ impl<S: SecretStore + 'static> Engine<S> {
                     let Contents { version, previous, extras } = restored.contents;
                     pulled.push(Pulled {
                         policy,
-                        fetched: Fetched { version, previous, extras },
+                        fetched: Fetched { version, previous, extras, older_than: None },
                         started: Instant::now(),
                         restored: Some(restored.header.sealed_at),
                     });

@@ -5,6 +5,15 @@
 //! store, method, notifier, result; a version is an opaque id, never a value. The store
 //! counters are filled by [`crate::store::Metered`], a wrapper around the store, not by the
 //! code that calls it. Process metrics are read from `/proc` at each scrape.
+//!
+//! The fleet's view (`keyturn fleet status`, adoption-gated retirement, the dashboard and the
+//! alert rules in `examples/monitoring/`) is built from two families that name the node, the
+//! store and the secret as well as the policy: `keyturn_secret_info` and
+//! `keyturn_secret_delivered_timestamp_seconds`, one series per policy per node (the series of
+//! a replaced version is removed, so a rotation adds no series). `node` is the agent's own
+//! `[agent] node`, so a query needs no relabelling; a scrape configuration that attaches a
+//! `node` target label too makes Prometheus rename this one `exported_node` (set `[fleet]
+//! node_label` to match).
 
 use std::sync::atomic::AtomicU64;
 
@@ -20,9 +29,27 @@ pub struct PolicyLabel {
     pub policy: String,
 }
 
+/// Which version of which secret a node holds for a policy.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PolicyVersion {
+pub struct SecretVersion {
+    pub node: String,
     pub policy: String,
+    pub store: String,
+    pub secret: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+/// A version whose retirement waits for the nodes that still hold it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct Retiring {
+    pub policy: String,
+    pub store: String,
+    pub secret: String,
     pub version: String,
 }
 
@@ -58,7 +85,22 @@ type Timestamp = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     registry: Registry,
     /// 1 for the version of each policy that is on disk.
-    pub secret_info: Family<PolicyVersion, Gauge>,
+    pub secret_info: Family<SecretVersion, Gauge>,
+    /// When this node first delivered the version of each policy that is on disk.
+    pub secret_delivered: Family<SecretVersion, Timestamp>,
+    /// The labels of each policy's series above, to replace them when the version changes.
+    on_disk: std::sync::Mutex<std::collections::BTreeMap<String, SecretVersion>>,
+    /// The agent's poll interval: how long a node may take to pick up a change.
+    pub poll_interval: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    /// Reads that named an older version than the one on disk, refused.
+    pub regressions_refused: Family<PolicyLabel, Counter>,
+    /// On the node that rotated: how many nodes still hold a version whose retirement waits.
+    pub retirement_waiting_nodes: Family<Retiring, Gauge>,
+    pub retirement_waiting_since: Family<Retiring, Timestamp>,
+    /// The labels of the two families above, to remove them.
+    waiting: std::sync::Mutex<std::collections::BTreeSet<Retiring>>,
+    /// Old versions retired (disabled), by how: retired, retired_after_wait, revoked.
+    pub retirements: Family<PolicyResult, Counter>,
     pub deliveries: Family<PolicyResult, Counter>,
     pub rotations: Family<PolicyResult, Counter>,
     pub store_requests: Family<StoreRequest, Counter>,
@@ -89,6 +131,14 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             secret_info: Family::default(),
+            secret_delivered: Family::default(),
+            on_disk: Default::default(),
+            poll_interval: Family::default(),
+            regressions_refused: Family::default(),
+            retirement_waiting_nodes: Family::default(),
+            retirement_waiting_since: Family::default(),
+            waiting: Default::default(),
+            retirements: Family::default(),
             deliveries: Family::default(),
             rotations: Family::default(),
             store_requests: Family::default(),
@@ -106,8 +156,38 @@ impl Metrics {
         };
         registry.register(
             "keyturn_secret_info",
-            "The version of each policy's secret that is delivered (value always 1)",
+            "The version of each policy's secret that is delivered, by node, policy, store and secret (value always 1)",
             metrics.secret_info.clone(),
+        );
+        registry.register(
+            "keyturn_secret_delivered_timestamp_seconds",
+            "When this node first delivered the version of each policy that is on disk",
+            metrics.secret_delivered.clone(),
+        );
+        registry.register(
+            "keyturn_poll_interval_seconds",
+            "How often the agent reads its stores: a node picks up a change within one poll",
+            metrics.poll_interval.clone(),
+        );
+        registry.register(
+            "keyturn_version_regressions_refused",
+            "Store reads that named an older version than the one on disk (a lagging replica), refused: the newer files stay",
+            metrics.regressions_refused.clone(),
+        );
+        registry.register(
+            "keyturn_retirement_waiting_nodes",
+            "On the node that rotated: nodes that still hold an old version whose retirement waits for them",
+            metrics.retirement_waiting_nodes.clone(),
+        );
+        registry.register(
+            "keyturn_retirement_waiting_since_timestamp_seconds",
+            "When the retirement of an old version began to wait for the nodes that hold it",
+            metrics.retirement_waiting_since.clone(),
+        );
+        registry.register(
+            "keyturn_retirements",
+            "Old versions disabled by this node, by how (retired, retired_after_wait, revoked)",
+            metrics.retirements.clone(),
         );
         registry.register(
             "keyturn_deliveries",
@@ -182,12 +262,17 @@ impl Metrics {
         out
     }
 
-    /// Records which version of `policy` is delivered, replacing the series of the old one.
-    pub fn delivered(&self, policy: &str, old: Option<&str>, new: &str) {
-        if let Some(old) = old.filter(|old| *old != new) {
-            self.secret_info.remove(&PolicyVersion { policy: policy.into(), version: old.into() });
+    /// Records which version of a policy is on disk, and since when, replacing the series of
+    /// the version before.
+    pub fn delivered(&self, held: SecretVersion, since: std::time::SystemTime) {
+        let mut on_disk = self.on_disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = on_disk.get(&held.policy).filter(|old| **old != held) {
+            self.secret_info.remove(old);
+            self.secret_delivered.remove(old);
         }
-        self.secret_info.get_or_create(&PolicyVersion { policy: policy.into(), version: new.into() }).set(1);
+        self.secret_info.get_or_create(&held).set(1);
+        self.secret_delivered.get_or_create(&held).set(crate::clock::unix_seconds(since));
+        on_disk.insert(held.policy.clone(), held);
     }
 
     /// Records that `policy` was read and is on disk, at `at`.
@@ -196,13 +281,34 @@ impl Metrics {
     }
 
     /// Forgets every series of a policy that is no longer configured.
-    pub fn forget(&self, policy: &str, versions: &[String]) {
-        for version in versions {
-            self.secret_info.remove(&PolicyVersion { policy: policy.into(), version: version.clone() });
+    pub fn forget(&self, policy: &str) {
+        if let Some(old) = self.on_disk.lock().unwrap_or_else(|e| e.into_inner()).remove(policy) {
+            self.secret_info.remove(&old);
+            self.secret_delivered.remove(&old);
         }
         self.last_success.remove(&PolicyLabel { policy: policy.into() });
         self.next_rotation.remove(&PolicyLabel { policy: policy.into() });
         self.stale.remove(&PolicyLabel { policy: policy.into() });
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        for labels in waiting.iter().filter(|r| r.policy == policy) {
+            self.retirement_waiting_nodes.remove(labels);
+            self.retirement_waiting_since.remove(labels);
+        }
+        waiting.retain(|r| r.policy != policy);
+    }
+
+    /// A retirement waits for `nodes` nodes, since `since`.
+    pub fn retirement_waiting(&self, labels: Retiring, nodes: usize, since: std::time::SystemTime) {
+        self.retirement_waiting_nodes.get_or_create(&labels).set(nodes as i64);
+        self.retirement_waiting_since.get_or_create(&labels).set(crate::clock::unix_seconds(since));
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(labels);
+    }
+
+    /// A retirement no longer waits (done, or the version is gone).
+    pub fn retirement_done(&self, labels: &Retiring) {
+        self.retirement_waiting_nodes.remove(labels);
+        self.retirement_waiting_since.remove(labels);
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(labels);
     }
 }
 
@@ -275,16 +381,28 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let metrics = Metrics::new();
-        metrics.delivered("db", None, "3");
-        metrics.delivered("db", Some("3"), "4");
+        let held = |version: &str| SecretVersion {
+            node: "edge-1".into(),
+            policy: "db".into(),
+            store: "edge".into(),
+            secret: "db-password".into(),
+            version: version.into(),
+        };
+        metrics.delivered(held("3"), std::time::UNIX_EPOCH);
+        metrics.delivered(held("4"), std::time::UNIX_EPOCH + std::time::Duration::from_secs(90));
         metrics.deliveries.get_or_create(&PolicyResult { policy: "db".into(), result: "ok" }).inc();
         metrics.success_at("db", std::time::SystemTime::UNIX_EPOCH);
         let text = metrics.render();
-        assert!(text.contains("keyturn_secret_info{policy=\"db\",version=\"4\"} 1"), "{text}");
+        let labels = "node=\"edge-1\",policy=\"db\",store=\"edge\",secret=\"db-password\",version=\"4\"";
+        assert!(text.contains(&format!("keyturn_secret_info{{{labels}}} 1")), "{text}");
+        assert!(text.contains(&format!("keyturn_secret_delivered_timestamp_seconds{{{labels}}} 90")), "{text}");
         assert!(!text.contains("version=\"3\""), "the old version's series is gone: {text}");
         assert!(text.contains("# TYPE keyturn_deliveries_total counter"), "{text}");
         assert!(text.contains("keyturn_deliveries_total{policy=\"db\",result=\"ok\"} 1"), "{text}");
         assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");
+
+        metrics.forget("db");
+        assert!(!metrics.render().contains("db-password"), "a policy no longer configured leaves no series");
     }
 }

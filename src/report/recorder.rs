@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
-use super::metrics::{Metrics, Notification, PolicyLabel, PolicyResult, ResultLabel};
+use super::metrics::{Metrics, NodeLabel, Notification, PolicyLabel, PolicyResult, ResultLabel, SecretVersion};
 use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Stale, Status};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
@@ -83,6 +83,12 @@ pub enum Outcome<'a> {
     Restored {
         version: &'a VersionId,
         sealed_at: SystemTime,
+    },
+    /// The store named `read`, older than `held`, the version on disk: a lagging replica (alias
+    /// reads are eventually consistent). The newer files stay; nothing is delivered.
+    OlderRefused {
+        read: &'a VersionId,
+        held: &'a VersionId,
     },
     /// Applications were told of `version`, one result per notifier.
     Notified {
@@ -187,8 +193,7 @@ impl Recorder {
                 });
             }
             Outcome::Restored { version, sealed_at } => {
-                let old = self.status().policies.get(policy).and_then(|s| s.version.as_ref().map(ToString::to_string));
-                self.metrics.delivered(policy, old.as_deref(), version.as_str());
+                self.holds(subject, version, now);
                 let age = now.duration_since(sealed_at).unwrap_or_default();
                 self.metrics.stale.get_or_create(&PolicyLabel { policy: policy.to_string() }).set(age.as_secs_f64());
                 let sealed = clock::rfc3339(sealed_at);
@@ -284,6 +289,24 @@ impl Recorder {
                     self.update(subject, |s| s.next_rotation = Some(due));
                 }
             }
+            Outcome::OlderRefused { read, held } => {
+                self.metrics.regressions_refused.get_or_create(&PolicyLabel { policy: policy.to_string() }).inc();
+                tracing::warn!(
+                    policy = %policy,
+                    store = %subject.store,
+                    secret = %subject.secret,
+                    read = %read,
+                    held = %held,
+                    on_purpose = %format!("roll forward: keyturn rollback {policy} --to {read}"),
+                    "the store named an older version than the one on disk (a lagging replica?); keeping the newer files"
+                );
+                self.fresh(subject);
+                self.update(subject, |s| {
+                    s.checked_at = Some(at);
+                    s.last_error = None;
+                    s.consecutive_failures = 0;
+                });
+            }
             Outcome::Notified { version, results } => self.notified(subject, version, results, at),
         }
     }
@@ -291,10 +314,37 @@ impl Recorder {
     /// A policy's version is on disk: the version metric and the last success. Returns the
     /// version that was on disk before, if another.
     fn on_disk(&self, subject: Subject<'_>, version: &VersionId, now: SystemTime) -> Option<String> {
-        let old = self.status().policies.get(subject.policy).and_then(|s| s.version.as_ref().map(ToString::to_string));
-        self.metrics.delivered(subject.policy, old.as_deref(), version.as_str());
+        let old = self.holds(subject, version, now);
         self.metrics.success_at(subject.policy, now);
         old.filter(|old| old != version.as_str())
+    }
+
+    /// The node's version metrics for a policy with `version` on disk: since the delivery the
+    /// status remembers for that version, or since `now`. Returns the version the status held.
+    fn holds(&self, subject: Subject<'_>, version: &VersionId, now: SystemTime) -> Option<String> {
+        let (node, old, since) = {
+            let status = self.status();
+            let policy = status.policies.get(subject.policy);
+            let old = policy.and_then(|s| s.version.as_ref().map(ToString::to_string));
+            let since = policy
+                .filter(|s| s.version.as_ref() == Some(version))
+                .and_then(|s| s.delivered_at.as_deref())
+                .and_then(|at| humantime::parse_rfc3339(at).ok());
+            (status.node.clone(), old, since)
+        };
+        // After a restart, the delivery an earlier run recorded for this version.
+        let since = since.or_else(|| {
+            self.delivered_earlier(subject.policy, version).and_then(|at| humantime::parse_rfc3339(&at).ok())
+        });
+        let held = SecretVersion {
+            node,
+            policy: subject.policy.to_string(),
+            store: subject.store.to_string(),
+            secret: subject.secret.to_string(),
+            version: version.to_string(),
+        };
+        self.metrics.delivered(held, since.unwrap_or(now));
+        old
     }
 
     /// The store answered for the policy: files from the cache, if any, are replaced or
@@ -387,10 +437,16 @@ impl Recorder {
         }
     }
 
-    /// The agent runs a configuration of `policies` policies, loaded now: at start, or after a
-    /// reload that was applied; `reload` is what asked for it, `None` at start.
-    pub fn config_loaded(&self, reload: Option<&str>, policies: usize) {
+    /// The agent runs `config`, loaded now: at start, or after a reload that was applied;
+    /// `reload` is what asked for it, `None` at start.
+    pub fn config_loaded(&self, reload: Option<&str>, config: &crate::config::Config) {
         let at = self.clock.now();
+        let policies = config.policies.len();
+        self.metrics.poll_interval.clear();
+        self.metrics
+            .poll_interval
+            .get_or_create(&NodeLabel { node: config.agent.node.clone() })
+            .set(config.agent.poll.as_secs_f64());
         if let Some(reason) = reload {
             self.metrics.config_reloads.get_or_create(&ResultLabel { result: "ok" }).inc();
             tracing::info!(reason, policies, "configuration reloaded");
@@ -449,15 +505,11 @@ impl Recorder {
     pub fn plan<'a>(&self, policies: impl IntoIterator<Item = Subject<'a>>) {
         let policies: BTreeMap<&str, Subject<'a>> = policies.into_iter().map(|s| (s.policy, s)).collect();
         let mut status = self.status();
-        let gone: Vec<(String, Vec<String>)> = status
-            .policies
-            .iter()
-            .filter(|(name, _)| !policies.contains_key(name.as_str()))
-            .map(|(name, s)| (name.clone(), s.version.iter().map(ToString::to_string).collect()))
-            .collect();
-        for (name, versions) in gone {
+        let gone: Vec<String> =
+            status.policies.keys().filter(|name| !policies.contains_key(name.as_str())).cloned().collect();
+        for name in gone {
             status.policies.remove(&name);
-            self.metrics.forget(&name, &versions);
+            self.metrics.forget(&name);
         }
         for subject in policies.values() {
             describe(status.policies.entry(subject.policy.to_string()).or_default(), subject);
@@ -609,7 +661,12 @@ mod tests {
         let metrics = recorder.metrics.render();
         assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"error\"} 2"), "{metrics}");
         assert!(metrics.contains("keyturn_deliveries_total{policy=\"db\",result=\"ok\"} 1"), "{metrics}");
-        assert!(metrics.contains("keyturn_secret_info{policy=\"db\",version=\"3\"} 1"), "{metrics}");
+        let held = "node=\"edge-17\",policy=\"db\",store=\"dev\",secret=\"db-password\",version=\"3\"";
+        assert!(metrics.contains(&format!("keyturn_secret_info{{{held}}} 1")), "{metrics}");
+        // Delivered at the clock's start: the fleet orders versions by when nodes took them.
+        let since = humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
+        let since = format!("keyturn_secret_delivered_timestamp_seconds{{{held}}} {}", clock::unix_seconds(since));
+        assert!(metrics.contains(&since), "{metrics}");
 
         // A version found on disk unchanged keeps the delivery time an earlier run recorded.
         let earlier = Status {

@@ -15,6 +15,7 @@
 //! | `POST /emulator/faults/drop-requests` | `{"count":N,"method":M?}` | next N get no response |
 //! | `POST /emulator/faults/drop-connections` | `{"count":N}` | next N connections closed on accept |
 //! | `POST /emulator/faults/corrupt-checksums` | `{"count":N}` | next N access responses carry a wrong `dataCrc32c` |
+//! | `POST /emulator/faults/lag-aliases` | `{"count":N}` | alias and `latest` reads answer as of N changes ago (0 removes) |
 //! | `POST /emulator/faults/quota` | `{"kind":"access"\|"read"\|"write","perMinute":N\|null}` | set a quota |
 //! | `POST /emulator/faults/clear` | – | remove every fault |
 //! | `POST /emulator/clock/advance` | `{"seconds":N}` | move the clock forward |
@@ -194,6 +195,14 @@ fn route(app: &App, http: &Http, path: &str, body: &[u8]) -> Result<Value, Admin
                 return Err(AdminError::BadRequest("only access responses carry a checksum".into()));
             }
             app.faults.corrupt_next_checksums(count);
+            Ok(ok)
+        }
+        (&Http::POST, "/emulator/faults/lag-aliases") => {
+            let Count { count, method: name } = parse(body)?;
+            if name.is_some() {
+                return Err(AdminError::BadRequest("a lagging replica answers get and access alike; no method".into()));
+            }
+            app.faults.lag_alias_reads(count);
             Ok(ok)
         }
         (&Http::POST, "/emulator/faults/quota") => {

@@ -243,16 +243,16 @@ fn execute(
         }
         Operation::GetVersion(path) => {
             let location = path.secret.parent.location.as_deref();
-            let selector = checked_selector(store, path)?;
             let id = &path.secret.secret;
+            let selector = store.lagging(location, id, checked_selector(store, path)?, app.faults.alias_lag())?;
             let version = store.version(location, id, &selector)?;
             let name = store.version_name(location, id, &version.number.to_string());
             Ok(wire::version_json(name, version))
         }
         Operation::AccessVersion(path) => {
             let location = path.secret.parent.location.as_deref();
-            let selector = checked_selector(store, path)?;
             let id = &path.secret.secret;
+            let selector = store.lagging(location, id, checked_selector(store, path)?, app.faults.alias_lag())?;
             let version = store.access(location, id, &selector)?;
             let name = store.version_name(location, id, &version.number.to_string());
             let crc32c = if app.faults.take_checksum_corruption() {

@@ -114,6 +114,8 @@ struct FaultState {
     request_drops: Vec<Rule<()>>,
     connection_drops: u32,
     corrupt_checksums: u32,
+    /// Reads through an alias or `latest` see the secret as it was this many changes ago.
+    alias_lag: u32,
     /// Per-minute limit per kind; `None` means unlimited.
     quota_limits: [Option<u32>; 3],
     /// Admission times within the last minute, per kind.
@@ -171,6 +173,15 @@ impl Faults {
         self.lock().corrupt_checksums += count;
     }
 
+    /// Reads through an alias or `latest` (get and access) answer from a lagging replica: an
+    /// alias as it was `changes` alias changes ago, `latest` as it was `changes` versions ago.
+    /// Reads by number stay strongly consistent, as Google documents (CONTRACT §4: adding a
+    /// version and reading it by number is strongly consistent; alias reads "typically within
+    /// minutes"). Lasts until cleared; 0 removes it.
+    pub fn lag_alias_reads(&self, changes: u32) {
+        self.lock().alias_lag = changes;
+    }
+
     /// Sets the per-minute quota of one kind (`None`: unlimited). Takes effect at once; the
     /// requests already admitted in the last minute count against the new limit.
     pub fn set_quota(&self, kind: QuotaKind, per_minute: Option<u32>) {
@@ -205,6 +216,10 @@ impl Faults {
         } else {
             false
         }
+    }
+
+    pub(crate) fn alias_lag(&self) -> u32 {
+        self.lock().alias_lag
     }
 
     pub(crate) fn take_checksum_corruption(&self) -> bool {

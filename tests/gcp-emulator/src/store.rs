@@ -93,6 +93,23 @@ pub(crate) struct SecretRecord {
     pub(crate) versions: BTreeMap<u64, VersionRecord>,
     /// Version numbers are never reused, even after destroy (CONTRACT §1 [B]).
     next_version: u64,
+    /// The aliases before each change, oldest first (at most [`ALIAS_HISTORY`]): what a
+    /// lagging replica answers alias reads from (`Faults::lag_alias_reads`).
+    alias_history: std::collections::VecDeque<BTreeMap<String, u64>>,
+}
+
+/// How many past alias maps a secret keeps for the lagging-replica fault.
+const ALIAS_HISTORY: usize = 64;
+
+impl SecretRecord {
+    fn aliases_changed(&mut self, before: BTreeMap<String, u64>) {
+        if before != self.settings.version_aliases {
+            if self.alias_history.len() == ALIAS_HISTORY {
+                self.alias_history.pop_front();
+            }
+            self.alias_history.push_back(before);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -226,6 +243,7 @@ impl Store {
             settings,
             versions: BTreeMap::new(),
             next_version: 1,
+            alias_history: Default::default(),
         };
         self.next_sequence += 1;
         Ok(self.secrets.entry(key).or_insert(record))
@@ -281,6 +299,7 @@ impl Store {
         if let Some(rotation) = update.rotation {
             settings.rotation = rotation;
         }
+        let aliases_before = update.version_aliases.as_ref().map(|_| settings.version_aliases.clone());
         if let Some(aliases) = update.version_aliases {
             settings.version_aliases = aliases;
         }
@@ -292,6 +311,9 @@ impl Store {
         }
         if let Some(kms) = update.kms_key_name {
             settings.kms_key_name = kms;
+        }
+        if let Some(before) = aliases_before {
+            secret.aliases_changed(before);
         }
         secret.etag = self.etags.next(now);
         Ok(secret)
@@ -360,6 +382,41 @@ impl Store {
                 .copied()
                 .filter(|n| secret.versions.contains_key(n))
                 .ok_or_else(|| missing(alias)),
+        }
+    }
+
+    /// `selector` as a replica `lag` changes behind would resolve it: an alias from the alias
+    /// map of `lag` changes ago (the oldest kept, if there were fewer changes), `latest` as the
+    /// version `lag` versions before the newest. Numbers are answered as they are.
+    pub(crate) fn lagging(
+        &self,
+        location: Option<&str>,
+        id: &str,
+        selector: VersionSelector,
+        lag: u32,
+    ) -> Result<VersionSelector, ApiError> {
+        if lag == 0 {
+            return Ok(selector);
+        }
+        let secret = self.secret(location, id)?;
+        let lag = lag as usize;
+        match selector {
+            VersionSelector::Alias(alias) => {
+                let history = &secret.alias_history;
+                let view = match history.len() {
+                    0 => &secret.settings.version_aliases,
+                    len => &history[len.saturating_sub(lag)],
+                };
+                match view.get(&alias) {
+                    Some(number) => Ok(VersionSelector::Number(*number)),
+                    None => Err(ApiError::version_not_found(&self.version_name(location, id, &alias))),
+                }
+            }
+            VersionSelector::Latest => {
+                let older = secret.versions.keys().rev().nth(lag).or_else(|| secret.versions.keys().next());
+                Ok(older.map_or(VersionSelector::Latest, |n| VersionSelector::Number(*n)))
+            }
+            number => Ok(number),
         }
     }
 
@@ -457,9 +514,10 @@ fn destroy_now(secret: &mut SecretRecord, number: u64, at: SystemTime, etags: &m
     version.scheduled_destroy_time = None;
     version.data = Vec::new();
     version.etag = etags.next(at);
-    let before = secret.settings.version_aliases.len();
+    let before = secret.settings.version_aliases.clone();
     secret.settings.version_aliases.retain(|_, target| *target != number);
-    if secret.settings.version_aliases.len() != before {
+    if secret.settings.version_aliases != before {
+        secret.aliases_changed(before);
         secret.etag = etags.next(at);
     }
 }

@@ -204,3 +204,40 @@ async fn admin_api_issues_keys_tokens_and_moves_the_clock() {
     h.admin("clock/advance", json!({"seconds": 3600})).await;
     assert_eq!(h.call_as(Some(&token), reqwest::Method::GET, &path, None).await.0, 401);
 }
+
+/// A lagging replica: alias and `latest` reads (get and access) answer as of N changes ago;
+/// reads by number stay current, as Google's are strongly consistent. The admin route does the
+/// same; clearing the faults ends it.
+#[tokio::test]
+async fn lagging_alias_reads_answer_from_an_older_view() {
+    let h = with_secret().await;
+    h.add_version("db", b"pw2").await;
+    h.add_version("db", b"pw3").await;
+    let alias = |n: u64| {
+        let path = format!("projects/{PROJECT_ID}/secrets/db?updateMask=version_aliases");
+        let body = json!({"versionAliases": {"current": n}});
+        let h = &h;
+        async move { h.call(reqwest::Method::PATCH, &path, Some(body)).await }
+    };
+    for n in [1, 2, 3] {
+        assert_eq!(alias(n).await.0, 200);
+    }
+    let current = format!("projects/{PROJECT_ID}/secrets/db/versions/current");
+    let named = |reply: &Reply| reply.1["name"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+
+    h.emu.faults().lag_alias_reads(1);
+    assert_eq!(named(&h.get(&format!("{current}:access")).await), "2", "current as it was one change ago");
+    assert_eq!(named(&h.get(&current).await), "2", "get reads the same replica");
+    assert_eq!(named(&h.get(&access_path()).await), "2", "latest one version back");
+    let by_number = h.get(&format!("projects/{PROJECT_ID}/secrets/db/versions/3:access")).await;
+    assert_eq!(decode(&by_number.1["payload"]["data"]), b"pw3", "reads by number are current");
+
+    // Further back than the history goes: the oldest view, where `current` named nothing yet.
+    assert_eq!(h.admin("faults/lag-aliases", json!({"count": 10})).await.0, 200);
+    let reply = h.get(&format!("{current}:access")).await;
+    assert_eq!(reply.0, 404, "{:?}", reply.1);
+    assert_eq!(named(&h.get(&access_path()).await), "1");
+
+    h.emu.faults().clear();
+    assert_eq!(named(&h.get(&format!("{current}:access")).await), "3");
+}
