@@ -95,6 +95,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Go back to an older value by going forward: add the value of an older version as a new
+    /// version and promote it through the rotation protocol (lease, check, promote), so every
+    /// node, cache and JWK set sees a newer version. A read that names an older version is
+    /// never delivered (it may be a lagging replica); this is how to go back on purpose.
+    Rollback {
+        /// The policy (its file stem).
+        policy: String,
+        /// The version whose value to bring back (default: the version named `previous`, or
+        /// else the newest enabled version older than the current one). Never a disabled one.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Print the result as JSON (progress lines still go to standard error).
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running agent to reload its configuration; prints what it found wrong, if anything.
     Reload,
     /// Ask the running agent to pull every policy now instead of at its next poll.
@@ -127,6 +142,11 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// The fleet's view, from the Prometheus named in [fleet]: which versions nodes hold.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Print a completion script for a shell: `keyturn completions bash > /etc/bash_completion.d/keyturn`.
     Completions {
@@ -179,6 +199,20 @@ pub enum StoreCommand {
         store: String,
         id: String,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum FleetCommand {
+    /// Per policy: the versions in use and on how many nodes, the nodes that lag behind the
+    /// newest (and since when), and the nodes that stopped reporting. Exits 1 while a
+    /// reporting node lags.
+    Status {
+        /// One policy (default: every policy of this agent file).
+        policy: Option<String>,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -387,6 +421,14 @@ mod tests {
         assert_eq!(
             parse(&["cache", "purge"]).unwrap().command,
             Command::Cache { command: CacheCommand::Purge { policy: None } }
+        );
+        assert_eq!(
+            parse(&["fleet", "status", "api", "--json"]).unwrap().command,
+            Command::Fleet { command: FleetCommand::Status { policy: Some("api".into()), json: true } }
+        );
+        assert_eq!(
+            parse(&["rollback", "api", "--to", "3"]).unwrap().command,
+            Command::Rollback { policy: "api".into(), to: Some("3".into()), json: false }
         );
     }
 

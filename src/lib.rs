@@ -23,6 +23,9 @@
 //!   in one list; coalesced, retried, and never blocking another policy.
 //! - [`report`]: the recorder (the one place outcomes become logs, metrics, status and
 //!   events), the status model, metrics, and central events.
+//! - [`fleet`]: the fleet's view, read from Prometheus' query API over the metrics every agent
+//!   exports: `keyturn fleet status`, and the adoption gate a rotator asks before retiring an
+//!   old version (through [`rotation::protocol::Adoption`], so rotation itself knows no HTTP).
 //! - [`engine`]: the loop that ties them together — pull, compare, deliver, rotate, record.
 //!   It is generic over the store trait and never names a backend, notifier or format.
 //! - [`control`]: the admin HTTP listener, the control socket, systemd notifications; it sees
@@ -60,6 +63,7 @@ pub mod config;
 pub mod control;
 pub mod deliver;
 pub mod engine;
+pub mod fleet;
 pub mod generate;
 pub mod http;
 pub mod notify;

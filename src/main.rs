@@ -31,6 +31,8 @@ fn exit_code(error: &AppError) -> u8 {
         | AppError::Store(_)
         | AppError::Deliver(_)
         | AppError::Cache(_)
+        | AppError::Fleet(_)
+        | AppError::Lagging { .. }
         | AppError::PoliciesFailed { .. }
         | AppError::Failing { .. }
         | AppError::ProbeFailed { .. }

@@ -130,6 +130,15 @@ fn a_backend_never_reaches_into_another_or_into_configuration_internals() {
 }
 
 #[test]
+fn rotation_asks_the_fleet_through_a_trait() {
+    never(
+        "rotation",
+        &["fleet::", "reqwest", "crate::http"],
+        "the rotation protocol asks who holds a version through rotation::protocol::Adoption; it knows no HTTP and no Prometheus",
+    );
+}
+
+#[test]
 fn configuration_never_uses_a_client() {
     let mut forbidden: Vec<String> = vec!["reqwest".into()];
     for store in registered("store/mod.rs", "stores") {

@@ -90,7 +90,12 @@ pub async fn run(path: &Path, seams: &Seams) -> Result<(), AppError> {
     loop {
         let (changes_tx, mut changes) = mpsc::channel(16);
         let _watcher = watch_files(path, &config.agent.policies_dir, changes_tx);
-        let engine = Engine::new(config.clone(), stores.clone(), state.clone(), seams.engine());
+        // Without its fleet, a retirement that should wait for adoption waits (and says why).
+        let fleet = build::fleet(&config).await.unwrap_or_else(|e| {
+            tracing::error!(error = %crate::error_chain(&e), "cannot read the fleet's view; old versions stay enabled until it can be read");
+            None
+        });
+        let engine = Engine::new(config.clone(), stores.clone(), state.clone(), seams.engine()).with_fleet(fleet);
         let Ok(summary) = stop.unless_stopped(engine.sync_all()).await else { break };
         let watchers = engine.spawn_watchers(&summary.failed);
         engine_tx.send_replace(Some(Arc::new(engine.clone())));

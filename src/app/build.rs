@@ -110,3 +110,37 @@ pub fn recorder(
     }
     Arc::new(recorder)
 }
+
+/// The fleet's view, when the agent file has a `[fleet]`.
+pub async fn fleet(config: &Config) -> Result<Option<Arc<crate::fleet::Client>>, AppError> {
+    let Some(settings) = &config.fleet else { return Ok(None) };
+    let google = match &settings.auth {
+        config::FleetAuth::Google { store } => match config.stores.get(store) {
+            Some(StoreConfig::Gcp(gcp)) => Some(google_tokens(gcp).await.map_err(AppError::Fleet)?),
+            _ => return Err(AppError::Fleet(format!("[fleet] store {store} is not a gcp store"))),
+        },
+        _ => None,
+    };
+    crate::fleet::Client::new(settings, google).map(|client| Some(Arc::new(client))).map_err(AppError::Fleet)
+}
+
+/// The identity of a `gcp` store, for `[fleet] auth = "google"`: Application Default
+/// Credentials in Google's order, from the store's `credentials` if it names a file.
+async fn google_tokens(
+    config: &crate::store::gcp::GcpStoreConfig,
+) -> Result<crate::fleet::prometheus::GoogleTokens, String> {
+    use crate::store::gcp::identity;
+    let environment = identity::Environment::from_process();
+    let discovery = identity::Discovery {
+        configured: config.credentials.as_deref(),
+        environment: &environment,
+        request_timeout: config.request_timeout,
+        time: Arc::new(identity::server_time::ServerTime::new(crate::clock::system())),
+        clock: crate::clock::system(),
+    };
+    match tokio::time::timeout(config.token_timeout, identity::find(discovery)).await {
+        Ok(Ok(identity)) => Ok(identity.provider),
+        Ok(Err(message)) => Err(format!("no usable Google credentials for [fleet]: {message}")),
+        Err(_) => Err(format!("finding Google credentials took longer than {:?}", config.token_timeout)),
+    }
+}

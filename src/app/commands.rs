@@ -12,7 +12,7 @@ use super::build::{self, load, load_agent_file};
 use super::{AppError, Seams, Voice};
 use crate::cache::KeySource;
 use crate::cli::{CacheCommand, StoreCommand};
-use crate::config::{self, ConfigErrors, Declared, Machine, Problem, System};
+use crate::config::{self, Config, ConfigErrors, Declared, Machine, Policy, Problem, System};
 use crate::control::socket::{self, Answer};
 use crate::engine::{Engine, State};
 use crate::report::metrics::Metrics;
@@ -378,7 +378,7 @@ pub async fn rotate(
     seams: &Seams,
     voice: Voice,
 ) -> Result<(), AppError> {
-    use crate::rotation::protocol::{Outcome, Rotator, Step, Trigger};
+    use crate::rotation::protocol::{Outcome, Step, Trigger};
     let config = load(path)?;
     let policy = config.policy(name).ok_or_else(|| {
         let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
@@ -406,41 +406,21 @@ pub async fn rotate(
     let rotate = policy.rotate.as_ref().ok_or_else(|| {
         AppError::Usage(format!("policy {name} has no [rotate] section: add one to say how new values are made"))
     })?;
-    let store = build::store(path, &config.stores, &policy.store, seams).await?;
-    // A new value must render into every file with the template secrets as they are now.
-    let mut extras = std::collections::BTreeMap::new();
-    for (extra_name, extra) in &policy.extras {
-        let extra_store = build::store(path, &config.stores, &extra.store, seams).await?;
-        extras.insert(extra_name.clone(), extra_store.access(&extra.secret, &Selector::current()).await?);
-    }
-    let deliverable =
-        |version: &crate::secret::Version| crate::deliver::check_renders(policy, version, &extras, &config.agent.node);
-    let progress = |step: Step, detail: &str| voice.progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
-    let rotator = Rotator {
-        store: &store,
-        policy,
-        rotate,
-        node: &config.agent.node,
-        pid: std::process::id(),
-        pause_at: seams.pause_at.as_deref(),
-        progress: &progress,
-        clock: seams.clock.as_ref(),
-        deliverable: &deliverable,
+    let parts = RotationParts::build(path, &config, policy, seams).await?;
+    let deliverable = |version: &crate::secret::Version| {
+        crate::deliver::check_renders(policy, version, &parts.extras, &config.agent.node)
     };
+    let progress = |step: Step, detail: &str| voice.progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
+    let rotator = parts.rotator(&config, policy, rotate, seams, &progress, &deliverable);
     let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
     let outcome = rotator
         .run(trigger)
         .await
         .map_err(|source| AppError::Rotation { policy: name.to_string(), source: Box::new(source) })?;
     match outcome {
-        Outcome::Rotated { version, previous, disabled } => {
+        Outcome::Rotated { version, previous, disabled, .. } => {
             print_rotated(name, &version, previous.as_ref(), &disabled, revoke, "this process", json, voice);
-            if let Ok(status) = Status::load(&config.agent.state_dir)
-                && let (Some(pid), Some(identity)) = (status.running_agent(), status.process.as_deref())
-                && sys::nudge(pid, identity).is_ok()
-            {
-                voice.note(&format!("told the running agent (pid {pid}) to deliver it now"));
-            }
+            nudge_agent(&config, voice);
             Ok(())
         }
         Outcome::Busy { holder } => Err(AppError::Busy { policy: name.to_string(), holder }),
@@ -448,6 +428,199 @@ pub async fn rotate(
             unreachable!("an immediate rotation is always due and never waits for a missing version")
         }
     }
+}
+
+/// What a rotation run by this process needs besides the policy: its store, the template
+/// secrets every file must render with, and the fleet to ask before retiring old versions.
+struct RotationParts {
+    store: AnyStore,
+    extras: std::collections::BTreeMap<String, crate::secret::Version>,
+    adoption: Option<crate::fleet::SecretAdoption>,
+}
+
+impl RotationParts {
+    async fn build(path: &Path, config: &Config, policy: &Policy, seams: &Seams) -> Result<RotationParts, AppError> {
+        let store = build::store(path, &config.stores, &policy.store, seams).await?;
+        // A new value must render into every file with the template secrets as they are now.
+        let mut extras = std::collections::BTreeMap::new();
+        for (extra_name, extra) in &policy.extras {
+            let extra_store = build::store(path, &config.stores, &extra.store, seams).await?;
+            extras.insert(extra_name.clone(), extra_store.access(&extra.secret, &Selector::current()).await?);
+        }
+        // Retiring old versions asks the fleet first, as the agent would.
+        let adoption = build::fleet(config).await?.map(|client| crate::fleet::SecretAdoption {
+            client,
+            store: policy.store.clone(),
+            secret: policy.secret.to_string(),
+            clock: seams.clock.clone(),
+        });
+        Ok(RotationParts { store, extras, adoption })
+    }
+
+    fn rotator<'a>(
+        &'a self,
+        config: &'a Config,
+        policy: &'a Policy,
+        rotate: &'a crate::config::Rotate,
+        seams: &'a Seams,
+        progress: &'a (dyn Fn(crate::rotation::protocol::Step, &str) + Send + Sync),
+        deliverable: &'a (dyn Fn(&crate::secret::Version) -> Result<(), String> + Send + Sync),
+    ) -> crate::rotation::protocol::Rotator<'a, AnyStore> {
+        crate::rotation::protocol::Rotator {
+            store: &self.store,
+            policy,
+            rotate,
+            node: &config.agent.node,
+            pid: std::process::id(),
+            pause_at: seams.pause_at.as_deref(),
+            progress,
+            clock: seams.clock.as_ref(),
+            deliverable,
+            retire: rotate.retire(config.fleet.is_some()),
+            adoption: self.adoption.as_ref().map(|a| a as &dyn crate::rotation::protocol::Adoption),
+        }
+    }
+}
+
+/// Tells a running agent on this node (SIGUSR1) to pull now, if there is one.
+fn nudge_agent(config: &Config, voice: Voice) {
+    if let Ok(status) = Status::load(&config.agent.state_dir)
+        && let (Some(pid), Some(identity)) = (status.running_agent(), status.process.as_deref())
+        && sys::nudge(pid, identity).is_ok()
+    {
+        voice.note(&format!("told the running agent (pid {pid}) to deliver it now"));
+    }
+}
+
+/// `keyturn rollback POLICY [--to N]`: the value of an older version, added as a new version
+/// and promoted the way a rotation is (lease, check, promote; with `[rotate]`), or by moving
+/// the policy's alias (without): every node moves forward onto it, since a node never goes
+/// back to an older version because a read said so.
+pub async fn rollback(
+    path: &Path,
+    name: &str,
+    to: Option<&str>,
+    json: bool,
+    seams: &Seams,
+    voice: Voice,
+) -> Result<(), AppError> {
+    use crate::rotation::protocol::{Outcome, Step};
+    use crate::secret::{CURRENT, PREVIOUS};
+    use crate::store::VersionState;
+    let config = load(path)?;
+    let policy = config.policy(name).ok_or_else(|| {
+        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+        AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
+    })?;
+    let id = &policy.secret;
+    let alias = match &policy.version {
+        Selector::Id(pinned) => {
+            return Err(AppError::Usage(format!(
+                "policy {name} pins version {pinned}: to deliver another, change `version` in its policy file"
+            )));
+        }
+        Selector::Alias(alias) => Some(alias.clone()),
+        Selector::Latest => None,
+    };
+    let parts = RotationParts::build(path, &config, policy, seams).await?;
+    let store = &parts.store;
+    let meta = store.describe(id).await?;
+    let current = match &alias {
+        Some(alias) => meta.aliases.get(alias).cloned(),
+        None => Some(store.access(id, &Selector::Latest).await?.id),
+    };
+    let target = match to {
+        Some(version) => VersionId::new(version),
+        None => match meta.aliases.get(PREVIOUS).filter(|_| alias.as_deref() == Some(CURRENT)) {
+            Some(previous) => previous.clone(),
+            None => {
+                let mut older: Vec<_> = store
+                    .versions(id)
+                    .await?
+                    .into_iter()
+                    .filter(|v| v.state == VersionState::Enabled && Some(&v.id) != current.as_ref())
+                    .filter(|v| match (v.id.number(), current.as_ref().and_then(VersionId::number)) {
+                        (Some(n), Some(c)) => n < c,
+                        _ => true,
+                    })
+                    .collect();
+                older.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.number().cmp(&b.id.number())));
+                older.pop().map(|v| v.id).ok_or_else(|| {
+                    AppError::Usage(format!("{id} has no enabled version older than the current one to roll back to"))
+                })?
+            }
+        },
+    };
+    if Some(&target) == current.as_ref() {
+        return Err(AppError::Usage(format!("version {target} of {id} is the one delivered already")));
+    }
+    let info = store.version_info(id, &target).await?;
+    if info.state != VersionState::Enabled {
+        return Err(AppError::Usage(format!(
+            "version {target} of {id} is {}: a retired or revoked value is never brought back by a rollback (it may have leaked); \
+             if you are sure, enable it in the store first",
+            info.state.as_str()
+        )));
+    }
+    let value = store.access(id, &Selector::Id(target.clone())).await?.value;
+    voice.progress(&format!("rolling {name} back to the value of version {target}, as a new version"));
+    let (version, previous) = match &policy.rotate {
+        Some(rotate) => {
+            let deliverable = |version: &crate::secret::Version| {
+                crate::deliver::check_renders(policy, version, &parts.extras, &config.agent.node)
+            };
+            let progress =
+                |step: Step, detail: &str| voice.progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
+            let rotator = parts.rotator(&config, policy, rotate, seams, &progress, &deliverable);
+            match rotator
+                .rollback(&value)
+                .await
+                .map_err(|source| AppError::Rotation { policy: name.to_string(), source: Box::new(source) })?
+            {
+                Outcome::Rotated { version, previous, .. } => (version, previous),
+                Outcome::Busy { holder } => return Err(AppError::Busy { policy: name.to_string(), holder }),
+                Outcome::NotDue { .. } | Outcome::Present { .. } => {
+                    unreachable!("a rollback is an immediate rotation: always due, never waiting for a missing version")
+                }
+            }
+        }
+        None => {
+            let version = store.add_version(id, &value).await?;
+            if let Some(alias) = &alias {
+                move_alias(store, id, alias, &version).await?;
+            }
+            (version, current.clone())
+        }
+    };
+    if json {
+        let answer = serde_json::json!({
+            "policy": name,
+            "version": version,
+            "value_of": target,
+            "previous": previous,
+        });
+        println!("{answer}");
+    } else {
+        println!("{name}: version {version} is current, with the value of version {target}");
+    }
+    nudge_agent(&config, voice);
+    Ok(())
+}
+
+/// Points `alias` at `version` by compare-and-swap, retried while another writer gets there
+/// first (as `store put` does).
+async fn move_alias(store: &AnyStore, id: &SecretId, alias: &str, version: &VersionId) -> Result<(), AppError> {
+    let moved =
+        AliasMove { set: std::collections::BTreeMap::from([(alias.to_string(), version.clone())]), remove: Vec::new() };
+    for _ in 0..PROMOTE_ATTEMPTS {
+        let meta = store.describe(id).await?;
+        match store.update(id, &meta, &SecretUpdate::aliases(moved.clone())).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AppError::Agent(format!("{id}: the {alias} alias kept changing under this rollback; try again")))
 }
 
 /// The result of a rotation: on stdout, as a line or JSON; a revoke is said as what it did (the
@@ -485,7 +658,7 @@ fn print_rotated(
     if revoke && !disabled.is_empty() {
         let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
         voice.warn(&format!(
-            "REVOKED {name}: disabled version(s) {}; they are out of every verification set",
+            "REVOKED {name}: disabled version(s) {} at once, without waiting for grace or for nodes to move on; they are out of every verification set",
             disabled.join(", ")
         ));
     }

@@ -12,10 +12,11 @@
 mod agent;
 mod build;
 mod commands;
+mod fleet;
 
 use std::path::Path;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, FleetCommand};
 use crate::clock::SharedClock;
 use crate::config::ConfigErrors;
 use crate::control::socket;
@@ -125,6 +126,12 @@ pub enum AppError {
     Deliver(#[from] DeliverError),
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// The fleet's view could not be read (`[fleet]`, Prometheus).
+    #[error("fleet: {0}")]
+    Fleet(String),
+    /// `fleet status`: live nodes hold an older version than the fleet's newest.
+    #[error("nodes lag: {}", nodes.join(", "))]
+    Lagging { nodes: Vec<String> },
     /// `status`: required policies are failing (the status says why).
     #[error("required policies are failing: {}", policies.join(", "))]
     Failing { policies: Vec<String> },
@@ -182,6 +189,12 @@ pub async fn run(cli: Cli, seams: Seams) -> Result<(), AppError> {
         }
         Command::Man { command } => manual(command.as_deref()),
         Command::Cache { command } => commands::cache(path, command, &seams).await,
+        Command::Fleet { command: FleetCommand::Status { policy, json } } => {
+            fleet::status(path, policy.as_deref(), json).await
+        }
+        Command::Rollback { policy, to, json } => {
+            commands::rollback(path, &policy, to.as_deref(), json, &seams, voice).await
+        }
         Command::Probe { store, requests, location, secret, json } => {
             commands::probe(path, &store, requests, &location, secret.as_deref(), json).await
         }

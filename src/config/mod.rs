@@ -47,6 +47,7 @@ pub struct Config {
     pub admin: Admin,
     pub control: Control,
     pub report: Option<Report>,
+    pub fleet: Option<Fleet>,
     pub stores: BTreeMap<String, StoreConfig>,
     /// Sorted by name, so that every node that reads the same files builds the same plan.
     pub policies: Vec<Policy>,
@@ -98,6 +99,7 @@ pub struct AgentFile {
     pub admin: Admin,
     pub control: Control,
     pub report: Option<Report>,
+    pub fleet: Option<Fleet>,
     pub stores: BTreeMap<String, StoreConfig>,
 }
 
@@ -138,6 +140,36 @@ pub struct Report {
     pub timeout: Duration,
     /// The spool keeps at most this many unsent events; the oldest are dropped first.
     pub spool_max_events: usize,
+}
+
+/// `[fleet]`: where the fleet's view is read, Prometheus' HTTP query API over the metrics
+/// every agent exports (`keyturn fleet status`, and adoption-gated retirement).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The API's base: `/api/v1/query` is appended (a Prometheus server, or Google Cloud
+    /// Managed Service for Prometheus' `https://monitoring.googleapis.com/v1/projects/P/location/global/prometheus`).
+    pub prometheus: String,
+    /// The label that names a node in the series: `node` (keyturn's own), or what the scrape
+    /// configuration made of it (`exported_node`).
+    pub node_label: String,
+    /// A node not scraped for longer counts as gone: named, and no longer waited for.
+    pub silent_after: Duration,
+    /// How far back nodes are looked for.
+    pub lookback: Duration,
+    pub auth: FleetAuth,
+    pub timeout: Duration,
+}
+
+/// How keyturn authenticates to the fleet's Prometheus API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetAuth {
+    None,
+    BearerTokenFile(PathBuf),
+    /// A Google access token from the identity of this `gcp` store (Managed Service for
+    /// Prometheus).
+    Google {
+        store: String,
+    },
 }
 
 /// The name of the control socket inside the runtime directory: hidden, so no bundle (whose
@@ -243,6 +275,43 @@ pub struct Rotate {
     /// A command that gets a new value on standard input and must exit 0 before it is promoted.
     pub check: Option<Vec<String>>,
     pub check_timeout: Duration,
+    /// When an old version is disabled, beyond its grace. `None`: after its adoption when the
+    /// agent has a `[fleet]`, after its grace alone otherwise.
+    pub retire: Option<Retire>,
+}
+
+/// When a rotator disables an old version whose grace is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// On the timer alone.
+    AfterGrace,
+    /// Once no live node holds it (asked of `[fleet]`), waiting at most `timeout` past the
+    /// grace; then `on_timeout`.
+    AfterAdoption { timeout: Duration, on_timeout: OnAdoptionTimeout },
+}
+
+/// What a retirement does when live nodes still hold the version after `adoption_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnAdoptionTimeout {
+    /// Keep waiting (and keep saying so, loudly): the nodes' applications keep working.
+    Wait,
+    /// Retire it anyway: those nodes' applications may fail to verify or connect.
+    Retire,
+}
+
+/// The default adoption gate: wait up to 3 days past the grace, then keep waiting.
+pub const DEFAULT_RETIRE: Retire =
+    Retire::AfterAdoption { timeout: Duration::from_secs(3 * 86_400), on_timeout: OnAdoptionTimeout::Wait };
+
+impl Rotate {
+    /// When this policy's old versions are disabled, given whether the agent has a `[fleet]`.
+    pub fn retire(&self, fleet: bool) -> Retire {
+        match self.retire {
+            Some(retire) => retire,
+            None if fleet => DEFAULT_RETIRE,
+            None => Retire::AfterGrace,
+        }
+    }
 }
 
 /// Who rotates a secret.

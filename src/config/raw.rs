@@ -70,6 +70,20 @@ pub struct Report {
     pub spool_max_events: Option<Spanned<i64>>,
 }
 
+/// The agent file's `[fleet]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub prometheus: Spanned<String>,
+    pub node_label: Option<Spanned<String>>,
+    pub silent_after: Option<Spanned<String>>,
+    pub lookback: Option<Spanned<String>>,
+    pub auth: Option<Spanned<String>>,
+    pub bearer_token_file: Option<Spanned<String>>,
+    pub store: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
 /// A policy's `[secret]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +109,9 @@ pub struct Rotate {
     pub jitter: Option<Spanned<String>>,
     pub check: Option<Spanned<Vec<String>>>,
     pub check_timeout: Option<Spanned<String>>,
+    pub retire: Option<Spanned<String>>,
+    pub adoption_timeout: Option<Spanned<String>>,
+    pub on_adoption_timeout: Option<Spanned<String>>,
 }
 
 /// A policy's `[notify]`: the settings every notification has. Each notifier's own table is

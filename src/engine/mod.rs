@@ -42,7 +42,7 @@ use crate::error_chain;
 use crate::generate::PrivateKey;
 use crate::notify;
 use crate::report::recorder::{Notice, Outcome as Recorded, Recorder, Subject};
-use crate::rotation::protocol::{Outcome, RotationError, Rotator, Step, Trigger};
+use crate::rotation::protocol::{Adoption, Outcome, Retirement, RotationError, Rotator, Step, Trigger};
 use crate::rotation::schedule::in_grace;
 use crate::secret::{PREVIOUS, Version, VersionId};
 use crate::store::{SecretStore, Selector, StoreError, VersionState};
@@ -123,6 +123,8 @@ pub struct Engine<S> {
     notify: Arc<HashMap<String, notify::Handle>>,
     /// The dispatcher tasks: they stop when the last clone of this engine is dropped.
     _dispatchers: Arc<Vec<AbortOnDrop<()>>>,
+    /// The fleet's view, with `[fleet]`: who still holds an old version before it is retired.
+    fleet: Option<Arc<crate::fleet::Client>>,
 }
 
 impl<S> std::fmt::Debug for Engine<S> {
@@ -140,6 +142,7 @@ impl<S> Clone for Engine<S> {
             seams: self.seams.clone(),
             notify: self.notify.clone(),
             _dispatchers: self._dispatchers.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }
@@ -166,7 +169,24 @@ impl<S: SecretStore + 'static> Engine<S> {
             seams,
             notify: Arc::new(notify),
             _dispatchers: Arc::new(dispatchers),
+            fleet: None,
         }
+    }
+
+    /// Asks `fleet` who still holds an old version before retiring it.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Client>>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// The adoption gate of `policy`'s secret, when there is a fleet to ask.
+    fn adoption(&self, policy: &Policy) -> Option<crate::fleet::SecretAdoption> {
+        Some(crate::fleet::SecretAdoption {
+            client: self.fleet.clone()?,
+            store: policy.store.clone(),
+            secret: policy.secret.to_string(),
+            clock: self.seams.clock.clone(),
+        })
     }
 
     fn recorder(&self) -> &Recorder {
@@ -248,6 +268,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         for removed in self.state.writer().remove_stale(&keep) {
             tracing::warn!(bundle = %removed, "removed a bundle that no policy delivers any more");
         }
+        self.retire_waiting().await;
         tracing::info!(
             policies = self.config.policies.len(),
             delivered = summary.delivered,
@@ -310,6 +331,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         let _turn = turn.lock().await;
         let started = Instant::now();
         // A new value must render into every file with the template secrets as they are now.
+        let adoption = self.adoption(policy);
         let result = match self.template_secrets(policy).await {
             Ok(extras) => {
                 let node = &self.config.agent.node;
@@ -324,6 +346,8 @@ impl<S: SecretStore + 'static> Engine<S> {
                     progress,
                     clock: self.seams.clock.as_ref(),
                     deliverable: &deliverable,
+                    retire: rotate.retire(self.config.fleet.is_some()),
+                    adoption: adoption.as_ref().map(|a| a as &dyn Adoption),
                 };
                 rotator.run(trigger).await
             }
@@ -331,15 +355,13 @@ impl<S: SecretStore + 'static> Engine<S> {
         };
         let took = started.elapsed();
         match &result {
-            Ok(Outcome::Rotated { version, previous, disabled }) => {
+            Ok(Outcome::Rotated { version, previous, disabled, retirements }) => {
                 // The next pull reads the new current version's details afresh.
                 self.state.known().remove(&policy.name);
-                for revoked in disabled {
-                    self.purge_cached(policy, revoked);
-                }
                 let revoked = trigger == Trigger::Revoke;
                 let outcome = Recorded::Rotated { version, previous: previous.as_ref(), disabled, revoked, took };
                 self.recorder().record(subject(policy), outcome);
+                self.retirements(policy, retirements);
             }
             Ok(Outcome::Busy { holder }) => self.recorder().record(subject(policy), Recorded::RotationBusy { holder }),
             Ok(Outcome::NotDue { .. } | Outcome::Present { .. }) => {}
@@ -349,6 +371,59 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
         result
+    }
+
+    /// Records what cleanup decided about each old version; a retirement that waits is tried
+    /// again at the next poll ([`Engine::retire_waiting`]).
+    fn retirements(&self, policy: &Policy, retirements: &[Retirement]) {
+        for retirement in retirements {
+            if retirement.disabled() {
+                self.purge_cached(policy, &retirement.version);
+            }
+            self.recorder().record(subject(policy), Recorded::Retirement(retirement));
+        }
+        let waits = retirements.iter().any(|r| !r.disabled());
+        let mut retiring = self.state.retiring();
+        if waits {
+            retiring.insert(policy.name.clone())
+        } else {
+            retiring.remove(&policy.name)
+        };
+    }
+
+    /// Tries again every retirement that waited for the fleet: a node caught up, went silent
+    /// for good, or `adoption_timeout` ran out. No lease: disabling is idempotent.
+    async fn retire_waiting(&self) {
+        let waiting: Vec<String> = self.state.retiring().iter().cloned().collect();
+        for name in waiting {
+            let Some(policy) = self.config.policy(&name).filter(|p| self.rotates(p)) else {
+                self.state.retiring().remove(&name);
+                continue;
+            };
+            let rotate = policy.rotate.as_ref().expect("a rotating policy");
+            let turn = self.state.rotation_turn(&policy.name);
+            let _turn = turn.lock().await;
+            let adoption = self.adoption(policy);
+            let rotator = Rotator {
+                store: self.store(policy).as_ref(),
+                policy,
+                rotate,
+                node: &self.config.agent.node,
+                pid: std::process::id(),
+                pause_at: None,
+                progress: &|_, _| {},
+                clock: self.seams.clock.as_ref(),
+                deliverable: &|_| Ok(()),
+                retire: rotate.retire(self.config.fleet.is_some()),
+                adoption: adoption.as_ref().map(|a| a as &dyn Adoption),
+            };
+            match rotator.retire_old().await {
+                Ok(retirements) => self.retirements(policy, &retirements),
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name, error = %error_chain(&e), "cannot try the waiting retirements; again at the next poll")
+                }
+            }
+        }
     }
 
     /// The current versions of the policy's `[secrets.NAME]`, which its templates use.
@@ -580,7 +655,7 @@ impl<S: SecretStore + 'static> Handle for Engine<S> {
             let report = |step: Step, detail: &str| progress(&format!("[{}/{}] {detail}", step.number(), Step::COUNT));
             let trigger = if revoke { Trigger::Revoke } else { Trigger::Now };
             match self.rotate_with(policy, trigger, &report).await {
-                Ok(Outcome::Rotated { version, previous, disabled }) => {
+                Ok(Outcome::Rotated { version, previous, disabled, .. }) => {
                     // Deliver it at once, not at the next poll; only this policy changed.
                     self.refresh(&policy.name).await;
                     Ok(Rotated { version, previous, disabled })

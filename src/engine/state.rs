@@ -58,6 +58,9 @@ pub struct State {
     /// What each policy's cache entry was sealed from ([`crate::cache::Header::inputs`]), so a
     /// delivery is sealed once, not at every poll.
     sealed: Mutex<HashMap<String, String>>,
+    /// Policies this node rotated whose old versions wait for the fleet to move on: tried
+    /// again at every poll until none waits.
+    retiring: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl State {
@@ -84,6 +87,7 @@ impl State {
             recorder,
             cache,
             sealed: Mutex::new(sealed),
+            retiring: Mutex::default(),
         })
     }
 
@@ -94,6 +98,11 @@ impl State {
     /// What `policy`'s entry was sealed from, as far as this process knows.
     pub(super) fn sealed(&self) -> MutexGuard<'_, HashMap<String, String>> {
         self.sealed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The policies whose retirements wait (see [`State::retiring`]'s field).
+    pub(super) fn retiring(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.retiring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn writer(&self) -> MutexGuard<'_, BundleWriter> {

@@ -47,6 +47,10 @@ pub enum Kind {
     ConfigRejected,
     /// A bundle was rebuilt from the sealed cache, the store not read yet.
     Restored,
+    /// An old version's retirement waits for the nodes that still hold it.
+    RetirementWaiting,
+    /// An old version was disabled (result: retired, retired_after_wait, revoked).
+    Retired,
 }
 
 impl Kind {
@@ -60,6 +64,8 @@ impl Kind {
             Kind::NotifyFailed => "dev.keyturn.secret.notify_failed",
             Kind::ConfigRejected => "dev.keyturn.config.rejected",
             Kind::Restored => "dev.keyturn.secret.restored",
+            Kind::RetirementWaiting => "dev.keyturn.secret.retirement_waiting",
+            Kind::Retired => "dev.keyturn.secret.retired",
         }
     }
 }
@@ -81,6 +87,12 @@ pub struct Facts {
     /// How old a version restored from the sealed cache was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_seconds: Option<u64>,
+    /// The nodes a retirement waited for (or, retired anyway, that still held the version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// Nodes silent for longer than `[fleet] silent_after`, not waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,13 +16,18 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
-use super::metrics::{Metrics, NodeLabel, Notification, PolicyLabel, PolicyResult, ResultLabel, SecretVersion};
+use super::metrics::{
+    Metrics, NodeLabel, Notification, PolicyLabel, PolicyResult, ResultLabel, Retiring, SecretVersion,
+};
 use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Stale, Status};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
 
 /// How long status changes gather before one write of the status file.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What was said about a waiting retirement: the version, the nodes waited for, timed out.
+type Said = (String, Vec<String>, bool);
 
 /// Which policy an outcome is about.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +95,9 @@ pub enum Outcome<'a> {
         read: &'a VersionId,
         held: &'a VersionId,
     },
+    /// What this node's cleanup decided about an old version: disabled, or kept enabled while
+    /// live nodes hold it (see `rotation::protocol::Retirement`).
+    Retirement(&'a crate::rotation::protocol::Retirement),
     /// Applications were told of `version`, one result per notifier.
     Notified {
         version: &'a VersionId,
@@ -126,6 +134,8 @@ pub struct Recorder {
     /// file, see [`Recorder::resume`]): a restart that finds that version on disk and writes
     /// nothing shows the original delivery time, not its own start.
     earlier: Mutex<BTreeMap<String, (VersionId, String)>>,
+    /// What was last said about each policy's waiting retirement (version, nodes, timed out).
+    said_waiting: Mutex<BTreeMap<String, Said>>,
 }
 
 impl Recorder {
@@ -144,6 +154,7 @@ impl Recorder {
             metrics,
             ready: watch::Sender::new(false),
             reporter,
+            said_waiting: Mutex::default(),
             earlier: Mutex::new(BTreeMap::new()),
         }
     }
@@ -307,6 +318,7 @@ impl Recorder {
                     s.consecutive_failures = 0;
                 });
             }
+            Outcome::Retirement(retirement) => self.retirement(subject, retirement),
             Outcome::Notified { version, results } => self.notified(subject, version, results, at),
         }
     }
@@ -380,6 +392,80 @@ impl Recorder {
             let facts = events::Facts { error: Some(error.to_string()), ..events::Facts::default() };
             self.event(subject, events::Kind::Failed, "error", facts);
         }
+    }
+
+    fn retirement(&self, subject: Subject<'_>, retirement: &crate::rotation::protocol::Retirement) {
+        use crate::rotation::protocol::{Decision, waiting_reason};
+        let policy = subject.policy;
+        let version = &retirement.version;
+        let labels = Retiring {
+            policy: policy.to_string(),
+            store: subject.store.to_string(),
+            secret: subject.secret.to_string(),
+            version: version.to_string(),
+        };
+        let (live, gone) = match &retirement.holders {
+            Some(Ok(holders)) => (holders.live.clone(), holders.gone.clone()),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let result = match retirement.decision {
+            Decision::Waiting { since, timed_out } => {
+                // Said when it starts waiting and whenever who it waits for changes, not at every poll.
+                let key = (version.to_string(), live.clone(), timed_out);
+                let changed = self.waiting_said(policy, Some(key));
+                self.metrics.retirement_waiting(labels, live.len(), since);
+                if changed {
+                    let reason = waiting_reason(retirement);
+                    if timed_out {
+                        tracing::error!(policy = %policy, secret = %subject.secret, %version, waiting_for = %live.join(","), %reason, "an old version is kept enabled past adoption_timeout: these nodes still hold it; see keyturn fleet status");
+                    } else {
+                        tracing::warn!(policy = %policy, secret = %subject.secret, %version, waiting_for = %live.join(","), gone = %gone.join(","), %reason, "retirement waits for the nodes that still hold the old version");
+                    }
+                    let facts = events::Facts {
+                        version: Some(version.to_string()),
+                        nodes: Some(live.clone()),
+                        gone: (!gone.is_empty()).then(|| gone.clone()),
+                        error: match &retirement.holders {
+                            Some(Err(error)) => Some(error.clone()),
+                            _ => None,
+                        },
+                        ..events::Facts::default()
+                    };
+                    self.event(
+                        subject,
+                        events::Kind::RetirementWaiting,
+                        if timed_out { "timed_out" } else { "waiting" },
+                        facts,
+                    );
+                }
+                return;
+            }
+            Decision::Retired => "retired",
+            Decision::RetiredAfterWait => "retired_after_wait",
+            Decision::Revoked => "revoked",
+        };
+        self.waiting_said(policy, None);
+        self.metrics.retirement_done(&labels);
+        self.metrics.retirements.get_or_create(&PolicyResult { policy: policy.to_string(), result }).inc();
+        tracing::info!(policy = %policy, secret = %subject.secret, %version, result, still_held_by = %live.join(","), gone = %gone.join(","), "old version disabled");
+        let facts = events::Facts {
+            version: Some(version.to_string()),
+            nodes: (!live.is_empty()).then(|| live.clone()),
+            gone: (!gone.is_empty()).then(|| gone.clone()),
+            ..events::Facts::default()
+        };
+        self.event(subject, events::Kind::Retired, result, facts);
+    }
+
+    /// Remembers what was last said about a policy's waiting retirement; whether `now` differs.
+    fn waiting_said(&self, policy: &str, now: Option<Said>) -> bool {
+        let mut said = self.said_waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = said.get(policy) != now.as_ref();
+        match now {
+            Some(now) => said.insert(policy.to_string(), now),
+            None => said.remove(policy),
+        };
+        changed
     }
 
     fn notified(&self, subject: Subject<'_>, version: &VersionId, results: &[(&'static str, Notice<'_>)], at: String) {

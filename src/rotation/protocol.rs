@@ -10,8 +10,11 @@
 //! 4. **Promote**, in one compare-and-swap: `current` = new, `previous` = old current,
 //!    `pending` dropped, lease released.
 //! 5. **Clean up**: disable versions that are neither current nor previous, beyond the `keep`
-//!    newest enabled ones, once their grace has passed; with `--revoke`, the old current too,
-//!    at once.
+//!    newest enabled ones, once their grace has passed and (with `retire = "after-adoption"`,
+//!    the default when the agent has a `[fleet]`) once no live node still holds them, as the
+//!    fleet's metrics say ([`Adoption`]); a retirement that waits is tried again at every poll
+//!    ([`Rotator::retire_old`]), up to `adoption_timeout`. With `--revoke`, the old current is
+//!    disabled at once, whoever holds it.
 //!
 //! Nodes deliver `current` only, so a crash at any step leaves every node with a valid value.
 //! A lease outlives its holder by at most its TTL (or not at all on the holder's own node), and
@@ -27,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use super::lease::{self, Lease};
 use super::schedule::{in_grace, next_rotation, node_unit};
 use crate::clock::Clock;
-use crate::config::{Owner, Policy, Rotate};
+use crate::config::{OnAdoptionTimeout, Owner, Policy, Retire, Rotate};
 use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, Version, VersionId};
 use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
 
@@ -64,12 +67,59 @@ impl Step {
     pub const COUNT: u8 = 5;
 }
 
+/// Who still holds a version of this policy's secret, as the fleet reports it (implemented by
+/// `crate::fleet` over Prometheus' API, so this module needs no HTTP).
+#[async_trait::async_trait]
+pub trait Adoption: Send + Sync {
+    async fn holders(&self, version: &VersionId) -> Result<Holders, String>;
+}
+
+/// The nodes that hold a version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Reporting now, or silent for less than `[fleet] silent_after`: waited for.
+    pub live: Vec<String>,
+    /// Silent for longer: counted as gone, named, not waited for.
+    pub gone: Vec<String>,
+}
+
+/// What cleanup decided about one old version, with what the fleet said about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retirement {
+    pub version: VersionId,
+    pub decision: Decision,
+    /// `None` when the fleet was not asked (retiring after the grace alone).
+    pub holders: Option<Result<Holders, String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Disabled: past its grace and (if asked) held by no live node.
+    Retired,
+    /// Disabled although live nodes held it: `adoption_timeout` ran out and the policy says
+    /// `on_adoption_timeout = "retire"`.
+    RetiredAfterWait,
+    /// Disabled at once by `--revoke`, without asking anyone.
+    Revoked,
+    /// Kept enabled: live nodes hold it, or the fleet could not be asked. `since`: when its
+    /// grace ended; `timed_out`: waiting longer than `adoption_timeout`.
+    Waiting { since: SystemTime, timed_out: bool },
+}
+
+impl Retirement {
+    pub fn disabled(&self) -> bool {
+        !matches!(self.decision, Decision::Waiting { .. })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Rotated {
         version: VersionId,
         previous: Option<VersionId>,
         disabled: Vec<VersionId>,
+        /// Every old version cleanup decided about, disabled or waiting.
+        retirements: Vec<Retirement>,
     },
     NotDue {
         due: SystemTime,
@@ -115,6 +165,10 @@ pub struct Rotator<'a, S> {
     pub progress: &'a (dyn Fn(Step, &str) + Send + Sync),
     /// Where "now" comes from: due times and lease expiry are decided by it.
     pub clock: &'a dyn Clock,
+    /// When old versions are disabled (the policy's `retire`, resolved).
+    pub retire: Retire,
+    /// Who to ask whether a version is still held; `None` without `[fleet]`.
+    pub adoption: Option<&'a dyn Adoption>,
     /// Whether a value can be delivered: every file of the policy renders from it (see
     /// `deliver::check_renders`). Part of the check step.
     pub deliverable: &'a (dyn Fn(&Version) -> Result<(), String> + Send + Sync),
@@ -156,6 +210,17 @@ impl<S: SecretStore> Rotator<'_, S> {
     }
 
     pub async fn run(&self, trigger: Trigger) -> Result<Outcome, RotationError> {
+        self.run_with(trigger, None).await
+    }
+
+    /// `keyturn rollback`: the protocol of an immediate rotation, with `value` (an older
+    /// version's) as the new version instead of a generated one. A pending version left by an
+    /// interrupted rotation is discarded, not finished: it is not what was asked for.
+    pub async fn rollback(&self, value: &SecretBytes) -> Result<Outcome, RotationError> {
+        self.run_with(Trigger::Now, Some(value)).await
+    }
+
+    async fn run_with(&self, trigger: Trigger, value: Option<&SecretBytes>) -> Result<Outcome, RotationError> {
         let id = self.id();
         let meta = match self.store.describe(id).await {
             Ok(meta) => meta,
@@ -168,7 +233,7 @@ impl<S: SecretStore> Rotator<'_, S> {
             Err(e) => return Err(Self::err(Step::Lease)(e)),
         };
         if !self.fleet() {
-            return self.rotate_leased(meta, trigger, None).await;
+            return self.rotate_leased(meta, trigger, None, value).await;
         }
         // Not due by what the first read says: no lease taken, no write. Under the lease the
         // due time is checked again (another node may have rotated in between).
@@ -209,7 +274,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         self.pause("leased");
 
         let meta = self.describe(Step::Lease).await?;
-        let result = self.rotate_leased(meta, trigger, Some(&lease)).await;
+        let result = self.rotate_leased(meta, trigger, Some(&lease), value).await;
         // Promotion releases the lease with the same swap; any other ending releases it here.
         if !matches!(result, Ok(Outcome::Rotated { .. })) {
             self.release(&lease).await;
@@ -262,6 +327,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         mut meta: SecretMeta,
         trigger: Trigger,
         lease: Option<&Lease>,
+        value: Option<&SecretBytes>,
     ) -> Result<Outcome, RotationError> {
         let id = self.id();
         let current = meta.aliases.get(CURRENT).cloned();
@@ -282,6 +348,12 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
 
         let resumed = match meta.aliases.get(PENDING).cloned() {
+            Some(pending) if Some(&pending) != current.as_ref() && value.is_some() => {
+                tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %pending, "discarding a pending version left by an interrupted rotation: a rollback promotes the value asked for");
+                self.discard(&pending).await;
+                meta = self.describe(Step::Add).await?;
+                None
+            }
             Some(pending) if Some(&pending) != current.as_ref() => {
                 let resumed = self.resume(&pending).await;
                 if resumed.is_none() {
@@ -293,7 +365,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         };
         let version = match resumed {
             Some(version) => version,
-            None => self.add_pending(&mut meta, lease).await?,
+            None => self.add_pending(&mut meta, lease, value).await?,
         };
 
         // 4. Promote, and release the lease in the same swap.
@@ -324,15 +396,26 @@ impl<S: SecretStore> Rotator<'_, S> {
         self.pause("promoted");
 
         // 5. Clean up. Failures here leave extra versions enabled, never fewer: logged only.
-        let disabled = match self.cleanup(&version, old.as_ref(), trigger == Trigger::Revoke).await {
-            Ok(disabled) => disabled,
+        let retirements = match self.cleanup(&version, old.as_ref(), trigger == Trigger::Revoke).await {
+            Ok(retirements) => retirements,
             Err(e) => {
                 tracing::warn!(policy = %self.policy.name, secret = %id, error = %e, "cleanup of old versions failed; it is retried at the next rotation");
                 Vec::new()
             }
         };
         self.pause("cleaned");
-        Ok(Outcome::Rotated { version, previous: old, disabled })
+        let disabled = retirements.iter().filter(|r| r.disabled()).map(|r| r.version.clone()).collect();
+        Ok(Outcome::Rotated { version, previous: old, disabled, retirements })
+    }
+
+    /// Step 5 alone, outside a rotation: the retirements that waited for the fleet are tried
+    /// again (the agent does this at every poll while one waits). Takes no lease: disabling a
+    /// version is idempotent, and the current and previous ones are never touched.
+    pub async fn retire_old(&self) -> Result<Vec<Retirement>, RotationError> {
+        let meta = self.describe(Step::Cleanup).await?;
+        let Some(current) = meta.aliases.get(CURRENT) else { return Ok(Vec::new()) };
+        let previous = meta.aliases.get(crate::secret::PREVIOUS);
+        self.cleanup(current, previous, false).await.map_err(Self::err(Step::Cleanup))
     }
 
     /// A `pending` left by an interrupted rotation: finished if its value passes the check,
@@ -362,9 +445,17 @@ impl<S: SecretStore> Rotator<'_, S> {
     }
 
     /// Steps 2 and 3: a new version, made pending and checked.
-    async fn add_pending(&self, meta: &mut SecretMeta, lease: Option<&Lease>) -> Result<VersionId, RotationError> {
+    async fn add_pending(
+        &self,
+        meta: &mut SecretMeta,
+        lease: Option<&Lease>,
+        given: Option<&SecretBytes>,
+    ) -> Result<VersionId, RotationError> {
         let id = self.id();
-        let value = self.rotate.generator.generate().map_err(|e| RotationError::Generate(e.to_string()))?;
+        let value = match given {
+            Some(value) => value.clone(),
+            None => self.rotate.generator.generate().map_err(|e| RotationError::Generate(e.to_string()))?,
+        };
         let version = self.store.add_version(id, &value).await.map_err(Self::err(Step::Add))?;
         tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, %version, generator = %self.rotate.generator.name(), "rotation added a version");
         self.pause("added");
@@ -449,20 +540,21 @@ impl<S: SecretStore> Rotator<'_, S> {
         Err(format!("check command {} exited with {}: {stderr}", command[0], done.status))
     }
 
-    /// Step 5: disables enabled versions beyond `keep` whose grace has passed, never the
-    /// current or previous one; with `revoke`, the old current at once.
+    /// Step 5: disables enabled versions beyond `keep` whose grace has passed (and, retiring
+    /// after adoption, that no live node holds), never the current or previous one; with
+    /// `revoke`, the old current at once.
     async fn cleanup(
         &self,
         current: &VersionId,
         previous: Option<&VersionId>,
         revoke: bool,
-    ) -> Result<Vec<VersionId>, StoreError> {
+    ) -> Result<Vec<Retirement>, StoreError> {
         let id = self.id();
         let mut versions = self.store.versions(id).await?;
         // Newest first: by creation time, then by number for stores that number versions.
         versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.number().cmp(&a.id.number())));
         let now = self.clock.now();
-        let mut disabled = Vec::new();
+        let mut retirements = Vec::new();
         let mut enabled_seen = 0;
         for (index, version) in versions.iter().enumerate() {
             if version.state != VersionState::Enabled {
@@ -477,21 +569,90 @@ impl<S: SecretStore> Rotator<'_, S> {
             if replaced.is_some_and(|at| in_grace(at, self.rotate.grace, now)) {
                 continue;
             }
-            self.store.disable(id, &version.id).await?;
-            tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version.id, "disabled a version past its grace");
-            (self.progress)(Step::Cleanup, &format!("disabled version {} (past its grace)", version.id));
-            disabled.push(version.id.clone());
+            let grace_ended = replaced.map_or(now, |at| at + self.rotate.grace);
+            let retirement = self.decide(&version.id, grace_ended, now).await;
+            if retirement.disabled() {
+                self.store.disable(id, &version.id).await?;
+                let after_wait = retirement.decision == Decision::RetiredAfterWait;
+                let live = match &retirement.holders {
+                    Some(Ok(holders)) => holders.live.join(","),
+                    _ => String::new(),
+                };
+                if after_wait {
+                    tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version.id, still_held_by = %live, "disabled a version that live nodes still hold: adoption_timeout ran out and on_adoption_timeout = \"retire\"");
+                } else {
+                    tracing::info!(policy = %self.policy.name, secret = %id, node = %self.node, version = %version.id, "disabled a version past its grace");
+                }
+                let how = if after_wait {
+                    format!("adoption_timeout ran out; still held by {live}")
+                } else {
+                    "past its grace".into()
+                };
+                (self.progress)(Step::Cleanup, &format!("disabled version {} ({how})", version.id));
+            } else {
+                (self.progress)(
+                    Step::Cleanup,
+                    &format!("version {} stays enabled: {}", version.id, waiting_reason(&retirement)),
+                );
+            }
+            retirements.push(retirement);
         }
         if revoke && let Some(old) = previous {
+            // Asked only to say who is cut off: a leaked key is retired whoever holds it.
+            let holders = match self.adoption {
+                Some(adoption) => Some(adoption.holders(old).await),
+                None => None,
+            };
             self.store.disable(id, old).await?;
-            tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %old, "REVOKED: the old version is disabled now, without grace; it leaves every verification set");
-            (self.progress)(Step::Cleanup, &format!("REVOKED version {old}: disabled now, grace skipped"));
-            disabled.push(old.clone());
+            let held = match &holders {
+                Some(Ok(h)) if !h.live.is_empty() => {
+                    format!("; still held by {} (adoption not waited for)", h.live.join(", "))
+                }
+                _ => String::new(),
+            };
+            tracing::warn!(policy = %self.policy.name, secret = %id, node = %self.node, version = %old, "REVOKED: the old version is disabled now, without grace or adoption; it leaves every verification set");
+            (self.progress)(
+                Step::Cleanup,
+                &format!("REVOKED version {old}: disabled now, grace and adoption skipped{held}"),
+            );
+            retirements.push(Retirement { version: old.clone(), decision: Decision::Revoked, holders });
         }
-        if disabled.is_empty() {
+        if retirements.is_empty() {
             (self.progress)(Step::Cleanup, "nothing to disable");
         }
-        Ok(disabled)
+        Ok(retirements)
+    }
+
+    /// Whether an old version past its grace (since `grace_ended`) may be disabled now.
+    async fn decide(&self, version: &VersionId, grace_ended: SystemTime, now: SystemTime) -> Retirement {
+        let Retire::AfterAdoption { timeout, on_timeout } = self.retire else {
+            return Retirement { version: version.clone(), decision: Decision::Retired, holders: None };
+        };
+        let holders = match self.adoption {
+            Some(adoption) => adoption.holders(version).await,
+            None => Err("no [fleet] to ask who holds it".to_string()),
+        };
+        let decision = match &holders {
+            Ok(holders) if holders.live.is_empty() => Decision::Retired,
+            _ => {
+                let timed_out = now.duration_since(grace_ended).unwrap_or_default() > timeout;
+                if timed_out && on_timeout == OnAdoptionTimeout::Retire {
+                    Decision::RetiredAfterWait
+                } else {
+                    Decision::Waiting { since: grace_ended, timed_out }
+                }
+            }
+        };
+        Retirement { version: version.clone(), decision, holders: Some(holders) }
+    }
+}
+
+/// Why a retirement waits, for progress lines and the log.
+pub fn waiting_reason(retirement: &Retirement) -> String {
+    match &retirement.holders {
+        Some(Ok(holders)) => format!("still held by {} live node(s): {}", holders.live.len(), holders.live.join(", ")),
+        Some(Err(error)) => format!("the fleet cannot be asked ({error}); waiting rather than guessing"),
+        None => "waiting".to_string(),
     }
 }
 
@@ -515,6 +676,7 @@ mod tests {
             jitter: Duration::ZERO,
             check: None,
             check_timeout: Duration::from_secs(5),
+            retire: None,
         }
     }
 
@@ -550,6 +712,8 @@ mod tests {
             progress: &|_, _| {},
             clock: &crate::clock::SystemClock,
             deliverable: &|_| Ok(()),
+            retire: Retire::AfterGrace,
+            adoption: None,
         };
         rotator.run(trigger).await
     }
@@ -610,7 +774,7 @@ mod tests {
         run(&store, "node-a", Trigger::Now).await;
         let revoked = run(&store, "node-a", Trigger::Revoke).await;
         assert!(
-            matches!(&revoked, Outcome::Rotated { version, previous: Some(old), disabled } if version.as_str() == "2" && old.as_str() == "1" && disabled == &[VersionId::new("1")]),
+            matches!(&revoked, Outcome::Rotated { version, previous: Some(old), disabled, .. } if version.as_str() == "2" && old.as_str() == "1" && disabled == &[VersionId::new("1")]),
             "{revoked:?}"
         );
         let aliases = store.describe(&id).await.unwrap().aliases;
@@ -619,6 +783,90 @@ mod tests {
         // The next ordinary rotation names a previous version again.
         run(&store, "node-a", Trigger::Now).await;
         assert_eq!(store.describe(&id).await.unwrap().aliases.get(PREVIOUS), Some(&VersionId::new("2")));
+    }
+
+    /// What a fleet says, set by the test.
+    struct Fleet(std::sync::Mutex<Result<Holders, String>>);
+
+    #[async_trait::async_trait]
+    impl Adoption for Fleet {
+        async fn holders(&self, _version: &VersionId) -> Result<Holders, String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn holding(live: &[&str], gone: &[&str]) -> Result<Holders, String> {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+        Ok(Holders { live: names(live), gone: names(gone) })
+    }
+
+    /// Retiring after adoption: a version past its grace stays enabled while a live node holds
+    /// it or the fleet cannot be asked, is retired once none does (gone nodes are not waited
+    /// for), is retired anyway after `adoption_timeout` only when the policy says so, and a
+    /// revoke disables at once, naming who held it.
+    #[tokio::test]
+    async fn old_versions_are_retired_only_once_no_live_node_holds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open(tmp.path()).await;
+        let id = SecretId::new("signing-key");
+        let rotate = Rotate { grace: Duration::ZERO, ..rotate() };
+        let policy = policy(&rotate);
+        let fleet = Fleet(std::sync::Mutex::new(holding(&["node-c"], &[])));
+        let rotator = |retire| Rotator {
+            store: &store,
+            policy: &policy,
+            rotate: &rotate,
+            node: "node-a",
+            pid: std::process::id(),
+            pause_at: None,
+            progress: &|_, _| {},
+            clock: &crate::clock::SystemClock,
+            deliverable: &|_| Ok(()),
+            retire,
+            adoption: Some(&fleet),
+        };
+        let wait = Retire::AfterAdoption { timeout: Duration::from_secs(3600), on_timeout: OnAdoptionTimeout::Wait };
+        let state = async |n: u64| store.version_info(&id, &VersionId::from(n)).await.unwrap().state;
+        for _ in 0..3 {
+            rotator(wait).run(Trigger::Now).await.unwrap();
+        }
+        // Version 1 is past its grace, beyond keep, and held by node-c: it waits.
+        assert_eq!(state(1).await, VersionState::Enabled);
+        let waiting = rotator(wait).retire_old().await.unwrap();
+        assert!(
+            matches!(&waiting[..], [Retirement { decision: Decision::Waiting { timed_out: false, .. }, .. }]),
+            "{waiting:?}"
+        );
+        assert!(waiting_reason(&waiting[0]).contains("node-c"));
+
+        *fleet.0.lock().unwrap() = Err("prometheus unreachable".into());
+        let unknown = rotator(wait).retire_old().await.unwrap();
+        assert!(matches!(unknown[0].decision, Decision::Waiting { .. }), "{unknown:?}");
+        assert_eq!(state(1).await, VersionState::Enabled, "not knowing is not a reason to retire");
+
+        // node-c moved on; node-d went silent long ago and is not waited for.
+        *fleet.0.lock().unwrap() = holding(&[], &["node-d"]);
+        let retired = rotator(wait).retire_old().await.unwrap();
+        assert_eq!((retired[0].version.as_str(), retired[0].decision), ("1", Decision::Retired));
+        assert_eq!(state(1).await, VersionState::Disabled);
+
+        // Past adoption_timeout: waiting goes on with "wait", retires with "retire".
+        *fleet.0.lock().unwrap() = holding(&["node-c"], &[]);
+        let overdue = |on_timeout| Retire::AfterAdoption { timeout: Duration::ZERO, on_timeout };
+        rotator(overdue(OnAdoptionTimeout::Wait)).run(Trigger::Now).await.unwrap();
+        let still = rotator(overdue(OnAdoptionTimeout::Wait)).retire_old().await.unwrap();
+        assert!(matches!(still[0].decision, Decision::Waiting { timed_out: true, .. }), "{still:?}");
+        let forced = rotator(overdue(OnAdoptionTimeout::Retire)).retire_old().await.unwrap();
+        assert_eq!((forced[0].version.as_str(), forced[0].decision), ("2", Decision::RetiredAfterWait));
+        assert_eq!(state(2).await, VersionState::Disabled);
+
+        // A revoke asks nobody's leave.
+        let Outcome::Rotated { retirements, .. } = rotator(wait).run(Trigger::Revoke).await.unwrap() else {
+            panic!("rotated")
+        };
+        let revoked = retirements.iter().find(|r| r.decision == Decision::Revoked).expect("the old current is revoked");
+        assert_eq!((revoked.version.as_str(), revoked.holders.clone()), ("4", Some(holding(&["node-c"], &[]))));
+        assert_eq!(state(4).await, VersionState::Disabled);
     }
 
     /// A store on which another node takes the lease over as soon as a version is added, as
@@ -699,6 +947,8 @@ mod tests {
             progress: &|_, _| {},
             clock: &crate::clock::SystemClock,
             deliverable: &|_| Err("policy signing, file api/key: refused".to_string()),
+            retire: Retire::AfterGrace,
+            adoption: None,
         };
         let refused = rotator.run(Trigger::Now).await;
         assert!(

@@ -12,7 +12,9 @@ use super::source::{Account, Section, Source};
 use super::{DEFAULT_POLICIES_DIR, stores};
 use crate::config::raw;
 use crate::config::units::{check_outbound_url, optional_duration, parse_mode, parse_ratio};
-use crate::config::{Accounts, Admin, Agent, AgentFile, CacheSettings, Control, Environment, Problem, Report};
+use crate::config::{
+    Accounts, Admin, Agent, AgentFile, CacheSettings, Control, Environment, Fleet, FleetAuth, Problem, Report,
+};
 use crate::store::StoreConfig;
 
 const DEFAULT_RUNTIME_DIR: &str = "/run/keyturn";
@@ -26,7 +28,7 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MIN_POLL: Duration = Duration::from_secs(1);
 /// The admin listener serves metrics and health, never values; by default on loopback only.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
-const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report", "cache"];
+const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report", "cache", "fleet"];
 /// How old a sealed cache entry may be, by default: a week, as long as Google Distributed
 /// Cloud's connected clusters are built to run without the cloud.
 const DEFAULT_MAX_STALE: Duration = Duration::from_secs(7 * 86_400);
@@ -39,6 +41,7 @@ pub(super) struct Parts {
     pub admin: Option<Admin>,
     pub control: Option<Control>,
     pub report: Option<Option<Report>>,
+    pub fleet: Option<Option<Fleet>>,
     pub stores: BTreeMap<String, StoreConfig>,
 }
 
@@ -50,6 +53,7 @@ impl Parts {
             admin: self.admin?,
             control: self.control?,
             report: self.report?,
+            fleet: self.fleet?,
             stores: self.stores,
         })
     }
@@ -82,7 +86,14 @@ pub(super) fn sections(
         Some(value) => stores::sections(source, value, env, accounts, problems),
         None => BTreeMap::new(),
     };
-    Parts { agent, cache, admin, control, report, stores }
+    let fleet = match table.get("fleet") {
+        Some(_) => {
+            let mut section = Section::new(source, "fleet", value("fleet"), env, accounts, problems);
+            fleet_section(&mut section, &stores).map(Some)
+        }
+        None => Some(None),
+    };
+    Parts { agent, cache, admin, control, report, fleet, stores }
 }
 
 fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
@@ -259,6 +270,92 @@ fn report_section(section: &mut Section<'_, '_>) -> Option<Report> {
         },
     };
     Some(Report { url: url?, bearer_token_file: token?, timeout: timeout?, spool_max_events: spool_max_events? })
+}
+
+fn fleet_section(section: &mut Section<'_, '_>, stores: &BTreeMap<String, StoreConfig>) -> Option<Fleet> {
+    let raw: raw::Fleet = section.parse()?;
+    let prometheus = section.checked(&raw.prometheus, "prometheus", |url| {
+        check_outbound_url(url).map(|()| url.trim_end_matches('/').to_string())
+    });
+    let node_label = match &raw.node_label {
+        None => Some("node".to_string()),
+        Some(label) => {
+            let text = label.get_ref();
+            let valid = text.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if valid {
+                Some(text.clone())
+            } else {
+                section.problem(Some(label.span()), "node_label", format!("\"{text}\" is not a Prometheus label name"));
+                None
+            }
+        }
+    };
+    let silent_after = section.duration(raw.silent_after.as_ref(), Duration::from_secs(600), "silent_after");
+    let lookback = section.duration(raw.lookback.as_ref(), Duration::from_secs(86_400), "lookback");
+    if let (Some(silent), Some(lookback), Some(value)) = (silent_after, lookback, &raw.lookback)
+        && lookback <= silent
+    {
+        section.problem(
+            Some(value.span()),
+            "lookback",
+            "must be longer than silent_after: a node silent for longer than lookback is forgotten, not named as gone",
+        );
+    }
+    let timeout = section.duration(raw.timeout.as_ref(), Duration::from_secs(10), "timeout");
+    let gcp_stores: Vec<&String> = stores.iter().filter(|(_, s)| s.kind() == "gcp").map(|(name, _)| name).collect();
+    let auth = match (raw.auth.as_ref().map(|a| (a.get_ref().as_str(), a.span())), &raw.bearer_token_file) {
+        (None | Some(("bearer", _)), Some(path)) => {
+            section.path(path, "bearer_token_file").map(FleetAuth::BearerTokenFile)
+        }
+        (Some(("bearer", span)), None) => {
+            section.problem(Some(span), "auth", "\"bearer\" needs bearer_token_file = \"PATH\"");
+            None
+        }
+        (None | Some(("none", _)), None) => Some(FleetAuth::None),
+        (Some(("google", span)), None) => match (&raw.store, gcp_stores.as_slice()) {
+            (Some(store), _) if gcp_stores.contains(&store.get_ref()) => {
+                Some(FleetAuth::Google { store: store.get_ref().clone() })
+            }
+            (Some(store), _) => {
+                section.problem(
+                    Some(store.span()),
+                    "store",
+                    format!("\"{}\" is not a gcp store of this agent file", store.get_ref()),
+                );
+                None
+            }
+            (None, [only]) => Some(FleetAuth::Google { store: (*only).clone() }),
+            (None, []) => {
+                section.problem(
+                    Some(span),
+                    "auth",
+                    "\"google\" takes its identity from a gcp store, and this agent file has none",
+                );
+                None
+            }
+            (None, _) => {
+                section.problem(
+                    Some(span),
+                    "auth",
+                    "\"google\" with several gcp stores: name the one whose identity to use, store = \"NAME\"",
+                );
+                None
+            }
+        },
+        (Some((other, span)), _) => {
+            section.problem(Some(span), "auth", format!("\"{other}\" is not a way to authenticate; expected \"none\", \"bearer\" (with bearer_token_file) or \"google\" (Managed Service for Prometheus)"));
+            None
+        }
+    };
+    Some(Fleet {
+        prometheus: prometheus?,
+        node_label: node_label?,
+        silent_after: silent_after?,
+        lookback: lookback?,
+        auth: auth?,
+        timeout: timeout?,
+    })
 }
 
 #[cfg(test)]

@@ -66,7 +66,8 @@ pub fn check(
     };
 
     let node = parts.agent.as_ref().map(|a| a.node.as_str());
-    let mut policies = policy::Policies::new(&agent_source, &parts.stores, declared, node);
+    let fleet = parts.fleet.as_ref().map(Option::is_some);
+    let mut policies = policy::Policies::new(&agent_source, &parts.stores, declared, node, fleet);
     for file in &sources.policies {
         policies.check(&Source::new(file, machine), env, accounts, &mut problems);
     }
@@ -86,6 +87,7 @@ pub fn check(
             admin: file.admin,
             control: file.control,
             report: file.report,
+            fleet: file.fleet,
             stores: file.stores,
             policies,
         }),

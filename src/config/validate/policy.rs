@@ -22,6 +22,8 @@ pub(super) struct Policies<'a> {
     agent: &'a Source<'a>,
     stores: BTreeMap<&'a str, Store<'a>>,
     node: Option<&'a str>,
+    /// Whether the agent file has a `[fleet]`; `None` when it could not be read.
+    fleet: Option<bool>,
     policies: Vec<Policy>,
     placed: Vec<Placed>,
 }
@@ -58,11 +60,12 @@ impl<'a> Policies<'a> {
         configured: &'a BTreeMap<String, StoreConfig>,
         declared: &'a super::Declared,
         node: Option<&'a str>,
+        fleet: Option<bool>,
     ) -> Self {
         let mut stores: BTreeMap<&str, Store<'_>> =
             declared.iter().map(|(name, kind)| (name.as_str(), Store::Declared(kind.as_deref()))).collect();
         stores.extend(configured.iter().map(|(name, store)| (name.as_str(), Store::Configured(store))));
-        Policies { agent, stores, node, policies: Vec::new(), placed: Vec::new() }
+        Policies { agent, stores, node, fleet, policies: Vec::new(), placed: Vec::new() }
     }
 
     /// Checks one policy file, keeping it if it is valid.
@@ -112,8 +115,10 @@ impl<'a> Policies<'a> {
         // are checked against it even if another rotate setting is wrong.
         let (rotate, generator) = match table.get("rotate") {
             Some(value) => {
-                let (rotate, generator) =
-                    rotate::section(&mut Section::new(file, "rotate", value.clone(), env, accounts, problems));
+                let (rotate, generator) = rotate::section(
+                    &mut Section::new(file, "rotate", value.clone(), env, accounts, problems),
+                    self.fleet,
+                );
                 (Some(rotate), generator)
             }
             None => (None, None),

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::source::Section;
 use crate::config::units::optional_duration;
-use crate::config::{Owner, Rotate, raw};
+use crate::config::{OnAdoptionTimeout, Owner, Retire, Rotate, raw};
 use crate::generate::{Charset, Generator};
 use crate::rotation::schedule::Schedule;
 
@@ -18,7 +18,10 @@ const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `[rotate]` settings, and the generator alone when it is valid: the policy checks its
 /// formats against the generator even when another rotate setting is wrong. The first is
 /// `None` when anything in the section is wrong.
-pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<Generator>) {
+///
+/// `fleet`: whether the agent file has a `[fleet]` (`None`: unknown), which retiring after
+/// adoption needs.
+pub(super) fn section(section: &mut Section<'_, '_>, fleet: Option<bool>) -> (Option<Rotate>, Option<Generator>) {
     let Some(raw) = section.parse::<raw::Rotate>() else { return (None, None) };
     let schedule = match (&raw.every, &raw.cron) {
         (Some(every), None) => section.duration(Some(every), Duration::ZERO, "every").map(Schedule::Every),
@@ -125,6 +128,15 @@ pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<
             section.problem(Some(value.span()), field, message);
         }
     }
+    let retire = retire(section, &raw);
+    if let (Some(Some(Retire::AfterAdoption { .. })), Some(false)) = (retire, fleet) {
+        let span = [&raw.retire, &raw.adoption_timeout, &raw.on_adoption_timeout]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(Spanned::span);
+        section.problem(span, "retire", "retiring after adoption asks the fleet who still holds a version: add [fleet] prometheus = \"URL\" to the agent file, or set retire = \"after-grace\"");
+    }
     let rotate = (|| {
         Some(Rotate {
             schedule: schedule?,
@@ -136,11 +148,44 @@ pub(super) fn section(section: &mut Section<'_, '_>) -> (Option<Rotate>, Option<
             jitter: jitter?,
             check: check?,
             check_timeout: check_timeout?,
+            retire: retire?,
         })
     })();
     // With its charset, when that is valid: formats refuse some characters (issue 14).
     let checked = rotate.as_ref().map(|r| r.generator.clone()).or(generator_with_charset).or(parsed);
     (rotate, checked)
+}
+
+/// `retire`, `adoption_timeout` and `on_adoption_timeout`: `Some(None)` when none is set.
+fn retire(section: &mut Section<'_, '_>, raw: &raw::Rotate) -> Option<Option<Retire>> {
+    let adoption_timeout =
+        section.duration(raw.adoption_timeout.as_ref(), Duration::from_secs(3 * 86_400), "adoption_timeout");
+    let on_timeout = match raw.on_adoption_timeout.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("wait", _)) => Some(OnAdoptionTimeout::Wait),
+        Some(("retire", _)) => Some(OnAdoptionTimeout::Retire),
+        Some((other, span)) => {
+            section.problem(Some(span), "on_adoption_timeout", format!("\"{other}\" is not a choice; expected \"wait\" (keep the version enabled while a live node holds it) or \"retire\" (disable it anyway)"));
+            None
+        }
+    };
+    let explicit = raw.adoption_timeout.is_some() || raw.on_adoption_timeout.is_some();
+    match raw.retire.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None if !explicit => Some(None),
+        None | Some(("after-adoption", _)) => {
+            Some(Some(Retire::AfterAdoption { timeout: adoption_timeout?, on_timeout: on_timeout? }))
+        }
+        Some(("after-grace", span)) => {
+            if explicit {
+                section.problem(Some(span), "retire", "\"after-grace\" takes no adoption_timeout or on_adoption_timeout: those are for \"after-adoption\"");
+                return None;
+            }
+            Some(Some(Retire::AfterGrace))
+        }
+        Some((other, span)) => {
+            section.problem(Some(span), "retire", format!("\"{other}\" is not a choice; expected \"after-adoption\" (once no live node holds the old version, as [fleet] reports) or \"after-grace\" (on the timer alone)"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
