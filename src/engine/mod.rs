@@ -391,37 +391,50 @@ impl<S: SecretStore + 'static> Engine<S> {
         };
     }
 
-    /// Tries again every retirement that waited for the fleet: a node caught up, went silent
-    /// for good, or `adoption_timeout` ran out. No lease: disabling is idempotent.
+    /// Tries again every retirement that waited for the fleet (see [`Engine::retire_waiting_of`]).
     async fn retire_waiting(&self) {
         let waiting: Vec<String> = self.state.retiring().iter().cloned().collect();
         for name in waiting {
-            let Some(policy) = self.config.policy(&name).filter(|p| self.rotates(p)) else {
-                self.state.retiring().remove(&name);
-                continue;
-            };
-            let rotate = policy.rotate.as_ref().expect("a rotating policy");
-            let turn = self.state.rotation_turn(&policy.name);
-            let _turn = turn.lock().await;
-            let adoption = self.adoption(policy);
-            let rotator = Rotator {
-                store: self.store(policy).as_ref(),
-                policy,
-                rotate,
-                node: &self.config.agent.node,
-                pid: std::process::id(),
-                pause_at: None,
-                progress: &|_, _| {},
-                clock: self.seams.clock.as_ref(),
-                deliverable: &|_| Ok(()),
-                retire: rotate.retire(self.config.fleet.is_some()),
-                adoption: adoption.as_ref().map(|a| a as &dyn Adoption),
-            };
-            match rotator.retire_old().await {
-                Ok(retirements) => self.retirements(policy, &retirements),
-                Err(e) => {
-                    tracing::warn!(policy = %policy.name, error = %error_chain(&e), "cannot try the waiting retirements; again at the next poll")
+            match self.config.policy(&name) {
+                Some(policy) => self.retire_waiting_of(policy).await,
+                None => {
+                    self.state.retiring().remove(&name);
                 }
+            }
+        }
+    }
+
+    /// Tries again the retirements of `policy` that waited for the fleet, if any: a node caught
+    /// up, went silent for good, or `adoption_timeout` ran out. At every poll while one waits;
+    /// no lease, since disabling is idempotent.
+    pub(super) async fn retire_waiting_of(&self, policy: &Policy) {
+        if !self.state.retiring().contains(&policy.name) {
+            return;
+        }
+        let Some(rotate) = policy.rotate.as_ref().filter(|_| self.rotates(policy)) else {
+            self.state.retiring().remove(&policy.name);
+            return;
+        };
+        let turn = self.state.rotation_turn(&policy.name);
+        let _turn = turn.lock().await;
+        let adoption = self.adoption(policy);
+        let rotator = Rotator {
+            store: self.store(policy).as_ref(),
+            policy,
+            rotate,
+            node: &self.config.agent.node,
+            pid: std::process::id(),
+            pause_at: None,
+            progress: &|_, _| {},
+            clock: self.seams.clock.as_ref(),
+            deliverable: &|_| Ok(()),
+            retire: rotate.retire(self.config.fleet.is_some()),
+            adoption: adoption.as_ref().map(|a| a as &dyn Adoption),
+        };
+        match rotator.retire_old().await {
+            Ok(retirements) => self.retirements(policy, &retirements),
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %error_chain(&e), "cannot try the waiting retirements; again at the next poll")
             }
         }
     }

@@ -74,6 +74,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
             let summary = self.pull_one(policy, Some(retry_delay(failures + 1, poll, 0.5))).await;
             failures = if summary.failed.is_empty() { 0 } else { failures + 1 };
+            Box::pin(self.retire_waiting_of(policy)).await;
         }
     }
 

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub mod http;
 pub mod machine;
+pub mod prometheus;
+pub mod proxy;
 pub mod release;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyturn");
@@ -333,6 +335,19 @@ pub fn mode(path: impl AsRef<Path>) -> u32 {
 /// Polls `done` every 20 ms until it holds, or panics after `timeout` naming `what`.
 pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
     wait_for_every(what, timeout, Duration::from_millis(20), done);
+}
+
+/// Whether `done` became true within `timeout`, checked every `every`: for a wait whose
+/// failure message needs more than its name (an agent's log).
+pub fn poll_until(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+    true
 }
 
 /// [`wait_for`] for a condition that is costly to check (a store listing, a child process):
