@@ -95,10 +95,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Go back to an older value by going forward: add the value of an older version as a new
-    /// version and promote it through the rotation protocol (lease, check, promote), so every
-    /// node, cache and JWK set sees a newer version. A read that names an older version is
-    /// never delivered (it may be a lagging replica); this is how to go back on purpose.
+    /// Bring back an older value as a new version (a roll forward), promoted like a rotation.
+    ///
+    /// The value of an older version is added as a new version and promoted through the
+    /// rotation protocol (lease, check, promote), so every node, cache and JWK set sees a
+    /// newer version. A read that names an older version is never delivered (it may be a
+    /// lagging replica); this is how to go back on purpose.
     Rollback {
         /// The policy (its file stem).
         policy: String,

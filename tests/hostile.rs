@@ -247,6 +247,11 @@ fn a_pidfile_naming_another_users_process_or_the_agent_signals_nothing() {
     let own = world.disk.path().join("own.pid");
     common::write(&own, &format!("{}\n", agent.pid()));
     signal_policy(&world, &own, "TERM");
+    // The new notifier must be running before the next version arrives: were a2 delivered
+    // under the old policy, nothing would be left to notify. `keyturn reload` returns once the
+    // agent runs the files as they are (whether it or the file watch applied them).
+    let reloaded = world.keyturn(&["reload"]);
+    assert!(reloaded.status.success(), "{}", text(&reloaded));
     world.put("app", "a2");
     wait_notify_error(&world, "the agent itself");
     let mut agent = agent;
