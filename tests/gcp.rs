@@ -339,6 +339,32 @@ fn store_get_tells_a_missing_secret_from_a_missing_alias() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"), "{}", text(&missing));
 }
 
+/// `--log debug` makes a Google problem diagnosable: the endpoint and parent, the credential
+/// file, its kind and where it was named, and the principal, never the key or a token.
+#[test]
+fn debug_lines_name_the_endpoint_the_credentials_and_the_principal() {
+    let gcp = Gcp::new(Some("europe-west3"));
+    gcp.policy("db", "db-password");
+    let out = gcp.world.command(&["sync", "--once", "--log", "debug"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let endpoint = gcp.emu.base_url();
+    for needle in [
+        format!("endpoint={endpoint}"),
+        "parent=projects/acme-edge/locations/europe-west3".to_string(),
+        "kind=\"service_account\"".to_string(),
+        format!("file={}", gcp.accessor.display()),
+        "source=\"GOOGLE_APPLICATION_CREDENTIALS\"".to_string(),
+        "principal=\"node@acme-edge.iam.gserviceaccount.com\"".to_string(),
+    ] {
+        assert!(stderr.contains(&needle), "{needle} missing in:\n{stderr}");
+    }
+    let key: serde_json::Value = serde_json::from_str(&read(&gcp.accessor)).unwrap();
+    let key_body = key["private_key"].as_str().unwrap().lines().nth(2).unwrap().to_string();
+    for needle in [key_body.as_str(), "Bearer ", "assertion="] {
+        assert!(!stderr.contains(needle), "{needle:?} in the debug log");
+    }
+}
+
 #[test]
 fn no_value_key_or_token_reaches_the_logs() {
     let gcp = Gcp::new(None);

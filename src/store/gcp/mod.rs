@@ -182,6 +182,13 @@ impl GcpStore {
         // No redirects, no proxy for a loopback endpoint, https beyond it (crate::http).
         let http = crate::http::client(&endpoint, config.request_timeout)
             .map_err(|e| StoreError::Invalid(format!("store \"{name}\": cannot build an HTTP client: {e}")))?;
+        tracing::debug!(
+            store = name,
+            endpoint = %crate::http::shown(&endpoint),
+            parent = %parent,
+            credentials = %config.credentials.as_ref().map_or("Application Default Credentials".to_string(), |p| p.display().to_string()),
+            "Google Secret Manager store"
+        );
         Ok(GcpStore {
             name: name.to_string(),
             http,

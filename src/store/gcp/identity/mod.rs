@@ -98,13 +98,26 @@ pub async fn find(discovery: Discovery<'_>) -> Result<Identity, String> {
         return from_file(&path, "gcloud's application default credentials", &discovery).await;
     }
     match gcp_auth::provider().await {
-        Ok(provider) => Ok(Identity { provider, quota_project: None }),
+        Ok(provider) => {
+            tracing::debug!(
+                kind = "application_default",
+                source = "the metadata server or the gcloud CLI (gcp_auth)",
+                "credentials"
+            );
+            Ok(Identity { provider, quota_project: None })
+        }
         Err(e) => Err(format!(
             "none found: no credentials setting, GOOGLE_APPLICATION_CREDENTIALS is not set, no gcloud \
              application default credentials, and no metadata server or gcloud CLI answered ({})",
             crate::error_chain(&e)
         )),
     }
+}
+
+/// The identity a service-account key names (its `client_email`), for the debug log.
+#[derive(Deserialize, Default)]
+struct Principal {
+    client_email: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +139,15 @@ async fn from_file(path: &Path, named_by: &str, discovery: &Discovery<'_>) -> Re
             let text = std::str::from_utf8(&bytes).map_err(|_| format!("{shown} is not UTF-8"))?;
             let provider = gcp_auth::CustomServiceAccount::from_json(text)
                 .map_err(|e| format!("{shown} ({named_by}): a service-account key that cannot be used: {}", crate::error_chain(&e)))?;
+            // Who this node is to Google, and from where: never the key.
+            let principal: Principal = serde_json::from_slice(&bytes).unwrap_or_default();
+            tracing::debug!(
+                kind = "service_account",
+                file = %shown,
+                source = named_by,
+                principal = principal.client_email.as_deref().unwrap_or("unknown"),
+                "credentials"
+            );
             Ok(Identity { provider: Arc::new(provider), quota_project: None })
         }
         Some("external_account") => {
