@@ -345,7 +345,8 @@ fn store_get_tells_a_missing_secret_from_a_missing_alias() {
 fn debug_lines_name_the_endpoint_the_credentials_and_the_principal() {
     let gcp = Gcp::new(Some("europe-west3"));
     gcp.policy("db", "db-password");
-    let out = gcp.world.command(&["sync", "--once", "--log", "debug"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
+    let out =
+        gcp.world.command(&["sync", "--once", "--log", "debug"]).env(CREDENTIALS, &gcp.accessor).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let endpoint = gcp.emu.base_url();
     for needle in [

@@ -255,6 +255,22 @@ fn configmap_is_valid_for(file: &str, workload_file: &str, kind: &str) {
         );
         agent = agent.replace(&line, &format!("{setting} = \"{}\"", scratch.display()));
     }
+    // A cache key is a file of a Secret volume the workload mounts; a scratch key stands in.
+    if let Some(line) = agent.lines().find(|l| l.starts_with("key_file = ")).map(String::from) {
+        let path = Path::new(line.split('"').nth(1).unwrap());
+        let mounts = container(&daemonset)["volumeMounts"].as_array().unwrap().clone();
+        let mount = mounts
+            .iter()
+            .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+            .expect("key_file is in a volume");
+        let volumes = daemonset["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert!(volume["secret"]["secretName"].is_string(), "the cache key comes from a Secret: {volume}");
+        assert_eq!(mount["readOnly"], true);
+        let key = disk.path().join("cache.key");
+        common::write_bytes(&key, &[7u8; 32]);
+        agent = agent.replace(&line, &format!("key_file = \"{}\"", key.display()));
+    }
     let listen = agent.lines().find(|l| l.starts_with("listen = ")).expect("[admin] listen");
     let port = container(&daemonset)["ports"][0]["containerPort"].to_string();
     assert!(listen.contains(&format!(":{port}\"")), "{listen} is not the container port {port}");
