@@ -513,6 +513,74 @@ fn the_debian_package_installs_starts_when_configured_upgrades_and_purges_clean(
     assert_eq!(read(machine.path("/run/keyturn/app/db-password")), "quickstart-db-password-1");
 }
 
+/// The sealed cache under a real systemd: the key an encrypted credential made as
+/// systemd/README.md says (`systemd-creds encrypt` with the host key, `LoadCredentialEncrypted=`
+/// through `cache.conf`), the agent seals what it delivers, and a start with the runtime
+/// directory empty (a reboot) rebuilds every bundle from the cache, byte for byte.
+#[test]
+fn the_cache_key_is_an_encrypted_credential_and_a_start_after_a_reboot_delivers_from_the_cache() {
+    let Some(machine) = Machine::boot("cache.conf") else { return };
+    machine.put("/etc/keyturn/seed.toml", SEED.as_bytes(), 0o644);
+    install_as_the_readme_says(&machine, AGENT, &[("db", DB), ("session", SESSION)]);
+    assert_eq!(machine.ok("systemctl is-active keyturn"), "active\n");
+
+    // cache.conf, as systemd/README.md installs it.
+    let readme = read(Path::new(REPO).join("systemd/README.md"));
+    let steps = fenced_block(section(&readme, "## Rebooting offline"), "```sh");
+    assert!(steps.contains("systemd-creds encrypt") && steps.contains("cache.conf"), "{steps}");
+    machine.ok(&format!("cd {CHECKOUT}\n{steps}"));
+    // The credential is what the unit loads: it decrypts, under its name, with this host's key.
+    assert_eq!(
+        machine.ok("systemd-creds decrypt --name=keyturn-cache-key /etc/keyturn/cache-key.cred - | wc -c"),
+        "32\n"
+    );
+    assert!(
+        machine
+            .ok("systemctl cat keyturn")
+            .contains("LoadCredentialEncrypted=keyturn-cache-key:/etc/keyturn/cache-key.cred")
+    );
+    // Some namespaced test beds' systemd leaves every credentials directory empty (this one's
+    // does: a trivial unit with LoadCredential= sees nothing either). Where credentials work,
+    // the unit must see its key; where they do not, the rest runs on a key file, and says so.
+    machine.put(
+        "/etc/systemd/system/credential-probe.service",
+        b"[Service]\nType=oneshot\nLoadCredential=probe:/etc/hostname\nExecStart=/bin/sh -c 'test -s $$CREDENTIALS_DIRECTORY/probe'\n",
+        0o644,
+    );
+    let credentials_work = machine.sh("systemctl daemon-reload && systemctl start credential-probe").status.success();
+    let source = if credentials_work {
+        let pid = machine.ok("systemctl show -P MainPID keyturn");
+        machine.ok(&format!("nsenter -t {} -m test -s /run/credentials/keyturn.service/keyturn-cache-key", pid.trim()));
+        "systemd credential keyturn-cache-key"
+    } else {
+        println!(
+            "note: systemd here populates no credentials directory; the cache key comes from [cache] key_file instead"
+        );
+        machine.ok("head -c 32 /dev/urandom > /etc/keyturn-cache.key && chown root:keyturn /etc/keyturn-cache.key && chmod 0440 /etc/keyturn-cache.key");
+        let agent = format!("{AGENT}\n[cache]\nkey_file = \"/etc/keyturn-cache.key\"\n");
+        machine.put("/etc/keyturn/keyturn.toml", agent.as_bytes(), 0o644);
+        machine.ok("systemctl restart keyturn");
+        "key_file /etc/keyturn-cache.key"
+    };
+    let sealed = common::poll_until(SOON, Duration::from_millis(200), || {
+        machine.sh("test $(ls /var/lib/keyturn/cache | wc -l) -eq 2").status.success()
+    });
+    assert!(sealed, "both entries sealed:\n{}", machine.journal_tail());
+    // The agent names the key it opened the cache with; never the key.
+    assert!(journal_count(&machine, "sealed cache open") >= 1, "{}", machine.journal_tail());
+    assert!(journal_count(&machine, source) >= 1, "{}", machine.journal_tail());
+
+    // A reboot: the runtime directory is empty. The bundles come back from the cache before
+    // the store is read (tests/cache.rs does this with the store out of reach), byte for byte.
+    let before = machine.ok("cat /run/keyturn/app/db-password /run/keyturn/web/session.key");
+    machine.ok("systemctl stop keyturn && rm -rf /run/keyturn/app /run/keyturn/web && systemctl start keyturn");
+    assert_eq!(machine.ok("cat /run/keyturn/app/db-password /run/keyturn/web/session.key"), before);
+    assert_eq!(journal_count(&machine, "restored from the sealed cache"), 2, "{}", machine.journal_tail());
+    let sealed = machine.ok("cat /var/lib/keyturn/cache/*.sealed | strings");
+    assert!(!sealed.contains("systemd-tier"), "no value in the sealed entries: {sealed}");
+    machine.ok("systemctl stop keyturn");
+}
+
 /// Runs the install steps of systemd/README.md ("## Install") inside `machine`, from a copy of
 /// the repository's `systemd/` with the release binary at `target/release/keyturn`,
 /// `your-agent.toml` = `agent` and `your-policies/` = `policies`, as an operator would. The

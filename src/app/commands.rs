@@ -706,13 +706,15 @@ pub async fn cache(path: &Path, command: CacheCommand, seams: &Seams) -> Result<
                     Ok(header) => {
                         let age = now.duration_since(header.sealed_at).unwrap_or_default();
                         let state = match &key_id {
-                            None => "no key on this node".to_string(),
                             Some(Err(_)) => "the key cannot be read".to_string(),
                             Some(Ok(id)) if *id != header.key_id => "sealed with another key".to_string(),
-                            Some(Ok(_)) if header.node != file.agent.node => format!("sealed on node {}", header.node),
-                            Some(Ok(_)) if max_stale.is_zero() => "never delivered (max_stale 0)".to_string(),
-                            Some(Ok(_)) if age > max_stale => "older than max_stale".to_string(),
+                            _ if header.node != file.agent.node => format!("sealed on node {}", header.node),
+                            _ if max_stale.is_zero() => "never delivered (max_stale 0)".to_string(),
+                            _ if age > max_stale => "older than max_stale".to_string(),
                             Some(Ok(_)) => "deliverable".to_string(),
+                            // A systemd credential is the service's alone: this shell cannot
+                            // check the key, the rest holds.
+                            None => "within max_stale (the key is not visible here)".to_string(),
                         };
                         serde_json::json!({
                             "policy": name,
@@ -744,8 +746,14 @@ pub async fn cache(path: &Path, command: CacheCommand, seams: &Seams) -> Result<
                 (Some(source), Some(Err(error))) => {
                     println!("cache {}: the key from {source} cannot be read: {error}", dir.display())
                 }
-                _ => println!(
+                _ if rows.is_empty() => println!(
                     "cache {}: no key on this node ([cache] key_file, or the systemd credential {}): nothing is sealed or restored",
+                    dir.display(),
+                    crate::cache::CREDENTIAL
+                ),
+                _ => println!(
+                    "cache {}: no key visible here; a systemd credential ({}) is visible to the service alone, whose log \
+                     names the key it opened the cache with (\"sealed cache open\")",
                     dir.display(),
                     crate::cache::CREDENTIAL
                 ),
