@@ -108,6 +108,11 @@ fn every_alert_fires_and_stays_quiet_in_promtool_test_rules() {
 
     let cases = yaml(&monitoring().join(RULE_TESTS));
     assert_eq!(cases["rule_files"], serde_json::json!([RULES]), "the cases test the rules file itself");
+    for series in cases["tests"].as_array().unwrap().iter().flat_map(|t| t["input_series"].as_array()).flatten() {
+        // Quoted: unquoted, `0x120` is a hexadecimal number to PyYAML (and to the cases this
+        // file's other tests build from these), while promtool reads the string.
+        assert!(series["values"].is_string(), "{RULE_TESTS}: quote the values of {}", series["series"]);
+    }
     let mut fired = BTreeSet::new();
     let mut quiet = BTreeSet::new();
     for case in cases["tests"].as_array().expect("tests").iter().flat_map(|t| t["alert_rule_test"].as_array()).flatten()
@@ -244,6 +249,62 @@ fn the_dashboard_has_a_datasource_variable_filters_and_queries_that_parse() {
     assert!(out.status.success(), "the dashboard's queries: {}\n{file}", text(&out));
 }
 
+/// The dashboard's "Lagging nodes" table computes lagging nodes without the recording rules (it
+/// works without them loaded). In every case of the rules' own tests, at every time a case
+/// looks at KeyturnNodeLagging, it names the same node series and newest versions as the rules.
+#[test]
+fn the_dashboard_lists_the_nodes_the_rules_find_lagging_in_every_case() {
+    let dashboard = dashboard();
+    let names: BTreeSet<String> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().into())
+        .collect();
+    let table = panels(&dashboard).into_iter().find(|p| p["title"] == "Lagging nodes").expect("a Lagging nodes table");
+    let table = substitute(table["targets"][0]["expr"].as_str().unwrap(), &names);
+    let record = "keyturn:node_lagging_since_timestamp_seconds";
+    let same = "on (node, policy, store, secret, version, newest_version)";
+
+    let cases = yaml(&monitoring().join(RULE_TESTS));
+    let mut tests = Vec::new();
+    let mut lagging_at = 0;
+    for case in cases["tests"].as_array().unwrap() {
+        let times: BTreeSet<&str> = case["alert_rule_test"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["alertname"] == "KeyturnNodeLagging")
+            .map(|t| t["eval_time"].as_str().unwrap())
+            .collect();
+        if times.is_empty() {
+            continue;
+        }
+        lagging_at += times.len();
+        let mut checks = Vec::new();
+        for time in times {
+            for (left, right) in [(table.as_str(), record), (record, table.as_str())] {
+                let expr = format!("({left}) unless {same} ({right})");
+                checks.push(serde_json::json!({"expr": expr, "eval_time": time, "exp_samples": []}));
+            }
+        }
+        tests.push(serde_json::json!({
+            "name": case["name"],
+            "interval": case["interval"],
+            "input_series": case["input_series"],
+            "promql_expr_test": checks,
+        }));
+    }
+    assert!(lagging_at >= 5, "the cases look at KeyturnNodeLagging {lagging_at} times");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-lagging.test.json");
+    let rules = monitoring().join(RULES);
+    let suite = serde_json::json!({"rule_files": [rules], "evaluation_interval": "1m", "tests": tests});
+    common::write(&file, &serde_json::to_string_pretty(&suite).unwrap());
+    let out = promtool(&["test", "rules", file.to_str().unwrap()]);
+    assert!(out.status.success(), "the Lagging nodes table and the rules disagree: {}", text(&out));
+}
+
 /// Every `keyturn_*` metric the rules, their cases and the dashboard name is one a real agent
 /// exports, with the labels the rules join on.
 #[test]
@@ -306,19 +367,19 @@ fn a_real_prometheus_names_the_node_that_lags_a_rotation_and_runs_every_query() 
     rotating_policy(&world);
     let _rotator = world.agent(&[]);
     let rotator = world.admin();
-    let hourly = world.node("edge-2");
-    common::write(&hourly, &read(&hourly).replace("poll = \"1s\"", "poll = \"1h\""));
-    let _hourly_agent = world.agent_for(&hourly, &[], &[]);
-    let edge2 = admin_of(&world.disk.path().join("state-edge-2"));
     let held = |address: &str, node: &str, version: &str| {
         let series = format!(
             "keyturn_secret_info{{node=\"{node}\",policy=\"signing\",store=\"dev\",secret=\"signing\",version=\"{version}\"}}"
         );
         sample(&metrics(address), &series) == Some(1.0)
     };
-    wait_for("both nodes hold version 1", Duration::from_secs(15), || {
-        held(&rotator, "test-node", "1") && held(&edge2, "edge-2", "1")
-    });
+    // The second node starts once version 1 exists: it reads the store once an hour.
+    wait_for("the rotator holds version 1", Duration::from_secs(15), || held(&rotator, "test-node", "1"));
+    let hourly = world.node("edge-2");
+    common::write(&hourly, &read(&hourly).replace("poll = \"1s\"", "poll = \"1h\""));
+    let _hourly_agent = world.agent_for(&hourly, &[], &[]);
+    let edge2 = admin_of(&world.disk.path().join("state-edge-2"));
+    wait_for("edge-2 holds version 1", Duration::from_secs(15), || held(&edge2, "edge-2", "1"));
 
     let prometheus = Prometheus::start(&world, &[&rotator, &edge2]);
     wait_for_every("Prometheus to scrape both agents", Duration::from_secs(30), Duration::from_millis(250), || {
