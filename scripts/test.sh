@@ -45,8 +45,9 @@ if ! "$venv/bin/python" -c 'import dotenv' 2>/dev/null; then
 fi
 export KEYTURN_TEST_VENV="$venv"
 
-# Prometheus' own promtool checks the /metrics output (tests/ops.rs), and systemd-analyze the
-# unit (tests/packaging.rs): both from Debian, installed when missing.
+# Prometheus' own promtool checks the /metrics output (tests/ops.rs) and the alert rules and
+# dashboard queries (tests/monitoring.rs), where a real Prometheus also runs them; systemd-analyze
+# checks the unit (tests/packaging.rs). All from Debian, installed when missing.
 apt_install() {
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: $1 is missing; install the Debian package $2 (as root) and run again" >&2
@@ -57,6 +58,7 @@ apt_install() {
         { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$2" >/dev/null; }
 }
 command -v promtool >/dev/null 2>&1 || apt_install promtool prometheus
+command -v prometheus >/dev/null 2>&1 || apt_install prometheus prometheus
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd-analyze systemd
 command -v setpriv >/dev/null 2>&1 || apt_install setpriv util-linux
 # The real-systemd tier (tests/systemd.rs): D-Bus and polkit for the `systemd` notifier, which

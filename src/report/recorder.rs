@@ -204,7 +204,9 @@ impl Recorder {
                 });
             }
             Outcome::Restored { version, sealed_at } => {
-                self.holds(subject, version, now);
+                // Delivered when it was sealed (right after its delivery), not now: a reboot
+                // must not make an old version look newly adopted to the fleet.
+                self.holds(subject, version, sealed_at);
                 let age = now.duration_since(sealed_at).unwrap_or_default();
                 self.metrics.stale.get_or_create(&PolicyLabel { policy: policy.to_string() }).set(age.as_secs_f64());
                 let sealed = clock::rfc3339(sealed_at);
@@ -217,7 +219,7 @@ impl Recorder {
                 self.event(subject, events::Kind::Restored, "ok", facts);
                 self.update(subject, |s| {
                     s.version = Some(version.clone());
-                    s.delivered_at = Some(at.clone());
+                    s.delivered_at = Some(sealed.clone());
                     s.stale = Some(Stale { sealed_at: sealed, restored_at: at });
                 });
             }
@@ -355,7 +357,11 @@ impl Recorder {
             secret: subject.secret.to_string(),
             version: version.to_string(),
         };
-        self.metrics.delivered(held, since.unwrap_or(now));
+        // Whole seconds, as the status file keeps them: the same series value across restarts.
+        let since = since.unwrap_or(now);
+        let whole = std::time::UNIX_EPOCH
+            + Duration::from_secs(since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        self.metrics.delivered(held, whole);
         old
     }
 
