@@ -380,10 +380,7 @@ pub async fn rotate(
 ) -> Result<(), AppError> {
     use crate::rotation::protocol::{Outcome, Step, Trigger};
     let config = load(path)?;
-    let policy = config.policy(name).ok_or_else(|| {
-        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
-        AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
-    })?;
+    let policy = named_policy(&config, name)?;
     if revoke {
         voice.warn(&format!(
             "REVOKE {name}: the current version will be disabled as soon as its replacement is current, \
@@ -482,6 +479,14 @@ impl RotationParts {
     }
 }
 
+/// The policy called `name`, or a usage error that lists the policies there are.
+pub(super) fn named_policy<'a>(config: &'a Config, name: &str) -> Result<&'a Policy, AppError> {
+    config.policy(name).ok_or_else(|| {
+        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
+        AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
+    })
+}
+
 /// Tells a running agent on this node (SIGUSR1) to pull now, if there is one.
 fn nudge_agent(config: &Config, voice: Voice) {
     if let Ok(status) = Status::load(&config.agent.state_dir)
@@ -508,10 +513,7 @@ pub async fn rollback(
     use crate::secret::{CURRENT, PREVIOUS};
     use crate::store::VersionState;
     let config = load(path)?;
-    let policy = config.policy(name).ok_or_else(|| {
-        let names: Vec<&str> = config.policies.iter().map(|p| p.name.as_str()).collect();
-        AppError::Usage(format!("no policy named \"{name}\"; policies: {}", names.join(", ")))
-    })?;
+    let policy = named_policy(&config, name)?;
     let id = &policy.secret;
     let alias = match &policy.version {
         Selector::Id(pinned) => {

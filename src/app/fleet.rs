@@ -22,9 +22,7 @@ pub async fn status(path: &Path, policy: Option<&str>, json: bool) -> Result<(),
         ))
     })?;
     let policies: Vec<&Policy> = match policy {
-        Some(name) => vec![config.policy(name).ok_or_else(|| {
-            AppError::Usage(format!("no policy named {name} in {}", config.agent.policies_dir.display()))
-        })?],
+        Some(name) => vec![super::commands::named_policy(&config, name)?],
         None => config.policies.iter().collect(),
     };
     // One view per secret, however many policies name it.

@@ -162,6 +162,34 @@ impl std::fmt::Debug for GcpStore {
     }
 }
 
+/// Google's error envelope (`{"error": {"code", "message", "status", "details"}}`), as Secret
+/// Manager and IAM Credentials answer a refusal.
+#[derive(Debug, Deserialize)]
+pub(crate) struct GoogleError {
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub details: Vec<serde_json::Value>,
+}
+
+impl GoogleError {
+    /// The envelope's error, if `body` is one.
+    pub fn parse(body: &[u8]) -> Option<GoogleError> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: GoogleError,
+        }
+        serde_json::from_slice::<Envelope>(body).ok().map(|e| e.error)
+    }
+
+    /// The IAM permission a PERMISSION_DENIED names in its details, if any.
+    pub fn permission(&self) -> Option<String> {
+        self.details.iter().find_map(|d| d.pointer("/metadata/permission").and_then(|p| p.as_str()).map(String::from))
+    }
+}
+
 /// The endpoint a configuration talks to: the override, the regional endpoint of its
 /// location, or the global one.
 pub fn endpoint(config: &GcpStoreConfig) -> String {
@@ -298,21 +326,8 @@ impl GcpStore {
 
     /// Maps Google's error envelope to an error that says what to do.
     fn api_error(&self, http: StatusCode, body: &[u8]) -> StoreError {
-        #[derive(Deserialize)]
-        struct Envelope {
-            error: Status,
-        }
-        #[derive(Deserialize)]
-        struct Status {
-            #[serde(default)]
-            message: String,
-            #[serde(default)]
-            status: String,
-            #[serde(default)]
-            details: Vec<serde_json::Value>,
-        }
         let store = self.name.clone();
-        let Ok(Envelope { error }) = serde_json::from_slice::<Envelope>(body) else {
+        let Some(error) = GoogleError::parse(body) else {
             let text = String::from_utf8_lossy(body);
             let quoted: String = text.chars().take(MAX_QUOTED).collect();
             return match http.as_u16() {
@@ -321,13 +336,10 @@ impl GcpStore {
                 _ => StoreError::Api { store, status: format!("HTTP {}", http.as_u16()), message: quoted },
             };
         };
+        let permission = error.permission();
         let message = error.message;
         match error.status.as_str() {
             "PERMISSION_DENIED" => {
-                let permission = error
-                    .details
-                    .iter()
-                    .find_map(|d| d.pointer("/metadata/permission").and_then(|p| p.as_str()).map(String::from));
                 let advice = role_hint(permission.as_deref());
                 StoreError::PermissionDenied { store, permission, message, advice }
             }

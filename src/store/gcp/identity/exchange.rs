@@ -188,35 +188,16 @@ pub async fn impersonate(
     let request = http.post(url).bearer_auth(federated.token.as_str()).json(&body);
     let (status, _, answer) = send(request, Step::Impersonation, url, time).await?;
     if !(200..300).contains(&status) {
-        #[derive(Deserialize)]
-        struct Envelope {
-            error: Status,
-        }
-        #[derive(Deserialize)]
-        struct Status {
-            #[serde(default)]
-            message: String,
-            #[serde(default)]
-            status: String,
-            #[serde(default)]
-            details: Vec<serde_json::Value>,
-        }
         let account = impersonation.account.clone();
-        return Err(match serde_json::from_slice::<Envelope>(&answer) {
-            Ok(Envelope { error }) => {
-                let permission = error
-                    .details
-                    .iter()
-                    .find_map(|d| d.pointer("/metadata/permission").and_then(|p| p.as_str()).map(String::from));
-                Refusal::Impersonation {
-                    account,
-                    status,
-                    code: error.status,
-                    message: quoted(&error.message, federated.token.as_str()),
-                    permission,
-                }
-            }
-            Err(_) => Refusal::Impersonation {
+        return Err(match crate::store::gcp::GoogleError::parse(&answer) {
+            Some(error) => Refusal::Impersonation {
+                account,
+                status,
+                permission: error.permission(),
+                code: error.status,
+                message: quoted(&error.message, federated.token.as_str()),
+            },
+            None => Refusal::Impersonation {
                 account,
                 status,
                 code: format!("HTTP {status}"),
