@@ -8,8 +8,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{World, read, text, wait_for};
-use gcp_emulator::{Emulator, Method, Role, blocking};
+use common::{World, google, read, text, wait_for};
+use gcp_emulator::{Method, Role, blocking};
 
 const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 
@@ -26,22 +26,13 @@ struct Node {
 impl Node {
     fn new(cache: &str) -> Node {
         let world = World::new("poll = \"1s\"\njitter = \"0%\"");
-        let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770))
-            .unwrap();
-        let key = |name: &str, role: Role| {
-            let path = world.disk.path().join(format!("{name}.json"));
-            common::write(&path, &emu.service_account_key(&format!("{name}@acme-edge.iam.gserviceaccount.com"), role));
-            path
-        };
-        let (admin, reader) = (key("operator", Role::Admin), key("node", Role::Admin));
+        let emu = google::emulator();
+        let admin = google::key_file(&world, &emu, "operator", Role::Admin);
+        let reader = google::key_file(&world, &emu, "node", Role::Admin);
         let cache_key = world.disk.path().join("keys/cache.key");
         write_key(&cache_key, 7);
-        world.add_stores(&format!(
-            "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\nrequest_timeout = \"2s\"\n\n\
-             [cache]\nkey_file = \"{}\"\n{cache}\n",
-            emu.base_url(),
-            cache_key.display()
-        ));
+        let extra = format!("request_timeout = \"2s\"\n\n[cache]\nkey_file = \"{}\"\n{cache}\n", cache_key.display());
+        google::add_edge_store(&world, &emu, &extra);
         Node { world, emu, admin, reader, key: cache_key }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::prometheus::Prometheus;
 use common::proxy::Proxy;
-use common::{Agent, World, read, text, wait_for, wait_for_every};
-use gcp_emulator::{Emulator, Role, blocking};
+use common::{Agent, World, google, read, text, wait_for, wait_for_every};
+use gcp_emulator::{Role, blocking};
 
 const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 
@@ -29,14 +29,9 @@ struct Fleet {
 impl Fleet {
     fn new(fleet_section: &str) -> Fleet {
         let world = World::new("poll = \"1s\"\njitter = \"0%\"");
-        let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770))
-            .unwrap();
-        let key = world.disk.path().join("node.json");
-        common::write(&key, &emu.service_account_key("node@acme-edge.iam.gserviceaccount.com", Role::Admin));
-        world.add_stores(&format!(
-            "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\nrequest_timeout = \"2s\"\n{fleet_section}\n",
-            emu.base_url()
-        ));
+        let emu = google::emulator();
+        let key = google::key_file(&world, &emu, "node", Role::Admin);
+        google::add_edge_store(&world, &emu, &format!("request_timeout = \"2s\"\n{fleet_section}\n"));
         world.policy("signing", SIGNING);
         Fleet { world, emu, key }
     }

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Agent, World, read, text, wait_for};
+use common::{Agent, World, google, read, text, wait_for};
 use gcp_emulator::{Emulator, Failure, Method, Role, blocking};
 
 const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
@@ -25,26 +25,16 @@ impl Gcp {
     /// A world with store `edge` on the emulator (regional if `location` is given).
     fn new(location: Option<&str>) -> Gcp {
         let world = World::new("poll = \"1s\"\njitter = \"0%\"");
-        let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770))
-            .unwrap();
-        let key = |name: &str, role: Role| {
-            let path = world.disk.path().join(format!("{name}.json"));
-            common::write(&path, &emu.service_account_key(&format!("{name}@acme-edge.iam.gserviceaccount.com"), role));
-            path
-        };
-        let (admin, accessor) = (key("operator", Role::Admin), key("node", Role::Accessor));
+        let emu = google::emulator();
+        let admin = google::key_file(&world, &emu, "operator", Role::Admin);
+        let accessor = google::key_file(&world, &emu, "node", Role::Accessor);
         let location = location.map(|l| format!("location = \"{l}\"\n")).unwrap_or_default();
-        world.add_stores(&format!(
-            "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n{location}",
-            emu.base_url()
-        ));
+        google::add_edge_store(&world, &emu, &location);
         Gcp { world, emu, admin, accessor }
     }
 
     fn key(&self, name: &str, role: Role) -> PathBuf {
-        let path = self.world.disk.path().join(format!("{name}.json"));
-        common::write(&path, &self.emu.service_account_key(&format!("{name}@acme-edge.iam.gserviceaccount.com"), role));
-        path
+        google::key_file(&self.world, &self.emu, name, role)
     }
 
     /// `keyturn store put edge ID` as the operator.

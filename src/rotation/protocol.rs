@@ -695,17 +695,18 @@ mod tests {
         }
     }
 
-    async fn run(store: &FileStore, node: &str, trigger: Trigger) -> Outcome {
-        attempt(store, node, trigger).await.unwrap()
-    }
-
-    async fn attempt<S: SecretStore>(store: &S, node: &str, trigger: Trigger) -> Result<Outcome, RotationError> {
-        let rotate = rotate();
-        let policy = policy(&rotate);
-        let rotator = Rotator {
+    /// A rotator for the tests, with what most of them need: no pause, no progress, the
+    /// system clock, every value deliverable, retirement after the grace alone.
+    fn rotator<'a, S: SecretStore>(
+        store: &'a S,
+        policy: &'a Policy,
+        rotate: &'a Rotate,
+        node: &'a str,
+    ) -> Rotator<'a, S> {
+        Rotator {
             store,
-            policy: &policy,
-            rotate: &rotate,
+            policy,
+            rotate,
             node,
             pid: std::process::id(),
             pause_at: None,
@@ -714,7 +715,17 @@ mod tests {
             deliverable: &|_| Ok(()),
             retire: Retire::AfterGrace,
             adoption: None,
-        };
+        }
+    }
+
+    async fn run(store: &FileStore, node: &str, trigger: Trigger) -> Outcome {
+        attempt(store, node, trigger).await.unwrap()
+    }
+
+    async fn attempt<S: SecretStore>(store: &S, node: &str, trigger: Trigger) -> Result<Outcome, RotationError> {
+        let rotate = rotate();
+        let policy = policy(&rotate);
+        let rotator = rotator(store, &policy, &rotate, node);
         rotator.run(trigger).await
     }
 
@@ -812,19 +823,8 @@ mod tests {
         let rotate = Rotate { grace: Duration::ZERO, ..rotate() };
         let policy = policy(&rotate);
         let fleet = Fleet(std::sync::Mutex::new(holding(&["node-c"], &[])));
-        let rotator = |retire| Rotator {
-            store: &store,
-            policy: &policy,
-            rotate: &rotate,
-            node: "node-a",
-            pid: std::process::id(),
-            pause_at: None,
-            progress: &|_, _| {},
-            clock: &crate::clock::SystemClock,
-            deliverable: &|_| Ok(()),
-            retire,
-            adoption: Some(&fleet),
-        };
+        let rotator =
+            |retire| Rotator { retire, adoption: Some(&fleet), ..rotator(&store, &policy, &rotate, "node-a") };
         let wait = Retire::AfterAdoption { timeout: Duration::from_secs(3600), on_timeout: OnAdoptionTimeout::Wait };
         let state = async |n: u64| store.version_info(&id, &VersionId::from(n)).await.unwrap().state;
         for _ in 0..3 {
@@ -938,17 +938,8 @@ mod tests {
         let rotate = rotate();
         let policy = policy(&rotate);
         let rotator = Rotator {
-            store: &store,
-            policy: &policy,
-            rotate: &rotate,
-            node: "node-a",
-            pid: std::process::id(),
-            pause_at: None,
-            progress: &|_, _| {},
-            clock: &crate::clock::SystemClock,
             deliverable: &|_| Err("policy signing, file api/key: refused".to_string()),
-            retire: Retire::AfterGrace,
-            adoption: None,
+            ..rotator(&store, &policy, &rotate, "node-a")
         };
         let refused = rotator.run(Trigger::Now).await;
         assert!(
