@@ -267,22 +267,32 @@ fn the_examples_validate() {
 }
 
 /// The README's first command, end to end: the quickstart's own files (agent file, seed and
-/// policies), with `XDG_RUNTIME_DIR` and `HOME` in this test's temp dirs, deliver every bundle
-/// the README shows, and a second run writes nothing.
+/// policies; its /dev/shm directory moved into this test's own, and `HOME` a temp dir), deliver
+/// every bundle the README shows, and a second run writes nothing.
 #[test]
 fn the_quickstart_delivers_what_the_readme_shows() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart");
     let home = tempfile::tempdir().unwrap();
     let shm = tempfile::Builder::new().prefix("keyturn-test-").tempdir_in("/dev/shm").unwrap();
     let runtime = shm.path().join("keyturn-quickstart");
-    let config = repo.join("keyturn.toml");
+    let example = read(repo.join("keyturn.toml"));
+    assert!(example.contains("runtime_dir = \"/dev/shm/keyturn-quickstart\""), "the README says /dev/shm");
+    // Its own copy, beside copies of its seed and policies (relative paths resolve there).
+    let copy = home.path().join("quickstart");
+    let config = copy.join("keyturn.toml");
+    common::write(&config, &example.replace("/dev/shm/keyturn-quickstart", &runtime.display().to_string()));
+    for file in common::walk(&repo).into_iter().filter(|f| f.extension().is_some_and(|e| e == "toml")) {
+        let relative = file.strip_prefix(&repo).unwrap();
+        if relative != std::path::Path::new("keyturn.toml") {
+            common::write(&copy.join(relative), &read(&file));
+        }
+    }
 
     let sync = || {
         std::process::Command::new(common::BIN)
             .args(["sync", "--once", "--config"])
             .arg(&config)
             .env_remove("KEYTURN_CONFIG")
-            .env("XDG_RUNTIME_DIR", shm.path())
             .env("HOME", home.path())
             .output()
             .unwrap()
@@ -563,19 +573,13 @@ fn two_examples_run_side_by_side() {
             .args(["agent", "--config"])
             .arg(home.join("keyturn.toml"))
             .env_remove("KEYTURN_CONFIG")
-            // The quickstart delivers under the user's own runtime directory and home.
-            .env("XDG_RUNTIME_DIR", shm.path())
+            // The quickstart keeps its store and state under HOME.
             .env("HOME", &home)
             .stderr(log)
             .spawn()
             .unwrap();
         agents.push(common::Agent { child: Some(child), log: home.join("agent.log") });
-        let runtime = if moved.contains("${XDG_RUNTIME_DIR}/keyturn-quickstart") {
-            shm.path().join("keyturn-quickstart")
-        } else {
-            shm.path().join(name)
-        };
-        let file = runtime.join(bundle);
+        let file = shm.path().join(name).join(bundle);
         wait_for(&format!("{name}: {bundle}"), std::time::Duration::from_secs(20), || file.exists());
     }
     for (agent, port) in agents.iter().zip(["9471", "9472"]) {
