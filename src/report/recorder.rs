@@ -810,6 +810,44 @@ mod tests {
         Subject { policy, store: "dev", secret: "db-password", required: true }
     }
 
+    /// A store's clock: the metric and the status follow every measurement; beyond the limit
+    /// it is said (status, /readyz lines) until the skew is back within half of it; a local
+    /// store shows no skew at all.
+    #[test]
+    fn a_stores_clock_is_shown_and_a_skew_past_the_limit_is_said_until_it_is_back() {
+        let clock = Arc::new(clock::TokioClock::starting_at(humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()));
+        let recorder = Recorder::new("edge-17", clock, Arc::new(Metrics::new()), None);
+        let limit = Duration::from_secs(120);
+        let exceeds = |recorder: &Recorder| recorder.snapshot().stores["edge"].clock_skew_exceeds;
+        recorder.store_clock("edge", StoreClock::Unmeasured, limit);
+        assert_eq!(recorder.snapshot().stores["edge"].clock, "unmeasured");
+        assert!(recorder.clock_warnings().is_empty());
+
+        recorder.store_clock("edge", StoreClock::Measured { skew: 7203.26 }, limit);
+        let status = recorder.snapshot();
+        assert_eq!((status.stores["edge"].clock_skew_seconds, exceeds(&recorder)), (Some(7203.3), Some(120.0)));
+        let warnings = recorder.clock_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("2h 3s ahead of store edge's") && warnings[0].contains("chrony"), "{warnings:?}");
+        assert!(recorder.summary().ends_with("; clock 2h 3s ahead of store edge's"), "{}", recorder.summary());
+        let metrics = recorder.metrics.render();
+        assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"edge\"} 7203.26"), "{metrics}");
+        let table = status.render_table(true);
+        assert!(table.contains("STORE  CLOCK\nedge   this node's clock is 2h 3s ahead of store edge's, beyond max_clock_skew (2m)"), "{table}");
+
+        // Within the limit but not within half of it: still said. Within half: cleared.
+        recorder.store_clock("edge", StoreClock::Measured { skew: -100.0 }, limit);
+        assert_eq!(exceeds(&recorder), Some(120.0));
+        recorder.store_clock("edge", StoreClock::Measured { skew: -59.0 }, limit);
+        assert_eq!(exceeds(&recorder), None);
+        assert!(recorder.clock_warnings().is_empty());
+        assert!(recorder.snapshot().render_table(true).contains("edge   this node's clock is 59s behind store edge's\n"));
+
+        recorder.store_clock("dev", StoreClock::Node, limit);
+        assert_eq!(recorder.snapshot().stores["dev"].clock_skew_seconds, None);
+        assert!(!recorder.metrics.render().contains("store=\"dev\""));
+    }
+
     #[test]
     fn one_outcome_moves_log_metrics_status_and_readiness_together() {
         let clock = Arc::new(clock::TokioClock::starting_at(humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()));

@@ -879,6 +879,55 @@ mod tests {
         assert_eq!(version_in("Secret [projects/1/secrets/x] not found or has no versions."), None);
     }
 
+    /// A service-account key on a node two hours ahead or behind: Google's window refuses the
+    /// token request, the refusal's Date measures the skew, and the error names the clock and
+    /// its fix, with no word about credentials. A key Google does not know, on a clock that is
+    /// only a little off, still gets the credentials advice.
+    #[tokio::test]
+    async fn a_refused_token_request_names_the_clock_when_the_clock_is_off() {
+        use crate::clock::TokioClock;
+        let emu = gcp_emulator::Emulator::builder().project_id("acme-edge").start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = emu.service_account_key("puller@acme-edge.iam.gserviceaccount.com", gcp_emulator::Role::Accessor);
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::io::Write::write_all(&mut std::fs::File::create(&path).unwrap(), text.as_bytes()).unwrap();
+            path
+        };
+        let known = write("key.json", &key);
+        let unknown = write("stranger.json", &key.replace("puller@", "stranger@"));
+        let store = |credentials: &std::path::Path, node: std::time::SystemTime| {
+            let context = OpenContext {
+                clock: Arc::new(TokioClock::starting_at(node)),
+                max_clock_skew: Duration::from_secs(120),
+            };
+            let config = GcpStoreConfig {
+                endpoint: Some(emu.base_url()),
+                credentials: Some(credentials.to_path_buf()),
+                ..config(None, None)
+            };
+            GcpStore::new("edge", &config, &context).unwrap()
+        };
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        let hours = Duration::from_secs(7200);
+        for (node, words) in [(now + hours, "2h ahead of Google's"), (now - hours, "2h behind Google's")] {
+            let store = store(&known, node);
+            assert_eq!(store.clock(), StoreClock::Unmeasured);
+            let error = store.access(&SecretId::new("db"), &Selector::current()).await.unwrap_err();
+            let text = error.to_string();
+            assert!(matches!(error, StoreError::Clock { .. }), "{text}");
+            assert!(text.contains("token request failed") && text.contains("invalid_grant: Invalid JWT"), "{text}");
+            assert!(text.contains(&format!("this node's clock is {words}")) && text.contains("chrony"), "{text}");
+            assert!(!text.contains("credentials (") && !text.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{text}");
+            let skew = store.clock().skew().unwrap();
+            assert!((skew.abs() - 7200.0).abs() < 2.0, "{skew}");
+        }
+        let stranger = store(&unknown, now + Duration::from_secs(30));
+        let text = stranger.access(&SecretId::new("db"), &Selector::current()).await.unwrap_err().to_string();
+        assert!(text.contains("account not found") && text.contains("check the node's credentials"), "{text}");
+        emu.shutdown().await;
+    }
+
     #[test]
     fn error_envelopes_become_errors_that_say_what_to_do() {
         let store = GcpStore::new("edge", &config(None, None), &OpenContext::default()).unwrap();
