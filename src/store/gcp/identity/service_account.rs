@@ -29,7 +29,9 @@
 //! The token is cached with its expiry in Google's time. A caller that finds less than
 //! [`REFRESH_AHEAD`](super::external_account::REFRESH_AHEAD) left fetches a new one (one caller at a time; the others wait for it); if
 //! that fails while the old one is still usable, the old one is used and the failure logged.
-//! After a failure, no new attempt is made before a backoff has passed (at most a minute):
+//! A request the endpoint could not answer (no connection, 429, 5xx) is tried again twice
+//! within about a second; a refusal is not. After a failure, no new attempt is made before a
+//! backoff has passed (at most a minute):
 //! callers that have no usable token get the same error at once, so a refused key, or a wrong
 //! clock, costs one token request per backoff rather than one per policy per poll.
 //!
@@ -60,6 +62,11 @@ const ASSERTION_LIFETIME: u64 = 3600;
 const MAX_QUOTED: usize = 300;
 /// The longest wait between attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Attempts of one token request when the endpoint cannot answer (as `gcp_auth` makes five
+/// within a second): a brief outage does not fail a `sync --once`.
+const ATTEMPTS: u32 = 3;
+/// The first wait between those attempts, doubling.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// What a key file must hold besides its private key (which `gcp_auth` reads).
 #[derive(Deserialize)]
@@ -152,6 +159,16 @@ impl fmt::Display for Problem {
 }
 
 impl ServiceAccountError {
+    /// Whether the same request may be answered a moment later: no answer, or the endpoint
+    /// overloaded or failing (HTTP 429, 5xx).
+    fn transient(&self) -> bool {
+        match &self.problem {
+            Problem::Unreachable { .. } => true,
+            Problem::Refused { status, .. } => *status == 429 || *status >= 500,
+            Problem::Sign(_) | Problem::Malformed { .. } => false,
+        }
+    }
+
     /// Whether the endpoint refused the request's `iat`/`exp`, as Google does when the node's
     /// clock is more than a few minutes off its own.
     pub fn about_the_clock(&self) -> bool {
@@ -281,7 +298,25 @@ impl ServiceAccount {
         Ok(jwt)
     }
 
+    /// [`ServiceAccount::exchange`], tried again after a short wait when the endpoint could not
+    /// answer (no connection, HTTP 429 or 5xx); a refusal is final.
     async fn fetch(&self, scopes: &[&str]) -> Result<Cached, ServiceAccountError> {
+        let mut attempt = 1;
+        loop {
+            match self.exchange(scopes).await {
+                Err(error) if attempt < ATTEMPTS && error.transient() => {
+                    let wait = crate::backoff::retry_delay_from(RETRY_BACKOFF, attempt, MAX_BACKOFF, crate::backoff::unit_random());
+                    tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, "token request tried again: {error}");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One token request: a newly signed assertion, posted.
+    async fn exchange(&self, scopes: &[&str]) -> Result<Cached, ServiceAccountError> {
         let url = &self.token_uri;
         let assertion = self.assertion(scopes)?;
         let mut body = Zeroizing::new(String::new());
