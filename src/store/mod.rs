@@ -253,14 +253,17 @@ impl StoreClock {
     }
 }
 
-/// A skew in words: `2h 3s ahead of`, `3m behind`, `0.4s ahead of` (whole seconds from ten
-/// seconds up). Followed by whose clock it is compared with.
+/// A skew in words, as precise as is worth saying: `0.4s ahead of`, `3m 2s behind`, `2h ahead
+/// of`, `1day ahead of` (tenths of a second below ten seconds, whole seconds below ten minutes,
+/// whole minutes above). Followed by whose clock it is compared with.
 pub fn skew_words(skew: f64) -> String {
     let size = skew.abs();
     let amount = if size < 10.0 {
-        format!("{:.1}s", size)
+        format!("{size:.1}s")
     } else {
-        humantime::format_duration(std::time::Duration::from_secs(size.round() as u64)).to_string()
+        let unit = if size < 600.0 { 1.0 } else { 60.0 };
+        let rounded = (size / unit).round() * unit;
+        humantime::format_duration(std::time::Duration::from_secs(rounded as u64)).to_string()
     };
     format!("{amount} {}", if skew >= 0.0 { "ahead of" } else { "behind" })
 }
@@ -292,6 +295,32 @@ impl<S: SecretStore + ?Sized> crate::clock::Clock for StoreTime<'_, S> {
 pub fn check_portable_secret_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty() && id.len() <= 255 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok { Ok(()) } else { Err(format!("\"{id}\" is not a secret id: 1 to 255 letters, digits, \"-\" and \"_\"")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_time_and_skews_in_words() {
+        let now = humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap();
+        let day_ahead = StoreClock::Measured { skew: 86_400.0 };
+        assert_eq!(crate::clock::rfc3339(day_ahead.store_time(now)), "2026-11-30T12:00:00Z");
+        let behind = StoreClock::Measured { skew: -90.5 };
+        assert_eq!(humantime::format_rfc3339_millis(behind.store_time(now)).to_string(), "2026-12-01T12:01:30.500Z");
+        assert_eq!((StoreClock::Node.store_time(now), StoreClock::Unmeasured.store_time(now)), (now, now));
+        let cases = [
+            (0.44, "0.4s ahead of"),
+            (-3.0, "3.0s behind"),
+            (182.4, "3m 2s ahead of"),
+            (-7200.4, "2h behind"),
+            (7230.0, "2h 1m ahead of"),
+            (86_400.3, "1day ahead of"),
+        ];
+        for (skew, words) in cases {
+            assert_eq!(skew_words(skew), words, "{skew}");
+        }
+    }
 }
 
 /// Why a store operation failed. Messages name the store, secret and version, never a value.

@@ -15,10 +15,11 @@
 //!   under `token_timeout`.
 //! - **Time.** Every response's `Date`, errors and the token endpoint's included, tells
 //!   [`identity::server_time`] Google's time: tokens are kept by it, and it is the store's clock
-//!   ([`SecretStore::clock`]) on which the engine decides due times and leases. A refused token
-//!   request (or a 401) while the node's clock is measured further off than `[agent]
-//!   max_clock_skew`, or refused for its `iat`/`exp`, is [`StoreError::Clock`]: it names the
-//!   clock and the fix, never the credentials.
+//!   ([`SecretStore::clock`]) on which the engine decides due times and leases. A token request
+//!   refused while the node's clock is measured further off than `[agent] max_clock_skew`, or
+//!   refused for its `iat`/`exp`, is [`StoreError::Clock`]: it names the clock and the fix,
+//!   never the credentials. (A 401 on a request is not the clock's doing: tokens are kept by
+//!   Google's time.)
 //! - **Integrity.** Every access checks `payload.dataCrc32c`; a mismatch is an error and
 //!   nothing is delivered. `addVersion` sends the checksum so Google verifies the upload.
 //! - **Concurrency.** Alias moves carry the secret's etag, disables and destroys the version's
@@ -269,9 +270,9 @@ impl GcpStore {
         }
     }
 
-    /// Google refused this node's credentials (a token request, or a request's token): the
-    /// error names the clock when Google said the request's time was wrong or the clock is
-    /// measured further off than `max_clock_skew`, and the credentials otherwise.
+    /// Google refused a token request: the error names the clock when Google said the
+    /// request's time was wrong or the clock is measured further off than `max_clock_skew`
+    /// (a subject token may be minted with the node's time too), and the credentials otherwise.
     fn refused(&self, message: String, about_the_clock: bool) -> StoreError {
         let store = self.name.clone();
         let skew = self.server_time.skew();
@@ -370,7 +371,12 @@ impl GcpStore {
                 let advice = role_hint(permission.as_deref());
                 StoreError::PermissionDenied { store, permission, message, advice }
             }
-            "UNAUTHENTICATED" => self.refused(format!("credentials refused: {message}"), false),
+            // Not the clock: every token keyturn sends is kept by Google's time, never the node's.
+            "UNAUTHENTICATED" => StoreError::Auth {
+                store,
+                message: format!("credentials refused: {message}"),
+                advice: CREDENTIALS_ADVICE.into(),
+            },
             "RESOURCE_EXHAUSTED" => StoreError::Quota { store, message },
             "UNAVAILABLE" | "INTERNAL" | "UNKNOWN" | "DEADLINE_EXCEEDED" => StoreError::Unavailable { store, message },
             status => StoreError::Api { store, status: status.to_string(), message },
