@@ -568,7 +568,7 @@ impl Recorder {
             (false, true) => {
                 tracing::warn!(
                     store,
-                    clock_skew_s = clock.skew(),
+                    clock_skew_s = clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
                     "{words}; due times and leases are judged on the store's clock, but requests this node signs with its own time (tokens) may be refused"
                 );
                 if let Some(reporter) = &self.reporter {
@@ -576,7 +576,11 @@ impl Recorder {
                 }
             }
             (true, false) => {
-                tracing::info!(store, clock_skew_s = clock.skew(), "{words}: back within max_clock_skew");
+                tracing::info!(
+                    store,
+                    clock_skew_s = clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
+                    "{words}: back within max_clock_skew"
+                );
                 if let Some(reporter) = &self.reporter {
                     reporter.record(events::Kind::ClockSkew, "ok", facts(None));
                 }

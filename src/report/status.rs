@@ -32,7 +32,7 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigState>,
     pub policies: BTreeMap<String, PolicyStatus>,
-    /// Per store the policies read: how this node's clock stands against the store's.
+    /// Per configured store: how this node's clock stands against the store's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stores: BTreeMap<String, StoreStatus>,
 }

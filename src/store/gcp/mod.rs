@@ -288,7 +288,7 @@ impl GcpStore {
             None => "Google refused the request's time (iat and exp)".to_string(),
         };
         let advice = format!(
-            "; the likely cause is this node's clock, not its credentials: {measured}, and Google takes a signed              request only within a few minutes of its own time; {}",
+            "; the likely cause is this node's clock, not its credentials: {measured}, and Google takes a signed request only within a few minutes of its own time; {}",
             crate::clock::TIME_SYNC_ADVICE
         );
         StoreError::Clock { store, message, advice }
