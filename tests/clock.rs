@@ -57,7 +57,11 @@ impl Skewed {
     }
 
     fn sync(&self, binary: &Binary) -> Output {
-        self.world.command_via(binary, &self.world.config(), &["sync", "--once"]).env(CREDENTIALS, &self.key).output().unwrap()
+        self.world
+            .command_via(binary, &self.world.config(), &["sync", "--once"])
+            .env(CREDENTIALS, &self.key)
+            .output()
+            .unwrap()
     }
 
     fn agent(&self, binary: &Binary) -> Agent {
@@ -81,8 +85,8 @@ fn assert_no_credential_advice(text: &str) {
 fn admin_of(status: &Path, agent: &Agent) -> String {
     let mut address = String::new();
     wait_for("the agent's admin address in its status file", Duration::from_secs(20), || {
-        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(status).unwrap_or_default())
-            .unwrap_or_default();
+        let value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(status).unwrap_or_default()).unwrap_or_default();
         address = value["admin"].as_str().unwrap_or_default().to_string();
         value["pid"].as_i64() == Some(i64::from(agent.pid())) && !address.is_empty()
     });
@@ -110,7 +114,8 @@ fn reads(admin: &str) -> u64 {
     ["ok", "error"]
         .iter()
         .map(|result| {
-            let series = format!("keyturn_store_requests_total{{store=\"edge\",method=\"access\",result=\"{result}\"}}");
+            let series =
+                format!("keyturn_store_requests_total{{store=\"edge\",method=\"access\",result=\"{result}\"}}");
             sample(&metrics, &series).unwrap_or(0.0) as u64
         })
         .sum()
@@ -136,7 +141,9 @@ fn a_node_hours_off_is_told_its_clock_is_wrong_not_its_credentials() {
         assert_eq!(out.status.code(), Some(1), "{offset}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("token request failed") && stderr.contains(TIMEFRAME), "{offset}: {stderr}");
-        let named = format!("the likely cause is this node's clock, not its credentials: this node's clock is 2h {ahead} Google's");
+        let named = format!(
+            "the likely cause is this node's clock, not its credentials: this node's clock is 2h {ahead} Google's"
+        );
         assert!(stderr.contains(&named), "{offset}: {stderr}");
         assert!(stderr.contains("chrony") && stderr.contains("timedatectl set-ntp true"), "{offset}: {stderr}");
         assert_no_credential_advice(&stderr);
@@ -163,7 +170,11 @@ fn a_node_hours_off_is_told_its_clock_is_wrong_not_its_credentials() {
 
         let (code, body) = common::http::request(&admin, "GET", "/readyz", None).unwrap();
         assert_eq!(code, 503, "{offset}: nothing is delivered: {body}");
-        assert!(body.contains("waiting for db") && body.contains(&format!("clock: this node's clock is 2h {ahead} store edge's")), "{body}");
+        assert!(
+            body.contains("waiting for db")
+                && body.contains(&format!("clock: this node's clock is 2h {ahead} store edge's")),
+            "{body}"
+        );
         assert!(s.world.bundle("db").join("value").symlink_metadata().is_err(), "{offset}: nothing delivered");
     }
 }
@@ -194,7 +205,10 @@ fn a_node_three_minutes_ahead_works_and_says_so_once() {
     assert!(status["policies"]["db"]["last_error"].is_null(), "{status}");
     let (code, body) = common::http::request(&admin, "GET", "/readyz", None).unwrap();
     assert_eq!(code, 200, "{body}");
-    assert!(body.starts_with("ready\nclock: this node's clock is ") && body.contains("ahead of store edge's"), "{body}");
+    assert!(
+        body.starts_with("ready\nclock: this node's clock is ") && body.contains("ahead of store edge's"),
+        "{body}"
+    );
 }
 
 /// A node's place in a rotation's jitter window, as `rotation::schedule::node_unit` computes
@@ -267,7 +281,8 @@ impl Fleet {
             .unwrap()
             .iter()
             .map(|v| {
-                let aliases = v["aliases"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+                let aliases =
+                    v["aliases"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
                 (v["version"].as_str().unwrap().to_string(), at(v["created"].as_str().unwrap()), aliases)
             })
             .collect()
@@ -278,9 +293,16 @@ impl Fleet {
     }
 
     fn wait_version(&self, version: &str) {
-        common::wait_for_every(&format!("version {version} of {}", self.secret), Duration::from_secs(30), Duration::from_millis(300), || {
-            self.versions().first().is_some_and(|(v, _, aliases)| v == version && aliases.iter().any(|a| a == "current"))
-        });
+        common::wait_for_every(
+            &format!("version {version} of {}", self.secret),
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || {
+                self.versions()
+                    .first()
+                    .is_some_and(|(v, _, aliases)| v == version && aliases.iter().any(|a| a == "current"))
+            },
+        );
     }
 
     /// When `node` starts its rotation of `version` (created at `created`), in the emulator's time.
@@ -297,7 +319,8 @@ impl Fleet {
 }
 
 fn rotations(admin: &str, result: &str) -> u64 {
-    sample(&metrics(admin), &format!("keyturn_rotations_total{{policy=\"fleet\",result=\"{result}\"}}")).unwrap_or(0.0) as u64
+    sample(&metrics(admin), &format!("keyturn_rotations_total{{policy=\"fleet\",result=\"{result}\"}}")).unwrap_or(0.0)
+        as u64
 }
 
 /// Two agents on one emulator, node-b's clock a day ahead, a fleet secret due an hour after
@@ -331,13 +354,14 @@ fn rotations(admin: &str, result: &str) -> u64 {
 #[test]
 fn two_agents_one_a_day_ahead_decide_on_the_stores_clock() {
     let world = World::new("poll = \"1s\"\njitter = \"0%\"");
-    let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770))
-        .unwrap();
+    let emu =
+        blocking::Emulator::start(Emulator::builder().project_id("acme-edge").project_number(435468002770)).unwrap();
     world.add_stores(&format!(
         "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n",
         emu.base_url()
     ));
-    let gap = |secret: &str, version: &str| (unit("node-b", secret, version) - unit("node-a", secret, version)) * WINDOW;
+    let gap =
+        |secret: &str, version: &str| (unit("node-b", secret, version) - unit("node-a", secret, version)) * WINDOW;
     let secret = (0..1000)
         .map(|n| format!("fleet-key-{n}"))
         .find(|s| gap(s, "1") > 300.0 && gap(s, "2") > 300.0)
@@ -356,7 +380,8 @@ fn two_agents_one_a_day_ahead_decide_on_the_stores_clock() {
             fleet.secret
         ),
     );
-    let out = fleet.world.put_into("edge", &fleet.secret, "first-value-0123456789ab", &[(CREDENTIALS, &fleet.operator)]);
+    let out =
+        fleet.world.put_into("edge", &fleet.secret, "first-value-0123456789ab", &[(CREDENTIALS, &fleet.operator)]);
     assert!(out.status.success(), "{}", text(&out));
     let created_1 = fleet.created("1");
 

@@ -196,10 +196,8 @@ fn no_assertion_or_access_token_of_a_service_account_key_appears_in_logs_or_stat
     // ...and refused, once the node's assertions are past their hour on the emulator's clock.
     emu.advance_clock(Duration::from_secs(3599));
     agent.wait_log("Invalid JWT", 1);
-    let outputs = [
-        ("status", text(&world.keyturn(&["status"]))),
-        ("status --json", text(&world.keyturn(&["status", "--json"]))),
-    ];
+    let outputs =
+        [("status", text(&world.keyturn(&["status"]))), ("status --json", text(&world.keyturn(&["status", "--json"])))];
     drop(agent);
     let written = world.readable_outputs();
     assert!(written.contains("TRACE") && written.contains("invalid_grant"), "the logs were collected:\n{written}");
@@ -207,7 +205,9 @@ fn no_assertion_or_access_token_of_a_service_account_key_appears_in_logs_or_stat
     assert!(!issued.is_empty(), "access tokens were issued");
     let private_key: serde_json::Value = serde_json::from_str(&key_text).unwrap();
     let private_key = private_key["private_key"].as_str().unwrap().lines().nth(1).unwrap().to_string();
-    for (what, output) in outputs.iter().map(|(w, o)| (*w, o.as_str())).chain([("files the agent wrote", written.as_str())]) {
+    for (what, output) in
+        outputs.iter().map(|(w, o)| (*w, o.as_str())).chain([("files the agent wrote", written.as_str())])
+    {
         for token in &issued {
             let tail = token.rsplit('.').next().unwrap();
             assert!(!output.contains(token.as_str()) && !output.contains(tail), "{what} contains a token:\n{output}");

@@ -123,7 +123,10 @@ fn respond<B>(request: &Request<B>, recorder: &Recorder) -> Response<Full<Bytes>
                 text(StatusCode::OK, format!("ready\n{warnings}"))
             } else {
                 let waiting = recorder.waiting_for();
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {}\n{warnings}", waiting.join(", ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: waiting for {}\n{warnings}", waiting.join(", ")),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),

@@ -244,7 +244,10 @@ async fn a_node_a_day_ahead_rotates_on_the_stores_clock() {
     let status = world.state.recorder.snapshot();
     assert_eq!(status.policies["key"].next_rotation.as_deref(), Some("2026-11-30T01:00:00Z"), "on the store's clock");
     let dev = &status.stores["dev"];
-    assert_eq!((dev.clock.as_str(), dev.clock_skew_seconds, dev.clock_skew_exceeds), ("measured", Some(86_400.0), Some(120.0)));
+    assert_eq!(
+        (dev.clock.as_str(), dev.clock_skew_seconds, dev.clock_skew_exceeds),
+        ("measured", Some(86_400.0), Some(120.0))
+    );
     let metrics = world.state.recorder.metrics.render();
     assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"dev\"} 86400"), "{metrics}");
 

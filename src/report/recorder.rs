@@ -545,7 +545,7 @@ impl Recorder {
             }
             .to_string(),
             clock_skew_seconds: clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
-            clock_skew_exceeds: exceeded.then(|| limit.as_secs_f64()),
+            clock_skew_exceeds: exceeded.then_some(limit.as_secs_f64()),
         };
         let words = entry.clock_words(store);
         {
@@ -837,7 +837,12 @@ mod tests {
         let metrics = recorder.metrics.render();
         assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"edge\"} 7203.26"), "{metrics}");
         let table = status.render_table(true);
-        assert!(table.contains("STORE  CLOCK\nedge   this node's clock is 2h 3s ahead of store edge's, beyond max_clock_skew (2m)"), "{table}");
+        assert!(
+            table.contains(
+                "STORE  CLOCK\nedge   this node's clock is 2h 3s ahead of store edge's, beyond max_clock_skew (2m)"
+            ),
+            "{table}"
+        );
 
         // Within the limit but not within half of it: still said. Within half: cleared.
         recorder.store_clock("edge", StoreClock::Measured { skew: -100.0 }, limit);
@@ -845,7 +850,9 @@ mod tests {
         recorder.store_clock("edge", StoreClock::Measured { skew: -59.0 }, limit);
         assert_eq!(exceeds(&recorder), None);
         assert!(recorder.clock_warnings().is_empty());
-        assert!(recorder.snapshot().render_table(true).contains("edge   this node's clock is 59s behind store edge's\n"));
+        assert!(
+            recorder.snapshot().render_table(true).contains("edge   this node's clock is 59s behind store edge's\n")
+        );
 
         recorder.store_clock("dev", StoreClock::Node, limit);
         assert_eq!(recorder.snapshot().stores["dev"].clock_skew_seconds, None);

@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{
-    Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, VersionInfo, VersionState,
-};
+use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, VersionInfo, VersionState};
 use crate::clock::SharedClock;
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 

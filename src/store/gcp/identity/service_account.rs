@@ -124,7 +124,8 @@ impl fmt::Debug for ServiceAccount {
 pub struct ServiceAccountError {
     origin: String,
     email: String,
-    problem: Problem,
+    /// Boxed: errors travel through `Result`s that are mostly `Ok`.
+    problem: Box<Problem>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +163,7 @@ impl ServiceAccountError {
     /// Whether the same request may be answered a moment later: no answer, or the endpoint
     /// overloaded or failing (HTTP 429, 5xx).
     fn transient(&self) -> bool {
-        match &self.problem {
+        match self.problem.as_ref() {
             Problem::Unreachable { .. } => true,
             Problem::Refused { status, .. } => *status == 429 || *status >= 500,
             Problem::Sign(_) | Problem::Malformed { .. } => false,
@@ -172,7 +173,7 @@ impl ServiceAccountError {
     /// Whether the endpoint refused the request's `iat`/`exp`, as Google does when the node's
     /// clock is more than a few minutes off its own.
     pub fn about_the_clock(&self) -> bool {
-        matches!(&self.problem, Problem::Refused { description, .. }
+        matches!(self.problem.as_ref(), Problem::Refused { description, .. }
             if description.contains("iat and exp") || description.contains("reasonable timeframe"))
     }
 }
@@ -222,7 +223,11 @@ impl ServiceAccount {
     }
 
     fn error(&self, problem: Problem) -> ServiceAccountError {
-        ServiceAccountError { origin: self.origin.display().to_string(), email: self.email.clone(), problem }
+        ServiceAccountError {
+            origin: self.origin.display().to_string(),
+            email: self.email.clone(),
+            problem: Box::new(problem),
+        }
     }
 
     /// A token for `scopes`: the cached one while it is fresh, else a new one.

@@ -156,7 +156,10 @@ async fn the_window_is_on_the_emulators_clock_and_a_refusal_carries_its_date() {
     let ahead = date.duration_since(std::time::SystemTime::now()).unwrap().as_secs();
     assert!((7195..=7200).contains(&ahead), "the Date is the emulator's, two hours ahead: {ahead} s");
     let answer: serde_json::Value = response.json().await.unwrap();
-    assert_eq!((answer["error"].as_str(), answer["error_description"].as_str()), (Some("invalid_grant"), Some(timeframe)));
+    assert_eq!(
+        (answer["error"].as_str(), answer["error_description"].as_str()),
+        (Some("invalid_grant"), Some(timeframe))
+    );
     assert_eq!(exchange(&h, JWT_BEARER, &at(now_seconds() + 7200)).await.0, 200, "signed on the emulator's time");
 }
 
