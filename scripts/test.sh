@@ -61,6 +61,9 @@ command -v promtool >/dev/null 2>&1 || apt_install promtool prometheus
 command -v prometheus >/dev/null 2>&1 || apt_install prometheus prometheus
 command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd-analyze systemd
 command -v setpriv >/dev/null 2>&1 || apt_install setpriv util-linux
+# faketime (and its libfaketime) moves one process's wall clock: tests/clock.rs runs the agent
+# two hours ahead and behind, three minutes ahead and a day ahead of the Secret Manager emulator.
+command -v faketime >/dev/null 2>&1 || apt_install faketime faketime
 # The real-systemd tier (tests/systemd.rs): D-Bus and polkit for the `systemd` notifier, which
 # reloads a second unit as the keyturn user; man for keyturn(8) (tests/packaging.rs);
 # dpkg-shlibdeps, which cargo-deb asks for the package's library dependencies.

@@ -56,6 +56,9 @@ impl Clock for TokioClock {
     }
 }
 
+/// How to set a node's clock right, for the errors and warnings about it.
+pub const TIME_SYNC_ADVICE: &str = "set the clock right and keep it synchronized: chrony (`chronyc tracking` shows its offset) or systemd-timesyncd (`timedatectl set-ntp true`, then `timedatectl timesync-status`)";
+
 /// RFC 3339 to the second, UTC: the form of every time in status files and tables.
 pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()

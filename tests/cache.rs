@@ -306,7 +306,7 @@ fn disable(node: &Node, id: &str, version: u64) {
         token_timeout: Duration::from_secs(10),
         retry_backoff: Duration::from_millis(50),
     };
-    let store = keyturn::store::gcp::GcpStore::new("edge", &config).unwrap();
+    let store = keyturn::store::gcp::GcpStore::new("edge", &config, &keyturn::store::OpenContext::default()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let id = keyturn::secret::SecretId::new(id);
     runtime.block_on(store.disable(&id, &keyturn::secret::VersionId::from(version))).unwrap();

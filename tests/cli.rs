@@ -389,6 +389,8 @@ fn status_exits_1_while_a_required_policy_fails() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().nth(1).unwrap().contains("NEXT ROTATION"), "{table}");
+    // The file store has no clock but this node's: nothing to measure, and said so.
+    assert!(table.contains("STORE  CLOCK\ndev    this node's own clock (a local store has no other)\n"), "{table}");
     world.simple_policy("api", "missing", &[("api/key", "raw")]);
     assert_eq!(world.sync_once().status.code(), Some(1));
     let out = world.keyturn(&["status", "--json"]);
@@ -396,6 +398,7 @@ fn status_exits_1_while_a_required_policy_fails() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("required policies are failing: api"), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(status["policies"]["api"]["last_error"].as_str().unwrap().contains("does not exist"), "{status}");
+    assert_eq!(status["stores"]["dev"], serde_json::json!({"clock": "node"}), "{status}");
 }
 
 /// With `--log-format json`, every line on standard error is JSON: log lines, configuration

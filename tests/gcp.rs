@@ -87,7 +87,7 @@ impl Gcp {
             token_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(50),
         };
-        keyturn::store::gcp::GcpStore::new("edge", &config).unwrap()
+        keyturn::store::gcp::GcpStore::new("edge", &config, &keyturn::store::OpenContext::default()).unwrap()
     }
 
     /// Adds a version through the library without moving `current`, as a rotation that

@@ -103,7 +103,11 @@ fn versions(fleet: &Fleet) -> Vec<(u64, SystemTime, keyturn::store::VersionState
                     token_timeout: Duration::from_secs(10),
                     retry_backoff: Duration::from_millis(50),
                 };
-                keyturn::store::gcp::GcpStore::new("edge", &config).unwrap().versions(&id).await.unwrap()
+                keyturn::store::gcp::GcpStore::new("edge", &config, &keyturn::store::OpenContext::default())
+                    .unwrap()
+                    .versions(&id)
+                    .await
+                    .unwrap()
             }
         }
     });

@@ -157,3 +157,64 @@ fn no_subject_federated_or_access_token_appears_in_logs_status_or_events() {
         }
     }
 }
+
+/// A service-account key's token requests are signed JWT assertions (a credential for an
+/// hour), answered with access tokens. Neither may reach a log (every dependency at trace
+/// level), the status or `keyturn status`, through a first token, a renewal ahead of expiry
+/// and a renewal the token endpoint refuses (the emulator's clock moved past the assertion).
+#[test]
+fn no_assertion_or_access_token_of_a_service_account_key_appears_in_logs_or_status() {
+    use gcp_emulator::{Emulator, Role, blocking};
+
+    let world = World::new("poll = \"1s\"\njitter = \"0%\"");
+    let emu = blocking::Emulator::start(Emulator::builder().project_id("acme-edge")).unwrap();
+    world.add_stores(&format!(
+        "[stores.edge]\nkind = \"gcp\"\nproject = \"acme-edge\"\nendpoint = \"{}\"\nretry_backoff = \"50ms\"\n",
+        emu.base_url()
+    ));
+    // The keys live outside the world, whose every file is searched.
+    let identity = tempfile::tempdir().unwrap();
+    let admin = identity.path().join("operator.json");
+    common::write(&admin, &emu.service_account_key("operator@acme-edge.iam.gserviceaccount.com", Role::Admin));
+    let key = identity.path().join("node.json");
+    let key_text = emu.service_account_key("node@acme-edge.iam.gserviceaccount.com", Role::Accessor);
+    common::write(&key, &key_text);
+    world.policy("db", "[secret]\nstore = \"edge\"\nid = \"db-password\"\n[[deliver]]\npath = \"db/value\"\n");
+    let out = world.put_into("edge", "db-password", "FIXTURE-sa-77c2", &[("GOOGLE_APPLICATION_CREDENTIALS", &admin)]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let filter = "trace,gcp_auth=trace,reqwest=trace,hyper=trace,hyper_util=trace,h2=trace,rustls=trace";
+    let agent = world.agent_with(&[("KEYTURN_LOG", filter)], &[("GOOGLE_APPLICATION_CREDENTIALS", &key)]);
+    wait_for("the first delivery", Duration::from_secs(20), || {
+        std::fs::read_to_string(world.bundle("db/value")).is_ok_and(|v| v == "FIXTURE-sa-77c2")
+    });
+    let token_requests = || emu.request_counts().get(gcp_emulator::Method::Token);
+    let before = token_requests();
+    // Renewed ahead of its end (less than 5 minutes left by the emulator's clock)...
+    emu.advance_clock(Duration::from_secs(3599 - 200));
+    wait_for("a renewal", Duration::from_secs(20), || token_requests() > before);
+    // ...and refused, once the node's assertions are past their hour on the emulator's clock.
+    emu.advance_clock(Duration::from_secs(3599));
+    agent.wait_log("Invalid JWT", 1);
+    let outputs =
+        [("status", text(&world.keyturn(&["status"]))), ("status --json", text(&world.keyturn(&["status", "--json"])))];
+    drop(agent);
+    let written = world.readable_outputs();
+    assert!(written.contains("TRACE") && written.contains("invalid_grant"), "the logs were collected:\n{written}");
+    let issued = emu.issued_tokens();
+    assert!(!issued.is_empty(), "access tokens were issued");
+    let private_key: serde_json::Value = serde_json::from_str(&key_text).unwrap();
+    let private_key = private_key["private_key"].as_str().unwrap().lines().nth(1).unwrap().to_string();
+    for (what, output) in
+        outputs.iter().map(|(w, o)| (*w, o.as_str())).chain([("files the agent wrote", written.as_str())])
+    {
+        for token in &issued {
+            let tail = token.rsplit('.').next().unwrap();
+            assert!(!output.contains(token.as_str()) && !output.contains(tail), "{what} contains a token:\n{output}");
+        }
+        // An assertion begins with its header, {"alg":"RS256","typ":"JWT"} in base64url.
+        for marker in ["eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9", "assertion=", "Bearer ya29", private_key.as_str()] {
+            assert!(!output.contains(marker), "{what} contains {marker:?}:\n{output}");
+        }
+    }
+}

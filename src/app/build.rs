@@ -28,19 +28,20 @@ pub fn load_agent_file(path: &Path) -> Result<AgentFile, config::ConfigErrors> {
     config::load_agent_file(path, &System, &System)
 }
 
-fn context(seams: &Seams) -> OpenContext {
-    OpenContext { clock: seams.clock.clone() }
+fn context(agent: &config::Agent, seams: &Seams) -> OpenContext {
+    OpenContext { clock: seams.clock.clone(), max_clock_skew: agent.max_clock_skew }
 }
 
 /// The store named `name` among `stores` (of the agent file at `path`), opened.
 pub async fn store(
     path: &Path,
     stores: &BTreeMap<String, StoreConfig>,
+    agent: &config::Agent,
     name: &str,
     seams: &Seams,
 ) -> Result<AnyStore, AppError> {
     let config = named(path, stores, name)?;
-    Ok(AnyStore::open(name, config, &context(seams)).await?)
+    Ok(AnyStore::open(name, config, &context(agent, seams)).await?)
 }
 
 /// The settings of the store named `name`, or a usage error listing the stores there are.
@@ -57,7 +58,7 @@ pub fn named<'a>(
 
 /// Every configured store, opened and counted.
 pub async fn stores(config: &Config, metrics: &Arc<Metrics>, seams: &Seams) -> Result<Stores, StoreError> {
-    let context = context(seams);
+    let context = context(&config.agent, seams);
     let mut stores = BTreeMap::new();
     for (name, store) in &config.stores {
         let store = Metered::new(name, AnyStore::open(name, store, &context).await?, metrics.clone());

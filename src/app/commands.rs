@@ -220,7 +220,7 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
     // The id is checked by the store's backend before anything is opened.
     let opened = async |name: &str, id: &str| -> Result<(AnyStore, SecretId), AppError> {
         let id = build::named(path, &config.stores, name)?.check_secret_id(id).map_err(AppError::Usage)?;
-        Ok((build::store(path, &config.stores, name, seams).await?, id))
+        Ok((build::store(path, &config.stores, &config.agent, name, seams).await?, id))
     };
     match command {
         StoreCommand::Put { store: name, id, from_tty, json } => {
@@ -270,7 +270,7 @@ pub async fn store(path: &Path, command: StoreCommand, seams: &Seams) -> Result<
                 .map_err(|source| AppError::Io { what: "cannot write to standard output".into(), source })
         }
         StoreCommand::List { store: name, json } => {
-            let store = build::store(path, &config.stores, &name, seams).await?;
+            let store = build::store(path, &config.stores, &config.agent, &name, seams).await?;
             let mut secrets = store.list().await?;
             secrets.sort();
             if json {
@@ -437,11 +437,11 @@ struct RotationParts {
 
 impl RotationParts {
     async fn build(path: &Path, config: &Config, policy: &Policy, seams: &Seams) -> Result<RotationParts, AppError> {
-        let store = build::store(path, &config.stores, &policy.store, seams).await?;
+        let store = build::store(path, &config.stores, &config.agent, &policy.store, seams).await?;
         // A new value must render into every file with the template secrets as they are now.
         let mut extras = std::collections::BTreeMap::new();
         for (extra_name, extra) in &policy.extras {
-            let extra_store = build::store(path, &config.stores, &extra.store, seams).await?;
+            let extra_store = build::store(path, &config.stores, &config.agent, &extra.store, seams).await?;
             extras.insert(extra_name.clone(), extra_store.access(&extra.secret, &Selector::current()).await?);
         }
         // Retiring old versions asks the fleet first, as the agent would.

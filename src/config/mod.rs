@@ -214,7 +214,14 @@ pub struct Agent {
     /// How long a stop or a reload waits for notifications still to be sent (a change in its
     /// coalescing window, a notifier running) before it abandons them.
     pub shutdown_grace: Duration,
+    /// How far this node's clock may be from a store's before the agent warns, once, with the
+    /// fix; and beyond which a refused token request names the clock, not the credentials.
+    pub max_clock_skew: Duration,
 }
+
+/// `[agent] max_clock_skew` by default: Google refuses a signed token request whose time is
+/// more than a few minutes off its own, so the warning comes before that.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(120);
 
 /// One policy file: which secret to pull and where to deliver it.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,6 +26,7 @@ pub struct Agent {
     pub allow_persistent: Option<bool>,
     pub rotate: Option<bool>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub max_clock_skew: Option<Spanned<String>>,
 }
 
 /// `[cache]` of the agent file.

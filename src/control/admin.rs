@@ -117,11 +117,16 @@ fn respond<B>(request: &Request<B>, recorder: &Recorder) -> Response<Full<Bytes>
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
+            // Readiness is the files on disk; a clock beyond max_clock_skew is said beside it.
+            let warnings: String = recorder.clock_warnings().iter().map(|w| format!("{w}\n")).collect();
             if recorder.is_ready() {
-                text(StatusCode::OK, "ready\n".into())
+                text(StatusCode::OK, format!("ready\n{warnings}"))
             } else {
                 let waiting = recorder.waiting_for();
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: waiting for {}\n", waiting.join(", ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: waiting for {}\n{warnings}", waiting.join(", ")),
+                )
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n".into()),

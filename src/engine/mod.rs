@@ -11,6 +11,12 @@
 //! by a complete new version. Every outcome goes to the [`Recorder`], which alone writes log
 //! lines, metrics, status and events about a policy; time comes from the clock in [`Seams`].
 //!
+//! Decisions about what a store holds (is the current version due, has the previous key's
+//! grace ended) are made on that store's clock: the clock in [`Seams`] corrected by the skew
+//! measured from the store's answers ([`StoreTime`]), so that a node whose clock is wrong
+//! decides as the rest of the fleet does. After each read the store's clock goes to the
+//! recorder (the skew metric, the status, a warning past `[agent] max_clock_skew`).
+//!
 //! Steady state costs one `access` per policy per poll and no metadata reads: a change is a
 //! new `(version, crc32c)` for the alias, compared in memory against what the bundle holds.
 //! Only when the current version changes does the engine read more: its creation time (for
@@ -36,6 +42,7 @@ use tokio::time::Instant;
 use state::Known;
 pub use state::{Seams, State};
 
+use crate::clock::Clock as _;
 use crate::config::{Config, Policy};
 use crate::deliver::{self, Fingerprint, PolicyUpdate, Previous};
 use crate::error_chain;
@@ -45,7 +52,7 @@ use crate::report::recorder::{Notice, Outcome as Recorded, Recorder, Subject};
 use crate::rotation::protocol::{Adoption, Outcome, Retirement, RotationError, Rotator, Step, Trigger};
 use crate::rotation::schedule::in_grace;
 use crate::secret::{PREVIOUS, Version, VersionId};
-use crate::store::{SecretStore, Selector, StoreError, VersionState};
+use crate::store::{SecretStore, Selector, StoreError, StoreTime, VersionState};
 use crate::task::AbortOnDrop;
 
 /// How many store requests the initial sync keeps in flight: enough to hide round trips to a
@@ -209,6 +216,18 @@ impl<S: SecretStore + 'static> Engine<S> {
         &self.stores[&policy.store]
     }
 
+    /// The time on `policy`'s store's clock (see the module's opening).
+    fn store_now(&self, policy: &Policy) -> std::time::SystemTime {
+        StoreTime { node: self.seams.clock.as_ref(), store: self.store(policy).as_ref() }.now()
+    }
+
+    /// Tells the recorder what the store named `name` has shown of its clock.
+    fn record_clock(&self, name: &str) {
+        if let Some(store) = self.stores.get(name) {
+            self.recorder().store_clock(name, store.clock(), self.config.agent.max_clock_skew);
+        }
+    }
+
     /// Whether this node rotates `policy` on schedule: it has `[rotate]`, and this agent takes
     /// part in rotation (`[agent] rotate`).
     fn rotates(&self, policy: &Policy) -> bool {
@@ -247,6 +266,9 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
         results.sort_by_key(|(index, ..)| *index);
+        for name in self.stores.keys() {
+            self.record_clock(name);
+        }
 
         let mut summary = SyncSummary::default();
         let mut pulled = Vec::new();
@@ -307,7 +329,9 @@ impl<S: SecretStore + 'static> Engine<S> {
     async fn pull_one(&self, policy: &Policy, retry_in: Option<Duration>) -> SyncSummary {
         let mut summary = SyncSummary::default();
         let started = Instant::now();
-        match Box::pin(self.pull(policy)).await {
+        let pulled = Box::pin(self.pull(policy)).await;
+        self.record_clock(&policy.store);
+        match pulled {
             Ok(fetched) => self.deliver(vec![Pulled { policy, fetched, started, restored: None }], &mut summary),
             Err(e) => self.read_failed(policy, &e, retry_in, &mut summary),
         }
@@ -508,7 +532,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         };
         // The previous key stays listed during its grace; a pull-only policy lists it while
         // the store keeps it enabled.
-        let now = self.seams.clock.now();
+        let now = self.store_now(policy);
         let previous = previous.filter(|_| match (&policy.rotate, created) {
             (Some(rotate), Some(created)) => in_grace(created, rotate.grace, now),
             _ => true,

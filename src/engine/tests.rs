@@ -226,3 +226,82 @@ async fn a_reload_keeps_what_is_unchanged_and_applies_the_rest() {
     world.at(world.clock.now().duration_since(humantime::parse_rfc3339(START).unwrap()).unwrap() + secs(12.0)).await;
     assert_eq!(world.file("web/key"), "web-2");
 }
+
+const ROTATING_KEY: &str = "[secret]\nstore = \"dev\"\nid = \"key\"\n[rotate]\nevery = \"1h\"\ngenerate = \"password:24\"\njitter = \"0s\"\n[[deliver]]\npath = \"app/key\"\n";
+
+/// A node whose clock runs a day ahead of its store decides on the store's clock: the secret
+/// is due an hour after the store made its version, by the store's time, not at once (which is
+/// what the node's own clock would say: the version looks a day old to it). The skew is in the
+/// metric and the status, beyond max_clock_skew.
+#[tokio::test(start_paused = true)]
+async fn a_node_a_day_ahead_rotates_on_the_stores_clock() {
+    let world = World::new(|| 0.5);
+    world.store.set_clock(crate::store::StoreClock::Measured { skew: 86_400.0 });
+    world.store.put("key", "initial-value-0123456789abcdef");
+    let engine = world.engine("poll = \"25m\"", &[("key", ROTATING_KEY)]);
+    let _watchers = world.start(&engine).await;
+    world.at(secs(1.0)).await;
+    let status = world.state.recorder.snapshot();
+    assert_eq!(status.policies["key"].next_rotation.as_deref(), Some("2026-11-30T01:00:00Z"), "on the store's clock");
+    let dev = &status.stores["dev"];
+    assert_eq!(
+        (dev.clock.as_str(), dev.clock_skew_seconds, dev.clock_skew_exceeds),
+        ("measured", Some(86_400.0), Some(120.0))
+    );
+    let metrics = world.state.recorder.metrics.render();
+    assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"dev\"} 86400"), "{metrics}");
+
+    world.at(secs(3599.0)).await;
+    assert_eq!(world.store.alias("key", "current").unwrap().as_str(), "1", "not early");
+    world.at(secs(3601.0)).await;
+    assert_eq!(world.store.alias("key", "current").unwrap().as_str(), "2", "rotated when due on the store's clock");
+}
+
+/// Until a remote store's clock is measured, a fleet rotation is not started: its due time
+/// and the lease would be judged on this node's clock alone. It starts once the clock is known.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_rotation_waits_until_the_stores_clock_is_measured() {
+    let world = World::new(|| 0.5);
+    world.store.set_clock(crate::store::StoreClock::Unmeasured);
+    world.store.put("key", "initial-value-0123456789abcdef");
+    let engine = world.engine("poll = \"25m\"", &[("key", ROTATING_KEY)]);
+    let _watchers = world.start(&engine).await;
+    world.at(secs(3601.0)).await;
+    assert_eq!(world.store.alias("key", "current").unwrap().as_str(), "1", "no rotation on an unmeasured clock");
+    let status = world.state.recorder.snapshot();
+    let error = status.policies["key"].rotation_error.clone().unwrap_or_default();
+    assert!(error.contains("clock of store \"dev\" is not measured yet"), "{error}");
+    assert_eq!(status.stores["dev"].clock, "unmeasured");
+    let metrics = world.state.recorder.metrics.render();
+    assert!(!metrics.contains("keyturn_clock_skew_seconds{"), "no skew to show: {metrics}");
+
+    // Measured: the next try (a poll later) rotates.
+    world.store.set_clock(crate::store::StoreClock::Measured { skew: 0.4 });
+    world.at(secs(3601.0 + 25.0 * 60.0 + 1.0)).await;
+    assert_eq!(world.store.alias("key", "current").unwrap().as_str(), "2");
+}
+
+/// Another node's lease is live until its `until` on the store's clock: a node a day ahead
+/// (to which that time is a day past) does not take it over, and takes it once it has run out.
+#[tokio::test(start_paused = true)]
+async fn another_nodes_lease_is_live_by_the_stores_clock() {
+    use crate::rotation::lease::{ANNOTATION, Lease};
+    let world = World::new(|| 0.5);
+    world.store.set_clock(crate::store::StoreClock::Measured { skew: 86_400.0 });
+    world.store.put("key", "initial-value-0123456789abcdef");
+    let store_now = world.clock.now() - Duration::from_secs(86_400);
+    let theirs = Lease::new("node-b", 1, store_now, Duration::from_secs(600)).encode();
+    let meta = world.store.describe(&crate::secret::SecretId::new("key")).await.unwrap();
+    let take = crate::store::SecretUpdate {
+        set_annotations: BTreeMap::from([(ANNOTATION.to_string(), theirs.clone())]),
+        ..Default::default()
+    };
+    world.store.update(&crate::secret::SecretId::new("key"), &meta, &take).await.unwrap();
+    let engine = world.engine("poll = \"1h\"", &[("key", ROTATING_KEY)]);
+    let policy = engine.config().policy("key").unwrap().clone();
+    let outcome = engine.rotate(&policy, Trigger::Now).await.unwrap();
+    assert_eq!(outcome, Outcome::Busy { holder: theirs }, "live on the store's clock");
+    world.at(secs(601.0)).await;
+    let outcome = engine.rotate(&policy, Trigger::Now).await.unwrap();
+    assert!(matches!(outcome, Outcome::Rotated { .. }), "expired on the store's clock: {outcome:?}");
+}

@@ -3,7 +3,8 @@
 //!
 //! The times are decided by the pure functions in [`crate::backoff`] and
 //! [`crate::rotation::schedule`], from the engine's clock and random seams, so the whole loop
-//! runs under tokio's paused clock in tests.
+//! runs under tokio's paused clock in tests. Due times and grace ends are times on the
+//! policy's store's clock, and so is every "now" they are compared with here.
 
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +47,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         // jitter's small drift.
         let mut first = true;
         loop {
-            let now = self.seams.clock.now();
+            let now = self.store_now(policy);
             let wait = if first {
                 first_poll_delay(poll, random())
             } else if failures == 0 {
@@ -69,7 +70,7 @@ impl<S: SecretStore + 'static> Engine<S> {
             // Boxed: a task's future holds room for everything it may await, and a rotation and
             // a store read are large. Inline, every idle policy would carry them (about 10 KiB
             // each); boxed, they take memory only while they run.
-            if rotation_due.is_some_and(|due| due <= self.seams.clock.now()) {
+            if rotation_due.is_some_and(|due| due <= self.store_now(policy)) {
                 rotation_not_before = Box::pin(self.rotate_scheduled(policy)).await;
             }
             let summary = self.pull_one(policy, Some(retry_delay(failures + 1, poll, 0.5))).await;
@@ -82,7 +83,7 @@ impl<S: SecretStore + 'static> Engine<S> {
     fn rotation_due(&self, policy: &Policy) -> Option<SystemTime> {
         let rotate = policy.rotate.as_ref().filter(|_| self.rotates(policy))?;
         match self.state.known().get(&policy.name)? {
-            Known::Missing => Some(self.seams.clock.now()),
+            Known::Missing => Some(self.store_now(policy)),
             Known::Current { version, created, .. } => {
                 let unit = node_unit(&self.config.agent.node, policy.secret.as_str(), version.as_str());
                 Some(next_rotation(&rotate.schedule, (*created)?, rotate.jitter, unit))
@@ -101,7 +102,7 @@ impl<S: SecretStore + 'static> Engine<S> {
 
     /// Runs a scheduled rotation; returns the earliest time to try again if it did not rotate.
     async fn rotate_scheduled(&self, policy: &Policy) -> Option<SystemTime> {
-        let now = self.seams.clock.now();
+        let now = self.store_now(policy);
         match self.rotate(policy, Trigger::Scheduled).await {
             // Present is the answer to a missing version only; the schedule takes over from it.
             Ok(Outcome::Rotated { .. } | Outcome::Present { .. }) => None,

@@ -51,6 +51,9 @@ pub enum Kind {
     RetirementWaiting,
     /// An old version was disabled (result: retired, retired_after_wait, revoked).
     Retired,
+    /// This node's clock is further from a store's than `[agent] max_clock_skew` (result
+    /// `exceeded`), or back within it (`ok`).
+    ClockSkew,
 }
 
 impl Kind {
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Restored => "dev.keyturn.secret.restored",
             Kind::RetirementWaiting => "dev.keyturn.secret.retirement_waiting",
             Kind::Retired => "dev.keyturn.secret.retired",
+            Kind::ClockSkew => "dev.keyturn.store.clock_skew",
         }
     }
 }
@@ -93,6 +97,9 @@ pub struct Facts {
     /// Nodes silent for longer than `[fleet] silent_after`, not waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone: Option<Vec<String>>,
+    /// This node's clock minus the store's, in whole seconds (positive: the node is ahead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,8 +191,12 @@ impl Reporter {
             source: format!("keyturn://{}", self.node),
             kind: kind.as_type().into(),
             time: humantime::format_rfc3339_millis(self.clock.now()).to_string(),
-            // Events about the configuration as a whole name no policy.
-            subject: if facts.policy.is_empty() { "config".to_string() } else { facts.policy.clone() },
+            // Events about the configuration as a whole name no policy; a store's, only the store.
+            subject: match (facts.policy.is_empty(), facts.store.is_empty()) {
+                (false, _) => facts.policy.clone(),
+                (true, false) => format!("store/{}", facts.store),
+                (true, true) => "config".to_string(),
+            },
             datacontenttype: "application/json".into(),
             data: EventData { node: self.node.clone(), result: result.into(), facts },
         };

@@ -60,6 +60,11 @@ pub struct PolicyResult {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreRequest {
     pub store: String,
     pub method: &'static str,
@@ -104,6 +109,9 @@ pub struct Metrics {
     pub deliveries: Family<PolicyResult, Counter>,
     pub rotations: Family<PolicyResult, Counter>,
     pub store_requests: Family<StoreRequest, Counter>,
+    /// This node's clock minus each remote store's, in seconds: absent for a store on this
+    /// node's own clock (the file store) and until a store has answered.
+    pub clock_skew: Family<StoreLabel, Gauge<f64, AtomicU64>>,
     pub last_success: Family<PolicyLabel, Timestamp>,
     pub next_rotation: Family<PolicyLabel, Timestamp>,
     pub notifications: Family<Notification, Counter>,
@@ -142,6 +150,7 @@ impl Metrics {
             deliveries: Family::default(),
             rotations: Family::default(),
             store_requests: Family::default(),
+            clock_skew: Family::default(),
             last_success: Family::default(),
             next_rotation: Family::default(),
             notifications: Family::default(),
@@ -203,6 +212,11 @@ impl Metrics {
             "keyturn_store_requests",
             "Requests to secret stores, by store, method and result (ok, error)",
             metrics.store_requests.clone(),
+        );
+        registry.register(
+            "keyturn_clock_skew_seconds",
+            "How far this node's clock is ahead of each store's (negative: behind), measured from the Date of the store's answers; absent for a store on this node's own clock",
+            metrics.clock_skew.clone(),
         );
         registry.register(
             "keyturn_last_success_timestamp_seconds",

@@ -6,6 +6,11 @@
 //! drift apart (a delivery counted but not logged, an error shown but not reported). The
 //! recorder also owns readiness: the status knows which required policies are on disk, and
 //! READY=1 and `/readyz` follow it. It reads the time from the clock it was given.
+//!
+//! Besides policies, it records what is known of each store's clock
+//! ([`Recorder::store_clock`]): the skew metric, the status's store section, and a warning
+//! (log, event, `/readyz` and STATUS= lines) once the skew passes `[agent] max_clock_skew`,
+//! said once when it starts and once when it ends, not at every poll.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,11 +22,12 @@ use tokio::sync::{Notify, watch};
 
 use super::events::{self, Reporter};
 use super::metrics::{
-    Metrics, NodeLabel, Notification, PolicyLabel, PolicyResult, ResultLabel, Retiring, SecretVersion,
+    Metrics, NodeLabel, Notification, PolicyLabel, PolicyResult, ResultLabel, Retiring, SecretVersion, StoreLabel,
 };
-use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Stale, Status};
+use super::status::{ConfigState, PolicyStatus, Rejected, RotationRecord, Stale, Status, StoreStatus};
 use crate::clock::{self, SharedClock};
 use crate::secret::VersionId;
+use crate::store::StoreClock;
 
 /// How long status changes gather before one write of the status file.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -516,6 +522,91 @@ impl Recorder {
         self.metrics.rotations.get_or_create(&PolicyResult { policy: policy.to_string(), result }).inc();
     }
 
+    /// Records what is known of `store`'s clock, after a request to it: the skew metric and
+    /// the status; past `limit` (`[agent] max_clock_skew`), a warning with the fix, said once,
+    /// and once more when the skew is back within half of it.
+    pub fn store_clock(&self, store: &str, clock: StoreClock, limit: Duration) {
+        let label = StoreLabel { store: store.to_string() };
+        match clock.skew() {
+            Some(skew) => {
+                self.metrics.clock_skew.get_or_create(&label).set(skew);
+            }
+            None => {
+                self.metrics.clock_skew.remove(&label);
+            }
+        }
+        let was_exceeded = self.status().stores.get(store).is_some_and(|s| s.clock_skew_exceeds.is_some());
+        let size = clock.skew().map(f64::abs);
+        let exceeded = match size {
+            Some(size) if was_exceeded => size > limit.as_secs_f64() / 2.0,
+            Some(size) => size > limit.as_secs_f64(),
+            // A store whose clock is no longer known keeps what was said of it.
+            None => was_exceeded && clock == StoreClock::Unmeasured,
+        };
+        let entry = StoreStatus {
+            clock: match clock {
+                StoreClock::Node => "node",
+                StoreClock::Unmeasured => "unmeasured",
+                StoreClock::Measured { .. } => "measured",
+            }
+            .to_string(),
+            clock_skew_seconds: clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
+            clock_skew_exceeds: exceeded.then_some(limit.as_secs_f64()),
+        };
+        let words = entry.clock_words(store);
+        {
+            let mut status = self.status();
+            if status.stores.get(store) == Some(&entry) {
+                return;
+            }
+            status.stores.insert(store.to_string(), entry);
+            status.updated_at = clock::rfc3339(self.clock.now());
+        }
+        self.status_changed.notify_one();
+        let skew_seconds = clock.skew().map(|skew| skew.round() as i64);
+        let facts = |error: Option<String>| events::Facts {
+            store: store.to_string(),
+            clock_skew_seconds: skew_seconds,
+            error,
+            ..events::Facts::default()
+        };
+        match (was_exceeded, exceeded) {
+            (false, true) => {
+                tracing::warn!(
+                    store,
+                    clock_skew_s = clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
+                    "{words}; due times and leases are judged on the store's clock, but requests this node signs with its own time (tokens) may be refused"
+                );
+                if let Some(reporter) = &self.reporter {
+                    reporter.record(events::Kind::ClockSkew, "exceeded", facts(Some(words)));
+                }
+            }
+            (true, false) => {
+                tracing::info!(
+                    store,
+                    clock_skew_s = clock.skew().map(|skew| (skew * 10.0).round() / 10.0),
+                    "{words}: back within max_clock_skew"
+                );
+                if let Some(reporter) = &self.reporter {
+                    reporter.record(events::Kind::ClockSkew, "ok", facts(None));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A line for each store whose clock is beyond `max_clock_skew`: for `/readyz` and
+    /// systemd's STATUS=, beside readiness (which the files on disk decide, not the clock).
+    pub fn clock_warnings(&self) -> Vec<String> {
+        let status = self.status();
+        status
+            .stores
+            .iter()
+            .filter(|(_, s)| s.clock_skew_exceeds.is_some())
+            .map(|(name, s)| format!("clock: {}", s.clock_words(name)))
+            .collect()
+    }
+
     /// Records a central report event, if reports are configured.
     fn event(&self, subject: Subject<'_>, kind: events::Kind, result: &str, facts: events::Facts) {
         if let Some(reporter) = &self.reporter {
@@ -668,7 +759,13 @@ impl Recorder {
         let total = status.policies.len();
         let delivered = status.policies.values().filter(|p| p.version.is_some()).count();
         let failing = status.policies.values().filter(|p| p.last_error.is_some()).count();
-        format!("{delivered} of {total} policies delivered, {failing} failing")
+        let mut summary = format!("{delivered} of {total} policies delivered, {failing} failing");
+        for (name, store) in status.stores.iter().filter(|(_, s)| s.clock_skew_exceeds.is_some()) {
+            if let Some(skew) = store.clock_skew_seconds {
+                summary.push_str(&format!("; clock {} store {name}'s", crate::store::skew_words(skew)));
+            }
+        }
+        summary
     }
 
     /// The version of `policy` on disk, as last recorded.
@@ -721,6 +818,51 @@ mod tests {
 
     fn subject(policy: &str) -> Subject<'_> {
         Subject { policy, store: "dev", secret: "db-password", required: true }
+    }
+
+    /// A store's clock: the metric and the status follow every measurement; beyond the limit
+    /// it is said (status, /readyz lines) until the skew is back within half of it; a local
+    /// store shows no skew at all.
+    #[test]
+    fn a_stores_clock_is_shown_and_a_skew_past_the_limit_is_said_until_it_is_back() {
+        let clock = Arc::new(clock::TokioClock::starting_at(humantime::parse_rfc3339("2026-12-01T00:00:00Z").unwrap()));
+        let recorder = Recorder::new("edge-17", clock, Arc::new(Metrics::new()), None);
+        let limit = Duration::from_secs(120);
+        let exceeds = |recorder: &Recorder| recorder.snapshot().stores["edge"].clock_skew_exceeds;
+        recorder.store_clock("edge", StoreClock::Unmeasured, limit);
+        assert_eq!(recorder.snapshot().stores["edge"].clock, "unmeasured");
+        assert!(recorder.clock_warnings().is_empty());
+
+        recorder.store_clock("edge", StoreClock::Measured { skew: 7203.26 }, limit);
+        let status = recorder.snapshot();
+        assert_eq!((status.stores["edge"].clock_skew_seconds, exceeds(&recorder)), (Some(7203.3), Some(120.0)));
+        let warnings = recorder.clock_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("2h 3s ahead of store edge's") && warnings[0].contains("chrony"), "{warnings:?}");
+        assert!(recorder.summary().ends_with("; clock 2h 3s ahead of store edge's"), "{}", recorder.summary());
+        let metrics = recorder.metrics.render();
+        assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"edge\"} 7203.26"), "{metrics}");
+        let table = status.render_table(true);
+        assert!(
+            table.contains(
+                "STORE  CLOCK\nedge   this node's clock is 2h 3s ahead of store edge's, beyond max_clock_skew (2m)"
+            ),
+            "{table}"
+        );
+
+        // Within the limit but not within half of it: still said. Within half: cleared.
+        recorder.store_clock("edge", StoreClock::Measured { skew: -100.0 }, limit);
+        assert_eq!(exceeds(&recorder), Some(120.0));
+        recorder.store_clock("edge", StoreClock::Measured { skew: -59.0 }, limit);
+        assert_eq!(exceeds(&recorder), None);
+        assert!(recorder.clock_warnings().is_empty());
+        assert!(
+            recorder.snapshot().render_table(true).contains("edge   this node's clock is 59s behind store edge's\n")
+        );
+
+        recorder.store_clock("dev", StoreClock::Node, limit);
+        assert_eq!(recorder.snapshot().stores["dev"].clock_skew_seconds, None);
+        assert!(!recorder.metrics.render().contains("store=\"dev\""));
     }
 
     #[test]

@@ -32,6 +32,45 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigState>,
     pub policies: BTreeMap<String, PolicyStatus>,
+    /// Per configured store: how this node's clock stands against the store's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stores: BTreeMap<String, StoreStatus>,
+}
+
+/// What is known of a store's clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `node`: the store is on this node's own clock (the file store), there is nothing to
+    /// measure; `unmeasured`: a remote store that has not answered yet; `measured`.
+    pub clock: String,
+    /// This node's clock minus the store's, in seconds, to a tenth (positive: the node is
+    /// ahead), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<f64>,
+    /// The skew is beyond `[agent] max_clock_skew` (this many seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_exceeds: Option<f64>,
+}
+
+impl StoreStatus {
+    /// The store's clock in words, for the status table, `/readyz` and systemd's STATUS=.
+    pub fn clock_words(&self, store: &str) -> String {
+        match (self.clock.as_str(), self.clock_skew_seconds) {
+            ("node", _) => "this node's own clock (a local store has no other)".to_string(),
+            (_, Some(skew)) => {
+                let mut words = format!("this node's clock is {} store {store}'s", crate::store::skew_words(skew));
+                if let Some(limit) = self.clock_skew_exceeds {
+                    words.push_str(&format!(
+                        ", beyond max_clock_skew ({}): {}",
+                        humantime::format_duration(std::time::Duration::from_secs_f64(limit)),
+                        crate::clock::TIME_SYNC_ADVICE
+                    ));
+                }
+                words
+            }
+            _ => "not measured yet (no answer from the store)".to_string(),
+        }
+    }
 }
 
 /// Which configuration a running agent uses.
@@ -200,6 +239,13 @@ impl Status {
                 }
             }
             out.push('\n');
+        }
+        if !self.stores.is_empty() {
+            let width = self.stores.keys().map(String::len).max().unwrap_or(0).max("STORE".len());
+            out.push_str(&format!("{:<width$}  CLOCK\n", "STORE"));
+            for (name, store) in &self.stores {
+                out.push_str(&format!("{name:<width$}  {}\n", store.clock_words(name)));
+            }
         }
         out
     }

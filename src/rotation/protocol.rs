@@ -22,6 +22,14 @@
 //! lease, the due time is checked again against the store, so a fleet that was due at the
 //! same moment makes exactly one new version.
 //!
+//! **Time is the store's.** Due times come from the creation time the store stamped on the
+//! current version, and a lease's `until` is read by every node of the fleet: both are
+//! compared with the store's clock ([`StoreTime`]: this node's clock corrected by the skew
+//! measured from the store's answers), never with this node's alone. A node whose clock runs a
+//! day ahead then neither rotates a fleet's secret a day early nor takes a live lease as
+//! expired. Until a remote store's clock has been measured (no answer yet), a fleet rotation is
+//! not started: [`RotationError::StoreClockUnknown`].
+//!
 //! Every step is logged with policy, secret, versions and node; never a value.
 
 use std::collections::BTreeMap;
@@ -32,7 +40,9 @@ use super::schedule::{in_grace, next_rotation, node_unit};
 use crate::clock::Clock;
 use crate::config::{OnAdoptionTimeout, Owner, Policy, Retire, Rotate};
 use crate::secret::{CURRENT, PENDING, SecretBytes, SecretId, Version, VersionId};
-use crate::store::{AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionState};
+use crate::store::{
+    AliasMove, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, StoreTime, VersionState,
+};
 
 /// What started a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +160,13 @@ pub enum RotationError {
         "the rotation lease was lost (it ran out and another node took it over?); version {version} was not promoted"
     )]
     LostLease { version: VersionId },
+    /// A fleet rotation waits until the store's clock is known: its due time and the lease are
+    /// judged on it.
+    #[error(
+        "the clock of store \"{store}\" is not measured yet (no answer of its has carried a Date); a fleet rotation \
+         waits for it, since due times and leases are judged on the store's clock, not this node's"
+    )]
+    StoreClockUnknown { store: String },
 }
 
 /// One rotation attempt of one policy.
@@ -163,7 +180,8 @@ pub struct Rotator<'a, S> {
     pub pause_at: Option<&'a str>,
     /// Told each step as it completes: the agent logs it, `keyturn rotate` prints it.
     pub progress: &'a (dyn Fn(Step, &str) + Send + Sync),
-    /// Where "now" comes from: due times and lease expiry are decided by it.
+    /// This node's clock. Due times, lease expiry and grace ends are decided on the store's
+    /// clock: this one corrected by the store's measured skew ([`StoreTime`]).
     pub clock: &'a dyn Clock,
     /// When old versions are disabled (the policy's `retire`, resolved).
     pub retire: Retire,
@@ -190,6 +208,11 @@ impl<S: SecretStore> Rotator<'_, S> {
 
     fn fleet(&self) -> bool {
         self.rotate.owner == Owner::Fleet
+    }
+
+    /// The store's time now (see the module's opening).
+    fn now(&self) -> SystemTime {
+        StoreTime { node: self.clock, store: self.store }.now()
     }
 
     fn err(step: Step) -> impl FnOnce(StoreError) -> RotationError {
@@ -235,16 +258,20 @@ impl<S: SecretStore> Rotator<'_, S> {
         if !self.fleet() {
             return self.rotate_leased(meta, trigger, None, value).await;
         }
+        // The read above was an answer: only a store that carries no time is still unmeasured.
+        if self.store.clock() == StoreClock::Unmeasured {
+            return Err(RotationError::StoreClockUnknown { store: self.policy.store.clone() });
+        }
         // Not due by what the first read says: no lease taken, no write. Under the lease the
         // due time is checked again (another node may have rotated in between).
         if trigger == Trigger::Scheduled
             && let Some(due) = self.due(&meta).await?
-            && self.clock.now() < due
+            && self.now() < due
         {
             return Ok(Outcome::NotDue { due });
         }
 
-        let now = self.clock.now();
+        let now = self.now();
         if let Err(holder) = lease::may_take(
             meta.annotations.get(lease::ANNOTATION).map(String::as_str),
             self.node,
@@ -342,7 +369,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         }
         if trigger == Trigger::Scheduled
             && let Some(due) = self.due(&meta).await?
-            && self.clock.now() < due
+            && self.now() < due
         {
             return Ok(Outcome::NotDue { due });
         }
@@ -553,7 +580,7 @@ impl<S: SecretStore> Rotator<'_, S> {
         let mut versions = self.store.versions(id).await?;
         // Newest first: by creation time, then by number for stores that number versions.
         versions.sort_by(|a, b| b.created.cmp(&a.created).then(b.id.number().cmp(&a.id.number())));
-        let now = self.clock.now();
+        let now = self.now();
         let mut retirements = Vec::new();
         let mut enabled_seen = 0;
         for (index, version) in versions.iter().enumerate() {
@@ -925,6 +952,9 @@ mod tests {
         }
         async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
             self.0.destroy(id, version).await
+        }
+        fn clock(&self) -> StoreClock {
+            self.0.clock()
         }
     }
 

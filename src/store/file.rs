@@ -18,6 +18,11 @@
 //! contract as Google Secret Manager, so the rotation protocol runs unchanged on both. Readers
 //! take no lock: `secret.json` is replaced by rename and version files are written before
 //! `secret.json` names them, so a reader sees a whole old state or a whole new one.
+//!
+//! **Time.** The store has no clock of its own: creation times and leases are written with the
+//! clock of the node that writes them, and every writer is on this node (the directory is
+//! local), so they share one clock ([`StoreClock::Node`]). There is no skew to measure, and
+//! none is reported; a wrong node clock is still wrong, but it is wrong for every writer alike.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,8 +36,8 @@ use toml::Spanned;
 
 use super::registry::{Backend, OpenContext};
 use super::{
-    AliasMove, Etag, MAX_VALUE_BYTES, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo,
-    VersionState,
+    AliasMove, Etag, MAX_VALUE_BYTES, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError,
+    VersionInfo, VersionState,
 };
 use crate::clock::SharedClock;
 use crate::config::Section;
@@ -394,6 +399,10 @@ impl SecretStore for FileStore {
             }
         })
         .await
+    }
+    /// A directory on this node, written only with this node's clock.
+    fn clock(&self) -> StoreClock {
+        StoreClock::Node
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo, VersionState};
+use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, VersionInfo, VersionState};
 use crate::clock::SharedClock;
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
 
@@ -24,6 +24,8 @@ pub struct MemoryStore {
     /// How many metadata reads and writes were made (everything but `access`).
     metadata: AtomicUsize,
     failing_reads: AtomicUsize,
+    /// What the store says of its clock: this node's, until a test says it is remote.
+    store_clock: Mutex<StoreClock>,
 }
 
 #[derive(Debug, Default)]
@@ -50,7 +52,20 @@ impl MemoryStore {
             accesses: AtomicUsize::new(0),
             metadata: AtomicUsize::new(0),
             failing_reads: AtomicUsize::new(0),
+            store_clock: Mutex::new(StoreClock::Node),
         }
+    }
+
+    /// Makes the store remote, with its clock `clock` against the node's: creation times are
+    /// then stamped on the store's clock (the node's corrected by the skew), as a remote store
+    /// stamps them.
+    pub fn set_clock(&self, clock: StoreClock) {
+        *self.store_clock.lock().unwrap() = clock;
+    }
+
+    /// The store's own time now.
+    fn store_now(&self) -> std::time::SystemTime {
+        self.clock().store_time(self.clock.now())
     }
 
     /// Adds `value` as a new version and makes it `current` (the old one `previous`), as
@@ -62,7 +77,7 @@ impl MemoryStore {
         let stored = Stored {
             value: SecretBytes::copy_from(value.as_bytes()),
             state: VersionState::Enabled,
-            created: self.clock.now(),
+            created: self.store_now(),
         };
         secret.versions.insert(number, stored);
         let version = VersionId::from(number);
@@ -163,7 +178,7 @@ impl SecretStore for MemoryStore {
         let number = secret.versions.keys().next_back().map_or(1, |n| n + 1);
         secret
             .versions
-            .insert(number, Stored { value: value.clone(), state: VersionState::Enabled, created: self.clock.now() });
+            .insert(number, Stored { value: value.clone(), state: VersionState::Enabled, created: self.store_now() });
         Ok(VersionId::from(number))
     }
 
@@ -223,5 +238,8 @@ impl SecretStore for MemoryStore {
             secret.aliases.retain(|_, v| v != version);
             Ok(())
         })
+    }
+    fn clock(&self) -> StoreClock {
+        *self.store_clock.lock().unwrap()
     }
 }

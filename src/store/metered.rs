@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, Version, VersionInfo};
+use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, Version, VersionInfo};
 use crate::report::metrics::{Metrics, StoreRequest};
 use crate::secret::{SecretBytes, SecretId, VersionId};
 
@@ -68,5 +68,9 @@ impl<S: SecretStore> SecretStore for Metered<S> {
 
     async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.count("destroy", self.inner.destroy(id, version).await)
+    }
+
+    fn clock(&self) -> StoreClock {
+        self.inner.clock()
     }
 }

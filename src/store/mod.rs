@@ -208,6 +208,84 @@ pub trait SecretStore: Send + Sync {
     fn disable(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Wipes a version's value for good; aliases that pointed at it are dropped.
     fn destroy(&self, id: &SecretId, version: &VersionId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// How the store's clock stands against this node's, as far as its answers have shown: no
+    /// request of its own. Every backend says: a remote one measures it (the Google store from
+    /// the `Date` of its answers); one whose writers share this node's clock says so.
+    fn clock(&self) -> StoreClock;
+}
+
+/// How a store's clock stands against this node's.
+///
+/// Decisions about what a store holds are made on the store's clock: when its current
+/// version is due (from the creation time the store stamped on it), whether a rotation lease
+/// written in it has expired, when a replaced version's grace ends. Every node then decides
+/// alike, so one node whose clock runs a day ahead neither rotates the fleet's secret a day
+/// early nor takes another node's live lease. See [`StoreTime`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StoreClock {
+    /// The store is written with this node's own clock, and every writer shares it (the file
+    /// store, a directory on this node): there is no other clock to measure.
+    Node,
+    /// A remote store that has not said what time it is yet: no answer has arrived.
+    Unmeasured,
+    /// A remote store's clock as measured: this node's clock minus the store's, in seconds
+    /// (positive: this node is ahead).
+    Measured { skew: f64 },
+}
+
+impl StoreClock {
+    /// The store's time when this node's clock reads `now`: `now` itself for a store on this
+    /// node's clock, and while a remote store's is not measured yet.
+    pub fn store_time(self, now: SystemTime) -> SystemTime {
+        match self {
+            StoreClock::Measured { skew } if skew >= 0.0 => now - std::time::Duration::from_secs_f64(skew),
+            StoreClock::Measured { skew } => now + std::time::Duration::from_secs_f64(-skew),
+            StoreClock::Node | StoreClock::Unmeasured => now,
+        }
+    }
+
+    /// The measured skew, in seconds (positive: this node is ahead).
+    pub fn skew(self) -> Option<f64> {
+        match self {
+            StoreClock::Measured { skew } => Some(skew),
+            StoreClock::Node | StoreClock::Unmeasured => None,
+        }
+    }
+}
+
+/// A skew in words, as precise as is worth saying: `0.4s ahead of`, `3m 2s behind`, `2h ahead
+/// of`, `1day ahead of` (tenths of a second below ten seconds, whole seconds below ten minutes,
+/// whole minutes above). Followed by whose clock it is compared with.
+pub fn skew_words(skew: f64) -> String {
+    let size = skew.abs();
+    let amount = if size < 10.0 {
+        format!("{size:.1}s")
+    } else {
+        let unit = if size < 600.0 { 1.0 } else { 60.0 };
+        let rounded = (size / unit).round() * unit;
+        humantime::format_duration(std::time::Duration::from_secs(rounded as u64)).to_string()
+    };
+    format!("{amount} {}", if skew >= 0.0 { "ahead of" } else { "behind" })
+}
+
+/// A store's clock as a [`Clock`](crate::clock::Clock): this node's clock corrected by the
+/// store's measured skew (see [`StoreClock`]). Read afresh at every `now`, so a measurement
+/// that changes (a clock fixed by time sync) is followed at once.
+pub struct StoreTime<'a, S: ?Sized> {
+    pub node: &'a dyn crate::clock::Clock,
+    pub store: &'a S,
+}
+
+impl<S: ?Sized> fmt::Debug for StoreTime<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreTime").finish_non_exhaustive()
+    }
+}
+
+impl<S: SecretStore + ?Sized> crate::clock::Clock for StoreTime<'_, S> {
+    fn now(&self) -> SystemTime {
+        self.store.clock().store_time(self.node.now())
+    }
 }
 
 /// Google Secret Manager's rule for secret ids, the strictest of the stores keyturn speaks:
@@ -217,6 +295,32 @@ pub trait SecretStore: Send + Sync {
 pub fn check_portable_secret_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty() && id.len() <= 255 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok { Ok(()) } else { Err(format!("\"{id}\" is not a secret id: 1 to 255 letters, digits, \"-\" and \"_\"")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_time_and_skews_in_words() {
+        let now = humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap();
+        let day_ahead = StoreClock::Measured { skew: 86_400.0 };
+        assert_eq!(crate::clock::rfc3339(day_ahead.store_time(now)), "2026-11-30T12:00:00Z");
+        let behind = StoreClock::Measured { skew: -90.5 };
+        assert_eq!(humantime::format_rfc3339_millis(behind.store_time(now)).to_string(), "2026-12-01T12:01:30.500Z");
+        assert_eq!((StoreClock::Node.store_time(now), StoreClock::Unmeasured.store_time(now)), (now, now));
+        let cases = [
+            (0.44, "0.4s ahead of"),
+            (-3.0, "3.0s behind"),
+            (182.4, "3m 2s ahead of"),
+            (-7200.4, "2h behind"),
+            (7230.0, "2h 1m ahead of"),
+            (86_400.3, "1day ahead of"),
+        ];
+        for (skew, words) in cases {
+            assert_eq!(skew_words(skew), words, "{skew}");
+        }
+    }
 }
 
 /// Why a store operation failed. Messages name the store, secret and version, never a value.
@@ -250,6 +354,11 @@ pub enum StoreError {
     /// `advice` is the backend's: where it looks for credentials.
     #[error("store \"{store}\": {message}{advice}")]
     Auth { store: String, message: String, advice: String },
+    /// The store refused this node because of its clock, most likely (a signed request outside
+    /// the store's time window, with the clock measured that far off): `advice` says how far,
+    /// and how to fix it. Never credential advice: the credentials are not the problem.
+    #[error("store \"{store}\": {message}{advice}")]
+    Clock { store: String, message: String, advice: String },
     #[error("store \"{store}\": quota exceeded, will retry: {message}")]
     Quota { store: String, message: String },
     #[error("store \"{store}\": unavailable, will retry: {message}")]
@@ -286,6 +395,7 @@ impl StoreError {
                 | StoreError::Quota { .. }
                 | StoreError::Unavailable { .. }
                 | StoreError::Auth { .. }
+                | StoreError::Clock { .. }
         )
     }
 }

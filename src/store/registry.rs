@@ -68,13 +68,17 @@ pub trait Backend: SecretStore + Sized + fmt::Debug + 'static {
 /// What every backend is opened with.
 #[derive(Debug, Clone)]
 pub struct OpenContext {
-    /// The time of record for what the store writes (a version's creation time, say).
+    /// The node's clock: the time of record for what a local store writes (a version's
+    /// creation time, say), and what a remote store's clock is measured against.
     pub clock: SharedClock,
+    /// `[agent] max_clock_skew`: a refusal while the store's clock is measured further off than
+    /// this names the clock, not the credentials.
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl Default for OpenContext {
     fn default() -> Self {
-        OpenContext { clock: crate::clock::system() }
+        OpenContext { clock: crate::clock::system(), max_clock_skew: crate::config::DEFAULT_MAX_CLOCK_SKEW }
     }
 }
 
@@ -233,6 +237,10 @@ macro_rules! stores {
 
             async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
                 match self { $(AnyStore::$variant(store) => store.destroy(id, version).await,)* }
+            }
+
+            fn clock(&self) -> StoreClock {
+                match self { $(AnyStore::$variant(store) => store.clock(),)* }
             }
         }
     };

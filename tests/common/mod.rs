@@ -98,7 +98,13 @@ impl World {
 
     /// `keyturn ARGS --config CONFIG` for another node's agent file (see [`World::node`]).
     pub fn command_for(&self, config: &Path, args: &[&str]) -> Command {
-        let mut command = Command::new(BIN);
+        self.command_via(&Binary::plain(Path::new(BIN)), config, args)
+    }
+
+    /// [`World::command_for`] with another binary, or its clock moved (see [`Binary`]).
+    pub fn command_via(&self, binary: &Binary, config: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(&binary.path);
+        command.envs(binary.env.iter().map(|(k, v)| (k, v)));
         command.args(args).arg("--config").arg(config).env_remove("KEYTURN_CONFIG");
         command.env_remove("KEYTURN_TEST_PAUSE_AT").env_remove("KEYTURN_LOG").env_remove("KEYTURN_LOG_FORMAT");
         // Never the developer's own Google credentials, and never a metadata-server probe:
@@ -167,10 +173,15 @@ impl World {
 
     /// Starts `keyturn agent` for the agent file `config`.
     pub fn agent_for(&self, config: &Path, env: &[(&str, &str)], paths: &[(&str, &Path)]) -> Agent {
+        self.agent_via(&Binary::plain(Path::new(BIN)), config, env, paths)
+    }
+
+    /// [`World::agent_for`] with another binary, or its clock moved (see [`Binary`]).
+    pub fn agent_via(&self, binary: &Binary, config: &Path, env: &[(&str, &str)], paths: &[(&str, &Path)]) -> Agent {
         let log = self.disk.path().join(format!("agent-{}.log", unique()));
         // `--log` wins over KEYTURN_LOG, so a test that sets the variable gets its filter.
         let filter = env.iter().find(|(k, _)| *k == "KEYTURN_LOG").map_or("debug", |(_, v)| *v);
-        let mut command = self.command_for(config, &["agent", "--log", filter]);
+        let mut command = self.command_via(binary, config, &["agent", "--log", filter]);
         command
             .envs(env.iter().copied())
             .envs(paths.iter().copied())
@@ -242,6 +253,44 @@ impl World {
             }
         }
         all
+    }
+}
+
+/// Which `keyturn` a command runs: a binary, with variables of its own.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    pub path: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// libfaketime, from Debian's `faketime` package (`scripts/test.sh` installs it), as the
+/// `faketime` command preloads it; `$LIB` is the dynamic loader's own (`lib/x86_64-linux-gnu`).
+/// The multi-threaded build: keyturn's blocking pool reads the clock from other threads.
+pub const LIBFAKETIME: &str = "/usr/$LIB/faketime/libfaketimeMT.so.1";
+
+impl Binary {
+    pub fn plain(path: &Path) -> Binary {
+        Binary { path: path.to_path_buf(), env: Vec::new() }
+    }
+
+    /// `path` with its wall clock moved by `offset` (`+2h`, `-2h`, `+1d`), as `faketime -f
+    /// OFFSET` runs it: libfaketime preloaded, `FAKETIME` set. Not through the `faketime`
+    /// command itself, which forks and waits, so that the process the test holds (and kills)
+    /// is keyturn. The monotonic clock, which tokio's timers follow, stays real.
+    pub fn faketime(path: &Path, offset: &str) -> Binary {
+        let library = LIBFAKETIME.replace("$LIB", "lib/x86_64-linux-gnu");
+        assert!(
+            Path::new(&library).exists() || !cfg!(target_arch = "x86_64"),
+            "{library} is missing: install the Debian package faketime (scripts/test.sh does)"
+        );
+        Binary {
+            path: path.to_path_buf(),
+            env: vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME".into(), offset.into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ],
+        }
     }
 }
 

@@ -26,6 +26,8 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Shortest poll accepted. Faster polling buys nothing a notification would not, and costs
 /// store quota across the whole fleet.
 const MIN_POLL: Duration = Duration::from_secs(1);
+/// The smallest `max_clock_skew`: a `Date` header has one-second resolution.
+const MIN_CLOCK_SKEW: Duration = Duration::from_secs(1);
 /// The admin listener serves metrics and health, never values; by default on loopback only.
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 const SECTIONS: &[&str] = &["agent", "stores", "admin", "control", "report", "cache", "fleet"];
@@ -140,6 +142,18 @@ fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
         }
     };
     let shutdown_grace = section.duration(raw.shutdown_grace.as_ref(), DEFAULT_SHUTDOWN_GRACE, "shutdown_grace");
+    let max_clock_skew = section
+        .duration(raw.max_clock_skew.as_ref(), crate::config::DEFAULT_MAX_CLOCK_SKEW, "max_clock_skew")
+        .and_then(|skew| {
+            (skew >= MIN_CLOCK_SKEW).then_some(skew).or_else(|| {
+                section.problem(
+                    raw.max_clock_skew.as_ref().map(Spanned::span),
+                    "max_clock_skew",
+                    "must be at least 1s: a store's clock is read from its answers' Date, to the second",
+                );
+                None
+            })
+        });
     Some(Agent {
         node: node?,
         runtime_dir: runtime_dir?,
@@ -150,6 +164,7 @@ fn agent_section(section: &mut Section<'_, '_>) -> Option<Agent> {
         allow_persistent: raw.allow_persistent.unwrap_or(false),
         rotate: raw.rotate.unwrap_or(true),
         shutdown_grace: shutdown_grace?,
+        max_clock_skew: max_clock_skew?,
     })
 }
 

@@ -12,8 +12,14 @@
 //!   A file may be a service-account key (`gcp_auth`) or an `external_account` configuration
 //!   (Workload Identity Federation, [`identity::external_account`], a `gcp_auth`
 //!   `TokenProvider` of our own). `gcp_auth` sets no timeouts; every token request here runs
-//!   under `token_timeout`. Every response's `Date` tells [`identity::server_time`] Google's
-//!   time, by which federated tokens are refreshed.
+//!   under `token_timeout`.
+//! - **Time.** Every response's `Date`, errors and the token endpoint's included, tells
+//!   [`identity::server_time`] Google's time: tokens are kept by it, and it is the store's clock
+//!   ([`SecretStore::clock`]) on which the engine decides due times and leases. A token request
+//!   refused while the node's clock is measured further off than `[agent] max_clock_skew`, or
+//!   refused for its `iat`/`exp`, is [`StoreError::Clock`]: it names the clock and the fix,
+//!   never the credentials. (A 401 on a request is not the clock's doing: tokens are kept by
+//!   Google's time.)
 //! - **Integrity.** Every access checks `payload.dataCrc32c`; a mismatch is an error and
 //!   nothing is delivered. `addVersion` sends the checksum so Google verifies the upload.
 //! - **Concurrency.** Alias moves carry the secret's etag, disables and destroys the version's
@@ -45,7 +51,9 @@ pub mod identity;
 pub use config::GcpStoreConfig;
 
 use super::registry::{Backend, OpenContext};
-use super::{Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreError, VersionInfo, VersionState};
+use super::{
+    Etag, SecretMeta, SecretStore, SecretUpdate, Selector, StoreClock, StoreError, VersionInfo, VersionState,
+};
 use crate::backoff::{retry_delay_from, unit_random};
 use crate::config::Section;
 use crate::secret::{SecretBytes, SecretId, Version, VersionId};
@@ -74,8 +82,8 @@ impl Backend for GcpStore {
         config::configure(section)
     }
 
-    async fn open(name: &str, config: &GcpStoreConfig, _: &OpenContext) -> Result<Self, StoreError> {
-        GcpStore::new(name, config)
+    async fn open(name: &str, config: &GcpStoreConfig, context: &OpenContext) -> Result<Self, StoreError> {
+        GcpStore::new(name, config, context)
     }
 
     fn check_secret_id(id: &str) -> Result<(), String> {
@@ -106,14 +114,19 @@ impl Backend for GcpStore {
     }
 }
 
-/// A token provider's error as a sentence: our own external account's error says everything
-/// itself; `gcp_auth`'s are joined with their causes.
-fn token_error(error: &gcp_auth::Error) -> String {
+/// A token provider's error as a sentence (our own providers' errors say everything
+/// themselves; `gcp_auth`'s are joined with their causes), and whether the endpoint refused it
+/// for its time (`iat`/`exp`).
+fn token_error(error: &gcp_auth::Error) -> (String, bool) {
+    use identity::external_account::ExternalAccountError;
+    use identity::service_account::ServiceAccountError;
     match error {
-        gcp_auth::Error::Other(_, source) if source.is::<identity::external_account::ExternalAccountError>() => {
-            source.to_string()
-        }
-        other => crate::error_chain(other),
+        gcp_auth::Error::Other(_, source) if source.is::<ExternalAccountError>() => (source.to_string(), false),
+        gcp_auth::Error::Other(_, source) => match source.downcast_ref::<ServiceAccountError>() {
+            Some(refused) => (refused.to_string(), refused.about_the_clock()),
+            None => (crate::error_chain(error), false),
+        },
+        other => (crate::error_chain(other), false),
     }
 }
 
@@ -146,8 +159,13 @@ pub struct GcpStore {
     /// Created on first use: finding Application Default Credentials may probe the metadata
     /// server, which should not delay start-up or fail it for good.
     identity: OnceCell<identity::Identity>,
-    /// Google's time, from the `Date` of every answer; federated tokens are refreshed by it.
+    /// Google's time, from the `Date` of every answer: tokens are kept by it, and it is this
+    /// store's clock.
     server_time: Arc<ServerTime>,
+    /// The node's clock, for the token request's own time.
+    clock: crate::clock::SharedClock,
+    /// `[agent] max_clock_skew`: a refusal with the clock measured further off names the clock.
+    max_clock_skew: Duration,
     request_timeout: Duration,
     token_timeout: Duration,
     retry_backoff: Duration,
@@ -201,7 +219,7 @@ pub fn endpoint(config: &GcpStoreConfig) -> String {
 }
 
 impl GcpStore {
-    pub fn new(name: &str, config: &GcpStoreConfig) -> Result<Self, StoreError> {
+    pub fn new(name: &str, config: &GcpStoreConfig, context: &OpenContext) -> Result<Self, StoreError> {
         let endpoint = endpoint(config);
         let parent = match &config.location {
             Some(location) => format!("projects/{}/locations/{location}", config.project),
@@ -223,7 +241,9 @@ impl GcpStore {
             parent_url: format!("{endpoint}/v1/{parent}"),
             credentials: config.credentials.clone(),
             identity: OnceCell::new(),
-            server_time: Arc::new(ServerTime::new(crate::clock::system())),
+            server_time: Arc::new(ServerTime::new(context.clock.clone())),
+            clock: context.clock.clone(),
+            max_clock_skew: context.max_clock_skew,
             request_timeout: config.request_timeout,
             token_timeout: config.token_timeout,
             retry_backoff: config.retry_backoff,
@@ -266,7 +286,7 @@ impl GcpStore {
                     environment: &environment,
                     request_timeout: self.request_timeout,
                     time: self.server_time.clone(),
-                    clock: crate::clock::system(),
+                    clock: self.clock.clone(),
                 };
                 match tokio::time::timeout(self.token_timeout, identity::find(discovery)).await {
                     Ok(Ok(identity)) => Ok(identity),
@@ -277,9 +297,36 @@ impl GcpStore {
             .await?;
         match tokio::time::timeout(self.token_timeout, identity.provider.token(&[SCOPE])).await {
             Ok(Ok(token)) => Ok((token, identity.quota_project.as_deref())),
-            Ok(Err(e)) => Err(auth(format!("token request failed: {}", token_error(&e)))),
+            Ok(Err(e)) => {
+                let (message, about_the_clock) = token_error(&e);
+                Err(self.refused(format!("token request failed: {message}"), about_the_clock))
+            }
             Err(_) => Err(auth(format!("token request took longer than {:?}", self.token_timeout))),
         }
+    }
+
+    /// Google refused a token request: the error names the clock when Google said the
+    /// request's time was wrong or the clock is measured further off than `max_clock_skew`
+    /// (a subject token may be minted with the node's time too), and the credentials otherwise.
+    fn refused(&self, message: String, about_the_clock: bool) -> StoreError {
+        let store = self.name.clone();
+        let skew = self.server_time.skew();
+        let skewed = skew.is_some_and(|skew| skew.abs() > self.max_clock_skew.as_secs_f64());
+        if !(about_the_clock || skewed) {
+            return StoreError::Auth { store, message, advice: CREDENTIALS_ADVICE.into() };
+        }
+        let measured = match skew {
+            Some(skew) => format!(
+                "this node's clock is {} Google's (measured from the Date of its answers)",
+                super::skew_words(skew)
+            ),
+            None => "Google refused the request's time (iat and exp)".to_string(),
+        };
+        let advice = format!(
+            "; the likely cause is this node's clock, not its credentials: {measured}, and Google takes a signed request only within a few minutes of its own time; {}",
+            crate::clock::TIME_SYNC_ADVICE
+        );
+        StoreError::Clock { store, message, advice }
     }
 
     /// One request; the response body on success, a typed error otherwise. Bodies are read
@@ -343,6 +390,7 @@ impl GcpStore {
                 let advice = role_hint(permission.as_deref());
                 StoreError::PermissionDenied { store, permission, message, advice }
             }
+            // Not the clock: every token keyturn sends is kept by Google's time, never the node's.
             "UNAUTHENTICATED" => StoreError::Auth {
                 store,
                 message: format!("credentials refused: {message}"),
@@ -771,6 +819,13 @@ impl SecretStore for GcpStore {
     async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
         self.transition(id, version, "destroy").await
     }
+    /// Google's clock as measured from its answers' `Date`; unmeasured until one arrives.
+    fn clock(&self) -> StoreClock {
+        match self.server_time.skew() {
+            Some(skew) => StoreClock::Measured { skew },
+            None => StoreClock::Unmeasured,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -791,14 +846,14 @@ mod tests {
 
     #[test]
     fn endpoints_and_resource_names() {
-        let global = GcpStore::new("edge", &config(None, None)).unwrap();
+        let global = GcpStore::new("edge", &config(None, None), &OpenContext::default()).unwrap();
         assert_eq!(global.parent_url, "https://secretmanager.googleapis.com/v1/projects/acme-edge");
-        let regional = GcpStore::new("edge", &config(Some("europe-west3"), None)).unwrap();
+        let regional = GcpStore::new("edge", &config(Some("europe-west3"), None), &OpenContext::default()).unwrap();
         assert_eq!(
             regional.version_url(&SecretId::new("api-key"), &Selector::current()).unwrap(),
             "https://secretmanager.europe-west3.rep.googleapis.com/v1/projects/acme-edge/locations/europe-west3/secrets/api-key/versions/current"
         );
-        let local = GcpStore::new("edge", &config(Some("us"), Some("http://127.0.0.1:8085/"))).unwrap();
+        let local = GcpStore::new("edge", &config(Some("us"), Some("http://127.0.0.1:8085/")), &OpenContext::default()).unwrap();
         assert_eq!(local.parent_url, "http://127.0.0.1:8085/v1/projects/acme-edge/locations/us");
         assert!(global.version_url(&SecretId::new("x"), &Selector::Alias("a/b".into())).is_err());
         assert!(global.secret_url(&SecretId::new("../x")).is_err());
@@ -817,7 +872,7 @@ mod tests {
             crc in proptest::prelude::any::<u64>(),
             name in "[a-z/0-9]{0,40}",
         ) {
-            let store = GcpStore::new("edge", &config(None, None)).unwrap();
+            let store = GcpStore::new("edge", &config(None, None), &OpenContext::default()).unwrap();
             let id = SecretId::new("db");
             let shaped = format!(r#"{{"name":"{name}","payload":{{"data":"{data}","dataCrc32c":"{crc}"}}}}"#);
             for body in [raw.as_slice(), shaped.as_bytes()] {
@@ -836,7 +891,7 @@ mod tests {
 
     #[test]
     fn an_oversized_payload_is_refused_before_it_is_decoded() {
-        let store = GcpStore::new("edge", &config(None, None)).unwrap();
+        let store = GcpStore::new("edge", &config(None, None), &OpenContext::default()).unwrap();
         let data = "A".repeat(super::super::MAX_VALUE_BYTES * 2);
         let body = format!(r#"{{"name":"projects/1/secrets/db/versions/3","payload":{{"data":"{data}"}}}}"#);
         let err = store.decode_access(&SecretId::new("db"), body.as_bytes()).unwrap_err();
@@ -849,9 +904,58 @@ mod tests {
         assert_eq!(version_in("Secret [projects/1/secrets/x] not found or has no versions."), None);
     }
 
+    /// A service-account key on a node two hours ahead or behind: Google's window refuses the
+    /// token request, the refusal's Date measures the skew, and the error names the clock and
+    /// its fix, with no word about credentials. A key Google does not know, on a clock that is
+    /// only a little off, still gets the credentials advice.
+    #[tokio::test]
+    async fn a_refused_token_request_names_the_clock_when_the_clock_is_off() {
+        use crate::clock::TokioClock;
+        let emu = gcp_emulator::Emulator::builder().project_id("acme-edge").start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = emu.service_account_key("puller@acme-edge.iam.gserviceaccount.com", gcp_emulator::Role::Accessor);
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::io::Write::write_all(&mut std::fs::File::create(&path).unwrap(), text.as_bytes()).unwrap();
+            path
+        };
+        let known = write("key.json", &key);
+        let unknown = write("stranger.json", &key.replace("puller@", "stranger@"));
+        let store = |credentials: &std::path::Path, node: std::time::SystemTime| {
+            let context = OpenContext {
+                clock: Arc::new(TokioClock::starting_at(node)),
+                max_clock_skew: Duration::from_secs(120),
+            };
+            let config = GcpStoreConfig {
+                endpoint: Some(emu.base_url()),
+                credentials: Some(credentials.to_path_buf()),
+                ..config(None, None)
+            };
+            GcpStore::new("edge", &config, &context).unwrap()
+        };
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        let hours = Duration::from_secs(7200);
+        for (node, words) in [(now + hours, "2h ahead of Google's"), (now - hours, "2h behind Google's")] {
+            let store = store(&known, node);
+            assert_eq!(store.clock(), StoreClock::Unmeasured);
+            let error = store.access(&SecretId::new("db"), &Selector::current()).await.unwrap_err();
+            let text = error.to_string();
+            assert!(matches!(error, StoreError::Clock { .. }), "{text}");
+            assert!(text.contains("token request failed") && text.contains("invalid_grant: Invalid JWT"), "{text}");
+            assert!(text.contains(&format!("this node's clock is {words}")) && text.contains("chrony"), "{text}");
+            assert!(!text.contains("credentials (") && !text.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{text}");
+            let skew = store.clock().skew().unwrap();
+            assert!((skew.abs() - 7200.0).abs() < 2.0, "{skew}");
+        }
+        let stranger = store(&unknown, now + Duration::from_secs(30));
+        let text = stranger.access(&SecretId::new("db"), &Selector::current()).await.unwrap_err().to_string();
+        assert!(text.contains("account not found") && text.contains("check the node's credentials"), "{text}");
+        emu.shutdown().await;
+    }
+
     #[test]
     fn error_envelopes_become_errors_that_say_what_to_do() {
-        let store = GcpStore::new("edge", &config(None, None)).unwrap();
+        let store = GcpStore::new("edge", &config(None, None), &OpenContext::default()).unwrap();
         let denied = br#"{"error":{"code":403,"message":"Permission 'secretmanager.versions.access' denied for resource 'projects/acme-edge/secrets/db/versions/current' (or it may not exist).","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"IAM_PERMISSION_DENIED","domain":"iam.googleapis.com","metadata":{"permission":"secretmanager.versions.access"}}]}}"#;
         let error = store.api_error(StatusCode::FORBIDDEN, denied);
         let text = error.to_string();

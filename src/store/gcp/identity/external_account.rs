@@ -323,7 +323,7 @@ impl Inner {
 
 /// gcp_auth's [`Token`] has no public constructor but reads the token endpoint's JSON: build
 /// that JSON in a zeroized buffer.
-fn gcp_token(token: &str, left: Duration) -> Result<Token, String> {
+pub(super) fn gcp_token(token: &str, left: Duration) -> Result<Token, String> {
     #[derive(serde::Serialize)]
     struct Answer<'a> {
         access_token: &'a str,

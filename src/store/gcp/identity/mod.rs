@@ -11,15 +11,20 @@
 //!
 //! The first that is set decides; a file that is set but unusable is an error that names it,
 //! never a silent fall-through to the next. A file's `type` picks the provider:
-//! `service_account` (a key; `gcp_auth`), `external_account` (Workload Identity Federation;
-//! [`external_account`], plugged into `gcp_auth` through its [`TokenProvider`] trait), and
+//! `service_account` (a key; [`service_account`], which reads the `Date` and the refusal of
+//! Google's token endpoint), `external_account` (Workload Identity Federation;
+//! [`external_account`]), both plugged into `gcp_auth` through its [`TokenProvider`] trait, and
 //! `authorized_user` only in gcloud's own file (`gcp_auth`). Other types are refused with what
 //! to use instead.
+//!
+//! Every answer of Google's that keyturn reads feeds [`server_time::ServerTime`]: Google's
+//! clock, by which tokens are kept and against which the node's clock is measured.
 
 pub mod credential_config;
 mod exchange;
 pub mod external_account;
 pub mod server_time;
+pub mod service_account;
 pub mod subject_token;
 
 use std::path::{Path, PathBuf};
@@ -137,8 +142,14 @@ async fn from_file(path: &Path, named_by: &str, discovery: &Discovery<'_>) -> Re
     match kind.kind.as_deref() {
         Some("service_account") => {
             let text = std::str::from_utf8(&bytes).map_err(|_| format!("{shown} is not UTF-8"))?;
-            let provider = gcp_auth::CustomServiceAccount::from_json(text)
-                .map_err(|e| format!("{shown} ({named_by}): a service-account key that cannot be used: {}", crate::error_chain(&e)))?;
+            let provider = service_account::ServiceAccount::new(service_account::Settings {
+                origin: path.to_path_buf(),
+                key: text,
+                request_timeout: discovery.request_timeout,
+                time: discovery.time.clone(),
+                clock: discovery.clock.clone(),
+            })
+            .map_err(|e| format!("{shown} ({named_by}): {e}"))?;
             // Who this node is to Google, and from where: never the key.
             let principal: Principal = serde_json::from_slice(&bytes).unwrap_or_default();
             tracing::debug!(

@@ -115,6 +115,54 @@ async fn expired_future_and_long_lived_assertions_are_rejected() {
     }
 }
 
+/// Google's window, judged on the emulator's own clock as Google judges it on its own: `iat`
+/// up to five minutes ahead is taken, further is refused, and so is an `exp` already past. A
+/// refusal carries the emulator's `Date` like every answer, which is how a client measures how
+/// far its clock is off when it cannot get a token at all.
+#[tokio::test]
+async fn the_window_is_on_the_emulators_clock_and_a_refusal_carries_its_date() {
+    let mut h = Harness::new().await;
+    let key = h.emu.service_account_key(PULLER, Role::Accessor);
+    let timeframe = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a \
+                     reasonable timeframe. Check your iat and exp values in the JWT claim.";
+    let audience = h.emu.token_uri();
+    let at = |issued_at: i64| {
+        let (key_json, audience) = (key.as_str(), audience.clone());
+        Assertion { key_json, audience, issued_at, lifetime: 3600, scope: Some(CLOUD_PLATFORM), padded: false }.sign()
+    };
+    assert_eq!(exchange(&h, JWT_BEARER, &at(now_seconds() + 240)).await.0, 200, "four minutes ahead");
+    let reply = exchange(&h, JWT_BEARER, &at(now_seconds() + 360)).await;
+    assert_eq!((reply.0, reply.1["error_description"].as_str()), (400, Some(timeframe)), "six minutes ahead");
+
+    // Two hours later on the emulator's clock, an assertion signed with the real time (a node
+    // two hours behind) is past its exp; one signed with the emulator's time is taken.
+    h.advance_clock(Duration::from_secs(7200));
+    let body = |assertion: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", JWT_BEARER)
+            .append_pair("assertion", assertion)
+            .finish()
+    };
+    let response = h
+        .http
+        .post(h.emu.token_uri())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body(&at(now_seconds())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let date = httpdate::parse_http_date(response.headers()["date"].to_str().unwrap()).unwrap();
+    let ahead = date.duration_since(std::time::SystemTime::now()).unwrap().as_secs();
+    assert!((7195..=7200).contains(&ahead), "the Date is the emulator's, two hours ahead: {ahead} s");
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        (answer["error"].as_str(), answer["error_description"].as_str()),
+        (Some("invalid_grant"), Some(timeframe))
+    );
+    assert_eq!(exchange(&h, JWT_BEARER, &at(now_seconds() + 7200)).await.0, 200, "signed on the emulator's time");
+}
+
 #[tokio::test]
 async fn wrong_grant_type_unknown_issuer_and_missing_scope_are_rejected() {
     let h = Harness::new().await;
