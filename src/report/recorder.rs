@@ -833,19 +833,19 @@ mod tests {
         assert_eq!(recorder.snapshot().stores["edge"].clock, "unmeasured");
         assert!(recorder.clock_warnings().is_empty());
 
-        recorder.store_clock("edge", StoreClock::Measured { skew: 7203.26 }, limit);
+        recorder.store_clock("edge", StoreClock::Measured { skew: 7263.26 }, limit);
         let status = recorder.snapshot();
-        assert_eq!((status.stores["edge"].clock_skew_seconds, exceeds(&recorder)), (Some(7203.3), Some(120.0)));
+        assert_eq!((status.stores["edge"].clock_skew_seconds, exceeds(&recorder)), (Some(7263.3), Some(120.0)));
         let warnings = recorder.clock_warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("2h 3s ahead of store edge's") && warnings[0].contains("chrony"), "{warnings:?}");
-        assert!(recorder.summary().ends_with("; clock 2h 3s ahead of store edge's"), "{}", recorder.summary());
+        assert!(warnings[0].contains("2h 1m ahead of store edge's") && warnings[0].contains("chrony"), "{warnings:?}");
+        assert!(recorder.summary().ends_with("; clock 2h 1m ahead of store edge's"), "{}", recorder.summary());
         let metrics = recorder.metrics.render();
-        assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"edge\"} 7203.26"), "{metrics}");
+        assert!(metrics.contains("keyturn_clock_skew_seconds{store=\"edge\"} 7263.26"), "{metrics}");
         let table = status.render_table(true);
         assert!(
             table.contains(
-                "STORE  CLOCK\nedge   this node's clock is 2h 3s ahead of store edge's, beyond max_clock_skew (2m)"
+                "STORE  CLOCK\nedge   this node's clock is 2h 1m ahead of store edge's, beyond max_clock_skew (2m)"
             ),
             "{table}"
         );
