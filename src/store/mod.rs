@@ -235,9 +235,12 @@ pub enum StoreClock {
 
 impl StoreClock {
     /// The store's time when this node's clock reads `now`: `now` itself for a store on this
-    /// node's clock, and while a remote store's is not measured yet.
+    /// node's clock, while a remote store's is not measured yet, and while the measured skew is
+    /// within [`RESOLUTION`] (a `Date` header states whole seconds, so a smaller skew is below
+    /// what was measured; a synchronized node keeps deciding on its own, finer, clock).
     pub fn store_time(self, now: SystemTime) -> SystemTime {
         match self {
+            StoreClock::Measured { skew } if skew.abs() < RESOLUTION => now,
             StoreClock::Measured { skew } if skew >= 0.0 => now - std::time::Duration::from_secs_f64(skew),
             StoreClock::Measured { skew } => now + std::time::Duration::from_secs_f64(-skew),
             StoreClock::Node | StoreClock::Unmeasured => now,
@@ -252,6 +255,9 @@ impl StoreClock {
         }
     }
 }
+
+/// The finest skew a store's answers can show: a `Date` header states whole seconds.
+pub const RESOLUTION: f64 = 1.0;
 
 /// A skew in words, as precise as is worth saying: `0.4s ahead of`, `3m 2s behind`, `2h ahead
 /// of`, `1day ahead of` (tenths of a second below ten seconds, whole seconds below ten minutes,
@@ -309,6 +315,12 @@ mod tests {
         let behind = StoreClock::Measured { skew: -90.5 };
         assert_eq!(humantime::format_rfc3339_millis(behind.store_time(now)).to_string(), "2026-12-01T12:01:30.500Z");
         assert_eq!((StoreClock::Node.store_time(now), StoreClock::Unmeasured.store_time(now)), (now, now));
+        // Below a Date header's resolution, the node's own clock is the better one.
+        assert_eq!(
+            (StoreClock::Measured { skew: 0.6 }.store_time(now), StoreClock::Measured { skew: -0.9 }.store_time(now)),
+            (now, now)
+        );
+        assert_eq!(StoreClock::Measured { skew: 1.0 }.store_time(now), now - std::time::Duration::from_secs(1));
         let cases = [
             (0.44, "0.4s ahead of"),
             (-3.0, "3.0s behind"),
