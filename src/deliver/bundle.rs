@@ -62,7 +62,72 @@ const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 /// What one bundle holds, per member policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub policies: BTreeMap<String, Delivered>,
+    pub policies: Members,
+}
+
+/// A manifest's member policies by name: a JSON object on disk, a sorted vector in memory.
+/// The writer keeps every bundle's manifest for as long as the agent runs, and most bundles
+/// have one member: a `BTreeMap` would hold a node of eleven entries (1.7 KB) for it, a
+/// vector holds exactly one (issue 17).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Members(Vec<(String, Delivered)>);
+
+impl Members {
+    pub fn get(&self, policy: &str) -> Option<&Delivered> {
+        self.find(policy).ok().map(|index| &self.0[index].1)
+    }
+
+    pub fn contains_key(&self, policy: &str) -> bool {
+        self.find(policy).is_ok()
+    }
+
+    /// Adds or replaces `policy`'s part.
+    pub fn insert(&mut self, policy: String, delivered: Delivered) {
+        match self.find(&policy) {
+            Ok(index) => self.0[index].1 = delivered,
+            Err(index) => self.0.insert(index, (policy, delivered)),
+        }
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Delivered)> {
+        self.0.iter().map(|(policy, delivered)| (policy, delivered))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Delivered> {
+        self.0.iter().map(|(_, delivered)| delivered)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same members in no more memory than they need, for a manifest that is kept.
+    fn shrunk(mut self) -> Self {
+        self.0.shrink_to_fit();
+        self
+    }
+
+    fn find(&self, policy: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(name, _)| name.as_str().cmp(policy))
+    }
+}
+
+impl Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, Delivered>::deserialize(deserializer)?;
+        Ok(Members(map.into_iter().collect()))
+    }
 }
 
 /// One policy's part of a bundle.
@@ -416,7 +481,8 @@ impl BundleWriter {
         rustix::fs::symlinkat(name.as_str(), &dir, DATA_TMP).map_err(|e| io("link", &path.join(DATA_TMP))(e.into()))?;
         rustix::fs::renameat(&dir, DATA_TMP, &dir, DATA).map_err(|e| io("rename", &path.join(DATA_TMP))(e.into()))?;
         disk.sync(&dir).map_err(io("sync", &path))?;
-        self.manifests.insert(bundle.to_string(), Known { manifest: manifest.clone(), live: Some(name.clone()) });
+        let kept = Manifest { policies: manifest.policies.clone().shrunk() };
+        self.manifests.insert(bundle.to_string(), Known { manifest: kept, live: Some(name.clone()) });
         self.pause("swapped");
 
         // Cleanup. Failures here leave garbage, never a wrong bundle; the next update retries.
@@ -499,7 +565,7 @@ impl BundleWriter {
         // Unchanged members keep their files: hard links into the new version directory.
         if let Some(live) = live {
             let live_dir = open_dir(dir, live).map_err(io("open", &bundle_path.join(live)))?;
-            for (policy, delivered) in &old.policies {
+            for (policy, delivered) in old.policies.iter() {
                 if updated.contains(policy) || !members.contains(policy.as_str()) {
                     continue;
                 }

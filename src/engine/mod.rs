@@ -480,7 +480,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         let cached = match self.state.known().get(&policy.name) {
             Some(Known::Current { version: known, created, previous }) if *known == version.id => {
-                Some((*created, previous.clone()))
+                Some((*created, previous.as_deref().cloned()))
             }
             _ => None,
         };
@@ -501,7 +501,8 @@ impl<S: SecretStore + 'static> Engine<S> {
                 } else {
                     None
                 };
-                let known = Known::Current { version: version.id.clone(), created, previous: previous.clone() };
+                let known =
+                    Known::Current { version: version.id.clone(), created, previous: previous.clone().map(Box::new) };
                 self.state.known().insert(policy.name.clone(), known);
                 (created, previous)
             }
@@ -528,10 +529,10 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         let mut writer = self.state.writer();
         let bundle = policy.bundles().next()?;
-        let delivered = writer.manifest(bundle).policies.get(&policy.name)?.clone();
-        let same_choice = delivered.read.as_deref().is_none_or(|r| r == policy.version.to_string());
+        let delivered = writer.manifest(bundle).policies.get(&policy.name)?;
         let older = matches!((read.number(), delivered.version.number()), (Some(r), Some(d)) if r < d);
-        (same_choice && older).then_some(delivered.version)
+        let same_choice = || delivered.read.as_deref().is_none_or(|r| r == policy.version.to_string());
+        (older && same_choice()).then(|| delivered.version.clone())
     }
 
     fn read_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {
