@@ -40,6 +40,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -202,7 +203,7 @@ pub struct BundleWriter {
     root: PathBuf,
     /// The runtime directory, opened once and checked ([`BundleWriter::prepare_root`]):
     /// every write is made relative to it.
-    root_dir: Option<OwnedFd>,
+    root_dir: Option<Arc<OwnedFd>>,
     /// Test seam: stop forever at this step (`KEYTURN_TEST_PAUSE_AT=bundle:STEP`) so a test
     /// can SIGKILL the agent there.
     pause_at: Option<String>,
@@ -304,7 +305,7 @@ impl BundleWriter {
         if !filesystem.is_volatile() && !allow_persistent {
             return Err(DeliverError::NotVolatile { path: self.root.clone(), filesystem: filesystem.name() });
         }
-        self.root_dir = Some(handle);
+        self.root_dir = Some(Arc::new(handle));
         Ok(())
     }
 
@@ -406,7 +407,9 @@ impl BundleWriter {
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
         let disk = self.disk;
-        let root = self.root_handle()?.try_clone_to_owned().map_err(io("open", &self.root))?;
+        // Shared, not duplicated: held across the updates of `self` below.
+        self.root_handle()?;
+        let root = self.root_dir.clone().expect("prepared");
         let created = match rustix::fs::mkdirat(&root, bundle, Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
                 self.tidy.insert(bundle.to_string(), None);
@@ -455,6 +458,7 @@ impl BundleWriter {
             &dir,
             &version_dir,
             access,
+            created,
             live.as_deref(),
             &old.manifest,
             members,
@@ -526,6 +530,7 @@ impl BundleWriter {
         dir: &OwnedFd,
         version_dir: &OwnedFd,
         access: DirAccess,
+        created: bool,
         live: Option<&str>,
         old: &Manifest,
         members: &BTreeSet<&str>,
@@ -614,7 +619,10 @@ impl BundleWriter {
         for name in top_level_names(&manifest) {
             let target = Path::new(DATA).join(&name);
             let link_path = bundle_path.join(&name);
-            match rustix::fs::readlinkat(dir, name.as_str(), Vec::new()) {
+            // A bundle directory made by this update has no names yet.
+            let existing =
+                if created { Err(rustix::io::Errno::NOENT) } else { rustix::fs::readlinkat(dir, name.as_str(), Vec::new()) };
+            match existing {
                 Ok(existing) if Path::new(OsStr::from_bytes(existing.as_bytes())) == target => continue,
                 Ok(_) => {
                     let tmp = format!("{LINK_TMP}{name}");
@@ -808,13 +816,9 @@ fn create_version_dir(
 
 /// Opens (creating as needed) the directories of `path` inside `version_dir`; returns the
 /// handle of its parent.
-fn create_parents(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &Path) -> io::Result<OwnedFd> {
-    let mut current = version_dir.try_clone()?;
-    let parents: Vec<&OsStr> = match path.parent() {
-        Some(parent) => parent.components().map(|c| c.as_os_str()).collect(),
-        None => Vec::new(),
-    };
-    for name in parents {
+fn create_parents<'a>(disk: Disk, version_dir: &'a OwnedFd, access: DirAccess, path: &Path) -> io::Result<Parent<'a>> {
+    let mut current = Parent::Version(version_dir);
+    for name in path.parent().into_iter().flat_map(Path::components).map(|c| c.as_os_str()) {
         let next = match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
                 let handle = open_dir(&current, name)?;
@@ -824,9 +828,25 @@ fn create_parents(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &P
             Err(rustix::io::Errno::EXIST) => open_dir(&current, name)?,
             Err(e) => return Err(e.into()),
         };
-        current = next;
+        current = Parent::Inside(next);
     }
     Ok(current)
+}
+
+/// The directory a file of a version goes in: the version directory itself (most files, and
+/// no handle of its own to open), or one opened inside it.
+enum Parent<'a> {
+    Version(&'a OwnedFd),
+    Inside(OwnedFd),
+}
+
+impl AsFd for Parent<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Parent::Version(dir) => dir.as_fd(),
+            Parent::Inside(dir) => dir.as_fd(),
+        }
+    }
 }
 
 /// Says which capability an EPERM means, and where it comes from.

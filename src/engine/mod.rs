@@ -4,12 +4,13 @@
 //! The engine is generic over [`SecretStore`] and never names a backend, a notifier or a
 //! format; `app` builds the stores and hands them in. Its entry points are
 //! [`Engine::sync_all`], one pass over every policy with the bundle writes batched (start-up,
-//! `sync --once`, a reload, SIGUSR1), and [`Engine::spawn_watchers`], one task per policy that
-//! wakes for the earliest of its next poll (with jitter, or backoff after a failure), its
-//! rotation due time, and the end of a grace period that changes what its JWK set lists (see
-//! [`watch`]). Every failure keeps the last good files: a bundle is only ever replaced whole,
-//! by a complete new version. Every outcome goes to the [`Recorder`], which alone writes log
-//! lines, metrics, status and events about a policy; time comes from the clock in [`Seams`].
+//! `sync --once`, a reload, SIGUSR1), and [`Engine::spawn_watchers`], one scheduler that
+//! wakes each policy for the earliest of its next poll (with jitter, or backoff after a
+//! failure), its rotation due time, and the end of a grace period that changes what its JWK
+//! set lists (see [`watch`]). Every failure keeps the last good files: a bundle is only ever
+//! replaced whole, by a complete new version. Every outcome goes to the [`Recorder`], which
+//! alone writes log lines, metrics, status and events about a policy; time comes from the
+//! clock in [`Seams`].
 //!
 //! Steady state costs one `access` per policy per poll and no metadata reads: a change is a
 //! new `(version, crc32c)` for the alias, compared in memory against what the bundle holds.
