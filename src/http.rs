@@ -12,8 +12,20 @@
 //!
 //! URLs in messages are shown by [`shown`]: scheme, host, port and path; never credentials or
 //! the query string, which may hold a signature or a token.
+//!
+//! Every client shares one TLS configuration, [`tls`]: what reqwest would build (aws-lc-rs, the
+//! system's roots, checked by the platform verifier), except that the roots are loaded once
+//! per process, when the first https server is verified. Loading them (the bundle file, then
+//! every file of the certificates directory) cost each client a few milliseconds of CPU at
+//! construction, even when its only endpoint is plain http on loopback (issue 17).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::config::units::is_loopback;
 pub use crate::config::units::shown_url as shown;
@@ -21,10 +33,98 @@ pub use crate::config::units::shown_url as shown;
 /// A client builder for requests to `url` under the policy above; the caller adds timeouts.
 pub fn builder(url: &str) -> reqwest::ClientBuilder {
     let loopback = url::Url::parse(url).is_ok_and(|u| is_loopback(&u));
-    let builder = reqwest::Client::builder()
-        .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none());
+    let builder = tls_builder().redirect(reqwest::redirect::Policy::none());
     if loopback { builder.no_proxy() } else { builder.https_only(true) }
+}
+
+/// A client builder with keyturn's user agent and the shared [`tls`] configuration, and no
+/// other policy: for the identity exchanges, whose URLs come from a credential file and
+/// follow Google's own rules (metadata and link-local addresses included).
+pub fn tls_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls())
+}
+
+/// The TLS configuration of every client: aws-lc-rs, TLS 1.2 and 1.3, HTTP/2 or 1.1 by ALPN,
+/// and the system's roots, loaded on first use.
+pub fn tls() -> rustls::ClientConfig {
+    static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let verifier = Arc::new(SystemRoots { provider: provider.clone(), verifier: OnceLock::new() });
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            config
+        })
+        .clone()
+}
+
+/// The platform verifier over the system's roots, made when the first certificate is to be
+/// verified: a process that speaks only plain http never reads a root. The signature checks
+/// of the handshake need no roots and use the provider directly, as that verifier does.
+#[derive(Debug)]
+struct SystemRoots {
+    provider: Arc<CryptoProvider>,
+    verifier: OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl SystemRoots {
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        let made = self.verifier.get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()));
+        made.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl ServerCertVerifier for SystemRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// A client for `url` with a whole-request `timeout`.

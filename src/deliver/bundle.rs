@@ -40,6 +40,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -62,7 +63,72 @@ const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
 /// What one bundle holds, per member policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub policies: BTreeMap<String, Delivered>,
+    pub policies: Members,
+}
+
+/// A manifest's member policies by name: a JSON object on disk, a sorted vector in memory.
+/// The writer keeps every bundle's manifest for as long as the agent runs, and most bundles
+/// have one member: a `BTreeMap` would hold a node of eleven entries (1.7 KB) for it, a
+/// vector holds exactly one (issue 17).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Members(Vec<(String, Delivered)>);
+
+impl Members {
+    pub fn get(&self, policy: &str) -> Option<&Delivered> {
+        self.find(policy).ok().map(|index| &self.0[index].1)
+    }
+
+    pub fn contains_key(&self, policy: &str) -> bool {
+        self.find(policy).is_ok()
+    }
+
+    /// Adds or replaces `policy`'s part.
+    pub fn insert(&mut self, policy: String, delivered: Delivered) {
+        match self.find(&policy) {
+            Ok(index) => self.0[index].1 = delivered,
+            Err(index) => self.0.insert(index, (policy, delivered)),
+        }
+    }
+
+    /// In name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Delivered)> {
+        self.0.iter().map(|(policy, delivered)| (policy, delivered))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Delivered> {
+        self.0.iter().map(|(_, delivered)| delivered)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same members in no more memory than they need, for a manifest that is kept.
+    fn shrunk(mut self) -> Self {
+        self.0.shrink_to_fit();
+        self
+    }
+
+    fn find(&self, policy: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(name, _)| name.as_str().cmp(policy))
+    }
+}
+
+impl Serialize for Members {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, Delivered>::deserialize(deserializer)?;
+        Ok(Members(map.into_iter().collect()))
+    }
 }
 
 /// One policy's part of a bundle.
@@ -137,7 +203,7 @@ pub struct BundleWriter {
     root: PathBuf,
     /// The runtime directory, opened once and checked ([`BundleWriter::prepare_root`]):
     /// every write is made relative to it.
-    root_dir: Option<OwnedFd>,
+    root_dir: Option<Arc<OwnedFd>>,
     /// Test seam: stop forever at this step (`KEYTURN_TEST_PAUSE_AT=bundle:STEP`) so a test
     /// can SIGKILL the agent there.
     pause_at: Option<String>,
@@ -239,7 +305,7 @@ impl BundleWriter {
         if !filesystem.is_volatile() && !allow_persistent {
             return Err(DeliverError::NotVolatile { path: self.root.clone(), filesystem: filesystem.name() });
         }
-        self.root_dir = Some(handle);
+        self.root_dir = Some(Arc::new(handle));
         Ok(())
     }
 
@@ -341,7 +407,9 @@ impl BundleWriter {
             move |source: io::Error| DeliverError::Io { bundle, action, path, source }
         };
         let disk = self.disk;
-        let root = self.root_handle()?.try_clone_to_owned().map_err(io("open", &self.root))?;
+        // Shared, not duplicated: held across the updates of `self` below.
+        self.root_handle()?;
+        let root = self.root_dir.clone().expect("prepared");
         let created = match rustix::fs::mkdirat(&root, bundle, Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
                 self.tidy.insert(bundle.to_string(), None);
@@ -390,6 +458,7 @@ impl BundleWriter {
             &dir,
             &version_dir,
             access,
+            created,
             live.as_deref(),
             &old.manifest,
             members,
@@ -416,7 +485,8 @@ impl BundleWriter {
         rustix::fs::symlinkat(name.as_str(), &dir, DATA_TMP).map_err(|e| io("link", &path.join(DATA_TMP))(e.into()))?;
         rustix::fs::renameat(&dir, DATA_TMP, &dir, DATA).map_err(|e| io("rename", &path.join(DATA_TMP))(e.into()))?;
         disk.sync(&dir).map_err(io("sync", &path))?;
-        self.manifests.insert(bundle.to_string(), Known { manifest: manifest.clone(), live: Some(name.clone()) });
+        let kept = Manifest { policies: manifest.policies.clone().shrunk() };
+        self.manifests.insert(bundle.to_string(), Known { manifest: kept, live: Some(name.clone()) });
         self.pause("swapped");
 
         // Cleanup. Failures here leave garbage, never a wrong bundle; the next update retries.
@@ -460,6 +530,7 @@ impl BundleWriter {
         dir: &OwnedFd,
         version_dir: &OwnedFd,
         access: DirAccess,
+        created: bool,
         live: Option<&str>,
         old: &Manifest,
         members: &BTreeSet<&str>,
@@ -499,7 +570,7 @@ impl BundleWriter {
         // Unchanged members keep their files: hard links into the new version directory.
         if let Some(live) = live {
             let live_dir = open_dir(dir, live).map_err(io("open", &bundle_path.join(live)))?;
-            for (policy, delivered) in &old.policies {
+            for (policy, delivered) in old.policies.iter() {
                 if updated.contains(policy) || !members.contains(policy.as_str()) {
                     continue;
                 }
@@ -548,7 +619,13 @@ impl BundleWriter {
         for name in top_level_names(&manifest) {
             let target = Path::new(DATA).join(&name);
             let link_path = bundle_path.join(&name);
-            match rustix::fs::readlinkat(dir, name.as_str(), Vec::new()) {
+            // A bundle directory made by this update has no names yet.
+            let existing = if created {
+                Err(rustix::io::Errno::NOENT)
+            } else {
+                rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
+            };
+            match existing {
                 Ok(existing) if Path::new(OsStr::from_bytes(existing.as_bytes())) == target => continue,
                 Ok(_) => {
                     let tmp = format!("{LINK_TMP}{name}");
@@ -742,13 +819,9 @@ fn create_version_dir(
 
 /// Opens (creating as needed) the directories of `path` inside `version_dir`; returns the
 /// handle of its parent.
-fn create_parents(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &Path) -> io::Result<OwnedFd> {
-    let mut current = version_dir.try_clone()?;
-    let parents: Vec<&OsStr> = match path.parent() {
-        Some(parent) => parent.components().map(|c| c.as_os_str()).collect(),
-        None => Vec::new(),
-    };
-    for name in parents {
+fn create_parents<'a>(disk: Disk, version_dir: &'a OwnedFd, access: DirAccess, path: &Path) -> io::Result<Parent<'a>> {
+    let mut current = Parent::Version(version_dir);
+    for name in path.parent().into_iter().flat_map(Path::components).map(|c| c.as_os_str()) {
         let next = match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(access.mode)) {
             Ok(()) => {
                 let handle = open_dir(&current, name)?;
@@ -758,9 +831,25 @@ fn create_parents(disk: Disk, version_dir: &OwnedFd, access: DirAccess, path: &P
             Err(rustix::io::Errno::EXIST) => open_dir(&current, name)?,
             Err(e) => return Err(e.into()),
         };
-        current = next;
+        current = Parent::Inside(next);
     }
     Ok(current)
+}
+
+/// The directory a file of a version goes in: the version directory itself (most files, and
+/// no handle of its own to open), or one opened inside it.
+enum Parent<'a> {
+    Version(&'a OwnedFd),
+    Inside(OwnedFd),
+}
+
+impl AsFd for Parent<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Parent::Version(dir) => dir.as_fd(),
+            Parent::Inside(dir) => dir.as_fd(),
+        }
+    }
 }
 
 /// Says which capability an EPERM means, and where it comes from.

@@ -4,12 +4,13 @@
 //! The engine is generic over [`SecretStore`] and never names a backend, a notifier or a
 //! format; `app` builds the stores and hands them in. Its entry points are
 //! [`Engine::sync_all`], one pass over every policy with the bundle writes batched (start-up,
-//! `sync --once`, a reload, SIGUSR1), and [`Engine::spawn_watchers`], one task per policy that
-//! wakes for the earliest of its next poll (with jitter, or backoff after a failure), its
-//! rotation due time, and the end of a grace period that changes what its JWK set lists (see
-//! [`watch`]). Every failure keeps the last good files: a bundle is only ever replaced whole,
-//! by a complete new version. Every outcome goes to the [`Recorder`], which alone writes log
-//! lines, metrics, status and events about a policy; time comes from the clock in [`Seams`].
+//! `sync --once`, a reload, SIGUSR1), and [`Engine::spawn_watchers`], one scheduler that
+//! wakes each policy for the earliest of its next poll (with jitter, or backoff after a
+//! failure), its rotation due time, and the end of a grace period that changes what its JWK
+//! set lists (see [`watch`]). Every failure keeps the last good files: a bundle is only ever
+//! replaced whole, by a complete new version. Every outcome goes to the [`Recorder`], which
+//! alone writes log lines, metrics, status and events about a policy; time comes from the
+//! clock in [`Seams`].
 //!
 //! Decisions about what a store holds (is the current version due, has the previous key's
 //! grace ended) are made on that store's clock: the clock in [`Seams`] corrected by the skew
@@ -504,7 +505,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         let cached = match self.state.known().get(&policy.name) {
             Some(Known::Current { version: known, created, previous }) if *known == version.id => {
-                Some((*created, previous.clone()))
+                Some((*created, previous.as_deref().cloned()))
             }
             _ => None,
         };
@@ -525,7 +526,8 @@ impl<S: SecretStore + 'static> Engine<S> {
                 } else {
                     None
                 };
-                let known = Known::Current { version: version.id.clone(), created, previous: previous.clone() };
+                let known =
+                    Known::Current { version: version.id.clone(), created, previous: previous.clone().map(Box::new) };
                 self.state.known().insert(policy.name.clone(), known);
                 (created, previous)
             }
@@ -552,10 +554,10 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         let mut writer = self.state.writer();
         let bundle = policy.bundles().next()?;
-        let delivered = writer.manifest(bundle).policies.get(&policy.name)?.clone();
-        let same_choice = delivered.read.as_deref().is_none_or(|r| r == policy.version.to_string());
+        let delivered = writer.manifest(bundle).policies.get(&policy.name)?;
         let older = matches!((read.number(), delivered.version.number()), (Some(r), Some(d)) if r < d);
-        (same_choice && older).then_some(delivered.version)
+        let same_choice = || delivered.read.as_deref().is_none_or(|r| r == policy.version.to_string());
+        (older && same_choice()).then(|| delivered.version.clone())
     }
 
     fn read_failed(&self, policy: &Policy, error: &StoreError, retry_in: Option<Duration>, summary: &mut SyncSummary) {

@@ -39,8 +39,9 @@ pub(super) enum Known {
         version: VersionId,
         created: Option<SystemTime>,
         /// The previous version's public key, for policies that deliver a JWK set; `None`
-        /// when there is none, or it is disabled (revoked) or not a key.
-        previous: Option<Previous>,
+        /// when there is none, or it is disabled (revoked) or not a key. Boxed: most policies
+        /// have none, and each keeps an entry here for as long as the agent runs.
+        previous: Option<Box<Previous>>,
     },
 }
 

@@ -85,6 +85,7 @@ impl<'a> Policies<'a> {
     pub fn finish(mut self, problems: &mut Vec<Problem>) -> Vec<Policy> {
         check_paths(&self.placed, problems);
         self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.policies.shrink_to_fit();
         self.policies
     }
 
@@ -206,6 +207,8 @@ impl<'a> Policies<'a> {
             Some(notify) => Some(notify?),
             None => None,
         };
+        // Kept as long as the configuration runs: no room for more deliveries than there are.
+        deliveries.shrink_to_fit();
         (count_problems(problems) == before).then_some(Policy {
             name,
             store,

@@ -164,8 +164,7 @@ async fn from_file(path: &Path, named_by: &str, discovery: &Discovery<'_>) -> Re
         Some("external_account") => {
             let config = ExternalAccountConfig::parse(&bytes)
                 .map_err(|problems| format!("{shown} ({named_by}): an external_account configuration with problems: {problems}"))?;
-            let http = reqwest::Client::builder()
-                .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
+            let http = crate::http::tls_builder()
                 .timeout(discovery.request_timeout)
                 .connect_timeout(discovery.request_timeout.min(Duration::from_secs(10)))
                 .build()
