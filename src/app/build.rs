@@ -117,6 +117,7 @@ pub async fn fleet(config: &Config) -> Result<Option<Arc<crate::fleet::Client>>,
     let Some(settings) = &config.fleet else { return Ok(None) };
     let google = match &settings.auth {
         config::FleetAuth::Google { store } => match config.stores.get(store) {
+            #[cfg(feature = "gcp")]
             Some(StoreConfig::Gcp(gcp)) => Some(google_tokens(gcp).await.map_err(AppError::Fleet)?),
             _ => return Err(AppError::Fleet(format!("[fleet] store {store} is not a gcp store"))),
         },
@@ -125,6 +126,7 @@ pub async fn fleet(config: &Config) -> Result<Option<Arc<crate::fleet::Client>>,
     crate::fleet::Client::new(settings, google).map(|client| Some(Arc::new(client))).map_err(AppError::Fleet)
 }
 
+#[cfg(feature = "gcp")]
 /// The identity of a `gcp` store, for `[fleet] auth = "google"`: Application Default
 /// Credentials in Google's order, from the store's `credentials` if it names a file.
 async fn google_tokens(

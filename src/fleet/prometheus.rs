@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -17,9 +16,14 @@ const MAX_ANSWER: usize = 64 << 20;
 
 /// A source of bearer tokens for Managed Service for Prometheus: the identity of a `gcp`
 /// store.
-pub type GoogleTokens = Arc<dyn gcp_auth::TokenProvider>;
+#[cfg(feature = "gcp")]
+pub type GoogleTokens = std::sync::Arc<dyn gcp_auth::TokenProvider>;
+/// A build without the `gcp` feature has no `gcp` store, so no Google identity to use.
+#[cfg(not(feature = "gcp"))]
+pub type GoogleTokens = std::convert::Infallible;
 
 /// The scope Managed Service for Prometheus' query API needs.
+#[cfg(feature = "gcp")]
 const MONITORING_READ: &str = "https://www.googleapis.com/auth/monitoring.read";
 
 pub struct Prometheus {
@@ -121,6 +125,9 @@ impl Prometheus {
                 let token = crate::http::read_token(path, self.timeout).await?;
                 request = request.bearer_auth(token.trim());
             }
+            #[cfg(not(feature = "gcp"))]
+            Auth::Google(never) => match *never {},
+            #[cfg(feature = "gcp")]
             Auth::Google(tokens) => {
                 let token = tokens
                     .token(&[MONITORING_READ])

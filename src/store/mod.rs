@@ -19,11 +19,20 @@ pub mod registry;
 pub use metered::Metered;
 pub use registry::OpenContext;
 
-// The backends this build knows: one line each.
+// The backends this build knows: one line each. A backend behind a cargo feature (all of
+// them are in the default build) is also named in `OMITTED_KINDS` below.
 registry::stores! {
     File => file::FileStore,
+    #[cfg(feature = "gcp")]
     Gcp => gcp::GcpStore,
 }
+
+/// Kinds a default build knows that this one was built without (cargo features), so that a
+/// configuration naming one is told why, not that the kind does not exist.
+pub const OMITTED_KINDS: &[(&str, &str)] = &[
+    #[cfg(not(feature = "gcp"))]
+    ("gcp", "gcp"),
+];
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -100,28 +100,28 @@ pub fn secret_id<B: Backend>(id: &str) -> Result<SecretId, String> {
 /// [`StoreConfig`](super::StoreConfig), [`AnyStore`](super::AnyStore), their dispatch, and
 /// `KINDS`.
 macro_rules! stores {
-    ($($variant:ident => $module:ident :: $backend:ident),* $(,)?) => {
-        $(pub mod $module;)*
+    ($($(#[$meta:meta])* $variant:ident => $module:ident :: $backend:ident),* $(,)?) => {
+        $($(#[$meta])* pub mod $module;)*
 
         /// One `[stores.NAME]` section's settings. One variant per backend.
         #[derive(Debug, Clone, PartialEq)]
         pub enum StoreConfig {
-            $($variant(<$module::$backend as registry::Backend>::Config),)*
+            $($(#[$meta])* $variant(<$module::$backend as registry::Backend>::Config),)*
         }
 
         /// Every backend this build knows, as one type the engine can be instantiated with.
         #[derive(Debug)]
         pub enum AnyStore {
-            $($variant($module::$backend),)*
+            $($(#[$meta])* $variant($module::$backend),)*
         }
 
         /// Every backend's `kind`, in registration order.
-        pub const KINDS: &[&str] = &[$(<$module::$backend as registry::Backend>::KIND),*];
+        pub const KINDS: &[&str] = &[$($(#[$meta])* <$module::$backend as registry::Backend>::KIND),*];
 
         impl StoreConfig {
             pub fn kind(&self) -> &'static str {
                 match self {
-                    $(StoreConfig::$variant(_) => <$module::$backend as registry::Backend>::KIND,)*
+                    $($(#[$meta])* StoreConfig::$variant(_) => <$module::$backend as registry::Backend>::KIND,)*
                 }
             }
 
@@ -129,7 +129,7 @@ macro_rules! stores {
             /// `Some(None)` when its settings are wrong (the section has the problems).
             pub fn configure(kind: &str, section: &mut crate::config::Section<'_, '_>) -> Option<Option<StoreConfig>> {
                 match kind {
-                    $(<$module::$backend as registry::Backend>::KIND => {
+                    $($(#[$meta])* <$module::$backend as registry::Backend>::KIND => {
                         Some(<$module::$backend as registry::Backend>::configure(section).map(StoreConfig::$variant))
                     })*
                     _ => None,
@@ -139,7 +139,7 @@ macro_rules! stores {
             /// `id` as a secret of this store, if its backend accepts the name.
             pub fn check_secret_id(&self, id: &str) -> Result<SecretId, String> {
                 match self {
-                    $(StoreConfig::$variant(_) => registry::secret_id::<$module::$backend>(id),)*
+                    $($(#[$meta])* StoreConfig::$variant(_) => registry::secret_id::<$module::$backend>(id),)*
                 }
             }
 
@@ -148,6 +148,7 @@ macro_rules! stores {
             pub fn check_secret_id_of(kind: Option<&str>, id: &str) -> Result<SecretId, String> {
                 let mut first_error = None;
                 $(
+                    $(#[$meta])*
                     if kind.is_none_or(|k| k == <$module::$backend as registry::Backend>::KIND) {
                         match registry::secret_id::<$module::$backend>(id) {
                             Ok(id) => return Ok(id),
@@ -163,14 +164,14 @@ macro_rules! stores {
             /// See [`registry::Backend::preflight`].
             pub fn preflight(&self) -> Vec<(&'static str, String)> {
                 match self {
-                    $(StoreConfig::$variant(config) => <$module::$backend as registry::Backend>::preflight(config),)*
+                    $($(#[$meta])* StoreConfig::$variant(config) => <$module::$backend as registry::Backend>::preflight(config),)*
                 }
             }
 
             /// The endpoints `keyturn probe` measures, each as a label and settings.
             pub fn probe_endpoints(&self, locations: &[String]) -> Result<Vec<(String, StoreConfig)>, String> {
                 match self {
-                    $(StoreConfig::$variant(config) => Ok(
+                    $($(#[$meta])* StoreConfig::$variant(config) => Ok(
                         <$module::$backend as registry::Backend>::probe_endpoints(config, locations)?
                             .into_iter()
                             .map(|(label, config)| (label, StoreConfig::$variant(config)))
@@ -184,7 +185,7 @@ macro_rules! stores {
             /// Opens the store named `name` with its settings.
             pub async fn open(name: &str, config: &StoreConfig, context: &OpenContext) -> Result<AnyStore, StoreError> {
                 match config {
-                    $(StoreConfig::$variant(config) => {
+                    $($(#[$meta])* StoreConfig::$variant(config) => {
                         <$module::$backend as registry::Backend>::open(name, config, context).await.map(AnyStore::$variant)
                     })*
                 }
@@ -193,54 +194,54 @@ macro_rules! stores {
             /// See [`registry::Backend::authenticate`].
             pub async fn authenticate(&self) -> Option<Result<(), StoreError>> {
                 match self {
-                    $(AnyStore::$variant(store) => registry::Backend::authenticate(store).await,)*
+                    $($(#[$meta])* AnyStore::$variant(store) => registry::Backend::authenticate(store).await,)*
                 }
             }
         }
 
         impl SecretStore for AnyStore {
             async fn access(&self, id: &SecretId, selector: &Selector) -> Result<Version, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.access(id, selector).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.access(id, selector).await,)* }
             }
 
             async fn describe(&self, id: &SecretId) -> Result<SecretMeta, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.describe(id).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.describe(id).await,)* }
             }
 
             async fn create(&self, id: &SecretId) -> Result<(), StoreError> {
-                match self { $(AnyStore::$variant(store) => store.create(id).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.create(id).await,)* }
             }
 
             async fn add_version(&self, id: &SecretId, value: &SecretBytes) -> Result<VersionId, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.add_version(id, value).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.add_version(id, value).await,)* }
             }
 
             async fn update(&self, id: &SecretId, base: &SecretMeta, update: &SecretUpdate) -> Result<Etag, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.update(id, base, update).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.update(id, base, update).await,)* }
             }
 
             async fn version_info(&self, id: &SecretId, version: &VersionId) -> Result<VersionInfo, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.version_info(id, version).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.version_info(id, version).await,)* }
             }
 
             async fn versions(&self, id: &SecretId) -> Result<Vec<VersionInfo>, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.versions(id).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.versions(id).await,)* }
             }
 
             async fn list(&self) -> Result<Vec<SecretId>, StoreError> {
-                match self { $(AnyStore::$variant(store) => store.list().await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.list().await,)* }
             }
 
             async fn disable(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
-                match self { $(AnyStore::$variant(store) => store.disable(id, version).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.disable(id, version).await,)* }
             }
 
             async fn destroy(&self, id: &SecretId, version: &VersionId) -> Result<(), StoreError> {
-                match self { $(AnyStore::$variant(store) => store.destroy(id, version).await,)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.destroy(id, version).await,)* }
             }
 
             fn clock(&self) -> StoreClock {
-                match self { $(AnyStore::$variant(store) => store.clock(),)* }
+                match self { $($(#[$meta])* AnyStore::$variant(store) => store.clock(),)* }
             }
         }
     };

@@ -57,11 +57,16 @@ pub(super) fn sections(
                 stores.insert(name.get_ref().to_string(), store);
             }
             Some(None) => {}
-            None => problems.push(source.problem(
-                Some(span),
-                &format!("{key}.kind"),
-                format!("unknown store kind \"{kind}\"; expected {kinds}"),
-            )),
+            None => {
+                let message = match crate::store::OMITTED_KINDS.iter().find(|(omitted, _)| *omitted == kind) {
+                    Some((_, feature)) => format!(
+                        "store kind \"{kind}\" is not in this build of keyturn (built without the cargo feature \
+                         \"{feature}\"; the default build has it); this build knows {kinds}"
+                    ),
+                    None => format!("unknown store kind \"{kind}\"; expected {kinds}"),
+                };
+                problems.push(source.problem(Some(span), &format!("{key}.kind"), message));
+            }
         }
     }
     stores
