@@ -36,7 +36,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -249,21 +248,34 @@ impl<S: SecretStore + 'static> Engine<S> {
         // rebooted, its tmpfs empty) is rebuilt from its sealed entry, so applications and
         // READY need not wait for a store that may be out of reach.
         self.restore_missing();
-        let limit = Arc::new(Semaphore::new(SYNC_CONCURRENCY));
+        // At most SYNC_CONCURRENCY reads in flight, and only as many tasks: the next policy's
+        // task is spawned when one finishes. (A task spawned for every policy at once, waiting
+        // on a semaphore, holds its whole future from the start: at a thousand policies, a few
+        // MiB at the peak of the start, which the allocator keeps as the agent's resident
+        // memory long after; issue 17.)
+        let total = self.config.policies.len();
         let mut fetches = JoinSet::new();
-        for index in 0..self.config.policies.len() {
-            let (engine, limit) = (self.clone(), limit.clone());
+        let spawn = |fetches: &mut JoinSet<_>, index: usize| {
+            let engine = self.clone();
             fetches.spawn(async move {
-                let _permit = limit.acquire_owned().await;
                 let policy = &engine.config.policies[index];
                 let started = Instant::now();
                 (index, started, engine.pull(policy).await)
             });
+        };
+        let mut next = 0;
+        while next < total.min(SYNC_CONCURRENCY) {
+            spawn(&mut fetches, next);
+            next += 1;
         }
-        let mut results: Vec<(usize, Instant, PullResult)> = Vec::new();
+        let mut results: Vec<(usize, Instant, PullResult)> = Vec::with_capacity(total);
         while let Some(joined) = fetches.join_next().await {
             if let Ok(result) = joined {
                 results.push(result);
+            }
+            if next < total {
+                spawn(&mut fetches, next);
+                next += 1;
             }
         }
         results.sort_by_key(|(index, ..)| *index);
