@@ -96,7 +96,8 @@ fn a_server_the_system_does_not_trust_is_refused_and_one_it_trusts_is_accepted()
     let world = World::new("");
     let ca = certificates(world.disk.path());
     let server = serve(world.disk.path());
-    // `keyturn fleet status` makes one https request, to the [fleet] Prometheus URL.
+    // `keyturn fleet status` asks the [fleet] Prometheus, over https, about each policy.
+    world.simple_policy("db", "db-password", &[("app/db", "raw")]);
     world.add_stores(&format!("[fleet]\nprometheus = \"https://127.0.0.1:{}\"\ntimeout = \"5s\"\n", server.port));
     let fleet_status = |trusted: Option<&Path>| {
         let mut command = world.command(&["fleet", "status"]);
