@@ -344,6 +344,12 @@ impl BundleWriter {
         Ok(self.root_dir.as_ref().expect("prepared").as_fd())
     }
 
+    /// Makes room for `bundles` bundles at once (see `engine::state::State::reserve`).
+    pub fn reserve(&mut self, bundles: usize) {
+        self.manifests.reserve(bundles.saturating_sub(self.manifests.len()));
+        self.tidy.reserve(bundles.saturating_sub(self.tidy.len()));
+    }
+
     /// What `bundle` holds now, read from disk the first time it is asked for.
     pub fn manifest(&mut self, bundle: &str) -> &Manifest {
         &self.known(bundle).manifest

@@ -247,6 +247,7 @@ impl<S: SecretStore + 'static> Engine<S> {
         // Before the first store read: a required policy whose bundle is missing (a node that
         // rebooted, its tmpfs empty) is rebuilt from its sealed entry, so applications and
         // READY need not wait for a store that may be out of reach.
+        self.state.reserve(self.config.policies.len(), self.config.bundles().len());
         self.restore_missing();
         // At most SYNC_CONCURRENCY reads in flight, and only as many tasks: the next policy's
         // task is spawned when one finishes. (A task spawned for every policy at once, waiting

@@ -110,6 +110,17 @@ impl State {
         self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Makes room for `policies` policies delivered into `bundles` bundles at once. A map
+    /// grown one doubling at a time leaves each old table behind as a hole in the heap, which
+    /// stays resident (issue 17: about 0.3 MiB at a thousand policies).
+    pub(super) fn reserve(&self, policies: usize, bundles: usize) {
+        let mut known = self.known();
+        let more = policies.saturating_sub(known.len());
+        known.reserve(more);
+        drop(known);
+        self.writer().reserve(bundles);
+    }
+
     pub(super) fn known(&self) -> MutexGuard<'_, HashMap<String, Known>> {
         self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

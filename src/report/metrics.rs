@@ -267,7 +267,12 @@ impl Metrics {
     /// the version before.
     pub fn delivered(&self, held: SecretVersion, since: std::time::SystemTime) {
         let since = crate::clock::unix_seconds(since);
-        self.on_disk.lock().insert(held.policy.clone(), (held, since));
+        let SecretVersion { node, policy, store, secret, version } = held;
+        let mut on_disk = self.on_disk.lock();
+        if on_disk.node != node {
+            on_disk.node = node;
+        }
+        on_disk.policies.insert(policy, Holding { store, secret, version, since });
     }
 
     /// Records that `policy` was read and is on disk, at `at`.
@@ -277,7 +282,7 @@ impl Metrics {
 
     /// Forgets every series of a policy that is no longer configured.
     pub fn forget(&self, policy: &str) {
-        self.on_disk.lock().remove(policy);
+        self.on_disk.lock().policies.remove(policy);
         self.last_success.remove(&PolicyLabel { policy: policy.into() });
         self.next_rotation.remove(&PolicyLabel { policy: policy.into() });
         self.stale.remove(&PolicyLabel { policy: policy.into() });
@@ -311,8 +316,37 @@ impl Metrics {
 #[derive(Debug, Clone, Default)]
 struct OnDisk(std::sync::Arc<std::sync::Mutex<Held>>);
 
-/// Per policy, the labels of the version on disk and when it was first delivered.
-type Held = std::collections::BTreeMap<String, (SecretVersion, f64)>;
+/// The version on disk of each policy, and when it was first delivered: the node once (one
+/// agent is one node) and each policy's name once, as the key.
+#[derive(Debug, Default)]
+struct Held {
+    node: String,
+    policies: std::collections::BTreeMap<String, Holding>,
+}
+
+#[derive(Debug)]
+struct Holding {
+    store: String,
+    secret: String,
+    version: String,
+    since: f64,
+}
+
+impl Held {
+    /// Each policy's labels, as [`SecretVersion`] has them, with its delivery time.
+    fn series(&self) -> impl Iterator<Item = ([(&str, &str); 5], f64)> {
+        self.policies.iter().map(|(policy, h)| {
+            let labels = [
+                ("node", self.node.as_str()),
+                ("policy", policy.as_str()),
+                ("store", h.store.as_str()),
+                ("secret", h.secret.as_str()),
+                ("version", h.version.as_str()),
+            ];
+            (labels, h.since)
+        })
+    }
+}
 
 impl OnDisk {
     fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -329,8 +363,8 @@ impl prometheus_client::collector::Collector for OnDisk {
             None,
             MetricType::Gauge,
         )?;
-        for (labels, _) in held.values() {
-            ConstGauge::new(1i64).encode(info.encode_family(labels)?)?;
+        for (labels, _) in held.series() {
+            ConstGauge::new(1i64).encode(info.encode_family(&labels)?)?;
         }
         let mut delivered = encoder.encode_descriptor(
             "keyturn_secret_delivered_timestamp_seconds",
@@ -338,8 +372,8 @@ impl prometheus_client::collector::Collector for OnDisk {
             None,
             MetricType::Gauge,
         )?;
-        for (labels, since) in held.values() {
-            ConstGauge::new(*since).encode(delivered.encode_family(labels)?)?;
+        for (labels, since) in held.series() {
+            ConstGauge::new(since).encode(delivered.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -131,6 +131,8 @@ pub struct Recorder {
     /// policy.
     waiting: AtomicUsize,
     status_changed: Notify,
+    /// The size to start the next status file's buffer at: the last one's, and an eighth.
+    status_size: AtomicUsize,
     pub metrics: Arc<Metrics>,
     /// True once every required policy is on disk: what READY=1 and `/readyz` report.
     ready: watch::Sender<bool>,
@@ -157,6 +159,7 @@ impl Recorder {
             status: Mutex::new(status),
             waiting: AtomicUsize::new(0),
             status_changed: Notify::new(),
+            status_size: AtomicUsize::new(4096),
             metrics,
             ready: watch::Sender::new(false),
             reporter,
@@ -226,7 +229,7 @@ impl Recorder {
                 self.update(subject, |s| {
                     s.version = Some(version.clone());
                     s.delivered_at = Some(sealed.clone());
-                    s.stale = Some(Stale { sealed_at: sealed, restored_at: at });
+                    s.stale = Some(Box::new(Stale { sealed_at: sealed, restored_at: at }));
                 });
             }
             Outcome::Unchanged { version } => {
@@ -274,7 +277,7 @@ impl Recorder {
                     self.event(subject, events::Kind::Revoked, "ok", facts);
                 }
                 self.update(subject, |s| {
-                    s.last_rotation = Some(RotationRecord { version: version.clone(), at });
+                    s.last_rotation = Some(Box::new(RotationRecord { version: version.clone(), at }));
                     s.rotation_error = None;
                 });
             }
@@ -795,8 +798,18 @@ impl Recorder {
     }
 
     pub fn save(&self, state_dir: &Path) {
-        let snapshot = self.snapshot();
-        if let Err(e) = snapshot.save(state_dir) {
+        // Serialized under the lock, not from a copy: a copy of every policy's status, at each
+        // write, was most of the start's peak of memory at a thousand policies (issue 17).
+        // The buffer starts at the size of the last file, so it is not grown a doubling at a
+        // time either.
+        let bytes = {
+            let status = self.status();
+            let mut bytes = Vec::with_capacity(self.status_size.load(Ordering::Relaxed));
+            serde_json::to_writer_pretty(&mut bytes, &*status).expect("status serializes");
+            bytes
+        };
+        self.status_size.store(bytes.len() + bytes.len() / 8, Ordering::Relaxed);
+        if let Err(e) = Status::write(state_dir, &bytes) {
             tracing::warn!(path = %Status::path(state_dir).display(), error = %e, "cannot write the status file");
         }
     }

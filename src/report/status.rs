@@ -96,6 +96,9 @@ pub struct Rejected {
     pub problems: Vec<String>,
 }
 
+/// One policy's line of the status. Kept for every policy for as long as the agent runs: the
+/// parts most policies never have (a rotation this node made, files from the sealed cache)
+/// are boxed, so that they cost a pointer until they exist (issue 17).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyStatus {
     pub store: String,
@@ -113,7 +116,7 @@ pub struct PolicyStatus {
     pub next_rotation: Option<String>,
     /// The last rotation this node made. (Read leniently: older releases wrote it as prose.)
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient")]
-    pub last_rotation: Option<RotationRecord>,
+    pub last_rotation: Option<Box<RotationRecord>>,
     /// Why the last rotation this node tried failed, until one succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_error: Option<String>,
@@ -125,7 +128,7 @@ pub struct PolicyStatus {
     pub notify_error: Option<String>,
     /// The files on disk came from the sealed cache, not the store: until the store answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stale: Option<Stale>,
+    pub stale: Option<Box<Stale>>,
 }
 
 /// Files rebuilt from the sealed cache at start, while the store has not answered.
@@ -171,9 +174,13 @@ impl Status {
     }
 
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
+        Status::write(state_dir, &serde_json::to_vec_pretty(self).expect("status serializes"))
+    }
+
+    /// Replaces the status file with `bytes`, a serialized status.
+    pub fn write(state_dir: &Path, bytes: &[u8]) -> io::Result<()> {
         sys::create_dir(state_dir, 0o700)?;
-        let bytes = serde_json::to_vec_pretty(self).expect("status serializes");
-        sys::replace_file(&Status::path(state_dir), &bytes, 0o644)
+        sys::replace_file(&Status::path(state_dir), bytes, 0o644)
     }
 
     /// The pid of the agent that wrote this file, if that process still runs: not a process
