@@ -584,19 +584,23 @@ impl<S: SecretStore + 'static> Engine<S> {
     fn deliver(&self, pulled: Vec<Pulled<'_>>, summary: &mut SyncSummary) {
         let bundles = self.config.bundles();
         let mut writer = self.state.writer();
-        let mut updates: BTreeMap<&str, Vec<(&Policy, PolicyUpdate)>> = BTreeMap::new();
+        // Which bundles change, and for which policies: references only. A policy's files are
+        // rendered when its bundle is written, so that a sync holds the rendered files of one
+        // bundle at a time, not of every policy at once (at a thousand policies, about a MiB
+        // at the start's peak, which the allocator keeps resident; issue 17). A policy that
+        // delivers into several bundles is rendered for all of them first: one that fails to
+        // render anywhere is written nowhere.
+        let mut wanted: BTreeMap<&str, Vec<(&Policy, usize)>> = BTreeMap::new();
+        let mut rendered: BTreeMap<(&str, &str), PolicyUpdate> = BTreeMap::new();
         let mut outcome: BTreeMap<&str, Result<bool, String>> = BTreeMap::new();
-        for Pulled { policy, fetched, .. } in &pulled {
+        let node = &self.config.agent.node;
+        for (index, Pulled { policy, fetched, .. }) in pulled.iter().enumerate() {
             if fetched.older_than.is_some() {
                 continue;
             }
             outcome.insert(&policy.name, Ok(false));
-            let inputs = deliver::Inputs {
-                version: &fetched.version,
-                extras: &fetched.extras,
-                previous: fetched.previous.as_ref(),
-                node: &self.config.agent.node,
-            };
+            let inputs = inputs_of(fetched, node);
+            let several = policy.bundles().nth(1).is_some();
             for bundle in policy.bundles() {
                 let want = Fingerprint {
                     version: &fetched.version.id,
@@ -607,19 +611,41 @@ impl<S: SecretStore + 'static> Engine<S> {
                 if writer.holds(bundle, &policy.name, &want) {
                     continue;
                 }
-                match deliver::render(policy, bundle, &inputs) {
-                    Ok(update) => updates.entry(bundle).or_default().push((policy, update)),
-                    Err(e) => {
-                        outcome.insert(&policy.name, Err(error_chain(&e)));
+                wanted.entry(bundle).or_default().push((policy, index));
+                if several {
+                    match deliver::render(policy, bundle, &inputs) {
+                        Ok(update) => {
+                            rendered.insert((bundle, policy.name.as_str()), update);
+                        }
+                        Err(e) => {
+                            outcome.insert(&policy.name, Err(error_chain(&e)));
+                        }
                     }
                 }
             }
         }
-        for (bundle, entries) in updates {
+        for (bundle, wanting) in wanted {
             let plan = &bundles[bundle];
             let members: BTreeSet<&str> = plan.members.iter().map(|p| p.name.as_str()).collect();
-            let (policies, entries): (Vec<&Policy>, Vec<PolicyUpdate>) =
-                entries.into_iter().filter(|(p, _)| outcome.get(p.name.as_str()).is_some_and(Result::is_ok)).unzip();
+            let mut policies = Vec::with_capacity(wanting.len());
+            let mut entries = Vec::with_capacity(wanting.len());
+            for (policy, index) in wanting {
+                if !outcome.get(policy.name.as_str()).is_some_and(Result::is_ok) {
+                    continue;
+                }
+                let update = match rendered.remove(&(bundle, policy.name.as_str())) {
+                    Some(update) => update,
+                    None => match deliver::render(policy, bundle, &inputs_of(&pulled[index].fetched, node)) {
+                        Ok(update) => update,
+                        Err(e) => {
+                            outcome.insert(&policy.name, Err(error_chain(&e)));
+                            continue;
+                        }
+                    },
+                };
+                policies.push(policy);
+                entries.push(update);
+            }
             if entries.is_empty() {
                 continue;
             }
@@ -687,6 +713,11 @@ impl<S: SecretStore + 'static> Engine<S> {
             }
         }
     }
+}
+
+/// What a policy's formats are rendered from, for a version read from its store.
+fn inputs_of<'a>(fetched: &'a Fetched, node: &'a str) -> deliver::Inputs<'a> {
+    deliver::Inputs { version: &fetched.version, extras: &fetched.extras, previous: fetched.previous.as_ref(), node }
 }
 
 impl<S: SecretStore + 'static> Handle for Engine<S> {
