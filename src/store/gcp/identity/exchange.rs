@@ -136,12 +136,6 @@ pub async fn exchange(
         .body(body.as_bytes().to_vec());
     let (status, date, answer) = send(request, Step::Sts, url, time).await?;
     if !(200..300).contains(&status) {
-        #[derive(Deserialize)]
-        struct OAuthError {
-            error: String,
-            #[serde(default)]
-            error_description: String,
-        }
         let text = String::from_utf8_lossy(&answer);
         return Err(match serde_json::from_slice::<OAuthError>(&answer) {
             Ok(e) => Refusal::Sts {
@@ -161,15 +155,29 @@ pub async fn exchange(
     let malformed = |problem: String| Refusal::Malformed { step: Step::Sts, url: url.clone(), problem };
     let answer: StsAnswer = serde_json::from_slice(&answer)
         .map_err(|e| malformed(format!("no access_token in the answer (line {} column {})", e.line(), e.column())))?;
-    // `expires_in` is a number, though some servers send it as a string.
-    let seconds = match &answer.expires_in {
+    let seconds = expires_in(answer.expires_in.as_ref())
+        .ok_or_else(|| malformed("expires_in is missing or not a number of seconds".into()))?;
+    let issued_at = date.unwrap_or_else(|| time.now());
+    Ok(Issued { token: answer.access_token, expires: issued_at + Duration::from_secs(seconds) })
+}
+
+/// An OAuth 2.0 token endpoint's refusal (RFC 6749 section 5.2): STS and Google's token
+/// endpoint alike.
+#[derive(Deserialize)]
+pub(super) struct OAuthError {
+    pub error: String,
+    #[serde(default)]
+    pub error_description: String,
+}
+
+/// An OAuth 2.0 token answer's `expires_in`, in seconds: a number, though some servers send
+/// it as a string.
+pub(super) fn expires_in(value: Option<&serde_json::Value>) -> Option<u64> {
+    match value {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
         Some(serde_json::Value::String(s)) => s.parse().ok(),
         _ => None,
     }
-    .ok_or_else(|| malformed("expires_in is missing or not a number of seconds".into()))?;
-    let issued_at = date.unwrap_or_else(|| time.now());
-    Ok(Issued { token: answer.access_token, expires: issued_at + Duration::from_secs(seconds) })
 }
 
 /// `generateAccessToken` for `impersonation.account`, with the federated token as bearer.

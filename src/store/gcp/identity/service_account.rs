@@ -349,12 +349,7 @@ impl ServiceAccount {
             answer.extend_from_slice(&chunk);
         }
         if !(200..300).contains(&status) {
-            #[derive(Deserialize)]
-            struct OAuthError {
-                error: String,
-                #[serde(default)]
-                error_description: String,
-            }
+            use super::exchange::OAuthError;
             let quote = |text: &str| text.chars().take(MAX_QUOTED).collect::<String>();
             let (error, description) = match serde_json::from_slice::<OAuthError>(&answer) {
                 Ok(e) => (e.error, quote(&e.error_description)),
@@ -370,12 +365,8 @@ impl ServiceAccount {
         let malformed = |problem: String| self.error(Problem::Malformed { url: url.clone(), problem });
         let answer: Answer = serde_json::from_slice(&answer)
             .map_err(|e| malformed(format!("no access_token in the answer (line {} column {})", e.line(), e.column())))?;
-        let seconds = match &answer.expires_in {
-            Some(serde_json::Value::Number(n)) => n.as_u64(),
-            Some(serde_json::Value::String(s)) => s.parse().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| malformed("expires_in is missing or not a number of seconds".into()))?;
+        let seconds = super::exchange::expires_in(answer.expires_in.as_ref())
+            .ok_or_else(|| malformed("expires_in is missing or not a number of seconds".into()))?;
         let expires = date.unwrap_or_else(|| self.time.now()) + Duration::from_secs(seconds);
         let left = expires.duration_since(self.time.now()).unwrap_or_default();
         let token = super::external_account::gcp_token(&answer.access_token, left).map_err(malformed)?;
