@@ -251,12 +251,7 @@ pub fn run(bench: &Bench, setup: &Setup, figures: &mut Figures) -> Result<String
                 || cpu_millis(|| sync_once(bench, &agent, Some(&key))),
                 || cpu_millis(|| baseline_http(bench, &setup.emulator, size)),
             )?;
-            cpu.push_str(&format!(
-                "| emulator, service-account key | `sync --once` | {size} | {} | HTTP: {} | **{}** |\n",
-                keyturn.median_range(1),
-                http.median_range(1),
-                ratio(keyturn.median, http.median)
-            ));
+            cpu.push_str(&row("emulator, service-account key", "`sync --once`", size, &keyturn, &http, "HTTP"));
         }
         if size == 100 {
             bench.progress("cold start: emulator, 100 policies, agent to READY=1");

@@ -244,10 +244,11 @@ impl<S: SecretStore + 'static> Engine<S> {
     /// bundles that no policy delivers any more.
     pub async fn sync_all(&self) -> SyncSummary {
         let started = Instant::now();
+        let bundles = self.config.bundles();
+        self.state.reserve(self.config.policies.len(), bundles.len());
         // Before the first store read: a required policy whose bundle is missing (a node that
         // rebooted, its tmpfs empty) is rebuilt from its sealed entry, so applications and
         // READY need not wait for a store that may be out of reach.
-        self.state.reserve(self.config.policies.len(), self.config.bundles().len());
         self.restore_missing();
         // At most SYNC_CONCURRENCY reads in flight, and only as many tasks: the next policy's
         // task is spawned when one finishes. (A task spawned for every policy at once, waiting
@@ -299,7 +300,6 @@ impl<S: SecretStore + 'static> Engine<S> {
         }
         self.deliver(pulled, &mut summary);
 
-        let bundles = self.config.bundles();
         let keep: BTreeSet<&str> = bundles.keys().copied().collect();
         for removed in self.state.writer().remove_stale(&keep) {
             tracing::warn!(bundle = %removed, "removed a bundle that no policy delivers any more");

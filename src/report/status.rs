@@ -173,10 +173,6 @@ impl Status {
         serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        Status::write(state_dir, &serde_json::to_vec_pretty(self).expect("status serializes"))
-    }
-
     /// Replaces the status file with `bytes`, a serialized status.
     pub fn write(state_dir: &Path, bytes: &[u8]) -> io::Result<()> {
         sys::create_dir(state_dir, 0o700)?;
@@ -286,7 +282,7 @@ mod tests {
                 ..PolicyStatus::default()
             },
         );
-        status.save(dir.path()).unwrap();
+        Status::write(dir.path(), &serde_json::to_vec_pretty(&status).unwrap()).unwrap();
         assert_eq!(Status::load(dir.path()).unwrap(), status);
         assert!(status.ready());
         // A status file an older release wrote, with its rotation as prose, still reads.

@@ -402,12 +402,8 @@ pub fn poll_until(timeout: Duration, every: Duration, mut done: impl FnMut() -> 
 
 /// [`wait_for`] for a condition that is costly to check (a store listing, a child process):
 /// polled every `every`, so the waiting does not load the machine it waits on.
-pub fn wait_for_every(what: &str, timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(every);
-    }
+pub fn wait_for_every(what: &str, timeout: Duration, every: Duration, done: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, every, done), "timed out after {timeout:?} waiting for {what}");
 }
 
 /// The value of one series (name and labels exactly as exposed) in a Prometheus exposition.

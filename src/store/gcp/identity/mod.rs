@@ -119,12 +119,6 @@ pub async fn find(discovery: Discovery<'_>) -> Result<Identity, String> {
     }
 }
 
-/// The identity a service-account key names (its `client_email`), for the debug log.
-#[derive(Deserialize, Default)]
-struct Principal {
-    client_email: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct Kind {
     #[serde(rename = "type")]
@@ -151,12 +145,11 @@ async fn from_file(path: &Path, named_by: &str, discovery: &Discovery<'_>) -> Re
             })
             .map_err(|e| format!("{shown} ({named_by}): {e}"))?;
             // Who this node is to Google, and from where: never the key.
-            let principal: Principal = serde_json::from_slice(&bytes).unwrap_or_default();
             tracing::debug!(
                 kind = "service_account",
                 file = %shown,
                 source = named_by,
-                principal = principal.client_email.as_deref().unwrap_or("unknown"),
+                principal = provider.email(),
                 "credentials"
             );
             Ok(Identity { provider: Arc::new(provider), quota_project: None })

@@ -222,6 +222,11 @@ impl ServiceAccount {
         })
     }
 
+    /// The account the key belongs to (its `client_email`).
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
     fn error(&self, problem: Problem) -> ServiceAccountError {
         ServiceAccountError {
             origin: self.origin.display().to_string(),
